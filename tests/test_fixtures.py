@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
+
 from convlint.fixtures import BAD_WRITERS, BUILDERS, external_data_sizes, save
 from convlint.fixtures.bad import write_uninferable
-from onnx import numpy_helper
 
 Dims = list[int | str]
 

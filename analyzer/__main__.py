@@ -1,0 +1,3 @@
+from convlint.cli import run
+
+run()

@@ -1,0 +1,239 @@
+"""The `convlint` command line: check, fix, stats, rules, rule, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from convlint import __version__
+from convlint.atomic import write_atomic
+from convlint.config import FAIL_ON, find_config, read_config, validate_config
+from convlint.engine import ModelReport, Settings, analyze, iter_model_paths, validate_selectors
+from convlint.errors import ConvlintError, UsageError
+from convlint.findings import Severity
+from convlint.loader import parse_input_shape
+from convlint.registry import Registry, load_registry
+from convlint.reporters import RENDERERS
+
+FORMATS = ("text", "json", "sarif", "junit", "markdown", "github")
+
+
+def _codes_arg(text: str) -> list[str]:
+    return [part.strip().upper() for part in text.split(",") if part.strip()]
+
+
+def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    try:
+        return parse_input_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _common(parser: argparse.ArgumentParser, lint: bool = True) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="text", help="report format")
+    parser.add_argument("--output", metavar="FILE", help="write the report to FILE (atomically)")
+    parser.add_argument("--config", metavar="FILE", help="configuration file to use")
+    parser.add_argument(
+        "--input-shape",
+        metavar="NAME=1x3x224x224",
+        action="append",
+        type=_shape_arg,
+        default=[],
+        help="bind an input's symbolic dims (repeatable)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print findings only, no summary")
+    parser.add_argument("--verbose", action="store_true", help="notes and why rules passed over")
+    if lint:
+        parser.add_argument("--select", type=_codes_arg, help="rule codes or prefixes to run")
+        parser.add_argument("--ignore", type=_codes_arg, help="rule codes or prefixes to skip")
+        parser.add_argument("--fail-on", choices=FAIL_ON, help="lowest severity that fails")
+        parser.add_argument("--exit-zero", action="store_true", help="exit 0 even with findings")
+        parser.add_argument("--baseline", metavar="FILE", help="known findings that do not fail")
+        parser.add_argument("--write-baseline", metavar="FILE", help="record findings as known")
+        parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel processes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convlint", description="Lint the convolutions of ONNX models."
+    )
+    parser.add_argument("--version", action="version", version=f"convlint {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="lint ONNX models and report findings")
+    check.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files or folders")
+    _common(check)
+
+    stats = commands.add_parser("stats", help="per-node params, MACs and output shapes")
+    stats.add_argument("model", metavar="MODEL")
+    _common(stats, lint=False)
+
+    commands.add_parser("rules", help="list every rule")
+    rule = commands.add_parser("rule", help="show a rule's documentation")
+    rule.add_argument("code", metavar="CODE")
+
+    demo = commands.add_parser("demo", help="the whole pipeline on a built-in Inception 3a block")
+    demo.add_argument("--format", choices=("text", "json"), default="text")
+    return parser
+
+
+def resolve_settings(args: argparse.Namespace, registry: Registry) -> tuple[Settings, str]:
+    """Command line over configuration over defaults; returns settings and fail-on."""
+    config_path = Path(args.config) if args.config else find_config(Path.cwd())
+    table: dict[str, Any] = {}
+    if config_path is not None:
+        table = validate_config(read_config(config_path), registry, str(config_path))
+    settings = Settings(
+        select=table.get("select", ["ALL"]),
+        ignore=table.get("ignore", []),
+        per_node_ignores=table.get("per-node-ignores", {}),
+        rule_options=table.get("rules", {}),
+        input_shapes=dict(table.get("input-shape", {})),
+        verbose=getattr(args, "verbose", False),
+    )
+    if getattr(args, "select", None):
+        settings.select = args.select
+    if getattr(args, "ignore", None):
+        settings.ignore = args.ignore
+    settings.input_shapes.update(dict(args.input_shape))
+    validate_selectors(registry, settings.select, "--select")
+    validate_selectors(registry, settings.ignore, "--ignore")
+    fail_on = getattr(args, "fail_on", None) or table.get("fail-on", "warning")
+    return settings, fail_on
+
+
+def emit(text: str, output: str | None) -> None:
+    if output:
+        write_atomic(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+def _analyze_one(path: str, settings: Settings) -> ModelReport:
+    return analyze(path, load_registry(), settings)
+
+
+def check_models(
+    paths: Sequence[str], registry: Registry, settings: Settings, jobs: int = 1
+) -> list[ModelReport]:
+    if jobs > 1 and len(paths) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(_analyze_one, paths, [settings] * len(paths)))
+    return [analyze(path, registry, settings) for path in paths]
+
+
+def failing(reports: Sequence[ModelReport], fail_on: str) -> int:
+    if fail_on == "never":
+        return 0
+    threshold = Severity(fail_on).rank
+    return sum(1 for r in reports for f in r.findings if f.severity.rank >= threshold)
+
+
+def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
+    settings, fail_on = resolve_settings(args, registry)
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    paths = [str(p) for p in iter_model_paths(args.models)]
+    if not paths:
+        raise UsageError(f"no .onnx files found in {', '.join(args.models)}")
+    reports = check_models(paths, registry, settings, args.jobs)
+    renderer = RENDERERS.get(args.format)
+    if renderer is None:
+        raise UsageError(f"--format {args.format} is not available yet")
+    if args.format == "text":
+        from convlint.reporters import render_text
+
+        text = render_text(reports, registry, verbose=args.verbose)
+        if args.quiet:
+            text = "".join(line + "\n" for line in text.splitlines()[:-1])
+    else:
+        text = renderer(reports, registry)
+    emit(text, args.output)
+    for report in reports:
+        if report.error:
+            print(f"convlint: error: {report.path}: {report.error}", file=sys.stderr)
+    if any(r.error for r in reports):
+        return 2
+    if args.exit_zero:
+        return 0
+    return 1 if failing(reports, fail_on) else 0
+
+
+def cmd_stats(args: argparse.Namespace, registry: Registry) -> int:
+    from convlint import loader
+    from convlint.graph import build_graph
+    from convlint.stats import render_stats_json, render_stats_text, stats_rows
+
+    settings, _ = resolve_settings(args, registry)
+    loaded = loader.load(args.model, settings.input_shapes)
+    data = stats_rows(build_graph(loaded.model))
+    if args.format == "json":
+        emit(render_stats_json(args.model, data), args.output)
+    elif args.format == "text":
+        emit(render_stats_text(args.model, data), args.output)
+    else:
+        raise UsageError(f"stats supports --format text or json, not {args.format}")
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace, registry: Registry) -> int:
+    from convlint.stats import table
+
+    rows = [[r.code, r.name, r.severity.value, r.fix, r.summary] for r in registry]
+    sys.stdout.write(table(["code", "name", "severity", "fix", "summary"], rows, set()) + "\n")
+    return 0
+
+
+def cmd_rule(args: argparse.Namespace, registry: Registry) -> int:
+    rule = registry.get(args.code)
+    if rule is None:
+        raise UsageError(f"unknown rule {args.code!r} (rules: {', '.join(registry.codes())})")
+    header = f"# {rule.name} ({rule.code})\n\n"
+    meta = f"Default severity: {rule.severity.value}. Fix: {rule.fix}.\n"
+    if rule.options:
+        options = ", ".join(f"`{k}` = {v!r}" for k, v in rule.options.items())
+        meta += f"Options: {options}.\n"
+    sys.stdout.write(header + meta + "\n" + (rule.doc.strip() or rule.summary) + "\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, registry: Registry) -> int:
+    from convlint.demo import run_demo
+
+    return run_demo(registry, args.format)
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "stats": cmd_stats,
+    "rules": cmd_rules,
+    "rule": cmd_rule,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    try:
+        registry = load_registry()
+        return COMMANDS[args.command](args, registry)
+    except ConvlintError as exc:
+        print(f"convlint: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # an internal failure is still one line and exit 2
+        print(f"convlint: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+def run() -> None:
+    raise SystemExit(main())

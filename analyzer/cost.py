@@ -1,0 +1,158 @@
+"""Stage 3: exact parameter and multiply-accumulate counts, per node and in total.
+
+Conventions (documented in the README):
+- params count weights and biases: every constant weight input of Conv, ConvTranspose, Gemm and
+  MatMul; scale and bias of normalizations (BatchNormalization's running mean and variance are
+  statistics, not parameters, as in PyTorch's ``parameters()``); PRelu slopes; float constants
+  of more than one element added or multiplied in (learned biases and layer scales).
+- MACs are those of one sample: the leading (batch) dim is never multiplied in.
+- Conv: C_out * C_in/group * prod(kernel) per output pixel. ConvTranspose: C_in * C_out/group *
+  prod(kernel) per input pixel. Gemm/MatMul: K * N per row. Pooling: one MAC per window element
+  read. Normalizations: one MAC per output element (a folded scale and shift). Activations,
+  elementwise arithmetic and shape ops: zero (they are not multiply-accumulates).
+- With symbolic non-batch dims, MACs are None; convolutions still carry
+  ``macs_per_output_pixel``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from convlint.graph import ModelGraph, Node, Shape
+
+NORMALIZATIONS = frozenset(
+    {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
+)
+WINDOW_POOLS = frozenset({"MaxPool", "AveragePool", "LpPool"})
+GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+ELEMENTWISE_WITH_WEIGHTS = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    params: int
+    macs: int | None
+    macs_per_output_pixel: int | None = None
+
+
+@dataclass
+class ModelCost:
+    nodes: dict[str, NodeCost] = field(default_factory=dict)
+    params: int = 0
+    macs: int | None = 0
+    macs_per_input_pixel: float | int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "params": self.params,
+            "macs": self.macs,
+            "macs_per_input_pixel": self.macs_per_input_pixel,
+        }
+
+
+def numel(shape: Shape | None) -> int | None:
+    if shape is None or any(not isinstance(d, int) for d in shape):
+        return None
+    return math.prod(shape)  # type: ignore[arg-type]
+
+
+def per_sample(shape: Shape | None) -> int | None:
+    """Elements of one sample: the product of every dim after the batch dim."""
+    if shape is None or len(shape) == 0:
+        return None
+    return numel(shape[1:]) if len(shape) > 1 else 1
+
+
+def _const_size(graph: ModelGraph, tensor: str) -> int:
+    if not tensor or not graph.is_constant(tensor):
+        return 0
+    return numel(graph.constants[tensor]) or 0
+
+
+def _conv(graph: ModelGraph, node: Node) -> NodeCost:
+    weight = graph.shape(node.inputs[1]) if len(node.inputs) > 1 else None
+    params = sum(_const_size(graph, t) for t in node.inputs[1:3])
+    if weight is None or numel(weight) is None:
+        return NodeCost(params, None)
+    per_pixel = numel(weight)
+    assert per_pixel is not None
+    if node.op_type == "ConvTranspose":
+        pixels = per_sample(graph.shape(node.inputs[0]))
+        in_shape = graph.shape(node.inputs[0])
+        spatial = numel(in_shape[2:]) if in_shape is not None and len(in_shape) > 2 else None
+        return NodeCost(params, per_pixel * spatial if spatial is not None else None, None)
+    out_shape = graph.shape(node.outputs[0])
+    pixels = numel(out_shape[2:]) if out_shape is not None and len(out_shape) > 2 else None
+    return NodeCost(params, per_pixel * pixels if pixels is not None else None, per_pixel)
+
+
+def _gemm(graph: ModelGraph, node: Node) -> NodeCost:
+    params = sum(_const_size(graph, t) for t in node.inputs[1:3])
+    b_shape = graph.shape(node.inputs[1])
+    if b_shape is None or len(b_shape) != 2 or numel(b_shape) is None:
+        return NodeCost(params, None)
+    return NodeCost(params, numel(b_shape))  # K * N per row; the row (M) is the sample
+
+
+def _matmul(graph: ModelGraph, node: Node) -> NodeCost:
+    params = sum(_const_size(graph, t) for t in node.inputs[:2])
+    a_shape, out_shape = graph.shape(node.inputs[0]), graph.shape(node.outputs[0])
+    if a_shape is None or out_shape is None or not a_shape:
+        return NodeCost(params, None)
+    k = a_shape[-1]
+    rows = per_sample(out_shape)
+    if not isinstance(k, int) or rows is None:
+        return NodeCost(params, None)
+    return NodeCost(params, rows * k)
+
+
+def node_cost(graph: ModelGraph, node: Node) -> NodeCost:
+    if not node.is_standard:
+        return NodeCost(0, 0)
+    op = node.op_type
+    if op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
+        if op != "Conv" and op != "ConvTranspose":
+            return NodeCost(0, None)
+        return _conv(graph, node)
+    if op == "Gemm":
+        return _gemm(graph, node)
+    if op == "MatMul":
+        return _matmul(graph, node)
+    out = graph.shape(node.outputs[0]) if node.outputs else None
+    if op in NORMALIZATIONS:
+        params = sum(_const_size(graph, t) for t in node.inputs[1:3])
+        return NodeCost(params, per_sample(out))
+    if op in WINDOW_POOLS:
+        kernel = math.prod(node.attrs.get("kernel_shape", [1]))
+        elements = per_sample(out)
+        return NodeCost(0, elements * kernel if elements is not None else None)
+    if op in GLOBAL_POOLS:
+        return NodeCost(0, per_sample(graph.shape(node.inputs[0])))
+    if op == "PRelu":
+        return NodeCost(_const_size(graph, node.inputs[1]), 0)
+    if op in ELEMENTWISE_WITH_WEIGHTS:
+        params = 0
+        for tensor in node.inputs:
+            size = _const_size(graph, tensor)
+            if size > 1 and graph.dtypes.get(tensor) in (1, 10, 11, 16):  # float types
+                params += size
+        return NodeCost(params, 0)
+    return NodeCost(0, 0)
+
+
+def model_cost(graph: ModelGraph) -> ModelCost:
+    """Costs of every node of the main graph (subgraph nodes are costed but not totalled:
+    an If runs one branch and a Loop's trip count is unknown)."""
+    cost = ModelCost()
+    total_macs: int | None = 0
+    for node in graph:
+        nc = node_cost(graph, node)
+        cost.nodes[node.name] = nc
+        cost.params += nc.params
+        total_macs = None if total_macs is None or nc.macs is None else total_macs + nc.macs
+    for sub in list(graph.all_graphs())[1:]:
+        for node in sub:
+            cost.nodes[node.name] = node_cost(sub, node)
+    cost.macs = total_macs
+    return cost

@@ -1,0 +1,225 @@
+"""Stage 4: run the selected rules over a loaded model and collect a report per model."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from convlint import loader
+from convlint.cost import ModelCost, NodeCost, model_cost, node_cost
+from convlint.errors import ConvlintError, ModelError
+from convlint.findings import Estimate, Finding, Fix, Severity, Skip
+from convlint.graph import ModelGraph, Node, build_graph
+from convlint.registry import Registry, Rule
+
+# Sizes bound to symbolic spatial dims to test whether a network's cost scales with its input
+# (powers of two so that every stride up to 1024 divides them exactly).
+PROBE_SIZES = (1024, 2048)
+
+
+@dataclass
+class Settings:
+    """Resolved options for one run (command line over configuration over defaults)."""
+
+    select: list[str] = field(default_factory=lambda: ["CL"])
+    ignore: list[str] = field(default_factory=list)
+    per_node_ignores: dict[str, list[str]] = field(default_factory=dict)
+    rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    verbose: bool = False
+
+
+@dataclass
+class ModelReport:
+    path: str
+    opset: int | None = None
+    nodes: int = 0
+    cost: ModelCost | None = None
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None
+    skips: list[Skip] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "opset": self.opset,
+            "nodes": self.nodes,
+            "cost": self.cost.as_dict() if self.cost else None,
+            "findings": [f.as_dict() for f in self.findings],
+            "error": self.error,
+        }
+
+
+class RuleContext:
+    """What a rule's ``check`` sees: the graph, the model, costs and its own options."""
+
+    def __init__(
+        self,
+        rule: Rule,
+        graph: ModelGraph,
+        model: onnx.ModelProto,
+        options: Mapping[str, Any],
+        severity: Severity,
+    ) -> None:
+        self.rule = rule
+        self.graph = graph
+        self.model = model
+        self.options = options
+        self.severity = severity
+        self.skips: list[Skip] = []
+
+    def cost(self, node: Node) -> NodeCost:
+        return node_cost(self.graph, node)
+
+    def skip(self, node: Node, reason: str) -> None:
+        """Record why a candidate was passed over (onnxscript's MatchResult.fail)."""
+        self.skips.append(Skip(self.rule.code, node.name, reason))
+
+    def finding(
+        self,
+        node: Node,
+        message: str,
+        estimate: Estimate | None = None,
+        fix: Fix | None = None,
+        related: Sequence[str] = (),
+    ) -> Finding:
+        return Finding(
+            code=self.rule.code,
+            rule=self.rule.name,
+            severity=self.severity,
+            node=node.name,
+            op_type=node.op_type,
+            message=message,
+            estimate=estimate,
+            fix=fix,
+            related=tuple(related),
+        )
+
+
+def _specificity(code: str, selectors: Sequence[str]) -> int:
+    matches = [len(s) for s in selectors if s == "ALL" or code.startswith(s)]
+    return max(matches, default=-1)
+
+
+def validate_selectors(registry: Registry, selectors: Sequence[str], option: str) -> None:
+    codes = registry.codes()
+    for selector in selectors:
+        if selector != "ALL" and not any(code.startswith(selector) for code in codes):
+            raise ConvlintError(
+                f"{option}: {selector!r} matches no rule (rules: {', '.join(codes)})"
+            )
+
+
+def enabled_rules(registry: Registry, settings: Settings) -> list[Rule]:
+    """A rule runs when its most specific select beats its most specific ignore, as in ruff."""
+    chosen = []
+    for rule in registry:
+        selected = _specificity(rule.code, settings.select)
+        ignored = _specificity(rule.code, settings.ignore)
+        if selected >= 0 and selected > ignored:
+            chosen.append(rule)
+    return chosen
+
+
+def rule_options(rule: Rule, settings: Settings) -> tuple[dict[str, Any], Severity]:
+    options = dict(rule.options)
+    configured = dict(settings.rule_options.get(rule.code, {}))
+    severity = Severity(configured.pop("severity", rule.severity.value))
+    options.update(configured)
+    return options, severity
+
+
+def _node_ignored(node: str, code: str, per_node_ignores: Mapping[str, Sequence[str]]) -> bool:
+    for pattern, codes in per_node_ignores.items():
+        if fnmatch.fnmatchcase(node, pattern) and any(
+            c == "ALL" or code.startswith(c) for c in codes
+        ):
+            return True
+    return False
+
+
+def run_rules(
+    graph: ModelGraph, model: onnx.ModelProto, rules: Sequence[Rule], settings: Settings
+) -> tuple[list[Finding], list[Skip]]:
+    findings: list[Finding] = []
+    skips: list[Skip] = []
+    for rule in rules:
+        options, severity = rule_options(rule, settings)
+        for sub in graph.all_graphs():
+            ctx = RuleContext(rule, sub, model, options, severity)
+            try:
+                for finding in rule.check(ctx):
+                    if _node_ignored(finding.node, finding.code, settings.per_node_ignores):
+                        skips.append(Skip(rule.code, finding.node, "ignored by per-node-ignores"))
+                    else:
+                        findings.append(finding)
+            except Exception as exc:  # a broken rule must not hide the others' findings
+                raise ConvlintError(
+                    f"rule {rule.code} ({rule.origin}) failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            skips.extend(ctx.skips)
+    order = {name: i for i, name in enumerate(n.name for g in graph.all_graphs() for n in g)}
+    findings.sort(key=lambda f: (order.get(f.node, len(order)), f.code))
+    return findings, skips
+
+
+def _scaling_cost(loaded: loader.LoadedModel, path: Path) -> float | int | None:
+    """MACs per input pixel when every spatial size scales with the single image input's."""
+    graph = build_graph(loaded.model)
+    if len(graph.data_inputs) != 1:
+        return None
+    shape = graph.shape(graph.data_inputs[0])
+    if shape is None or len(shape) != 4 or not isinstance(shape[1], int):
+        return None
+    totals = []
+    for size in PROBE_SIZES:
+        bound = (1, shape[1], size, size)
+        try:
+            probe = loader.load(path, {graph.data_inputs[0]: bound})
+        except ModelError:
+            return None
+        totals.append(model_cost(build_graph(probe.model)).macs)
+    small, large = totals
+    if small is None or large is None or large != small * 4:
+        return None
+    per_pixel = small / (PROBE_SIZES[0] ** 2)
+    return int(per_pixel) if per_pixel.is_integer() else per_pixel
+
+
+def analyze(
+    path: str | Path, registry: Registry, settings: Settings, rules: Sequence[Rule] | None = None
+) -> ModelReport:
+    """Load, cost and lint one model; errors in the model become the report's ``error``."""
+    report = ModelReport(path=str(path))
+    try:
+        loaded = loader.load(path, settings.input_shapes)
+        graph = build_graph(loaded.model)
+        report.opset = loaded.opset
+        report.nodes = sum(len(g.nodes) for g in graph.all_graphs())
+        report.cost = model_cost(graph)
+        if report.cost.macs is None:
+            report.cost.macs_per_input_pixel = _scaling_cost(loaded, Path(path))
+        report.notes.extend(loaded.notes)
+        for sub_owner, _ in graph.subgraphs:
+            report.notes.append(f"analyzed subgraph of {sub_owner}")
+        chosen = enabled_rules(registry, settings) if rules is None else rules
+        report.findings, report.skips = run_rules(graph, loaded.model, chosen, settings)
+    except ModelError as exc:
+        report.error = exc.problem
+    return report
+
+
+def iter_model_paths(targets: Sequence[str]) -> Iterator[Path]:
+    """Files as given; folders searched for ``*.onnx`` in sorted order."""
+    for target in targets:
+        path = Path(target)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*.onnx") if p.is_file())
+        else:
+            yield path

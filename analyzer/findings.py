@@ -1,0 +1,98 @@
+"""What rules produce: findings with a savings estimate and an optional fix."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Severity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return {"info": 0, "warning": 1, "error": 2}[self.value]
+
+
+class Applicability(str, Enum):
+    """As ruff's: safe keeps the function (proved by the verifier), unsafe changes it."""
+
+    SAFE = "safe"
+    UNSAFE = "unsafe"
+    DISPLAY_ONLY = "display-only"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Cost of the affected nodes before and after the suggested design."""
+
+    params_before: int
+    params_after: int
+    macs_before: int | None
+    macs_after: int | None
+    # The flagged layer's cost per pixel of its output, before and after (the seed's 589824·H·W).
+    macs_per_output_pixel: int | None = None
+    macs_per_output_pixel_after: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+        }
+        if self.macs_per_output_pixel is not None:
+            data["macs_per_output_pixel"] = self.macs_per_output_pixel
+            data["macs_per_output_pixel_after"] = self.macs_per_output_pixel_after
+        data.update(self.extra)
+        return data
+
+
+@dataclass(frozen=True)
+class Fix:
+    applicability: Applicability
+    description: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"applicability": self.applicability.value, "description": self.description}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    rule: str
+    severity: Severity
+    node: str
+    op_type: str
+    message: str
+    estimate: Estimate | None = None
+    fix: Fix | None = None
+    related: tuple[str, ...] = ()  # other nodes of the flagged neighbourhood, for reports
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "rule": self.rule,
+            "severity": self.severity.value,
+            "node": self.node,
+            "op_type": self.op_type,
+            "message": self.message,
+            "estimate": self.estimate.as_dict() if self.estimate else None,
+            "fix": self.fix.as_dict() if self.fix else None,
+        }
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A candidate a rule looked at and passed over, and why (shown by --verbose)."""
+
+    code: str
+    node: str
+    reason: str
+
+
+__all__ = ["Applicability", "Estimate", "Finding", "Fix", "Severity", "Skip", "asdict"]

@@ -1,0 +1,261 @@
+"""Stage 2: the model as a networkx graph, with shapes, constants and look-through queries.
+
+One graph node per ONNX node (subgraphs of If/Loop/Scan are analyzed as their own graphs);
+edges run along tensors. Attributes carry their ONNX defaults, so a rule reads
+``node.attrs["group"]`` without caring whether the exporter wrote it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import networkx as nx
+import onnx
+from onnx import helper
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+# Ops that pass channels through unchanged and that rules may look through. Activations are
+# transparent to the question "what produced these channels?", not to "is this chain linear?".
+ACTIVATIONS = frozenset(
+    {
+        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "Tanh",
+        "Softplus", "Softsign", "Clip", "HardSwish", "Mish", "Gelu", "ThresholdedRelu", "Erf",
+    }
+)  # fmt: skip
+LINEAR_PASSTHROUGH = frozenset({"BatchNormalization", "Identity", "Dropout", "Cast"})
+TRANSPARENT = ACTIVATIONS | LINEAR_PASSTHROUGH
+
+SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+
+
+@dataclass
+class Node:
+    """One ONNX node, with attributes (defaults applied) and the shapes of its tensors."""
+
+    name: str
+    op_type: str
+    domain: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+    index: int
+    proto: onnx.NodeProto = field(repr=False)
+
+    @property
+    def is_standard(self) -> bool:
+        return self.domain in ("", "ai.onnx")
+
+
+@cache
+def _schema_defaults(op_type: str, opset: int, domain: str) -> dict[str, Any]:
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except Exception:  # custom or unknown op: no defaults to apply
+        return {}
+    defaults: dict[str, Any] = {}
+    for name, attr in schema.attributes.items():
+        if attr.default_value.name:
+            defaults[name] = helper.get_attribute_value(attr.default_value)
+    return defaults
+
+
+def _attribute_values(node: onnx.NodeProto, opset: int) -> dict[str, Any]:
+    values = dict(_schema_defaults(node.op_type, opset, node.domain or ""))
+    for attr in node.attribute:
+        if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            continue
+        values[attr.name] = helper.get_attribute_value(attr)
+    for name, value in list(values.items()):
+        if isinstance(value, bytes):
+            values[name] = value.decode("utf-8", "replace")
+    return values
+
+
+def _shape_of(value_type: onnx.TypeProto) -> tuple[Shape | None, int]:
+    if not value_type.HasField("tensor_type"):
+        return None, 0
+    tensor_type = value_type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None, tensor_type.elem_type
+    dims: list[Dim] = []
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims), tensor_type.elem_type
+
+
+class ModelGraph:
+    """A read-only view of one ONNX graph for rules, the cost model and reporters."""
+
+    def __init__(self, graph: onnx.GraphProto, opset: int, prefix: str = "") -> None:
+        self.proto = graph
+        self.opset = opset
+        self.nx: nx.DiGraph = nx.DiGraph()
+        self.nodes: dict[str, Node] = {}
+        self.producer: dict[str, str] = {}
+        self.consumers: dict[str, list[str]] = {}
+        self.shapes: dict[str, Shape | None] = {}
+        self.dtypes: dict[str, int] = {}
+        self.constants: dict[str, Shape] = {}
+        self.graph_inputs = [v.name for v in graph.input]
+        self.graph_outputs = [v.name for v in graph.output]
+        self.subgraphs: list[tuple[str, ModelGraph]] = []
+
+        for init in graph.initializer:
+            self.constants[init.name] = tuple(int(d) for d in init.dims)
+            self.dtypes[init.name] = init.data_type
+        for value in [*graph.input, *graph.value_info, *graph.output]:
+            shape, dtype = _shape_of(value.type)
+            if shape is not None or value.name not in self.shapes:
+                self.shapes[value.name] = shape
+            if dtype:
+                self.dtypes[value.name] = dtype
+        for name, shape in self.constants.items():
+            self.shapes[name] = shape
+        # IR < 4 lists initializers among graph inputs too; those are weights, not data.
+        self.data_inputs = [name for name in self.graph_inputs if name not in self.constants]
+
+        used: set[str] = set()
+        for index, proto in enumerate(graph.node):
+            name = proto.name or f"{proto.op_type}_{index}"
+            if name in used:
+                name = f"{name}_{index}"
+            used.add(name)
+            node = Node(
+                name=prefix + name,
+                op_type=proto.op_type,
+                domain=proto.domain,
+                inputs=list(proto.input),
+                outputs=list(proto.output),
+                attrs=_attribute_values(proto, opset),
+                index=index,
+                proto=proto,
+            )
+            self.nodes[node.name] = node
+            self.nx.add_node(node.name)
+            for tensor in node.outputs:
+                if tensor:
+                    self.producer[tensor] = node.name
+            for tensor in node.inputs:
+                if tensor:
+                    self.consumers.setdefault(tensor, []).append(node.name)
+            if proto.op_type == "Constant":
+                self._add_constant(proto)
+            for attr in proto.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    self.subgraphs.append(
+                        (node.name, ModelGraph(attr.g, opset, f"{node.name}/{attr.name}/"))
+                    )
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for i, sub in enumerate(attr.graphs):
+                        self.subgraphs.append(
+                            (node.name, ModelGraph(sub, opset, f"{node.name}/{attr.name}{i}/"))
+                        )
+        for tensor, consumers in self.consumers.items():
+            source = self.producer.get(tensor)
+            if source is None:
+                continue
+            for target in consumers:
+                if self.nx.has_edge(source, target):
+                    self.nx.edges[source, target]["tensors"].append(tensor)
+                else:
+                    self.nx.add_edge(source, target, tensors=[tensor])
+
+    def _add_constant(self, proto: onnx.NodeProto) -> None:
+        for attr in proto.attribute:
+            if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                shape = tuple(int(d) for d in attr.t.dims)
+                self.constants[proto.output[0]] = shape
+                self.shapes[proto.output[0]] = shape
+                self.dtypes[proto.output[0]] = attr.t.data_type
+
+    # -- queries rules use -------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes.values())
+
+    def all_graphs(self) -> Iterator[ModelGraph]:
+        """This graph and every subgraph below it."""
+        yield self
+        for _, sub in self.subgraphs:
+            yield from sub.all_graphs()
+
+    def shape(self, tensor: str) -> Shape | None:
+        return self.shapes.get(tensor)
+
+    def is_constant(self, tensor: str) -> bool:
+        return tensor in self.constants
+
+    def producer_of(self, tensor: str) -> Node | None:
+        name = self.producer.get(tensor)
+        return self.nodes[name] if name is not None else None
+
+    def consumers_of(self, tensor: str) -> list[Node]:
+        return [self.nodes[name] for name in self.consumers.get(tensor, [])]
+
+    def data_input(self, node: Node) -> str | None:
+        """The first non-constant input of a node: the activation it transforms."""
+        for tensor in node.inputs:
+            if tensor and not self.is_constant(tensor):
+                return tensor
+        return None
+
+    def source_of(
+        self, tensor: str, through: Iterable[str] = TRANSPARENT
+    ) -> tuple[Node | None, list[Node]]:
+        """What produced this tensor, looking through ``through`` ops.
+
+        Returns the first producer that is not transparent (None for a graph input or a
+        constant) and the transparent nodes walked over, nearest first.
+        """
+        through = frozenset(through)
+        walked: list[Node] = []
+        node = self.producer_of(tensor)
+        while node is not None and node.op_type in through and node.is_standard:
+            walked.append(node)
+            upstream = self.data_input(node)
+            if upstream is None:
+                return None, walked
+            node = self.producer_of(upstream)
+        return node, walked
+
+    def users_of(
+        self, tensor: str, through: Iterable[str] = TRANSPARENT
+    ) -> list[tuple[Node, list[Node]]]:
+        """Who consumes this tensor, looking through ``through`` ops (single-consumer chains)."""
+        through = frozenset(through)
+        found: list[tuple[Node, list[Node]]] = []
+        stack: list[tuple[str, list[Node]]] = [(tensor, [])]
+        while stack:
+            current, walked = stack.pop()
+            for consumer in self.consumers_of(current):
+                if consumer.op_type in through and consumer.is_standard and consumer.outputs:
+                    stack.append((consumer.outputs[0], [*walked, consumer]))
+                else:
+                    found.append((consumer, walked))
+        found.sort(key=lambda item: item[0].index)
+        return found
+
+    def channels(self, tensor: str) -> int | None:
+        """Channel count (dim 1) of an NCHW tensor, if static."""
+        shape = self.shape(tensor)
+        if shape is None or len(shape) < 2 or not isinstance(shape[1], int):
+            return None
+        return shape[1]
+
+
+def build_graph(model: onnx.ModelProto) -> ModelGraph:
+    opset = next(
+        (int(e.version) for e in model.opset_import if e.domain in ("", "ai.onnx")),
+        onnx.defs.onnx_opset_version(),
+    )
+    return ModelGraph(model.graph, opset)

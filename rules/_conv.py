@@ -1,0 +1,71 @@
+"""Convolution geometry shared by the rules: kernel, groups, widths, costs of alternatives."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from convlint.graph import ModelGraph, Node
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A Conv node's shape facts, read from its weight and attributes."""
+
+    cin: int
+    cout: int
+    kernel: tuple[int, ...]
+    group: int
+    strides: tuple[int, ...]
+    has_bias: bool
+    in_pixels: int | None
+    out_pixels: int | None
+
+    @property
+    def kernel_area(self) -> int:
+        return math.prod(self.kernel)
+
+    @property
+    def is_pointwise(self) -> bool:
+        return all(k == 1 for k in self.kernel)
+
+    @property
+    def is_spatial(self) -> bool:
+        return not self.is_pointwise
+
+    @property
+    def stride_area(self) -> int:
+        return math.prod(self.strides)
+
+
+def _pixels(graph: ModelGraph, tensor: str) -> int | None:
+    shape = graph.shape(tensor)
+    if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    return math.prod(shape[2:])  # type: ignore[arg-type]
+
+
+def conv_geometry(graph: ModelGraph, node: Node) -> ConvGeometry | None:
+    """Geometry of a standard Conv with a known weight shape, else None."""
+    if node.op_type != "Conv" or not node.is_standard or len(node.inputs) < 2:
+        return None
+    weight = graph.shape(node.inputs[1])
+    if weight is None or len(weight) < 3 or not all(isinstance(d, int) for d in weight):
+        return None
+    group = int(node.attrs.get("group", 1))
+    kernel = tuple(int(d) for d in weight[2:])  # type: ignore[arg-type]
+    strides = tuple(node.attrs.get("strides") or [1] * len(kernel))
+    return ConvGeometry(
+        cin=int(weight[1]) * group,  # type: ignore[arg-type]
+        cout=int(weight[0]),  # type: ignore[arg-type]
+        kernel=kernel,
+        group=group,
+        strides=strides,
+        has_bias=len(node.inputs) > 2 and bool(node.inputs[2]),
+        in_pixels=_pixels(graph, node.inputs[0]),
+        out_pixels=_pixels(graph, node.outputs[0]),
+    )
+
+
+def scale(per_pixel: int, pixels: int | None) -> int | None:
+    return per_pixel * pixels if pixels is not None else None

@@ -1,0 +1,113 @@
+"""CL004 dense-head-on-feature-map
+
+## What it does
+Flags a fully-connected layer (Gemm or MatMul) whose input is a spatial feature map N×C×H×W
+with H·W > 1 flattened by Flatten or Reshape, looking through Dropout, Identity, Cast and
+activations on the way.
+
+## Why is this bad?
+A dense layer over a flattened map gives every (channel, position) pair its own weight: VGG-16's
+fc6 reads 512×7×7 = 25,088 values into 4,096 units, 102,764,544 params, three quarters of the
+network. Network in Network replaced such heads with global average pooling, which has no
+parameters, is robust to spatial translation, and ties each output map to a category; GoogLeNet
+and ResNet do the same. The estimate is global average pooling followed by the same dense layer
+on C inputs (equivalently a 1×1 conv): params C·N (+bias) instead of C·H·W·N, and MACs C·H·W
+for the pooling plus C·N.
+
+## Example
+```
+features[1,512,7,7] -> Flatten -> Gemm 25088->4096 -> Relu
+```
+Use instead:
+```
+features[1,512,7,7] -> GlobalAveragePool -> Flatten -> Gemm 512->4096 -> Relu
+```
+
+## Known problems
+The replacement changes what the layer can express and must be retrained; detection heads that
+need position (a dense layer predicting box coordinates from a small map) may want it as it is.
+Maps that are already 1×1 are not flagged.
+
+## Fix safety
+Display-only: no rewrite of a trained dense head into pooling keeps its function, so
+`convlint fix` leaves it and says so.
+
+## References
+- Lin, Chen, Yan. Network in Network, arXiv:1312.4400, section 3.2 (global average pooling).
+- Szegedy et al. Going Deeper with Convolutions, arXiv:1409.4842, section 5 (average pooling
+  instead of fully connected layers, +0.6% top-1).
+- Simonyan, Zisserman. Very Deep Convolutional Networks, arXiv:1409.1556, table 1 (fc6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from convlint.engine import RuleContext
+from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
+from convlint.graph import TRANSPARENT
+from convlint.registry import Rule
+
+FLATTENERS = frozenset({"Flatten", "Reshape"})
+
+
+def check(ctx: RuleContext) -> Iterator[Finding]:
+    graph = ctx.graph
+    for dense in graph:
+        if dense.op_type not in ("Gemm", "MatMul") or not dense.is_standard:
+            continue
+        if len(dense.inputs) < 2 or not graph.is_constant(dense.inputs[1]):
+            continue
+        flatten, _ = graph.source_of(dense.inputs[0], through=TRANSPARENT)
+        if flatten is None or flatten.op_type not in FLATTENERS:
+            continue
+        source_shape = graph.shape(flatten.inputs[0])
+        if source_shape is None or len(source_shape) != 4:
+            ctx.skip(dense, "input is not flattened from a 4-D feature map")
+            continue
+        channels, height, width = source_shape[1:]
+        if not all(isinstance(d, int) for d in (channels, height, width)):
+            ctx.skip(dense, "feature map has symbolic dims")
+            continue
+        assert isinstance(channels, int) and isinstance(height, int) and isinstance(width, int)
+        if height * width <= 1:
+            ctx.skip(dense, "feature map is 1×1: already globally pooled")
+            continue
+        weight = graph.constants[dense.inputs[1]]
+        if len(weight) != 2:
+            continue
+        trans_b = dense.op_type == "Gemm" and int(dense.attrs.get("transB", 0)) == 1
+        inputs, units = (weight[1], weight[0]) if trans_b else (weight[0], weight[1])
+        if inputs != channels * height * width:
+            ctx.skip(
+                dense, f"weight reads {inputs} values, not the {channels}×{height}×{width} map"
+            )
+            continue
+        bias = 0
+        if len(dense.inputs) > 2 and dense.inputs[2] and graph.is_constant(dense.inputs[2]):
+            bias = units
+        yield ctx.finding(
+            dense,
+            f"dense layer over a flattened {channels}×{height}×{width} feature map "
+            f"({inputs}->{units}); use global average pooling and a {channels}->{units} layer",
+            estimate=Estimate(
+                params_before=inputs * units + bias,
+                params_after=channels * units + bias,
+                macs_before=inputs * units,
+                macs_after=channels * height * width + channels * units,
+            ),
+            fix=Fix(Applicability.DISPLAY_ONLY, "replace the head and retrain"),
+            related=(flatten.name,),
+        )
+
+
+RULE = Rule(
+    code="CL004",
+    name="dense-head-on-feature-map",
+    severity=Severity.WARNING,
+    fix="never",
+    summary="a fully-connected layer over a flattened spatial feature map instead of global pooling",
+    check=check,
+    options={},
+    doc=__doc__ or "",
+)

@@ -1,0 +1,149 @@
+"""CL003 linear-conv-chain
+
+## What it does
+Flags a 1×1 conv joined to a neighbouring conv with nothing nonlinear between them (only
+BatchNormalization, Identity, Dropout or Cast, which are affine), when folding the two into one
+conv would cost fewer MACs. The flagged node is the first conv of the chain.
+
+## Why is this bad?
+A 1×1 conv adds nonlinearity only through the activation after it (Network in Network's
+"mlpconv" is 1×1 convs *with* ReLUs). Two convs with no nonlinearity between them compute one
+linear map: a 1×1 expansion 64->256 into a 3×3 256->64 costs 163,840 MACs per pixel and
+computes exactly what a single 3×3 64->64 computes for 36,864. The estimate is the chain before
+and the folded conv after.
+
+## Example
+```
+x[1,64,14,14] -> Conv 1×1 64->256 -> BatchNormalization -> Conv 3×3 256->64 -> Relu
+```
+Use instead:
+```
+x[1,64,14,14] -> Conv 3×3 64->64 -> Relu
+```
+or put an activation between the two convs if the depth was meant to add capacity.
+
+## Known problems
+Chains that folding would make dearer are deliberate low-rank factorizations and are not
+flagged: MobileNetV2's linear bottleneck projection (144->24) followed by the next block's
+expansion (24->144) is cheaper as two convs than as one 144->144 conv. Grouped convs and
+chains whose middle tensor has other consumers are passed over, as are chains where the 1×1 conv
+is strided or padded.
+
+## Fix safety
+Folding is exact in exact arithmetic (composition of linear maps), so the fix is safe; the
+verifier measures the floating-point difference on this model. Where the first conv or a
+BatchNormalization leaves a bias and the second conv zero-pads, the border pixels see padding
+rather than that bias, which the rewrite accounts for with a per-position bias map.
+
+## References
+- Lin, Chen, Yan. Network in Network, arXiv:1312.4400, section 3.1 (mlpconv: 1×1 convs need
+  their nonlinearities).
+- Sandler et al. MobileNetV2, arXiv:1801.04381, section 3.2 (linear bottlenecks).
+- Szegedy et al. Going Deeper with Convolutions, arXiv:1409.4842, section 4 ("rectified linear
+  activation" after each 1×1 reduction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from convlint.engine import RuleContext
+from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
+from convlint.graph import LINEAR_PASSTHROUGH, Node
+from convlint.registry import Rule
+from convlint.rules._conv import ConvGeometry, conv_geometry, scale
+
+
+def _foldable_reason(first: Node, second: Node, a: ConvGeometry, b: ConvGeometry) -> str:
+    """Why the chain cannot fold into one conv, or "" when it can."""
+    if a.group != 1 or b.group != 1:
+        return "grouped conv in the chain"
+    if not (a.is_pointwise or b.is_pointwise):
+        return "neither conv is 1×1"
+    pointwise, node = (a, first) if a.is_pointwise else (b, second)
+    if pointwise.stride_area != 1:
+        return "the 1×1 conv is strided"
+    if any(node.attrs.get("pads") or []) or node.attrs.get("auto_pad", "NOTSET") != "NOTSET":
+        return "the 1×1 conv is padded"
+    return ""
+
+
+def check(ctx: RuleContext) -> Iterator[Finding]:
+    graph = ctx.graph
+    for second in graph:
+        b = conv_geometry(graph, second)
+        if b is None:
+            continue
+        tensor = graph.data_input(second)
+        if tensor is None:
+            continue
+        first, between = graph.source_of(tensor, through=LINEAR_PASSTHROUGH)
+        if first is None:
+            continue
+        a = conv_geometry(graph, first)
+        if a is None:
+            continue
+        chain = [first, *reversed(between)]
+        shared = [n for n in chain if len(graph.consumers_of(n.outputs[0])) > 1]
+        if shared:
+            ctx.skip(first, f"output of {shared[0].name!r} has other consumers")
+            continue
+        reason = _foldable_reason(first, second, a, b)
+        if reason:
+            ctx.skip(first, reason)
+            continue
+        # Folded: C_in(a) -> C_out(b) with the spatial kernel and stride of the spatial conv.
+        spatial = b if b.is_spatial else a
+        folded_per_pixel = a.cin * b.cout * spatial.kernel_area
+        before_per_pixel = a.cin * a.cout * a.kernel_area + b.cin * b.cout * b.kernel_area
+        macs_before = None
+        if a.out_pixels is not None and b.out_pixels is not None:
+            macs_before = (
+                a.cin * a.cout * a.kernel_area * a.out_pixels
+                + b.cin * b.cout * b.kernel_area * b.out_pixels
+            )
+        macs_after = scale(folded_per_pixel, b.out_pixels)
+        cheaper = (
+            macs_after < macs_before
+            if macs_before is not None and macs_after is not None
+            else folded_per_pixel < before_per_pixel
+        )
+        if not cheaper:
+            ctx.skip(
+                first,
+                f"folding into {second.name!r} would cost more: a deliberate low-rank "
+                "factorization (linear bottleneck)",
+            )
+            continue
+        bias = b.cout if (a.has_bias or b.has_bias or between) else 0
+        path = " -> ".join(n.op_type for n in [first, *reversed(between), second])
+        yield ctx.finding(
+            first,
+            f"{path}: no nonlinearity between the convs, so they are one linear map "
+            f"({a.cin}->{b.cout} channels); fold them or add an activation",
+            estimate=Estimate(
+                params_before=a.cin * a.cout * a.kernel_area
+                + b.cin * b.cout * b.kernel_area
+                + (a.cout if a.has_bias else 0)
+                + (b.cout if b.has_bias else 0),
+                params_after=folded_per_pixel + bias,
+                macs_before=macs_before,
+                macs_after=macs_after,
+                macs_per_output_pixel=before_per_pixel,
+                macs_per_output_pixel_after=folded_per_pixel,
+            ),
+            fix=Fix(Applicability.SAFE, f"fold {first.name!r} into {second.name!r} (exact)"),
+            related=(second.name, *(n.name for n in between)),
+        )
+
+
+RULE = Rule(
+    code="CL003",
+    name="linear-conv-chain",
+    severity=Severity.INFO,
+    fix="always",
+    summary="a 1×1 conv with no nonlinearity between it and a neighbouring conv: foldable",
+    check=check,
+    options={},
+    doc=__doc__ or "",
+)

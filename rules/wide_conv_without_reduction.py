@@ -1,0 +1,139 @@
+"""CL001 wide-conv-without-reduction
+
+## What it does
+Flags a spatial convolution (any kernel dim > 1, group 1) that reads at least `min-channels`
+channels when no 1×1 convolution set the width of its input. Walking back from the conv's
+input, convlint looks through BatchNormalization, activations, Identity, Dropout and Cast, and
+through spatial convs that do not widen channels (a 1×7 then 7×1 chain, a 3×3 after a 3×3); if
+it reaches a 1×1 conv, the input width was chosen by a reduction and nothing is flagged.
+
+## Why is this bad?
+A k×k conv costs C_out·C_in·k² MACs per output pixel: the channel count is paid k² times over.
+Network in Network's 1×1 "cascaded cross channel pooling" and GoogLeNet's reductions put a cheap
+1×1 conv in front to shrink C_in first; ResNet's bottleneck does the same. A 256->256 3×3 conv
+costs 589,824 MACs per output pixel; the bottleneck 1×1 (256->64), 3×3 (64->64), 1×1 (64->256)
+costs 69,632, 8.5× less. The estimate is exactly that design with `reduction-ratio`
+(default 4): 1×1 C_in->C_in/r, k×k, 1×1 -> C_out. A strided conv keeps its stride on the k×k
+(ResNet v1.5), so the 1×1 reduction runs at input resolution and is charged for it.
+
+## Example
+```
+x[1,256,14,14] -> Conv 3×3 256->256 -> Relu
+```
+Use instead:
+```
+x[1,256,14,14] -> Conv 1×1 256->64 -> Relu -> Conv 3×3 64->64 -> Relu -> Conv 1×1 64->256
+```
+
+## Known problems
+The estimate is a redesign with the same input and output widths; it must be trained. Whether
+the smaller network keeps its accuracy is an empirical question (ResNet-50 vs ResNet-34 says it
+usually does). Convs below `min-channels` (default 128) are left alone: early layers are cheap
+in channels and their cost is resolution, which a reduction does not touch. Pooling ops stop the
+walk back, so a reduction followed by pooling does not count.
+
+## Fix safety
+`convlint fix` factorizes the trained weight (SVD or Tucker-2) at the smallest rank whose
+verified output error stays within `--tolerance`; that keeps the function, so it is safe. Where no
+rank within the tolerance saves MACs it says so and leaves the conv. The retrained bottleneck of
+the estimate is not a fix.
+
+## References
+- Lin, Chen, Yan. Network in Network, arXiv:1312.4400, section 3.2 (1×1 convolution).
+- Szegedy et al. Going Deeper with Convolutions, arXiv:1409.4842, section 4 (1×1 reductions).
+- He et al. Deep Residual Learning, arXiv:1512.03385, section 4.1 (bottleneck architectures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from convlint.engine import RuleContext
+from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
+from convlint.graph import Node
+from convlint.registry import Rule
+from convlint.rules._conv import conv_geometry, scale
+
+
+def _reduction_source(ctx: RuleContext, node: Node) -> tuple[Node | None, str]:
+    """The 1×1 conv that set this conv's input width, or None and where the walk stopped."""
+    graph = ctx.graph
+    current = node
+    while True:
+        tensor = graph.data_input(current)
+        if tensor is None:
+            return None, "its input is a constant"
+        source, _ = graph.source_of(tensor)
+        if source is None:
+            return None, f"its input comes from graph input {tensor!r}"
+        geometry = conv_geometry(graph, source)
+        if geometry is None:
+            return None, f"its input comes from {source.op_type} {source.name!r}"
+        if geometry.is_pointwise:
+            return source, ""
+        if geometry.cout > geometry.cin:
+            return None, f"its input comes from widening conv {source.name!r}"
+        current = source
+
+
+def check(ctx: RuleContext) -> Iterator[Finding]:
+    min_channels = int(ctx.options["min-channels"])
+    ratio = int(ctx.options["reduction-ratio"])
+    for node in ctx.graph:
+        geometry = conv_geometry(ctx.graph, node)
+        if geometry is None or geometry.is_pointwise:
+            continue
+        if geometry.group != 1:
+            ctx.skip(node, f"grouped conv (group={geometry.group}) is already cheap in channels")
+            continue
+        if geometry.cin < min_channels:
+            ctx.skip(node, f"reads {geometry.cin} channels, below min-channels={min_channels}")
+            continue
+        reduction, stopped = _reduction_source(ctx, node)
+        if reduction is not None:
+            ctx.skip(node, f"input width set by 1×1 conv {reduction.name!r}")
+            continue
+        yield ctx.finding(
+            node,
+            f"{'×'.join(map(str, geometry.kernel))} conv reads {geometry.cin} channels with no "
+            f"1×1 reduction before it ({stopped})",
+            estimate=_estimate(ctx, node, ratio),
+            fix=Fix(
+                Applicability.SAFE,
+                "factorize into 1×1 + k×k (+ 1×1) at the smallest rank within --tolerance",
+            ),
+        )
+
+
+def _estimate(ctx: RuleContext, node: Node, ratio: int) -> Estimate:
+    g = conv_geometry(ctx.graph, node)
+    assert g is not None
+    mid = max(1, g.cin // ratio)
+    bias = g.cout if g.has_bias else 0
+    per_out_before = g.cout * g.cin * g.kernel_area
+    reduce_per_in = g.cin * mid
+    rest_per_out = mid * mid * g.kernel_area + mid * g.cout
+    per_out_after = reduce_per_in * g.stride_area + rest_per_out
+    macs_after = None
+    if g.in_pixels is not None and g.out_pixels is not None:
+        macs_after = reduce_per_in * g.in_pixels + rest_per_out * g.out_pixels
+    return Estimate(
+        params_before=per_out_before + bias,
+        params_after=reduce_per_in + rest_per_out + bias,
+        macs_before=scale(per_out_before, g.out_pixels),
+        macs_after=macs_after,
+        macs_per_output_pixel=per_out_before,
+        macs_per_output_pixel_after=per_out_after,
+    )
+
+
+RULE = Rule(
+    code="CL001",
+    name="wide-conv-without-reduction",
+    severity=Severity.WARNING,
+    fix="sometimes",
+    summary="k×k conv reading many channels that no 1×1 conv reduced first",
+    check=check,
+    options={"min-channels": 128, "reduction-ratio": 4},
+    doc=__doc__ or "",
+)
