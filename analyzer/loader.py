@@ -95,7 +95,9 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except DecodeError:
-        raise ModelError(path, "not an ONNX model (protobuf parse failed: truncated or corrupt)")
+        raise ModelError(
+            path, "not an ONNX model (protobuf parse failed: truncated or corrupt)"
+        ) from None
     except OSError as exc:
         raise ModelError(path, f"cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # onnx raises assorted types for damaged files
@@ -120,7 +122,7 @@ def _bind_dims(model: onnx.ModelProto, input_shapes: InputShapes, path: Path) ->
                 path,
                 f"--input-shape {name}: rank {len(shape)} given, the input has rank {len(dims)}",
             )
-        for dim, value in zip(dims, shape):
+        for dim, value in zip(dims, shape, strict=True):
             if dim.HasField("dim_value") and dim.dim_value != value:
                 raise ModelError(
                     path, f"--input-shape {name}: dim {dim.dim_value} is fixed, {value} given"

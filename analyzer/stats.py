@@ -43,12 +43,12 @@ def _shape_text(shapes: Sequence[Any]) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
     """Align columns; numeric columns (indices in ``right``) are right-justified."""
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         padded = [
             cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths))
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
         ]
         return "  ".join(padded).rstrip()
 

@@ -63,10 +63,9 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         tensor = graph.data_input(node)
         source, _ = graph.source_of(tensor) if tensor else (None, [])
         squeeze = conv_geometry(graph, source) if source is not None else None
-        if source is not None and squeeze is not None and squeeze.is_pointwise:
-            if squeeze.cout < squeeze.cin:
-                ctx.skip(node, f"expands after the 1×1 squeeze {source.name!r} (fire module)")
-                continue
+        if source is not None and squeeze and squeeze.is_pointwise and squeeze.cout < squeeze.cin:
+            ctx.skip(node, f"expands after the 1×1 squeeze {source.name!r} (fire module)")
+            continue
         bias = g.cout if g.has_bias else 0
         before = g.cout * g.cin * g.kernel_area
         spatial = g.cin * g.cin * g.kernel_area
