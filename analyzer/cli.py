@@ -197,7 +197,10 @@ def cmd_rule(args: argparse.Namespace, registry: Registry) -> int:
     if rule.options:
         options = ", ".join(f"`{k}` = {v!r}" for k, v in rule.options.items())
         meta += f"Options: {options}.\n"
-    sys.stdout.write(header + meta + "\n" + (rule.doc.strip() or rule.summary) + "\n")
+    doc = rule.doc.strip()
+    if doc.startswith(rule.code):  # the docstring's title line repeats the header
+        doc = doc.split("\n", 1)[1].strip() if "\n" in doc else ""
+    sys.stdout.write(header + meta + "\n" + (doc or rule.summary) + "\n")
     return 0
 
 

@@ -1,0 +1,158 @@
+"""The cost model against the literature's figures and hand-computed counts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from convlint import loader
+from convlint.cost import model_cost
+from convlint.graph import ModelGraph, build_graph
+
+
+def graph_of(path: Path, **shapes: tuple[int, ...]) -> ModelGraph:
+    return build_graph(loader.load(path, shapes).model)
+
+
+def conv_macs_per_pixel(graph: ModelGraph) -> dict[str, int | None]:
+    cost = model_cost(graph)
+    return {n.name: cost.nodes[n.name].macs_per_output_pixel for n in graph if n.op_type == "Conv"}
+
+
+def test_inception_3a_weights_naive_vs_reduced(model_file: Callable[..., Path]) -> None:
+    naive = model_cost(graph_of(model_file("inception_3a_naive")))
+    reduced = model_cost(graph_of(model_file("inception_3a_reduced")))
+    assert naive.params == 387_072
+    assert reduced.params == 157_184
+
+
+def test_inception_3a_concat_channels(model_file: Callable[..., Path]) -> None:
+    naive = graph_of(model_file("inception_3a_naive"))
+    full = graph_of(model_file("inception_3a"))
+    assert naive.channels(naive.graph_outputs[0]) == 64 + 128 + 32 + 192 == 416
+    assert full.channels(full.graph_outputs[0]) == 256
+
+
+def test_resnet_conv_vs_bottleneck_macs_per_output_pixel(model_file: Callable[..., Path]) -> None:
+    plain = conv_macs_per_pixel(graph_of(model_file("conv3x3")))
+    assert list(plain.values()) == [589_824]
+    bottleneck = conv_macs_per_pixel(graph_of(model_file("resnet_bottleneck")))
+    assert sum(v for v in bottleneck.values() if v is not None) == 69_632
+    cost = model_cost(graph_of(model_file("conv3x3")))
+    assert cost.nodes["conv"].macs == 589_824 * 14 * 14
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "gmacs"),
+    [("resnet50", 25_557_032, 4.09), ("vgg16", 138_357_544, 15.47)],
+)
+def test_full_networks_match_published_figures(
+    model_file: Callable[..., Path], name: str, params: int, gmacs: float
+) -> None:
+    cost = model_cost(graph_of(model_file(name, weights="external")))
+    assert cost.params == params
+    assert cost.macs is not None
+    assert abs(cost.macs / 1e9 - gmacs) / gmacs < 0.01
+
+
+def test_vgg16_conv_and_fc_macs_exact(model_file: Callable[..., Path]) -> None:
+    graph = graph_of(model_file("vgg16", weights="external"))
+    cost = model_cost(graph)
+    dense = sum(cost.nodes[n.name].macs or 0 for n in graph if n.op_type in ("Conv", "Gemm"))
+    # 15,346,630,656 conv MACs + 123,633,664 fc MACs, the figure behind "15.47 GMACs".
+    assert dense == 15_470_264_320
+
+
+def test_conv_attributes_strides_dilations_pads(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((6, 2, 3, 5), np.float32), "w")
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "w"], ["y"], name="c", group=2, strides=[2, 1], dilations=[1, 2],
+            pads=[1, 0, 2, 3],
+        ),
+        helper.make_node("ConvTranspose", ["y", "wt"], ["z"], name="t", strides=[2, 2]),
+    ]  # fmt: skip
+    wt = numpy_helper.from_array(np.zeros((6, 3, 2, 2), np.float32), "wt")
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 11, 9])],
+        [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+        [weight, wt],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "conv.onnx"
+    onnx.save(model, path)
+    g = graph_of(path)
+    cost = model_cost(g)
+    # H: (11 + 1 + 2 - 3) // 2 + 1 = 6; W: (9 + 0 + 3 - (2*(5-1)+1)) // 1 + 1 = 4
+    assert g.shape("y") == (1, 6, 6, 4)
+    assert cost.nodes["c"].params == 6 * 2 * 3 * 5
+    assert cost.nodes["c"].macs == 6 * 2 * 15 * 6 * 4
+    # ConvTranspose: C_in * C_out/group * k per input pixel.
+    assert cost.nodes["t"].macs == 6 * 3 * 4 * 6 * 4
+    assert cost.nodes["t"].params == 6 * 3 * 2 * 2
+
+
+def test_auto_pad_same_upper(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")
+    node = helper.make_node(
+        "Conv", ["x", "w"], ["y"], name="c", strides=[2, 2], auto_pad="SAME_UPPER"
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 15, 15])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = tmp_path / "same.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    cost = model_cost(graph_of(path))
+    assert cost.nodes["c"].macs == 8 * 3 * 9 * 8 * 8  # ceil(15 / 2) = 8
+
+
+def test_symbolic_spatial_dims_give_per_pixel_costs(
+    model_file: Callable[..., Path], cli_json: Callable[..., tuple[int, dict]]
+) -> None:
+    path = model_file("symbolic_dims_model")
+    code, report = cli_json("check", str(path))
+    cost = report["models"][0]["cost"]
+    assert cost["macs"] is None
+    graph = graph_of(path, input=(1, 3, 64, 64))
+    static = model_cost(graph).macs
+    assert static is not None
+    assert cost["macs_per_input_pixel"] * 64 * 64 == pytest.approx(static)
+    code, bound = cli_json("check", str(path), "--input-shape", "input=1x3x64x64")
+    assert bound["models"][0]["cost"]["macs"] == static
+
+
+def test_batch_is_counted_once(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((32, 10), np.float32), "w")
+    node = helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = tmp_path / "gemm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    cost = model_cost(graph_of(path))
+    assert cost.nodes["fc"].macs == 320
+    assert cost.macs == 320

@@ -1,0 +1,188 @@
+"""Loading: bad input is one line and exit 2; odd but valid models never crash anything."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from convlint import loader
+from convlint.cost import model_cost
+from convlint.fixtures import BAD_WRITERS
+from convlint.graph import build_graph
+
+EXPECTED_PROBLEM = {
+    "empty": "empty file",
+    "random_bytes": "not an ONNX model",
+    "truncated": "not an ONNX model",
+    "uninferable": "shape inference failed",
+    "unknown_domain": "does not declare",
+    "external_outside": "leaves the model folder",
+    "external_absolute": "absolute location",
+    "external_symlink": "resolves outside the model folder",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_WRITERS))
+def test_bad_input_is_one_line_and_exit_2(
+    kind: str, tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    path = BAD_WRITERS[kind](tmp_path)
+    for argv in (["check", str(path)], ["stats", str(path)], ["check", str(path), "--format=json"]):
+        code, _, err = cli(*argv)
+        assert code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert str(path) in lines[0]
+        assert EXPECTED_PROBLEM[kind] in lines[0]
+        assert "Traceback" not in err
+
+
+def test_missing_file_and_folder_without_models(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, _, err = cli("check", str(tmp_path / "nope.onnx"))
+    assert code == 2 and "nope.onnx: no such file" in err
+    code, _, err = cli("check", str(tmp_path))
+    assert code == 2 and "no .onnx files found" in err
+
+
+def test_subprocess_bad_model_has_no_traceback(tmp_path: Path) -> None:
+    path = BAD_WRITERS["random_bytes"](tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "convlint", "check", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_external_locations_are_refused_before_opening(tmp_path: Path) -> None:
+    path = BAD_WRITERS["external_absolute"](tmp_path)
+    with pytest.raises(loader.ModelError, match="absolute location '/etc/passwd'"):
+        loader.load(path)
+
+
+def _huge_external_model(folder: Path, channels: int) -> Path:
+    """A 1024->channels 3×3 conv whose weight lives in a sparse external file."""
+    weight = onnx.TensorProto()
+    weight.name = "w"
+    weight.data_type = onnx.TensorProto.FLOAT
+    weight.dims.extend([channels, 1024, 3, 3])
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    size = channels * 1024 * 9 * 4
+    for key, value in (("location", "huge.weights"), ("offset", "0"), ("length", str(size))):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="huge", pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node],
+        "huge",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1024, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = folder / "huge.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with open(folder / "huge.weights", "wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+def test_three_gigabyte_external_weights_are_not_read(tmp_path: Path) -> None:
+    path = _huge_external_model(tmp_path, 87_400)  # 87,400·1024·9 floats: 3.0 GiB
+    assert (tmp_path / "huge.weights").stat().st_size >= 3 * 2**30
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = subprocess.run(
+        [sys.executable, "-m", "convlint", "check", str(path), "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert result.returncode == 1, result.stderr  # CL001 fires on a 1024-channel 3×3 conv
+    assert max(before, peak_kib) < 1024 * 1024  # KiB: well under 1 GiB
+    assert '"params": 805478400' in result.stdout
+
+
+@pytest.mark.parametrize("opset", range(7, onnx.defs.onnx_opset_version() + 1))
+def test_every_opset_from_7(opset: int, tmp_path: Path) -> None:
+    rng = np.random.default_rng(opset)
+    weight = numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),  # noqa: E501
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    if opset < 9:  # IR 3: every initializer is also a graph input
+        model.ir_version = 3
+        model.graph.input.append(
+            helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [16, 8, 3, 3])
+        )
+    path = tmp_path / f"opset{opset}.onnx"
+    onnx.save(model, path)
+    cost = model_cost(build_graph(loader.load(path).model))
+    assert cost.params == 16 * 8 * 9
+    assert cost.macs == 16 * 8 * 9 * 16 * 16 + 16 * 8 * 8 * 4
+
+
+def test_weights_as_constants_and_inputs_are_counted(model_file: Callable[..., Path]) -> None:
+    for name in ("weights_as_constants", "weights_as_inputs"):
+        graph = build_graph(loader.load(model_file(name)).model)
+        cost = model_cost(graph)
+        assert cost.params > 0, name
+        convs = [n for n in graph if n.op_type == "Conv"]
+        assert all(cost.nodes[c.name].params > 0 for c in convs), name
+    inputs_graph = build_graph(loader.load(model_file("weights_as_inputs")).model)
+    assert len(inputs_graph.data_inputs) == 1
+
+
+def test_subgraphs_are_analyzed(
+    model_file: Callable[..., Path], cli_json: Callable[..., tuple[int, dict]]
+) -> None:
+    path = model_file("with_if_subgraph")
+    graph = build_graph(loader.load(path).model)
+    assert len(graph.subgraphs) == 2
+    sub_convs = [n for _, sub in graph.subgraphs for n in sub if n.op_type == "Conv"]
+    assert len(sub_convs) == 2
+    code, report = cli_json("check", str(path))
+    assert code == 0
+    assert report["models"][0]["nodes"] == len(graph.nodes) + sum(
+        len(sub.nodes) for _, sub in graph.subgraphs
+    )
+
+
+def test_custom_domain_op_is_passed_over(
+    model_file: Callable[..., Path], cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    path = model_file("custom_domain_op")
+    code, out, err = cli("check", str(path))
+    assert code == 0, err
+    assert "All checks passed" in out
+    code, out, _ = cli("stats", str(path))
+    assert code == 0 and "com.example" not in out
+
+
+def test_graph_queries_look_through_transparent_ops(model_file: Callable[..., Path]) -> None:
+    graph = build_graph(loader.load(model_file("resnet_bottleneck")).model)
+    conv2 = next(n for n in graph if n.op_type == "Conv" and n.attrs["kernel_shape"] == [3, 3])
+    source, walked = graph.source_of(conv2.inputs[0])
+    assert source is not None and source.op_type == "Conv"
+    assert [n.op_type for n in walked] == ["Relu", "BatchNormalization"]
+    users = graph.users_of(source.outputs[0])
+    assert [u.name for u, _ in users] == [conv2.name]
+    assert conv2.attrs["group"] == 1 and conv2.attrs["auto_pad"] == "NOTSET"
