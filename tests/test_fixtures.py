@@ -28,6 +28,7 @@ EXPECTED_OUTPUT_SHAPES: dict[str, list[Dims]] = {
     "inception_v3_grid_reduction": [[1, 576, 17, 17]],
     "densenet_block": [[1, 160, 28, 28]],
     "mobilenetv2_blocks": [[1, 32, 28, 28]],
+    "mobilenetv2_tail": [[1, 1280, 7, 7]],
     "squeezenet_fire": [[1, 512, 28, 28]],
     "shufflenet_unit": [[1, 240, 28, 28]],
     "convnext_block": [[1, 96, 56, 56]],

@@ -1,0 +1,183 @@
+"""Every rule on its bad and good twins, the precision set of well-designed networks, and the
+literature's estimates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from convlint.engine import ModelReport, Settings
+
+# (fixture, builder kwargs) -> the exact set of (code, node) findings.
+EXPECTED: dict[str, set[tuple[str, str]]] = {
+    # bad twins
+    "inception_3a_naive": {
+        ("CL001", "inception_3a/3x3"),
+        ("CL001", "inception_3a/5x5"),
+        ("CL002", "inception_3a/pool"),
+    },
+    "inception_3a_reduced": {("CL002", "inception_3a/pool")},
+    "resnet_basic_block": {("CL001", "layer2.1.conv1"), ("CL001", "layer2.1.conv2")},
+    "conv3x3": {("CL001", "conv")},
+    "linear_conv_chain_bad": {("CL003", "expand")},
+    "dense_head_bad": {("CL004", "fc6")},
+    "spatial_expansion_bad": {("CL005", "conv2")},
+    "inception_v3_grid_reduction": {("CL001", "Mixed_6a.branch3x3.conv")},
+    "vgg_stack": {
+        ("CL001", "features.conv1"),
+        ("CL001", "features.conv2"),
+        ("CL001", "features.conv3"),
+        ("CL004", "classifier"),
+    },
+    # good twins and well-designed networks: silence
+    "inception_3a": set(),
+    "resnet_bottleneck": set(),
+    "linear_conv_chain_good": set(),
+    "dense_head_good": set(),
+    "spatial_expansion_good": set(),
+    "stem_only": set(),
+    "densenet_block": set(),
+    "mobilenetv2_blocks": set(),
+    "mobilenetv2_tail": set(),
+    "squeezenet_fire": set(),
+    "shufflenet_unit": set(),
+    "convnext_block": set(),
+    "regnet_block": set(),
+}
+
+BIG: dict[str, set[tuple[str, str]]] = {
+    "resnet50": set(),
+    "vgg16": {
+        *(
+            ("CL001", f"features.{i}")
+            for i in (7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # every 3×3 conv reading >= 128
+        ),
+        ("CL004", "classifier.0"),
+    },
+}
+
+
+def found(report: ModelReport) -> set[tuple[str, str]]:
+    assert report.error is None, report.error
+    return {(f.code, f.node) for f in report.findings}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_exact_findings(name: str, lint: Callable[..., ModelReport]) -> None:
+    assert found(lint(name)) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", sorted(BIG))
+def test_exact_findings_on_full_networks(name: str, lint: Callable[..., ModelReport]) -> None:
+    assert found(lint(name, weights="external")) == BIG[name]
+
+
+def estimate(report: ModelReport, code: str) -> dict[str, Any]:
+    finding = next(f for f in report.findings if f.code == code)
+    assert finding.estimate is not None
+    return finding.estimate.as_dict()
+
+
+def test_cl001_seed_example_bottleneck_estimate(lint: Callable[..., ModelReport]) -> None:
+    est = estimate(lint("conv3x3"), "CL001")
+    assert est["macs_per_output_pixel"] == 589_824
+    assert est["macs_per_output_pixel_after"] == 69_632
+    assert est["macs_before"] == 589_824 * 14 * 14
+    assert est["macs_after"] == 69_632 * 14 * 14
+    assert (est["params_before"], est["params_after"]) == (589_824, 69_632)
+
+
+def test_cl001_symbolic_dims_give_per_pixel_estimate(
+    tmp_path: Any, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((256, 256, 3, 3), np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 256, "H", "W"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = tmp_path / "symbolic.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    code, report = cli_json("check", str(path))
+    assert code == 1
+    model = report["models"][0]
+    assert model["cost"]["macs"] is None
+    assert model["cost"]["macs_per_input_pixel"] == 589_824
+    est = model["findings"][0]["estimate"]
+    assert est["macs_before"] is None and est["macs_after"] is None
+    assert est["macs_per_output_pixel"] == 589_824
+    assert est["macs_per_output_pixel_after"] == 69_632
+
+
+def test_cl002_naive_3a_projection_to_32(lint: Callable[..., ModelReport]) -> None:
+    settings = Settings(rule_options={"CL002": {"projection-channels": 32}})
+    est = estimate(lint("inception_3a_naive", settings), "CL002")
+    assert (est["channels_before"], est["channels_after"]) == (416, 256)
+    assert est["params_after"] == 192 * 32  # the projection; the concat has no conv consumer
+
+
+def test_cl002_projection_ratio_option(lint: Callable[..., ModelReport]) -> None:
+    settings = Settings(rule_options={"CL002": {"projection-ratio": 4}})
+    est = estimate(lint("inception_3a_naive", settings), "CL002")
+    assert est["channels_after"] == 416 - 192 + 48
+
+
+def test_cl003_fold_estimate(lint: Callable[..., ModelReport]) -> None:
+    est = estimate(lint("linear_conv_chain_bad"), "CL003")
+    assert est["macs_per_output_pixel"] == 64 * 256 + 256 * 64 * 9
+    assert est["macs_per_output_pixel_after"] == 64 * 64 * 9
+
+
+def test_cl004_vgg16_fc6(lint: Callable[..., ModelReport]) -> None:
+    est = estimate(lint("vgg16", weights="external"), "CL004")
+    assert est["params_before"] == 102_764_544
+    assert est["params_after"] == 512 * 4096 + 4096
+
+
+def test_cl005_estimate(lint: Callable[..., ModelReport]) -> None:
+    est = estimate(lint("spatial_expansion_bad"), "CL005")
+    assert est["macs_per_output_pixel"] == 64 * 256 * 9
+    assert est["macs_per_output_pixel_after"] == 64 * 64 * 9 + 64 * 256
+
+
+def test_min_channels_option_silences_cl001(lint: Callable[..., ModelReport]) -> None:
+    settings = Settings(rule_options={"CL001": {"min-channels": 512}})
+    assert found(lint("conv3x3", settings)) == set()
+
+
+def test_select_ignore_prefixes(lint: Callable[..., ModelReport]) -> None:
+    assert {c for c, _ in found(lint("inception_3a_naive", Settings(select=["CL002"])))} == {
+        "CL002"
+    }
+    assert {c for c, _ in found(lint("inception_3a_naive", Settings(ignore=["CL00"])))} == set()
+    more_specific = Settings(select=["CL001"], ignore=["CL"])
+    assert {c for c, _ in found(lint("inception_3a_naive", more_specific))} == {"CL001"}
+
+
+def test_per_node_ignores(lint: Callable[..., ModelReport]) -> None:
+    settings = Settings(per_node_ignores={"inception_3a/*x*": ["CL001"]})
+    assert found(lint("inception_3a_naive", settings)) == {("CL002", "inception_3a/pool")}
+
+
+def test_verbose_says_why_not(
+    model_file: Callable[..., Any], cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, out, _ = cli("check", str(model_file("resnet_bottleneck")), "--verbose")
+    assert code == 0
+    assert "CL001 passed over: reads 64 channels, below min-channels=128" in out
+    code, out, _ = cli("check", str(model_file("mobilenetv2_blocks")), "--verbose")
+    assert "grouped conv" in out
+    code, out, _ = cli("check", str(model_file("mobilenetv2_tail")), "--verbose")
+    assert "CL003 passed over: folding into 'features.18.conv' would cost more" in out
+    code, out, _ = cli("check", str(model_file("inception_v3_grid_reduction")), "--verbose")
+    assert "strided pool: a grid-size reduction branch" in out
+    assert "input width set by 1×1 conv" in out
