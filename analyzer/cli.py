@@ -95,10 +95,12 @@ def resolve_settings(args: argparse.Namespace, registry: Registry) -> tuple[Sett
         input_shapes=dict(table.get("input-shape", {})),
         verbose=getattr(args, "verbose", False),
     )
+    # As in ruff, --select on the command line replaces the configured selection (config
+    # ignores included); --ignore adds to what is ignored.
     if getattr(args, "select", None):
-        settings.select = args.select
+        settings.select, settings.ignore = args.select, []
     if getattr(args, "ignore", None):
-        settings.ignore = args.ignore
+        settings.ignore = [*settings.ignore, *args.ignore]
     settings.input_shapes.update(dict(args.input_shape))
     validate_selectors(registry, settings.select, "--select")
     validate_selectors(registry, settings.ignore, "--ignore")

@@ -119,13 +119,12 @@ def node_cost(graph: ModelGraph, node: Node) -> NodeCost:
         return _gemm(graph, node)
     if op == "MatMul":
         return _matmul(graph, node)
-    out = graph.shape(node.outputs[0]) if node.outputs else None
     if op in NORMALIZATIONS:
         params = sum(_const_size(graph, t) for t in node.inputs[1:3])
-        return NodeCost(params, per_sample(out))
+        return NodeCost(params, per_sample(graph.shape(node.outputs[0])))
     if op in WINDOW_POOLS:
-        kernel = math.prod(node.attrs.get("kernel_shape", [1]))
-        elements = per_sample(out)
+        kernel = math.prod(node.attr("kernel_shape", [1]))
+        elements = per_sample(graph.shape(node.outputs[0]))
         return NodeCost(0, elements * kernel if elements is not None else None)
     if op in GLOBAL_POOLS:
         return NodeCost(0, per_sample(graph.shape(node.inputs[0])))

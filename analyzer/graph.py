@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 import networkx as nx
@@ -33,7 +33,7 @@ TRANSPARENT = ACTIVATIONS | LINEAR_PASSTHROUGH
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 
 
-@dataclass
+@dataclass(eq=False)
 class Node:
     """One ONNX node, with attributes (defaults applied) and the shapes of its tensors."""
 
@@ -42,13 +42,27 @@ class Node:
     domain: str
     inputs: list[str]
     outputs: list[str]
-    attrs: dict[str, Any]
     index: int
+    opset: int
     proto: onnx.NodeProto = field(repr=False)
 
     @property
     def is_standard(self) -> bool:
         return self.domain in ("", "ai.onnx")
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        """One attribute's value, without parsing the rest (the default if absent)."""
+        if "attrs" in self.__dict__:
+            return self.attrs.get(name, default)
+        for attr in self.proto.attribute:
+            if attr.name == name:
+                return _attribute_value(attr)
+        return default
+
+    @cached_property
+    def attrs(self) -> dict[str, Any]:
+        """Attribute values with the schema's defaults applied (parsed on first use)."""
+        return _attribute_values(self.proto, self.opset)
 
 
 @cache
@@ -60,19 +74,35 @@ def _schema_defaults(op_type: str, opset: int, domain: str) -> dict[str, Any]:
     defaults: dict[str, Any] = {}
     for name, attr in schema.attributes.items():
         if attr.default_value.name:
-            defaults[name] = helper.get_attribute_value(attr.default_value)
+            defaults[name] = _attribute_value(attr.default_value)
     return defaults
+
+
+_A = onnx.AttributeProto
+
+
+def _attribute_value(attr: onnx.AttributeProto) -> Any:
+    # The common scalar and list types are read directly: onnx.helper's generic reader is the
+    # hot spot of loading a 20,000-node graph.
+    kind = attr.type
+    if kind == _A.INT:
+        return attr.i
+    if kind == _A.INTS:
+        return list(attr.ints)
+    if kind == _A.FLOAT:
+        return attr.f
+    if kind == _A.STRING:
+        return attr.s.decode("utf-8", "replace")
+    if kind == _A.FLOATS:
+        return list(attr.floats)
+    return helper.get_attribute_value(attr)
 
 
 def _attribute_values(node: onnx.NodeProto, opset: int) -> dict[str, Any]:
     values = dict(_schema_defaults(node.op_type, opset, node.domain or ""))
     for attr in node.attribute:
-        if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-            continue
-        values[attr.name] = helper.get_attribute_value(attr)
-    for name, value in list(values.items()):
-        if isinstance(value, bytes):
-            values[name] = value.decode("utf-8", "replace")
+        if attr.type not in (_A.GRAPH, _A.GRAPHS):
+            values[attr.name] = _attribute_value(attr)
     return values
 
 
@@ -99,7 +129,6 @@ class ModelGraph:
     def __init__(self, graph: onnx.GraphProto, opset: int, prefix: str = "") -> None:
         self.proto = graph
         self.opset = opset
-        self.nx: nx.DiGraph = nx.DiGraph()
         self.nodes: dict[str, Node] = {}
         self.producer: dict[str, str] = {}
         self.consumers: dict[str, list[str]] = {}
@@ -113,14 +142,12 @@ class ModelGraph:
         for init in graph.initializer:
             self.constants[init.name] = tuple(int(d) for d in init.dims)
             self.dtypes[init.name] = init.data_type
+        # Shapes are parsed on first use: most value_info entries of a large graph are never asked.
+        self._value_info: dict[str, onnx.ValueInfoProto] = {}
         for value in [*graph.input, *graph.value_info, *graph.output]:
-            shape, dtype = _shape_of(value.type)
-            if shape is not None or value.name not in self.shapes:
-                self.shapes[value.name] = shape
-            if dtype:
-                self.dtypes[value.name] = dtype
-        for name, shape in self.constants.items():
-            self.shapes[name] = shape
+            if value.name not in self._value_info or value.type.tensor_type.HasField("shape"):
+                self._value_info[value.name] = value
+        self.shapes.update(self.constants)
         # IR < 4 lists initializers among graph inputs too; those are weights, not data.
         self.data_inputs = [name for name in self.graph_inputs if name not in self.constants]
 
@@ -136,12 +163,11 @@ class ModelGraph:
                 domain=proto.domain,
                 inputs=list(proto.input),
                 outputs=list(proto.output),
-                attrs=_attribute_values(proto, opset),
                 index=index,
+                opset=opset,
                 proto=proto,
             )
             self.nodes[node.name] = node
-            self.nx.add_node(node.name)
             for tensor in node.outputs:
                 if tensor:
                     self.producer[tensor] = node.name
@@ -150,7 +176,7 @@ class ModelGraph:
                     self.consumers.setdefault(tensor, []).append(node.name)
             if proto.op_type == "Constant":
                 self._add_constant(proto)
-            for attr in proto.attribute:
+            for attr in proto.attribute if proto.op_type in SUBGRAPH_OPS else ():
                 if attr.type == onnx.AttributeProto.GRAPH:
                     self.subgraphs.append(
                         (node.name, ModelGraph(attr.g, opset, f"{node.name}/{attr.name}/"))
@@ -160,15 +186,23 @@ class ModelGraph:
                         self.subgraphs.append(
                             (node.name, ModelGraph(sub, opset, f"{node.name}/{attr.name}{i}/"))
                         )
+        self.memo: dict[tuple[str, str], Any] = {}  # per-node facts rules derive, e.g. geometry
+
+    @cached_property
+    def nx(self) -> nx.DiGraph:
+        """The networkx view: one graph node per ONNX node, edges along tensors (built on use)."""
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.nodes)
         for tensor, consumers in self.consumers.items():
             source = self.producer.get(tensor)
             if source is None:
                 continue
             for target in consumers:
-                if self.nx.has_edge(source, target):
-                    self.nx.edges[source, target]["tensors"].append(tensor)
+                if graph.has_edge(source, target):
+                    graph.edges[source, target]["tensors"].append(tensor)
                 else:
-                    self.nx.add_edge(source, target, tensors=[tensor])
+                    graph.add_edge(source, target, tensors=[tensor])
+        return graph
 
     def _add_constant(self, proto: onnx.NodeProto) -> None:
         for attr in proto.attribute:
@@ -190,7 +224,19 @@ class ModelGraph:
             yield from sub.all_graphs()
 
     def shape(self, tensor: str) -> Shape | None:
-        return self.shapes.get(tensor)
+        if tensor in self.shapes:
+            return self.shapes[tensor]
+        value = self._value_info.get(tensor)
+        shape = _shape_of(value.type)[0] if value is not None else None
+        self.shapes[tensor] = shape
+        return shape
+
+    def dtype(self, tensor: str) -> int:
+        """The ONNX element type of a tensor (0 when unknown)."""
+        if tensor in self.dtypes:
+            return self.dtypes[tensor]
+        value = self._value_info.get(tensor)
+        return _shape_of(value.type)[1] if value is not None else 0
 
     def is_constant(self, tensor: str) -> bool:
         return tensor in self.constants

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper
 
 from convlint.errors import ModelError
 
@@ -50,18 +49,41 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def _graphs(model: onnx.ModelProto) -> list[onnx.GraphProto]:
+    """The main graph and the subgraphs of its If/Loop/Scan nodes, recursively."""
+    graphs, stack = [], [model.graph]
+    while stack:
+        graph = stack.pop()
+        graphs.append(graph)
+        for node in graph.node:
+            if node.op_type in ("If", "Loop", "Scan"):
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.GRAPH:
+                        stack.append(attr.g)
+                    stack.extend(attr.graphs)
+    return graphs
+
+
+def _stored_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Tensors that can carry external data: initializers and Constant node values."""
+    tensors: list[onnx.TensorProto] = []
+    for graph in _graphs(model):
+        tensors.extend(graph.initializer)
+        for node in graph.node:
+            if node.op_type == "Constant":
+                tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+    return tensors
+
+
 def check_external_locations(model: onnx.ModelProto, path: Path) -> None:
     """Refuse external-data locations that leave the model's folder, before opening any."""
     base = path.resolve().parent
-    for tensor in external_data_helper._get_all_tensors(model):
-        if not external_data_helper.uses_external_data(tensor):
+    for tensor in _stored_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        info = external_data_helper.ExternalDataInfo(tensor)
-        location = info.location
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         if not location:
-            raise ModelError(
-                path, f"initializer {tensor.name!r} has external data without location"
-            )
+            raise ModelError(path, f"external data of {tensor.name!r} has no location")
         if os.path.isabs(location) or Path(location).drive:
             raise ModelError(
                 path, f"external data of {tensor.name!r} has absolute location {location!r}"
@@ -154,20 +176,18 @@ def validate(model: onnx.ModelProto, path: str | Path) -> None:
     declared = {entry.domain or "" for entry in model.opset_import}
     if not declared:
         raise ModelError(path, "invalid model: no opset_import")
-    stack = [model.graph]
-    while stack:
-        graph = stack.pop()
-        for node in graph.node:
-            domain = node.domain or ""
-            if domain not in declared and not (domain == "ai.onnx" and "" in declared):
-                raise ModelError(
-                    path,
-                    f"invalid model: node {node.name or node.op_type!r} uses domain "
-                    f"{domain!r}, which opset_import does not declare",
-                )
-            stack.extend(a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
-            for attr in node.attribute:
-                stack.extend(attr.graphs)
+    if "" in declared:
+        declared.add("ai.onnx")
+    for graph in _graphs(model):
+        undeclared = {node.domain for node in graph.node} - declared
+        if undeclared:
+            domain = sorted(undeclared)[0]
+            node = next(n for n in graph.node if n.domain == domain)
+            raise ModelError(
+                path,
+                f"invalid model: node {node.name or node.op_type!r} uses domain "
+                f"{domain!r}, which opset_import does not declare",
+            )
 
 
 def load(path: str | Path, input_shapes: InputShapes | None = None) -> LoadedModel:

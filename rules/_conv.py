@@ -46,15 +46,23 @@ def _pixels(graph: ModelGraph, tensor: str) -> int | None:
 
 
 def conv_geometry(graph: ModelGraph, node: Node) -> ConvGeometry | None:
-    """Geometry of a standard Conv with a known weight shape, else None."""
+    """Geometry of a standard Conv with a known weight shape, else None (memoized per node)."""
     if node.op_type != "Conv" or not node.is_standard or len(node.inputs) < 2:
         return None
+    key = ("conv_geometry", node.name)
+    if key not in graph.memo:
+        graph.memo[key] = _conv_geometry(graph, node)
+    result: ConvGeometry | None = graph.memo[key]
+    return result
+
+
+def _conv_geometry(graph: ModelGraph, node: Node) -> ConvGeometry | None:
     weight = graph.shape(node.inputs[1])
     if weight is None or len(weight) < 3 or not all(isinstance(d, int) for d in weight):
         return None
-    group = int(node.attrs.get("group", 1))
+    group = int(node.attr("group", 1))
     kernel = tuple(int(d) for d in weight[2:])  # type: ignore[arg-type]
-    strides = tuple(node.attrs.get("strides") or [1] * len(kernel))
+    strides = tuple(node.attr("strides") or [1] * len(kernel))
     return ConvGeometry(
         cin=int(weight[1]) * group,  # type: ignore[arg-type]
         cout=int(weight[0]),  # type: ignore[arg-type]

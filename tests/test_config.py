@@ -1,0 +1,91 @@
+"""Configuration: [tool.convlint] in pyproject.toml or convlint.toml, validated strictly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def naive(model_file: Callable[..., Path]) -> Path:
+    return model_file("inception_3a_naive")
+
+
+def codes(out: str) -> set[str]:
+    return {line.split(": ")[1].split()[0] for line in out.splitlines() if ": CL" in line}
+
+
+def test_pyproject_is_found_from_the_working_directory(
+    naive: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli: Callable[..., tuple[int, str, str]],
+) -> None:
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(
+        '[tool.convlint]\nselect = ["CL002"]\n\n[tool.convlint.rules.CL002]\nprojection-channels = 32\n'
+    )
+    monkeypatch.chdir(project / "sub")
+    code, out, _ = cli("check", str(naive))
+    assert code == 1
+    assert codes(out) == {"CL002"}
+    assert "concat channels 416 -> 256" in out
+
+
+def test_convlint_toml_and_explicit_config(
+    naive: Path, tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    config = tmp_path / "convlint.toml"
+    config.write_text(
+        'ignore = ["CL002"]\nfail-on = "error"\n\n'
+        '[per-node-ignores]\n"inception_3a/5x5" = ["CL001"]\n\n'
+        '[rules.CL001]\nseverity = "error"\n'
+    )
+    code, out, _ = cli("check", str(naive), "--config", str(config))
+    assert code == 1  # CL001 raised to error, fail-on error
+    assert codes(out) == {"CL001"}
+    assert "inception_3a/5x5" not in out
+    code, out, _ = cli("check", str(naive), "--config", str(config), "--select", "CL002")
+    assert code == 0  # CL002 is a warning, below fail-on=error
+    assert codes(out) == {"CL002"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[tool.convlint]\nselct = []\n", "unknown key 'selct' in [tool.convlint] (valid: select"),
+        ('[tool.convlint]\nfail-on = "sometimes"\n', "is not one of error, warning, info, never"),
+        ("[tool.convlint.rules.CL009]\nx = 1\n", "unknown rule 'CL009'"),
+        (
+            "[tool.convlint.rules.CL001]\nmin-chanels = 3\n",
+            "unknown option 'min-chanels' for CL001 (valid: severity, min-channels, reduction-ratio)",
+        ),
+        ('[tool.convlint.rules.CL001]\nmin-channels = "many"\n', "expected int, got 'many'"),
+        ("[tool.convlint.rules.CL001]\nmin-channels = -4\n", "must be positive"),
+        ('[tool.convlint]\nselect = ["XYZ"]\n', "'XYZ' matches no rule"),
+        ("[tool.convlint\n", "invalid TOML"),
+    ],
+)
+def test_bad_configuration_is_exit_2_with_what_is_valid(
+    naive: Path,
+    tmp_path: Path,
+    cli: Callable[..., tuple[int, str, str]],
+    text: str,
+    message: str,
+) -> None:
+    config = tmp_path / "pyproject.toml"
+    config.write_text(text)
+    code, _, err = cli("check", str(naive), "--config", str(config))
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unknown_select_on_the_command_line(
+    naive: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, _, err = cli("check", str(naive), "--select", "CL9")
+    assert code == 2 and "'CL9' matches no rule" in err
