@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from convlint.registry import CODE_PATTERN, DOC_SECTIONS, Registry, Rule, load_registry
 from convlint.errors import ConvlintError
 from convlint.findings import Severity
+from convlint.registry import CODE_PATTERN, DOC_SECTIONS, Registry, Rule, load_registry
 
 RULES = list(load_registry(plugins=False))
 ROOT = Path(__file__).resolve().parents[1]
