@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,9 @@ from convlint.cost import ModelCost, NodeCost, model_cost, node_cost
 from convlint.errors import ConvlintError, ModelError
 from convlint.findings import Estimate, Finding, Fix, Severity, Skip
 from convlint.graph import ModelGraph, Node, build_graph
+from convlint.neighbourhood import neighbourhood
 from convlint.registry import Registry, Rule
+from convlint.sketch import Suggestion
 
 # Sizes bound to symbolic spatial dims to test whether a network's cost scales with its input
 # (powers of two so that every stride up to 1024 divides them exactly).
@@ -44,6 +46,9 @@ class ModelReport:
     error: str | None = None
     skips: list[Skip] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)  # codes of the rules run on this model
+    # Findings a --baseline knew, moved out of ``findings`` (None: no baseline given).
+    baselined: list[Finding] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +93,7 @@ class RuleContext:
         estimate: Estimate | None = None,
         fix: Fix | None = None,
         related: Sequence[str] = (),
+        suggestion: Suggestion | None = None,
     ) -> Finding:
         return Finding(
             code=self.rule.code,
@@ -99,6 +105,7 @@ class RuleContext:
             estimate=estimate,
             fix=fix,
             related=tuple(related),
+            suggestion=suggestion,
         )
 
 
@@ -158,7 +165,7 @@ def run_rules(
                     if _node_ignored(finding.node, finding.code, settings.per_node_ignores):
                         skips.append(Skip(rule.code, finding.node, "ignored by per-node-ignores"))
                     else:
-                        findings.append(finding)
+                        findings.append(replace(finding, context=neighbourhood(sub, finding)))
             except Exception as exc:  # a broken rule must not hide the others' findings
                 raise ConvlintError(
                     f"rule {rule.code} ({rule.origin}) failed: {type(exc).__name__}: {exc}"
@@ -209,6 +216,7 @@ def analyze(
         for sub_owner, _ in graph.subgraphs:
             report.notes.append(f"analyzed subgraph of {sub_owner}")
         chosen = enabled_rules(registry, settings) if rules is None else rules
+        report.checked = [rule.code for rule in chosen]
         report.findings, report.skips = run_rules(graph, loaded.model, chosen, settings)
     except ModelError as exc:
         report.error = exc.problem

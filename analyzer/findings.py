@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from convlint.sketch import Neighbourhood, Suggestion
+
 
 class Severity(str, Enum):
     INFO = "info"
@@ -72,6 +74,9 @@ class Finding:
     estimate: Estimate | None = None
     fix: Fix | None = None
     related: tuple[str, ...] = ()  # other nodes of the flagged neighbourhood, for reports
+    suggestion: Suggestion | None = None  # the suggested design as labels (set by the rule)
+    # The flagged neighbourhood as data for reports (set by the engine; not in the JSON report).
+    context: Neighbourhood | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {

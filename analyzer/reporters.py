@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
+from importlib import import_module
 from typing import Any
 
 from convlint import __version__
@@ -103,7 +104,22 @@ def _summary_line(reports: Sequence[ModelReport]) -> str:
 
 Renderer = Callable[[Sequence[ModelReport], Registry], str]
 
+
+def _lazy(module: str, function: str) -> Renderer:
+    """A renderer from its own module (``report_<format>.py``), imported when first used."""
+
+    def render(reports: Sequence[ModelReport], registry: Registry) -> str:
+        renderer: Renderer = getattr(import_module(f"convlint.{module}"), function)
+        return renderer(reports, registry)
+
+    return render
+
+
 RENDERERS: dict[str, Renderer] = {
     "text": render_text,
     "json": render_json,
+    "sarif": _lazy("report_sarif", "render_sarif"),
+    "junit": _lazy("report_junit", "render_junit"),
+    "markdown": _lazy("report_markdown", "render_markdown"),
+    "github": _lazy("report_github", "render_github"),
 }

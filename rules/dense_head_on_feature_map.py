@@ -47,6 +47,7 @@ from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
 from convlint.graph import TRANSPARENT
 from convlint.registry import Rule
+from convlint.sketch import Suggestion
 
 FLATTENERS = frozenset({"Flatten", "Reshape"})
 
@@ -98,6 +99,10 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             ),
             fix=Fix(Applicability.DISPLAY_ONLY, "replace the head and retrain"),
             related=(flatten.name,),
+            suggestion=Suggestion(
+                ("GlobalAveragePool", "Flatten", f"{dense.op_type} {channels}→{units}"),
+                replaces=(flatten.name, dense.name),
+            ),
         )
 
 

@@ -52,6 +52,7 @@ from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
 from convlint.graph import LINEAR_PASSTHROUGH, Node
 from convlint.registry import Rule
 from convlint.rules._conv import ConvGeometry, conv_geometry, scale
+from convlint.sketch import Suggestion
 
 
 def _foldable_reason(first: Node, second: Node, a: ConvGeometry, b: ConvGeometry) -> str:
@@ -134,6 +135,10 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             ),
             fix=Fix(Applicability.SAFE, f"fold {first.name!r} into {second.name!r} (exact)"),
             related=(second.name, *(n.name for n in between)),
+            suggestion=Suggestion(
+                (f"Conv {'×'.join(map(str, spatial.kernel))} {a.cin}→{b.cout} (folded)",),
+                replaces=(first.name, second.name),
+            ),
         )
 
 

@@ -58,6 +58,7 @@ from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
 from convlint.graph import Node
 from convlint.registry import Rule
 from convlint.rules._conv import conv_geometry, scale
+from convlint.sketch import Suggestion
 
 POOLS = frozenset({"MaxPool", "AveragePool", "LpPool"})
 
@@ -115,6 +116,9 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                     + ("" if all_convs else " (a consumer is nonlinear: changes the function)"),
                 ),
                 related=(concat.name, *(s.name for s in siblings)),
+                suggestion=Suggestion(
+                    (pool.op_type, f"Conv 1×1 {channels}→{projected} (projection)")
+                ),
             )
 
 

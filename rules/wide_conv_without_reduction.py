@@ -52,7 +52,8 @@ from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
 from convlint.graph import Node
 from convlint.registry import Rule
-from convlint.rules._conv import conv_geometry, scale
+from convlint.rules._conv import ConvGeometry, conv_geometry, scale
+from convlint.sketch import Suggestion
 
 
 def _reduction_source(ctx: RuleContext, node: Node) -> tuple[Node | None, str]:
@@ -102,7 +103,15 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                 Applicability.SAFE,
                 "factorize into 1×1 + k×k (+ 1×1) at the smallest rank within --tolerance",
             ),
+            suggestion=_suggestion(geometry, ratio),
         )
+
+
+def _suggestion(g: ConvGeometry, ratio: int) -> Suggestion:
+    mid, kernel = max(1, g.cin // ratio), "×".join(map(str, g.kernel))
+    return Suggestion(
+        (f"Conv 1×1 {g.cin}→{mid}", f"Conv {kernel} {mid}→{mid}", f"Conv 1×1 {mid}→{g.cout}")
+    )
 
 
 def _estimate(ctx: RuleContext, node: Node, ratio: int) -> Estimate:

@@ -47,6 +47,7 @@ from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
 from convlint.registry import Rule
 from convlint.rules._conv import conv_geometry, scale
+from convlint.sketch import Suggestion
 
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
@@ -86,6 +87,12 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                 Applicability.SAFE,
                 "factorize into k×k to rank r + 1×1 r->C_out at the smallest rank within "
                 "--tolerance",
+            ),
+            suggestion=Suggestion(
+                (
+                    f"Conv {'×'.join(map(str, g.kernel))} {g.cin}→{g.cin}",
+                    f"Conv 1×1 {g.cin}→{g.cout}",
+                )
             ),
         )
 

@@ -1,0 +1,36 @@
+"""Model paths as CI tools and baselines want them: relative, with forward slashes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePath
+from urllib.parse import quote
+
+
+def relative_posix(path: str | os.PathLike[str], base: str | os.PathLike[str]) -> str | None:
+    """``path`` relative to the folder ``base`` (lexically, symlinks not resolved), or None
+    when it lies outside ``base``."""
+    target = os.path.abspath(path)
+    folder = os.path.abspath(base)
+    try:
+        relative = os.path.relpath(target, folder)
+    except ValueError:  # another drive on Windows
+        return None
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return None
+    return PurePath(relative).as_posix()
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """Relative to the working directory where possible, else absolute; forward slashes."""
+    relative = relative_posix(path, os.getcwd())
+    return relative if relative is not None else PurePath(os.path.abspath(path)).as_posix()
+
+
+def artifact_uri(path: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """A SARIF artifact URI and its uriBaseId: relative to %SRCROOT% (the working directory)
+    where possible, else an absolute file URI."""
+    relative = relative_posix(path, os.getcwd())
+    if relative is not None:
+        return quote(relative), "%SRCROOT%"
+    return Path(os.path.abspath(path)).as_uri(), None

@@ -1,0 +1,56 @@
+"""GitHub Actions workflow commands (`--format github`): one annotation per finding.
+
+``::warning file=PATH,title=CL001 wide-conv-without-reduction::message``; errors and unreadable
+models are ``::error``, info findings and findings a baseline knew are ``::notice``. Escaping is
+the runner's: ``%``, CR and LF in messages; also ``:`` and ``,`` in properties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from convlint.engine import ModelReport
+from convlint.findings import Finding, Severity
+from convlint.paths import display_path
+from convlint.registry import Registry
+from convlint.reporters import describe_estimate
+
+COMMANDS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
+
+
+def escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def command(name: str, message: str, **properties: str) -> str:
+    props = ",".join(f"{key}={escape_property(value)}" for key, value in properties.items())
+    head = f"::{name} {props}" if props else f"::{name}"
+    return f"{head}::{escape_data(message)}"
+
+
+def _annotation(path: str, finding: Finding, known: bool) -> str:
+    message = f"{finding.node} ({finding.op_type}): {finding.message}"
+    estimate = describe_estimate(finding)
+    if estimate:
+        message += f"\n{estimate}"
+    title = f"{finding.code} {finding.rule}" + (" (baseline)" if known else "")
+    name = "notice" if known else COMMANDS[finding.severity]
+    return command(name, message, file=path, title=title)
+
+
+def render_github(reports: Sequence[ModelReport], registry: Registry) -> str:
+    lines: list[str] = []
+    for report in reports:
+        path = display_path(report.path)
+        if report.error:
+            lines.append(
+                command("error", report.error, file=path, title="convlint: model not readable")
+            )
+            continue
+        lines.extend(_annotation(path, f, known=False) for f in report.findings)
+        lines.extend(_annotation(path, f, known=True) for f in report.baselined or [])
+    return "".join(line + "\n" for line in lines)
