@@ -12,6 +12,7 @@ from typing import Any
 
 from convlint import __version__
 from convlint.atomic import write_atomic
+from convlint.baseline import load_baseline, write_baseline
 from convlint.config import FAIL_ON, find_config, read_config, validate_config
 from convlint.engine import ModelReport, Settings, analyze, iter_model_paths, validate_selectors
 from convlint.errors import ConvlintError, UsageError
@@ -143,7 +144,13 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
     paths = [str(p) for p in iter_model_paths(args.models)]
     if not paths:
         raise UsageError(f"no .onnx files found in {', '.join(args.models)}")
+    known = load_baseline(args.baseline) if args.baseline else None  # bad file: exit 2 early
     reports = check_models(paths, registry, settings, args.jobs)
+    if args.write_baseline:
+        count = write_baseline(args.write_baseline, reports)
+        print(f"convlint: recorded {count} findings in {args.write_baseline}", file=sys.stderr)
+    if known is not None:
+        known.apply(reports)
     renderer = RENDERERS.get(args.format)
     if renderer is None:
         raise UsageError(f"--format {args.format} is not available yet")
@@ -161,7 +168,7 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
             print(f"convlint: error: {report.path}: {report.error}", file=sys.stderr)
     if any(r.error for r in reports):
         return 2
-    if args.exit_zero:
+    if args.exit_zero or args.write_baseline:
         return 0
     return 1 if failing(reports, fail_on) else 0
 

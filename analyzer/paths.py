@@ -7,16 +7,18 @@ from pathlib import Path, PurePath
 from urllib.parse import quote
 
 
-def relative_posix(path: str | os.PathLike[str], base: str | os.PathLike[str]) -> str | None:
+def relative_posix(
+    path: str | os.PathLike[str], base: str | os.PathLike[str], outside: bool = False
+) -> str | None:
     """``path`` relative to the folder ``base`` (lexically, symlinks not resolved), or None
-    when it lies outside ``base``."""
+    when it lies outside ``base`` (unless ``outside``: then with ``..`` steps)."""
     target = os.path.abspath(path)
     folder = os.path.abspath(base)
     try:
         relative = os.path.relpath(target, folder)
     except ValueError:  # another drive on Windows
         return None
-    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+    if not outside and (relative == os.pardir or relative.startswith(os.pardir + os.sep)):
         return None
     return PurePath(relative).as_posix()
 

@@ -80,6 +80,10 @@ def render_text(reports: Sequence[ModelReport], registry: Registry, verbose: boo
                 lines.append(
                     f"    fix ({finding.fix.applicability.value}): {finding.fix.description}"
                 )
+        for finding in report.baselined or []:
+            lines.append(
+                f"{report.path}:{finding.node}: {finding.code} {finding.message} (baseline)"
+            )
         if verbose:
             for skip in report.skips:
                 lines.append(f"{report.path}:{skip.node}: {skip.code} passed over: {skip.reason}")
@@ -94,6 +98,8 @@ def _summary_line(reports: Sequence[ModelReport]) -> str:
     errors = counts["errors"]
     error_text = f"; {errors} model{'s' if errors != 1 else ''} could not be read" if errors else ""
     models = f"{counts['models']} model{'s' if counts['models'] != 1 else ''}"
+    known = sum(len(r.baselined or []) for r in reports)
+    error_text = (f"; {known} known in the baseline" if known else "") + error_text
     if not findings:
         return f"All checks passed! ({models}{error_text})"
     text = f"Found {len(findings)} finding{'s' if len(findings) != 1 else ''} in {models}"
