@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("model", metavar="MODEL")
     _common(stats, lint=False)
 
+    fix = commands.add_parser(
+        "fix", help="rewrite the findings, verify with onnxruntime, write OUT", allow_abbrev=False
+    )
+    fix.add_argument("model", metavar="MODEL")
+    _common(fix, lint=False)
+    from convlint.fixreport import add_fix_arguments
+
+    add_fix_arguments(fix)
+
     commands.add_parser("rules", help="list every rule")
     rule = commands.add_parser("rule", help="show a rule's documentation")
     rule.add_argument("code", metavar="CODE")
@@ -214,6 +223,13 @@ def cmd_rule(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
+def cmd_fix(args: argparse.Namespace, registry: Registry) -> int:
+    from convlint.fixreport import cmd_fix as run_fix
+
+    settings, _ = resolve_settings(args, registry)
+    return run_fix(args, registry, settings)
+
+
 def cmd_demo(args: argparse.Namespace, registry: Registry) -> int:
     from convlint.demo import run_demo
 
@@ -222,6 +238,7 @@ def cmd_demo(args: argparse.Namespace, registry: Registry) -> int:
 
 COMMANDS = {
     "check": cmd_check,
+    "fix": cmd_fix,
     "stats": cmd_stats,
     "rules": cmd_rules,
     "rule": cmd_rule,

@@ -1,0 +1,515 @@
+"""Stage 5a: low-rank factorizations of conv weights, and the exact algebra of folding.
+
+Numbers only: this module knows weights (numpy arrays) and pixel counts, never the graph.
+
+A conv weight ``W`` has shape (C_out, C_in, kh, kw); ``K = kh·kw``. Three factored forms:
+
+- ``svd-reduce`` (input side): a 1×1 conv C_in->r, then the k×k conv r->C_out. It factors
+  ``W`` unfolded as the (C_out·K) × C_in matrix ``M_in`` (rows: output channel and kernel
+  offset, columns: input channels), ``M_in ≈ B·A`` with A (r × C_in) the 1×1 conv.
+- ``svd-expand`` (output side): the k×k conv C_in->r, then a 1×1 conv r->C_out. It factors
+  ``W`` unfolded as the C_out × (C_in·K) matrix ``M_out`` (columns: an im2col patch).
+- ``tucker2``: 1×1 C_in->r1, k×k r1->r2, 1×1 r2->C_out (HOSVD of the two channel modes,
+  refined by HOOI sweeps while they lower the error).
+
+A 1×1 conv without bias maps zero to zero, so it commutes with zero padding: strides, pads,
+dilations and auto_pad stay on the k×k conv and every form is exact at full rank.
+
+MACs are those of one sample, counted exactly: a 1×1 conv before the k×k conv runs on every
+input pixel, the k×k conv and a 1×1 conv after it on every output pixel.
+
+Weight method (``--method weight``): truncated SVD of the unfolding; the rank-r error proxy is
+the relative Frobenius error of the weight, which is the layer's relative response error for
+white (identity second moment) inputs. Planted low-rank weights are found exactly this way.
+
+Data-aware method (``--method data-aware``): trained weights are rarely low-rank over channels,
+but the layer's response to real activations is. With ``x`` the conv's input at one pixel,
+``p`` an im2col patch (dim C_in·K) and ``y0 = M_out·p`` the pre-bias response, the layer's
+squared error is ``E||(M - M')p||² = ||(M - M')·C_p^½||²_F`` with ``C_p = E[p pᵀ]``:
+
+- Output side: the best rank-r ``M'`` projects the response onto its top-r principal
+  directions: ``M' = U_r U_rᵀ M`` with ``U`` the eigenvectors of ``E[y0 y0ᵀ] = M C_p Mᵀ``.
+  That is the SVD of ``M C_p^½`` mapped back by ``C_p^-½`` without ever forming the inverse.
+  ``E[y0 y0ᵀ]`` is measured directly on the conv's output (bias subtracted), so the patch
+  covariance (C_in·K squared, large and rank-deficient on few samples) is never built.
+- Input side: the 1×1 conv A is shared by all K kernel offsets, which couples the offsets
+  through the cross-offset blocks of ``C_p``; there is no closed form. We use the per-pixel
+  input-channel second moment ``C_x = E[x xᵀ]`` (the diagonal blocks of ``C_p``), i.e. we
+  ignore the correlation between neighbouring pixels: SVD of ``M_in C_x^½ = U S Vᵀ``, then
+  ``A = V_rᵀ C_x^-½`` and ``B = U_r S_r``. The verifier measures what this proxy ignores.
+- Tucker-2: the input factor of the input side and the output factor of the output side, the
+  core fitted between them.
+
+Both moments are regularized with an eigenvalue floor, ``C + ε·I`` with
+``ε = DATA_FLOOR·tr(C)/dim`` (on the output side, ``E[y0 y0ᵀ] + ε·M Mᵀ``, the same floor
+pushed through the conv): directions the fitting inputs never visited keep a little weight
+instead of an infinite inverse. The floor (1e-6 of the mean eigenvalue) is small enough that
+discarding every such direction stays well within a 1e-3 tolerance, so the method can drop
+them; whether that generalizes is what the verification on held-out inputs measures. At full
+rank, ``C^½`` and ``C^-½`` cancel exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[np.float64]
+
+KINDS = ("svd-reduce", "svd-expand", "tucker2")
+DATA_FLOOR = 1e-6
+HOOI_SWEEPS = 3
+
+
+@dataclass(frozen=True)
+class ConvSite:
+    """Sizes of one conv: channels, kernel and the pixels of one sample in and out."""
+
+    cout: int
+    cin: int
+    kernel: tuple[int, ...]
+    in_pixels: int
+    out_pixels: int
+    has_bias: bool = False
+
+    @property
+    def k(self) -> int:
+        return math.prod(self.kernel)
+
+    def macs(self) -> int:
+        return self.cout * self.cin * self.k * self.out_pixels
+
+    def params(self) -> int:
+        return self.cout * self.cin * self.k + (self.cout if self.has_bias else 0)
+
+
+@dataclass
+class Factors:
+    """One factored form at one rank: conv weights in execution order and their costs."""
+
+    kind: str
+    rank: int | tuple[int, int]
+    weights: list[Array] = field(repr=False)
+    proxy: float  # estimated relative response error of the layer
+    macs: int
+    params: int
+    method: str = "weight"
+
+    @property
+    def key(self) -> tuple[str, int | tuple[int, int]]:
+        return (self.kind, self.rank)
+
+
+def unfold_in(weight: Array) -> Array:
+    """(C_out, C_in, kh, kw) -> (C_out·kh·kw) × C_in."""
+    cout, cin = weight.shape[:2]
+    return weight.transpose(0, *range(2, weight.ndim), 1).reshape(-1, cin)
+
+
+def fold_in(matrix: Array, cout: int, kernel: Sequence[int]) -> Array:
+    """Inverse of :func:`unfold_in` for a (C_out·K) × r matrix: (C_out, r, kh, kw)."""
+    rank = matrix.shape[1]
+    spatial = len(kernel)
+    shaped = matrix.reshape(cout, *kernel, rank)
+    return shaped.transpose(0, spatial + 1, *range(1, spatial + 1))
+
+
+def _tail(values: Array) -> Array:
+    """tail[r] = sum(values[r:]) for r in 0..len: the energy a rank-r truncation discards."""
+    return np.concatenate([np.cumsum(values[::-1])[::-1], [0.0]])
+
+
+def _floored(moment: Array) -> tuple[Array, Array]:
+    """C^½ and C^-½ of a second moment with the eigenvalue floor applied."""
+    moment = (moment + moment.T) / 2
+    values, vectors = np.linalg.eigh(moment)
+    floor = DATA_FLOOR * max(float(np.trace(moment)) / len(moment), 1e-30)
+    values = np.maximum(values, 0.0) + floor
+    root = np.sqrt(values)
+    return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
+
+
+class InputSide:
+    """Factor a (rows × C) matrix as B (rows × r) · A (r × C), A a 1×1 conv on the C channels."""
+
+    def __init__(self, matrix: Array, moment: Array | None = None) -> None:
+        self.matrix = matrix
+        if moment is None:
+            weighted, self.inv_root = matrix, None
+        else:
+            root, self.inv_root = _floored(moment)
+            weighted = matrix @ root
+        self.u, self.s, self.vt = np.linalg.svd(weighted, full_matrices=False)
+        energy = self.s**2
+        self.tail = _tail(energy)
+        self.total = max(float(self.tail[0]), 1e-300)
+
+    @property
+    def max_rank(self) -> int:
+        return len(self.s)
+
+    def proxy(self, rank: int) -> float:
+        return math.sqrt(max(self.tail[min(rank, self.max_rank)], 0.0) / self.total)
+
+    def factors(self, rank: int) -> tuple[Array, Array]:
+        """(B, A): B = U_r S_r, A = V_rᵀ C^-½."""
+        a = self.vt[:rank]
+        if self.inv_root is not None:
+            a = a @ self.inv_root
+        return self.u[:, :rank] * self.s[:rank], a
+
+    def basis(self, rank: int) -> Array:
+        """A (r × C): the 1×1 reduction alone."""
+        return self.factors(rank)[1]
+
+
+class OutputSide:
+    """Factor a C_out × cols matrix as U_r (C_out × r) · (U_rᵀ M), U the principal outputs."""
+
+    def __init__(
+        self, matrix: Array, response: Array | None = None, input_trace: float = 0.0
+    ) -> None:
+        self.matrix = matrix
+        if response is None:
+            u, s, _ = np.linalg.svd(matrix, full_matrices=False)
+            values = s**2
+        else:
+            gram = matrix @ matrix.T
+            floor = DATA_FLOOR * input_trace / max(matrix.shape[1], 1)
+            values, u = np.linalg.eigh((response + response.T) / 2 + floor * gram)
+            values, u = np.maximum(values[::-1], 0.0), u[:, ::-1]
+        self.u = u
+        self.tail = _tail(values)
+        self.total = max(float(self.tail[0]), 1e-300)
+
+    @property
+    def max_rank(self) -> int:
+        return min(self.matrix.shape)
+
+    def proxy(self, rank: int) -> float:
+        return math.sqrt(max(self.tail[min(rank, len(self.tail) - 1)], 0.0) / self.total)
+
+    def factors(self, rank: int) -> tuple[Array, Array]:
+        """(B, A): B = U_r (C_out × r), A = U_rᵀ M (r × cols)."""
+        b = self.u[:, :rank]
+        return b, b.T @ self.matrix
+
+
+@dataclass
+class Statistics:
+    """Second moments measured on the fitting inputs (data-aware method)."""
+
+    input_moment: Array  # C_in × C_in, E[x xᵀ] over pixels and samples
+    response_moment: Array | None = None  # C_out × C_out, E[y0 y0ᵀ], y0 = conv output - bias
+
+
+@dataclass
+class ConvFactorizer:
+    """Every factored form of one conv weight, searchable by error budget or fixed rank."""
+
+    weight: Array
+    site: ConvSite
+    stats: Statistics | None = None
+    kinds: Sequence[str] = KINDS
+    _in: InputSide = field(init=False)
+    _out: OutputSide = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.weight = np.asarray(self.weight, dtype=np.float64)
+        m_in, m_out = unfold_in(self.weight), self.weight.reshape(self.site.cout, -1)
+        if self.stats is None:
+            self._in, self._out = InputSide(m_in), OutputSide(m_out)
+        else:
+            trace = float(np.trace(self.stats.input_moment))
+            self._in = InputSide(m_in, self.stats.input_moment)
+            self._out = OutputSide(m_out, self.stats.response_moment, trace * self.site.k)
+
+    @property
+    def method(self) -> str:
+        return "weight" if self.stats is None else "data-aware"
+
+    # -- costs ---------------------------------------------------------------------------
+    def cost(self, kind: str, rank: int | tuple[int, int]) -> tuple[int, int]:
+        """(MACs, params) of a form; the bias stays on the last conv."""
+        s = self.site
+        bias = s.cout if s.has_bias else 0
+        if kind == "svd-reduce":
+            assert isinstance(rank, int)
+            per_in, per_out = s.cin * rank, rank * s.cout * s.k
+            return per_in * s.in_pixels + per_out * s.out_pixels, per_in + per_out + bias
+        if kind == "svd-expand":
+            assert isinstance(rank, int)
+            per_out = rank * s.cin * s.k + s.cout * rank
+            return per_out * s.out_pixels, per_out + bias
+        assert isinstance(rank, tuple)
+        r1, r2 = rank
+        per_in, per_out = s.cin * r1, r1 * r2 * s.k + r2 * s.cout
+        return per_in * s.in_pixels + per_out * s.out_pixels, per_in + per_out + bias
+
+    # -- search --------------------------------------------------------------------------
+    def _min_rank(self, side: InputSide | OutputSide, budget: float) -> int:
+        squared = budget**2 * side.total
+        ranks = np.nonzero(side.tail[: side.max_rank + 1] <= squared)[0]
+        return int(ranks[0]) if len(ranks) else side.max_rank
+
+    def _tucker_ranks(self, budget: float) -> tuple[int, int] | None:
+        """The cheapest (r1, r2) whose HOSVD bound q_in² + q_out² stays within budget²."""
+        best: tuple[int, tuple[int, int]] | None = None
+        out_tail = self._out.tail / self._out.total
+        for r1 in range(1, self._in.max_rank + 1):
+            left = budget**2 - self._in.proxy(r1) ** 2
+            if left < 0:
+                continue
+            fits = np.nonzero(out_tail[: self._out.max_rank + 1] <= left)[0]
+            r2 = max(int(fits[0]), 1) if len(fits) else self._out.max_rank
+            macs = self.cost("tucker2", (r1, r2))[0]
+            if best is None or macs < best[0]:
+                best = (macs, (r1, r2))
+        return best[1] if best else None
+
+    def cheapest(self, budget: float) -> Factors | None:
+        """The form with the fewest MACs whose proxy error is within ``budget`` and that
+        costs fewer MACs than the conv itself; None when no form does."""
+        options: list[tuple[int, int, str, int | tuple[int, int]]] = []
+        for kind in self.kinds:
+            rank: int | tuple[int, int] | None
+            if kind == "svd-reduce":
+                rank = max(self._min_rank(self._in, budget), 1)
+            elif kind == "svd-expand":
+                rank = max(self._min_rank(self._out, budget), 1)
+            else:
+                rank = self._tucker_ranks(budget)
+            if rank is None:
+                continue
+            macs, params = self.cost(kind, rank)
+            if macs < self.site.macs():
+                options.append((macs, params, kind, rank))
+        if not options:
+            return None
+        _, _, kind, rank = min(options, key=lambda o: (o[0], o[1]))
+        return self.at_rank(kind, rank)
+
+    def fixed(self, rank: int | None = None, ratio: float | None = None) -> Factors | None:
+        """The cheapest form at a rank given by --rank N or --ratio F; None if none saves."""
+        s = self.site
+        options = []
+        for kind in self.kinds:
+            if ratio is not None:
+                r_in, r_out = math.ceil(ratio * s.cin), math.ceil(ratio * s.cout)
+            else:
+                assert rank is not None
+                r_in = r_out = rank
+            r_in, r_out = (
+                max(1, min(r_in, self._in.max_rank)),
+                max(1, min(r_out, self._out.max_rank)),
+            )
+            chosen: int | tuple[int, int] = (
+                r_in if kind == "svd-reduce" else r_out if kind == "svd-expand" else (r_in, r_out)
+            )
+            macs, params = self.cost(kind, chosen)
+            if macs < s.macs():
+                options.append((macs, params, kind, chosen))
+        if not options:
+            return None
+        _, _, kind, chosen = min(options, key=lambda o: (o[0], o[1]))
+        return self.at_rank(kind, chosen)
+
+    # -- factors -------------------------------------------------------------------------
+    def at_rank(self, kind: str, rank: int | tuple[int, int]) -> Factors:
+        s = self.site
+        spatial = len(s.kernel)
+        pointwise = (1,) * spatial
+        if kind == "svd-reduce":
+            assert isinstance(rank, int)
+            b, a = self._in.factors(rank)
+            weights = [a.reshape(rank, s.cin, *pointwise), fold_in(b, s.cout, s.kernel)]
+            proxy = self._in.proxy(rank)
+        elif kind == "svd-expand":
+            assert isinstance(rank, int)
+            b, a = self._out.factors(rank)
+            weights = [a.reshape(rank, s.cin, *s.kernel), b.reshape(s.cout, rank, *pointwise)]
+            proxy = self._out.proxy(rank)
+        else:
+            assert isinstance(rank, tuple)
+            weights, proxy = self._tucker(*rank)
+        macs, params = self.cost(kind, rank)
+        return Factors(kind, rank, weights, proxy, macs, params, self.method)
+
+    def _tucker(self, r1: int, r2: int) -> tuple[list[Array], float]:
+        s = self.site
+        pointwise = (1,) * len(s.kernel)
+        w = self.weight
+        if self.stats is not None:
+            b, a = self._in.factors(r1)
+            reduced = fold_in(b, s.cout, s.kernel)  # (C_out, r1, *kernel)
+            u_out = self._out.u[:, :r2]
+            proxy = math.hypot(self._in.proxy(r1), self._out.proxy(r2))
+        else:
+            a = self._in.vt[:r1]
+            u_out = self._out.u[:, :r2]
+            error = self._tucker_error(a, u_out)
+            for _ in range(HOOI_SWEEPS):
+                a_new, u_new = self._hooi_sweep(a, u_out, r1, r2)
+                new_error = self._tucker_error(a_new, u_new)
+                if new_error >= error:
+                    break
+                a, u_out, error = a_new, u_new, new_error
+            reduced = np.einsum("oc...,rc->or...", w, a)
+            proxy = error
+        core = np.einsum("or...,ot->tr...", reduced, u_out)
+        weights = [
+            a.reshape(r1, s.cin, *pointwise),
+            core,
+            u_out.reshape(s.cout, r2, *pointwise),
+        ]
+        return weights, proxy
+
+    def _tucker_error(self, a: Array, u_out: Array) -> float:
+        core = np.einsum("oc...,rc,ot->tr...", self.weight, a, u_out)
+        total = float(np.sum(self.weight**2))
+        return math.sqrt(max(total - float(np.sum(core**2)), 0.0) / max(total, 1e-300))
+
+    def _hooi_sweep(self, a: Array, u_out: Array, r1: int, r2: int) -> tuple[Array, Array]:
+        """One HOOI sweep: each channel factor re-fitted with the other held."""
+        cin = self.site.cin
+        projected_out = np.einsum("oc...,ot->tc...", self.weight, u_out)
+        _, _, vt = np.linalg.svd(unfold_in(projected_out), full_matrices=False)
+        a = vt[:r1]
+        projected_in = np.einsum("oc...,rc->or...", self.weight, a).reshape(self.site.cout, -1)
+        u, _, _ = np.linalg.svd(projected_in, full_matrices=False)
+        assert a.shape[1] == cin
+        return a, u[:, :r2]
+
+
+# -- CL002: a shared projection of pooled channels, folded into the concat's consumers --------
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A conv reading the concat: its weight slice for the pooled channels and its pixels."""
+
+    slice: Array  # (C_out, C_pool, *kernel)
+    out_pixels: int
+
+
+@dataclass
+class PoolProjection:
+    """Joint input-side SVD of every consumer's slice: one projection P (r × C_pool), new
+    slices (C_out, r, *kernel); exact at the rank of the stacked matrix."""
+
+    consumers: Sequence[Consumer]
+    pool_pixels: int
+    input_moment: Array | None = None
+    _side: InputSide = field(init=False)
+
+    def __post_init__(self) -> None:
+        stacked = np.concatenate(
+            [unfold_in(np.asarray(c.slice, np.float64)) for c in self.consumers]
+        )
+        self._side = InputSide(stacked, self.input_moment)
+
+    @property
+    def channels(self) -> int:
+        return int(self.consumers[0].slice.shape[1])
+
+    @property
+    def method(self) -> str:
+        return "weight" if self.input_moment is None else "data-aware"
+
+    def cost(self, rank: int) -> tuple[int, int]:
+        """(MACs, params) of the projection and the consumers' pooled slices at ``rank``."""
+        macs, params = self.channels * rank * self.pool_pixels, self.channels * rank
+        for c in self.consumers:
+            per_pixel = c.slice.shape[0] * rank * math.prod(c.slice.shape[2:])
+            macs += per_pixel * c.out_pixels
+            params += per_pixel
+        return macs, params
+
+    def baseline(self) -> tuple[int, int]:
+        macs = params = 0
+        for c in self.consumers:
+            macs += c.slice.size * c.out_pixels
+            params += c.slice.size
+        return macs, params
+
+    def exact_rank(self, relative: float = 1e-6) -> int:
+        s = self._side.s
+        return int(np.sum(s > relative * s[0])) if len(s) and s[0] > 0 else 0
+
+    def cheapest(self, budget: float) -> Factors | None:
+        rank = max(int(np.nonzero(self._side.tail <= budget**2 * self._side.total)[0][0]), 1)
+        return self.at_rank(rank) if self.cost(rank)[0] < self.baseline()[0] else None
+
+    def fixed(self, rank: int | None = None, ratio: float | None = None) -> Factors | None:
+        chosen = math.ceil(ratio * self.channels) if ratio is not None else int(rank or 1)
+        chosen = max(1, min(chosen, self._side.max_rank))
+        return self.at_rank(chosen) if self.cost(chosen)[0] < self.baseline()[0] else None
+
+    def at_rank(self, rank: int) -> Factors:
+        b, a = self._side.factors(rank)
+        slices, row = [], 0
+        for c in self.consumers:
+            cout, kernel = c.slice.shape[0], tuple(c.slice.shape[2:])
+            rows = cout * math.prod(kernel)
+            slices.append(fold_in(b[row : row + rows], cout, kernel))
+            row += rows
+        pointwise = (1,) * (self.consumers[0].slice.ndim - 2)
+        macs, params = self.cost(rank)
+        return Factors(
+            "pool-projection",
+            rank,
+            [a.reshape(rank, self.channels, *pointwise), *slices],
+            self._side.proxy(rank),
+            macs,
+            params,
+            self.method,
+        )
+
+
+# -- CL003: fold conv -> affine -> conv into one conv --------------------------------------
+
+
+def compose_pointwise_first(first: Array, second: Array) -> Array:
+    """W[o, i, k] = Σ_m second[o, m, k] · first[m, i]: a 1×1 conv, then ``second``."""
+    return np.einsum("om...,mi->oi...", second, first.reshape(first.shape[0], -1))
+
+
+def compose_pointwise_second(first: Array, second: Array) -> Array:
+    """W[o, i, k] = Σ_m second[o, m] · first[m, i, k]: ``first``, then a 1×1 conv."""
+    return np.einsum("om,mi...->oi...", second.reshape(second.shape[0], -1), first)
+
+
+def window_mask(
+    size: int, out: int, kernel: int, stride: int, pad_begin: int, dilation: int
+) -> Array:
+    """mask[y, k] = 1 where output position y's tap k reads inside the (unpadded) input."""
+    positions = np.arange(out)[:, None] * stride - pad_begin + np.arange(kernel)[None, :] * dilation
+    return ((positions >= 0) & (positions < size)).astype(np.float64)
+
+
+def constant_response(
+    weight: Array,
+    constant: Array,
+    in_size: Sequence[int],
+    out_size: Sequence[int],
+    strides: Sequence[int],
+    pads_begin: Sequence[int],
+    dilations: Sequence[int],
+) -> Array:
+    """The conv of a per-channel constant tensor under zero padding: (C_out, *out_size).
+
+    Inside, every tap sees the constant; at the borders, taps that read padding see zero.
+    """
+    per_tap = np.einsum("om...,m->o...", weight, constant)  # (C_out, *kernel)
+    result = per_tap
+    for axis, (size, out, k, s, p, d) in enumerate(
+        zip(in_size, out_size, weight.shape[2:], strides, pads_begin, dilations, strict=True)
+    ):
+        mask = window_mask(size, out, k, s, p, d)  # (out, k)
+        result = np.tensordot(result, mask, axes=([1 + axis], [1]))
+        result = np.moveaxis(result, -1, 1 + axis)
+    return result

@@ -1,0 +1,610 @@
+"""Stage 5: `convlint fix`: findings -> rewrites at chosen ranks -> verified model -> OUT.
+
+1. Analysis: the model is linted as by ``check`` (symbolic dims bound by ``--input-shape``, else
+   by the verifier's defaults, so MACs are exact), then read again with its weights (external
+   data only after its locations were checked) and every selected finding is planned as a
+   target or skipped with a reason (``rewrite.plan``).
+2. Rank selection, per lossy target, against a share ``T/√n`` of the tolerance (errors of n
+   independent rewrites add roughly in quadrature at the outputs): the factorizer proposes the
+   form with the fewest MACs whose cheap proxy error fits the budget; onnxruntime confirms it on
+   the whole model's outputs; the ratio between measured and proxy error recalibrates the
+   proxy budget and the search repeats a few times, keeping the cheapest confirmed choice.
+   ``--rank``/``--ratio`` replace the search by a fixed rank.
+3. The combination is verified end to end; while it breaks the tolerance, the rewrite that moved
+   the outputs most gets half its budget (or is dropped).
+4. The model is written beside OUT, checked with ``onnx.checker`` (full check), verified again
+   from the file, and only then moved over OUT.
+
+The data-aware method fits its statistics on the first half of the inputs and verifies on the
+other half; the weight method verifies on all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from convlint import loader
+from convlint.cost import ModelCost, model_cost
+from convlint.engine import ModelReport, Settings, analyze
+from convlint.errors import ConvlintError, ModelError, UsageError
+from convlint.factorize import Array, Factors
+from convlint.graph import build_graph
+from convlint.registry import Registry
+from convlint.rewrite import (
+    Edit,
+    FactorTarget,
+    FoldTarget,
+    Names,
+    NotRewritable,
+    PoolTarget,
+    Target,
+    Weights,
+    apply_edits,
+    plan,
+)
+from convlint.verify import Errors, Feed, InputSpec, Outputs, Runtime, bind_dims, compare
+
+METHODS = ("data-aware", "weight")
+DEFAULT_SAMPLES = 8
+MARGIN = 0.8  # aim the proxy below the budget: the proxy is an estimate
+MAX_TRIALS = 4  # onnxruntime confirmations per rewrite during rank selection
+NO_SAVING = "no rank within tolerance lowers MACs"
+KIND_ORDER = {"fold": 0, "pool-projection": 1, "factorize": 2}  # exact rewrites claim first
+
+
+@dataclass
+class FixOptions:
+    output: Path
+    in_place: bool = False
+    tolerance: float = 1e-3
+    method: str = "data-aware"
+    rank: int | None = None
+    ratio: float | None = None
+    inputs: Path | None = None
+    samples: int = DEFAULT_SAMPLES
+    timeout: float = 300.0
+    unsafe_fixes: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Rewrite:
+    code: str
+    node: str
+    kind: str
+    method: str
+    rank: int | list[int] | None
+    params_before: int
+    params_after: int
+    macs_before: int | None
+    macs_after: int | None
+    verified: Errors
+    unsafe: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["verified"] = self.verified.as_dict()
+        data.pop("unsafe")
+        return data
+
+
+@dataclass(frozen=True)
+class Skipped:
+    code: str
+    node: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "node": self.node, "reason": self.reason}
+
+
+@dataclass
+class FixResult:
+    report: ModelReport
+    output: str
+    tolerance: float
+    method: str
+    rewrites: list[Rewrite] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    verification: Errors | None = None
+    cost_after: ModelCost | None = None
+    written: bool = False
+    inputs: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Choice:
+    target: Target
+    factors: Factors | None  # None for an exact fold
+    edit: Edit
+    errors: Errors
+    budget: float
+
+
+Log = Callable[[str], None]
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def resolve_output(model: Path, output: Path | None, in_place: bool) -> Path:
+    if output is None:
+        if not in_place:
+            raise UsageError("fix needs -o OUT (or --in-place to overwrite MODEL)")
+        return model
+    same = output.resolve() == model.resolve() or (
+        output.exists() and model.exists() and os.path.samefile(output, model)
+    )
+    if same and not in_place:
+        raise UsageError(f"-o {output} is the input model; pass --in-place to overwrite it")
+    return output
+
+
+def _read_with_weights(path: Path) -> tuple[onnx.ModelProto, bool]:
+    """The model with every weight in memory; True when its weights were external."""
+    model = loader.read_model(path)
+    loader.check_external_locations(model, path)
+    loader.validate(model, path)
+    external = any(
+        external_data_helper.uses_external_data(t)
+        for t in external_data_helper._get_all_tensors(model)
+    )
+    if external:
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.resolve().parent))
+        except (OSError, ValueError) as exc:
+            raise ModelError(path, f"cannot read external data: {exc}") from None
+    return model, external
+
+
+def input_specs(
+    model: onnx.ModelProto, given: dict[str, tuple[int, ...]]
+) -> tuple[list[InputSpec], dict[str, tuple[int, ...]]]:
+    """Concrete input specs and the bindings that made symbolic dims concrete."""
+    weights = {t.name for t in model.graph.initializer}
+    specs, bound = [], {}
+    for value in model.graph.input:
+        if value.name in weights:
+            continue
+        tensor = value.type.tensor_type
+        dims: list[int | str | None] = [
+            d.dim_value if d.HasField("dim_value") else d.dim_param or None
+            for d in tensor.shape.dim
+        ]
+        shape = bind_dims(dims, given.get(value.name))
+        if value.name in given or any(not isinstance(d, int) for d in dims):
+            bound[value.name] = shape
+        specs.append(InputSpec(value.name, shape, tensor.elem_type))
+    return specs, bound
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without large weight values (shapes kept): enough for inference and costs."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for tensor in copy.graph.initializer:
+        if math.prod(tensor.dims) > 1024 and tensor.data_type in (1, 10, 11, 16):
+            tensor.ClearField("raw_data")
+            tensor.ClearField("float_data")
+            tensor.ClearField("double_data")
+            tensor.ClearField("int32_data")
+            tensor.raw_data = b""
+    return copy
+
+
+def recount(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]], path: Path) -> ModelCost:
+    """Params and MACs of a rewritten model, after shape inference with the same bindings."""
+    skeleton = _skeleton(model)
+    loader._bind_dims(skeleton, bound, path)
+    return model_cost(build_graph(loader.infer_shapes(skeleton, path)))
+
+
+def _moments(arrays: Sequence[np.ndarray[Any, Any]]) -> tuple[Array, Array]:
+    """E[x xᵀ] and E[x] over the channel axis (1) of NC... activations."""
+    channels = arrays[0].shape[1]
+    moment, total, count = np.zeros((channels, channels)), np.zeros(channels), 0
+    for array in arrays:
+        flat = np.moveaxis(array, 1, 0).reshape(channels, -1).astype(np.float64)
+        moment += flat @ flat.T
+        total += flat.sum(axis=1)
+        count += flat.shape[1]
+    return moment / max(count, 1), total / max(count, 1)
+
+
+def collect_statistics(
+    runtime: Runtime,
+    model: onnx.ModelProto,
+    tensors: Sequence[str],
+    elem_types: dict[str, int],
+    feeds: Sequence[Feed],
+) -> dict[str, Array]:
+    """Second moments (and means) of intermediate tensors, run as extra graph outputs."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    for tensor in tensors:
+        if tensor not in outputs:
+            probe.graph.output.append(
+                onnx.helper.make_tensor_value_info(tensor, elem_types.get(tensor, 1), None)
+            )
+    results = runtime.run(probe, feeds, list(tensors), what="collecting activation statistics")
+    stats: dict[str, Array] = {}
+    for index, tensor in enumerate(tensors):
+        stats[tensor], stats[f"{tensor}#mean"] = _moments([r[index] for r in results])
+    return stats
+
+
+class Fixer:
+    """One `fix` run: holds the model, the runtime and the reference outputs."""
+
+    def __init__(
+        self, path: Path, registry: Registry, settings: Settings, options: FixOptions, log: Log
+    ) -> None:
+        self.path = path
+        self.registry = registry
+        self.settings = settings
+        self.options = options
+        self.log = log
+        self.timings: dict[str, float] = {}
+        self.timer = _Timer(self.timings)
+
+    # -- analysis ----------------------------------------------------------------------
+    def analyze(self) -> tuple[ModelReport, list[Target], list[Skipped]]:
+        with self.timer("analysis"):
+            self.original, self.external = _read_with_weights(self.path)
+            self.specs, self.bound = input_specs(self.original, self.settings.input_shapes)
+            settings = dataclasses.replace(self.settings, input_shapes=self.bound)
+            report = analyze(self.path, self.registry, settings)
+            if report.error:
+                raise ModelError(self.path, report.error)
+            self.graph = build_graph(loader.load(self.path, self.bound).model)
+            weights = Weights(self.original)
+            static = not any(
+                isinstance(d, str) or d is None for v in self.original.graph.input for d in _dims(v)
+            )
+            targets: list[Target] = []
+            skipped: list[Skipped] = []
+            for finding in report.findings:
+                try:
+                    targets.append(plan(finding, self.graph, weights, static))
+                except NotRewritable as exc:
+                    skipped.append(Skipped(finding.code, finding.node, str(exc)))
+            claimed: dict[int, Target] = {}
+            kept = []
+            for target in sorted(targets, key=lambda t: KIND_ORDER[t.kind]):
+                overlap = [claimed[i] for i in target.claims if i in claimed]
+                if overlap:
+                    other = overlap[0]
+                    reason = f"overlaps the {other.code} rewrite of {other.node!r}"
+                    skipped.append(Skipped(target.code, target.node, reason))
+                elif target.unsafe and not self.options.unsafe_fixes:
+                    skipped.append(
+                        Skipped(
+                            target.code,
+                            target.node,
+                            "unsafe fix: a consumer of the concat is nonlinear in the pooled "
+                            "channels; pass --unsafe-fixes to apply it",
+                        )
+                    )
+                else:
+                    kept.append(target)
+                    claimed.update(dict.fromkeys(target.claims, target))
+        return report, kept, skipped
+
+    # -- inputs ------------------------------------------------------------------------
+    def feeds(self) -> tuple[list[Feed], list[Feed], str]:
+        """(fit, verify) samples and a description for the report."""
+        from convlint.verify import load_feeds, random_feeds
+
+        if self.options.inputs is not None:
+            samples = load_feeds(self.options.inputs, self.specs)
+            origin = f"{len(samples)} samples from {self.options.inputs}"
+        else:
+            samples = random_feeds(self.specs, self.options.samples, self.options.seed)
+            origin = f"{len(samples)} seeded random samples"
+        if self.options.method == "weight" or len(samples) < 2:
+            return samples, samples, origin
+        half = len(samples) // 2
+        return (
+            samples[:half],
+            samples[half:],
+            (f"{origin}: statistics fitted on {half}, verified on the other {len(samples) - half}"),
+        )
+
+    def measure(self, model: onnx.ModelProto | Path, what: str) -> Errors:
+        with self.timer("verification"):
+            outputs = self.runtime.run(model, self.verify_feeds, what=what)
+            return compare(self.reference, outputs, self.options.tolerance)
+
+    # -- rank selection ----------------------------------------------------------------
+    def trial(self, target: Target, factors: Factors | None) -> tuple[Edit, Errors]:
+        with self.timer("factorization"):
+            edit = self._edit(target, factors)
+            candidate = apply_edits(self.original, [edit])
+        errors = self.measure(candidate, f"verifying the rewrite of {target.node!r}")
+        if factors is not None:
+            self.log(
+                f"{target.code} {target.node}: {factors.kind} rank {factors.rank}: proxy "
+                f"{factors.proxy:.2e}, measured {errors.rel_l2_error:.2e}"
+            )
+        return edit, errors
+
+    def _edit(self, target: Target, factors: Factors | None) -> Edit:
+        names = Names(self.original)
+        if isinstance(target, FoldTarget):
+            return target.edit(names)
+        assert isinstance(target, FactorTarget | PoolTarget) and factors is not None
+        return target.edit(factors, names)
+
+    def select(self, target: Target, budget: float) -> _Choice | str:
+        """The cheapest confirmed choice within ``budget``, or why there is none."""
+        if isinstance(target, FoldTarget):
+            edit, errors = self.trial(target, None)
+            return _Choice(target, None, edit, errors, budget)
+        assert isinstance(target, FactorTarget | PoolTarget)
+        with self.timer("factorization"):
+            search = target.search(self.stats)
+        if self.options.rank is not None or self.options.ratio is not None:
+            with self.timer("factorization"):
+                fixed = search.fixed(self.options.rank, self.options.ratio)
+            if fixed is None:
+                return "the rank given by --rank/--ratio does not lower MACs"
+            edit, errors = self.trial(target, fixed)
+            return _Choice(target, fixed, edit, errors, budget)
+        best: _Choice | None = None
+        tried: set[Any] = set()
+        proxy_budget = MARGIN * budget
+        for _ in range(MAX_TRIALS):
+            with self.timer("factorization"):
+                factors = search.cheapest(proxy_budget)
+            if factors is None or factors.key in tried:
+                break
+            tried.add(factors.key)
+            edit, errors = self.trial(target, factors)
+            measured = errors.rel_l2_error
+            if errors.ok and measured <= budget:
+                if best is None or factors.macs < best.factors.macs:  # type: ignore[union-attr]
+                    best = _Choice(target, factors, edit, errors, budget)
+                if measured >= budget / 2:
+                    break
+            if not math.isfinite(measured):
+                proxy_budget /= 10
+            elif factors.proxy <= 1e-9 or measured <= 1e-9:
+                if best is not None:
+                    break
+                proxy_budget /= 10
+            else:
+                proxy_budget = MARGIN * budget * factors.proxy / measured
+        return best if best is not None else NO_SAVING
+
+    def combine(self, choices: dict[str, _Choice]) -> tuple[onnx.ModelProto, list[Skipped]]:
+        """Apply every choice; tighten or drop the worst until the whole model holds."""
+        dropped: list[Skipped] = []
+        fixed_rank = self.options.rank is not None or self.options.ratio is not None
+        for _ in range(4 * len(choices) + 1):
+            with self.timer("factorization"):
+                combined = apply_edits(self.original, [c.edit for c in choices.values()])
+            if not choices or fixed_rank:
+                return combined, dropped
+            errors = self.measure(combined, "verifying the combined rewrites")
+            if errors.ok:
+                return combined, dropped
+            key, worst = max(choices.items(), key=lambda kv: kv[1].errors.rel_l2_error)
+            self.log(f"combined error {errors.rel_l2_error:.2e}: tightening {worst.target.node}")
+            retry = None if worst.factors is None else self.select(worst.target, worst.budget / 2)
+            if (
+                isinstance(retry, _Choice)
+                and retry.factors is not None
+                and (worst.factors is None or retry.factors.key != worst.factors.key)
+            ):
+                choices[key] = retry
+            else:
+                del choices[key]
+                dropped.append(
+                    Skipped(
+                        worst.target.code,
+                        worst.target.node,
+                        "dropped: together with the other rewrites it broke the tolerance",
+                    )
+                )
+        with self.timer("factorization"):
+            return apply_edits(self.original, [c.edit for c in choices.values()]), dropped
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self, progress: Callable[[Sequence[Target]], Any] | None = None) -> FixResult:
+        options = self.options
+        report, targets, skipped = self.analyze()
+        result = FixResult(
+            report, str(options.output), options.tolerance, options.method, skipped=skipped
+        )
+        fit, self.verify_feeds, result.inputs = self.feeds()
+        with Runtime(options.timeout) as self.runtime:
+            with self.timer("verification"):
+                self.reference: list[Outputs] = self.runtime.run(
+                    self.original, self.verify_feeds, what="running the original model"
+                )
+            self.stats = None
+            lossy = [t for t in targets if t.lossy]
+            if options.method == "data-aware" and lossy:
+                tensors = list(dict.fromkeys(t for target in lossy for t in target.stat_tensors()))
+                with self.timer("verification"):
+                    types = {t: self.graph.dtype(t) or 1 for t in tensors}
+                    self.stats = collect_statistics(
+                        self.runtime, self.original, tensors, types, fit
+                    )
+            budget = options.tolerance / math.sqrt(max(len(lossy), 1))
+            choices: dict[str, _Choice] = {}
+            for target in progress(targets) if progress else targets:
+                choice = self.select(target, budget)
+                if isinstance(choice, _Choice):
+                    choices[f"{target.code}:{target.node}"] = choice
+                else:
+                    reason = choice
+                    if choice == NO_SAVING:
+                        reason += _retrained_hint(report, target)
+                    result.skipped.append(Skipped(target.code, target.node, reason))
+            combined, dropped = self.combine(choices)
+            result.skipped.extend(dropped)
+            result.cost_after = recount(combined, self.bound, self.path)
+            result.rewrites = [
+                self._rewrite(c, report, result.cost_after) for c in choices.values()
+            ]
+            result.verification, result.written = self.write(combined)
+        result.timings = dict(self.timings)
+        return result
+
+    def _rewrite(self, choice: _Choice, report: ModelReport, after: ModelCost) -> Rewrite:
+        before = report.cost
+        assert before is not None
+        old = [before.nodes[n] for n in choice.target.replaced_nodes()]
+        new = [after.nodes[n] for n in choice.edit.new_nodes if n in after.nodes]
+        factors = choice.factors
+        rank = None if factors is None else factors.rank
+        return Rewrite(
+            code=choice.target.code,
+            node=choice.target.node,
+            kind="fold" if factors is None else factors.kind,
+            method="weight" if factors is None else factors.method,
+            rank=list(rank) if isinstance(rank, tuple) else rank,
+            params_before=sum(c.params for c in old),
+            params_after=sum(c.params for c in new),
+            macs_before=_sum_macs(old),
+            macs_after=_sum_macs(new),
+            verified=choice.errors,
+            unsafe=choice.target.unsafe,
+        )
+
+    def write(self, model: onnx.ModelProto) -> tuple[Errors, bool]:
+        """Save beside OUT, check, verify from the file; move into place only if it holds."""
+        out = self.options.output
+        folder = Path(tempfile.mkdtemp(prefix=".convlint-fix-", dir=out.parent or Path(".")))
+        try:
+            staged = folder / out.name
+            data_name = f"{out.name}.data"
+            with self.timer("writing"):
+                if self.external:
+                    onnx.save_model(
+                        model,
+                        str(staged),
+                        save_as_external_data=True,
+                        all_tensors_to_one_file=True,
+                        location=data_name,
+                        size_threshold=1024,
+                    )
+                else:
+                    onnx.save_model(model, str(staged))
+                try:
+                    onnx.checker.check_model(str(staged), full_check=True)
+                except Exception as exc:
+                    message = " ".join(str(exc).split())[:300]
+                    raise ConvlintError(
+                        f"the rewritten model fails onnx.checker: {message}"
+                    ) from None
+            errors = self.measure(staged, "verifying the written model")
+            if not errors.ok:
+                return errors, False
+            with self.timer("writing"):
+                if (folder / data_name).exists():
+                    os.replace(folder / data_name, out.parent / data_name)
+                os.replace(staged, out)
+            return errors, True
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    return [
+        d.dim_value if d.HasField("dim_value") else d.dim_param or None
+        for d in value.type.tensor_type.shape.dim
+    ]
+
+
+def _sum_macs(costs: Sequence[Any]) -> int | None:
+    values = [c.macs for c in costs]
+    return None if any(v is None for v in values) else sum(values)
+
+
+def _retrained_hint(report: ModelReport, target: Target) -> str:
+    finding = next(
+        (f for f in report.findings if f.code == target.code and f.node == target.node), None
+    )
+    est = finding.estimate if finding else None
+    if est is None:
+        return ""
+    text = (
+        f"; a retrained bottleneck would save params {est.params_before:,} -> {est.params_after:,}"
+    )
+    if est.macs_before is not None and est.macs_after is not None:
+        text += f", MACs {est.macs_before:,} -> {est.macs_after:,}"
+    return text
+
+
+def _progress_bar(enabled: bool) -> Callable[[Sequence[Target]], Any] | None:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+
+    def wrap(targets: Sequence[Target]) -> Any:
+        return tqdm(targets, desc="convlint fix", unit="rewrite", file=sys.stderr, leave=False)
+
+    return wrap
+
+
+def fix(
+    path: str | Path,
+    registry: Registry,
+    settings: Settings,
+    options: FixOptions,
+    verbose: bool = False,
+) -> FixResult:
+    """Run `convlint fix` on one model; raises ConvlintError for bad input."""
+    path = Path(path)
+    if options.method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}")
+    if not options.tolerance > 0:
+        raise UsageError("--tolerance must be positive")
+    if options.rank is not None and options.rank < 1:
+        raise UsageError("--rank must be at least 1")
+    if options.ratio is not None and not 0 < options.ratio <= 1:
+        raise UsageError("--ratio must be in (0, 1]")
+    if options.samples < 1:
+        raise UsageError("--samples must be at least 1")
+    if options.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+
+    def log(message: str) -> None:
+        if verbose:
+            print(f"convlint fix: {message}", file=sys.stderr)
+
+    fixer = Fixer(path, registry, settings, options, log)
+    return fixer.run(_progress_bar(sys.stderr.isatty() and not verbose))

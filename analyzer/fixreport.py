@@ -1,0 +1,200 @@
+"""Stage 6 for `convlint fix`: its options, its text and JSON reports, its exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from convlint import __version__
+from convlint.atomic import write_atomic
+from convlint.engine import Settings
+from convlint.errors import UsageError
+from convlint.fix import DEFAULT_SAMPLES, METHODS, FixOptions, FixResult, fix
+from convlint.registry import Registry
+from convlint.reporters import fmt_int, summary
+from convlint.verify import Errors
+
+
+def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `convlint fix` beyond the common ones."""
+    parser.add_argument("-o", "--output-model", metavar="OUT", help="where to write the model")
+    parser.add_argument("--in-place", action="store_true", help="allow OUT to be MODEL")
+    parser.add_argument("--select", type=_codes, help="rule codes or prefixes to fix")
+    parser.add_argument("--ignore", type=_codes, help="rule codes or prefixes to leave")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        metavar="T",
+        help="bound on every output's relative L2 error (default 1e-3)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="data-aware",
+        help="how to factorize (default data-aware)",
+    )
+    ranks = parser.add_mutually_exclusive_group()
+    ranks.add_argument("--rank", type=int, metavar="N", help="factorize at rank N")
+    ranks.add_argument("--ratio", type=float, metavar="F", help="keep a fraction F of channels")
+    parser.add_argument("--inputs", metavar="FILE.npz", help="verification inputs, one array each")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        metavar="N",
+        help=f"seeded random samples without --inputs (default {DEFAULT_SAMPLES})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="time limit of each onnxruntime run (default 300)",
+    )
+    parser.add_argument(
+        "--unsafe-fixes", action="store_true", help="also apply rewrites that change the function"
+    )
+
+
+def _codes(text: str) -> list[str]:
+    return [part.strip().upper() for part in text.split(",") if part.strip()]
+
+
+def _error_text(errors: Errors) -> str:
+    rel, worst = errors.rel_l2_error, errors.max_abs_error
+    rel_text = f"{rel:.2e}" if math.isfinite(rel) else "inf"
+    abs_text = f"{worst:.2e}" if math.isfinite(worst) else "inf"
+    return f"rel L2 {rel_text}, max abs {abs_text} [{'ok' if errors.ok else 'FAIL'}]"
+
+
+def _change(before: int | None, after: int | None) -> str:
+    text = f"{fmt_int(before)} -> {fmt_int(after)}"
+    if before and after and before > after:
+        text += f" ({before / after:.1f}x fewer)"
+    return text
+
+
+def render_text(result: FixResult, verbose: bool = False, quiet: bool = False) -> str:
+    report = result.report
+    lines: list[str] = []
+    if verbose:
+        lines.extend(f"{report.path}: note: {note}" for note in [*report.notes, *result.notes])
+        lines.extend(
+            f"{report.path}:{s.node}: {s.code} passed over: {s.reason}" for s in report.skips
+        )
+    if not quiet:
+        lines.append(
+            f"{report.path} -> {result.output} (tolerance {result.tolerance:g}, "
+            f"method {result.method}; {result.inputs})"
+        )
+    for rw in result.rewrites:
+        rank = (
+            ""
+            if rw.rank is None
+            else f" rank {'x'.join(map(str, rw.rank)) if isinstance(rw.rank, list) else rw.rank}"
+        )
+        unsafe = " (unsafe)" if rw.unsafe else ""
+        lines.append(
+            f"{report.path}:{rw.node}: {rw.code} {rw.kind}{rank} ({rw.method}){unsafe}: "
+            f"params {_change(rw.params_before, rw.params_after)}, "
+            f"MACs {_change(rw.macs_before, rw.macs_after)}; {_error_text(rw.verified)}"
+        )
+    for skip in result.skipped:
+        lines.append(f"{report.path}:{skip.node}: {skip.code} skipped: {skip.reason}")
+    before, after = report.cost, result.cost_after
+    if result.verification is not None:
+        totals = ""
+        if before is not None and after is not None:
+            totals = (
+                f"params {_change(before.params, after.params)}, "
+                f"MACs {_change(before.macs, after.macs)}; "
+            )
+        outcome = (
+            f"wrote {result.output}"
+            if result.written
+            else f"verification failed, {result.output} not written"
+        )
+        lines.append(f"model: {totals}verified {_error_text(result.verification)}; {outcome}")
+    return "\n".join(lines) + "\n"
+
+
+def result_dict(result: FixResult) -> dict[str, Any]:
+    data = result.report.as_dict()
+    verification: dict[str, Any] | None = None
+    if result.verification is not None:
+        verification = result.verification.as_dict()
+        before, after = result.report.cost, result.cost_after
+        verification.update(
+            {
+                "params_before": before.params if before else None,
+                "params_after": after.params if after else None,
+                "macs_before": before.macs if before else None,
+                "macs_after": after.macs if after else None,
+                "inputs": result.inputs,
+            }
+        )
+    data.update(
+        {
+            "output": result.output,
+            "tolerance": result.tolerance,
+            "rewrites": [rw.as_dict() for rw in result.rewrites],
+            "skipped": [s.as_dict() for s in result.skipped],
+            "verification": verification,
+        }
+    )
+    return data
+
+
+def render_json(result: FixResult) -> str:
+    document = {
+        "tool": {"name": "convlint", "version": __version__},
+        "models": [result_dict(result)],
+        "summary": summary([result.report]),
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) -> int:
+    """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
+    from convlint.fix import resolve_output
+
+    if args.format not in ("text", "json"):
+        raise UsageError(f"fix supports --format text or json, not {args.format}")
+    model = Path(args.model)
+    out = resolve_output(
+        model, Path(args.output_model) if args.output_model else None, args.in_place
+    )
+    options = FixOptions(
+        output=out,
+        in_place=args.in_place,
+        tolerance=args.tolerance,
+        method=args.method,
+        rank=args.rank,
+        ratio=args.ratio,
+        inputs=Path(args.inputs) if args.inputs else None,
+        samples=args.samples,
+        timeout=args.timeout,
+        unsafe_fixes=args.unsafe_fixes,
+    )
+    result = fix(model, registry, settings, options, verbose=args.verbose)
+    if args.format == "json":
+        text = render_json(result)
+    else:
+        text = render_text(result, verbose=args.verbose, quiet=args.quiet)
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    if result.verification is not None and not result.written:
+        print(
+            f"convlint: error: {model}: rewritten model breaks --tolerance "
+            f"{result.tolerance:g}; {out} not written",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

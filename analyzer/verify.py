@@ -1,0 +1,304 @@
+"""Stage 5c: run models in onnxruntime, in a child process under a time limit, and compare.
+
+onnxruntime runs in a separate Python process (``python -c "...serve()"``) so that a model
+that crashes the runtime (a segfault in a kernel) or hangs it cannot take the linter down:
+every request must answer within ``timeout`` seconds, else the child is killed and the caller
+gets a :class:`RuntimeFailure` (one line, exit 2). Requests travel through files in a private
+temporary folder (the model, the inputs) and one line on the child's stdin/stdout, so a large
+model never blocks a pipe. This is the only module that imports onnxruntime, and only in the
+child.
+
+The child uses the CPU provider with ``intra_op_num_threads=THREADS`` and basic graph
+optimizations. ``CONVLINT_TEST_RUNTIME_FAULT=hang|crash`` in the environment makes the child
+hang or abort on its next request: a test hook for the timeout and crash paths.
+
+Default inputs (no ``--inputs``): seeded standard normal values for float inputs, integers
+uniform in [0, 16) for integer inputs, booleans at random; symbolic dims are bound by
+``--input-shape``, else the batch (first) dim to 1 and every other symbolic dim to 224.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from convlint.errors import ConvlintError
+
+Feed = dict[str, npt.NDArray[Any]]
+Outputs = list[npt.NDArray[Any]]  # one array per model output, in the model's order
+
+THREADS = 2
+DEFAULT_BATCH = 1
+DEFAULT_SPATIAL = 224
+FAULT_ENV = "CONVLINT_TEST_RUNTIME_FAULT"
+INTEGER_HIGH = 16
+
+
+class RuntimeFailure(ConvlintError):
+    """onnxruntime crashed, hung past the time limit, or refused a model."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    elem_type: int
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.elem_type))
+
+
+@dataclass(frozen=True)
+class Errors:
+    """How far a model's outputs moved from the reference's, over every sample."""
+
+    max_abs_error: float
+    rel_l2_error: float  # worst output's ||y' - y|| / ||y||
+    ok: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return {
+            "max_abs_error": finite(self.max_abs_error),
+            "rel_l2_error": finite(self.rel_l2_error),
+            "ok": self.ok,
+        }
+
+
+def bind_dims(dims: Sequence[int | str | None], given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Concrete dims for one input: the user's --input-shape, else the documented defaults."""
+    if given is not None:
+        return given
+    return tuple(
+        d if isinstance(d, int) else DEFAULT_BATCH if i == 0 else DEFAULT_SPATIAL
+        for i, d in enumerate(dims)
+    )
+
+
+def random_feeds(specs: Sequence[InputSpec], samples: int, seed: int) -> list[Feed]:
+    rng = np.random.default_rng(seed)
+    feeds: list[Feed] = []
+    for _ in range(samples):
+        feed: Feed = {}
+        for spec in specs:
+            dtype = spec.dtype
+            if dtype == np.bool_:
+                feed[spec.name] = rng.random(spec.shape) < 0.5
+            elif np.issubdtype(dtype, np.integer):
+                feed[spec.name] = rng.integers(0, INTEGER_HIGH, spec.shape).astype(dtype)
+            else:
+                feed[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+        feeds.append(feed)
+    return feeds
+
+
+def load_feeds(path: str | Path, specs: Sequence[InputSpec]) -> list[Feed]:
+    """Samples from an .npz holding one array per input: the input's shape (one sample) or
+    that shape with a leading samples axis."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise ConvlintError(f"{path}: no such inputs file") from None
+    except (OSError, ValueError) as exc:
+        raise ConvlintError(f"{path}: not a readable .npz file ({exc})") from None
+    counts = set()
+    for spec in specs:
+        if spec.name not in arrays:
+            raise ConvlintError(
+                f"{path}: no array for input {spec.name!r} (arrays: {', '.join(arrays) or 'none'})"
+            )
+        array = arrays[spec.name]
+        if array.shape == spec.shape:
+            arrays[spec.name] = array[None]
+        elif array.shape[1:] != spec.shape:
+            raise ConvlintError(
+                f"{path}: array {spec.name!r} has shape {list(array.shape)}, expected "
+                f"{list(spec.shape)} or [samples, {', '.join(map(str, spec.shape))}]"
+            )
+        counts.add(arrays[spec.name].shape[0])
+    if len(counts) != 1 or 0 in counts:
+        raise ConvlintError(f"{path}: the arrays hold different or zero numbers of samples")
+    samples = counts.pop()
+    return [
+        {s.name: np.ascontiguousarray(arrays[s.name][i], dtype=s.dtype) for s in specs}
+        for i in range(samples)
+    ]
+
+
+def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], tolerance: float) -> Errors:
+    """Max abs error and the worst output's relative L2 error over all samples."""
+    worst_rel, worst_abs = 0.0, 0.0
+    for index in range(len(reference[0])):
+        ref = np.concatenate([np.ravel(r[index]).astype(np.float64) for r in reference])
+        new = np.concatenate([np.ravel(c[index]).astype(np.float64) for c in candidate])
+        if ref.shape != new.shape or not np.all(np.isfinite(new) | ~np.isfinite(ref)):
+            return Errors(math.inf, math.inf, False)
+        diff = np.where(np.isfinite(ref), new - ref, 0.0)
+        norm = float(np.linalg.norm(np.where(np.isfinite(ref), ref, 0.0)))
+        delta = float(np.linalg.norm(diff))
+        rel = delta / norm if norm > 0 else (0.0 if delta == 0 else math.inf)
+        worst_rel = max(worst_rel, rel)
+        worst_abs = max(worst_abs, float(np.max(np.abs(diff))) if diff.size else 0.0)
+    return Errors(worst_abs, worst_rel, worst_rel <= tolerance)
+
+
+# -- the child process ------------------------------------------------------------------
+
+
+def serve() -> None:
+    """The child's loop: one request per stdin line, one answer per stdout line."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    out = sys.stdout
+    out.write("ready\n")
+    out.flush()
+    for line in sys.stdin:
+        folder = Path(line.strip())
+        if not line.strip():
+            break
+        fault = os.environ.get(FAULT_ENV, "")
+        if fault == "hang":
+            signal.pause()
+        if fault == "crash":
+            os.abort()
+        try:
+            with open(folder / "request.pkl", "rb") as handle:
+                model_path, feeds, names = pickle.load(handle)
+            session = ort.InferenceSession(
+                str(model_path), options, providers=["CPUExecutionProvider"]
+            )
+            names = list(names) or [o.name for o in session.get_outputs()]
+            results = [session.run(names, feed) for feed in feeds]
+            with open(folder / "response.pkl", "wb") as handle:
+                pickle.dump(results, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            out.write("ok\n")
+        except Exception as exc:
+            message = " ".join(str(exc).split())[:300]
+            out.write(f"error {type(exc).__name__}: {message}\n")
+        out.flush()
+
+
+class Runtime:
+    """onnxruntime in a child process; every request answers within ``timeout`` seconds."""
+
+    def __init__(self, timeout: float = 300.0) -> None:
+        self.timeout = timeout
+        self.runs = 0
+        self._folder = Path(tempfile.mkdtemp(prefix="convlint-ort-"))
+        self._stderr = open(self._folder / "stderr.log", "wb")  # noqa: SIM115
+        self._proc: subprocess.Popen[str] | None = subprocess.Popen(
+            [sys.executable, "-c", "from convlint.verify import serve; serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        self._answer("starting onnxruntime")
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                proc.kill()
+                proc.wait()
+        self._stderr.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _fail(self, message: str) -> RuntimeFailure:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        return RuntimeFailure(message)
+
+    def _answer(self, what: str) -> str:
+        proc = self._proc
+        if proc is None:
+            raise RuntimeFailure(f"onnxruntime is not running ({what})")
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], self.timeout)
+        if not ready:
+            raise self._fail(
+                f"onnxruntime did not finish {what} within {self.timeout:g} s "
+                "(--timeout); stopped it"
+            )
+        line = proc.stdout.readline()
+        if not line:
+            code = proc.wait()
+            cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            self._stderr.flush()
+            tail = (self._folder / "stderr.log").read_text(errors="replace").strip()
+            detail = f": {tail.splitlines()[-1][:200]}" if tail else ""
+            raise self._fail(f"onnxruntime crashed {what} ({cause}){detail}")
+        return line.strip()
+
+    def run(
+        self,
+        model: onnx.ModelProto | str | Path,
+        feeds: Sequence[Mapping[str, npt.NDArray[Any]]],
+        outputs: Sequence[str] = (),
+        what: str = "running the model",
+    ) -> list[Outputs]:
+        """Outputs of ``model`` for every feed (``outputs`` names them; default: all)."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeFailure(f"onnxruntime is not running ({what})")
+        if isinstance(model, onnx.ModelProto):
+            model_path = self._folder / "model.onnx"
+            model_path.write_bytes(model.SerializeToString())
+        else:
+            model_path = Path(model).resolve()
+        with open(self._folder / "request.pkl", "wb") as handle:
+            pickle.dump(
+                (str(model_path), [dict(f) for f in feeds], list(outputs)),
+                handle,
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(f"{self._folder}\n")
+            proc.stdin.flush()
+        except OSError:
+            raise self._fail(f"onnxruntime crashed before {what}") from None
+        answer = self._answer(what)
+        self.runs += 1
+        if answer.startswith("error "):
+            raise RuntimeFailure(f"onnxruntime failed {what}: {answer[6:]}")
+        with open(self._folder / "response.pkl", "rb") as handle:
+            results: list[Outputs] = pickle.load(handle)
+        return results

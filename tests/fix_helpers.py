@@ -1,0 +1,82 @@
+"""Shared helpers of the fix tests: run models in onnxruntime here, outside `fix`'s verifier
+(as onnxscript's ``assert_numerically_equal``), and plan rewrites straight from a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from convlint.engine import Settings, analyze
+from convlint.findings import Finding, Severity
+from convlint.graph import ModelGraph, build_graph
+from convlint.registry import load_registry
+from convlint.rewrite import Target, Weights, plan
+
+
+def ort_run(model: onnx.ModelProto | str | Path, feeds: list[dict[str, Any]]) -> list[list[Any]]:
+    import onnxruntime as ort
+
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return [session.run(None, feed) for feed in feeds]
+
+
+def random_inputs(
+    model: onnx.ModelProto, samples: int = 2, seed: int = 123
+) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    weights = {t.name for t in model.graph.initializer}
+    feeds = []
+    for _ in range(samples):
+        feed = {}
+        for value in model.graph.input:
+            if value.name in weights:
+                continue
+            shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+            feed[value.name] = rng.standard_normal(shape).astype(np.float32)
+        feeds.append(feed)
+    return feeds
+
+
+def max_abs_diff(a: onnx.ModelProto | Path, b: onnx.ModelProto | Path, feeds: list[Any]) -> float:
+    ref, new = ort_run(a, feeds), ort_run(b, feeds)
+    return max(
+        float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+        for r, n in zip(ref, new, strict=True)
+        for x, y in zip(r, n, strict=True)
+    )
+
+
+def rel_l2(a: onnx.ModelProto | Path, b: onnx.ModelProto | Path, feeds: list[Any]) -> float:
+    """Worst output's ||y' - y|| / ||y|| over all samples."""
+    ref, new = ort_run(a, feeds), ort_run(b, feeds)
+    worst = 0.0
+    for index in range(len(ref[0])):
+        y = np.concatenate([np.ravel(r[index]) for r in ref]).astype(np.float64)
+        y2 = np.concatenate([np.ravel(n[index]) for n in new]).astype(np.float64)
+        worst = max(worst, float(np.linalg.norm(y2 - y) / np.linalg.norm(y)))
+    return worst
+
+
+def inferred_graph(model: onnx.ModelProto) -> ModelGraph:
+    return build_graph(onnx.shape_inference.infer_shapes(model, strict_mode=True))
+
+
+def finding(code: str, node: str, related: tuple[str, ...] = ()) -> Finding:
+    return Finding(code, "test", Severity.INFO, node, "Conv", "", related=related)
+
+
+def target_for(
+    model: onnx.ModelProto, code: str, node: str, related: tuple[str, ...] = ()
+) -> Target:
+    graph = inferred_graph(model)
+    return plan(finding(code, node, related), graph, Weights(model), static_spatial=True)
+
+
+def findings_of(path: Path) -> list[Finding]:
+    return analyze(path, load_registry(), Settings()).findings

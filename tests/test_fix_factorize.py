@@ -1,0 +1,122 @@
+"""Every factored form reproduces the conv at full rank, through onnxruntime, whatever the
+kernel, stride, dilation, padding and spatial size; and the factorizer's numbers are exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from fix_helpers import max_abs_diff, random_inputs, target_for
+
+from convlint.factorize import ConvFactorizer, ConvSite, Statistics
+from convlint.fixtures import GraphBuilder
+from convlint.rewrite import FactorTarget, Names, apply_edits
+
+# (kernel, stride, dilation, pads (top, left, bottom, right) or auto_pad, input h×w)
+GEOMETRIES = [
+    ((1, 3), 1, 1, (0, 1, 0, 1), (9, 11)),
+    ((3, 3), 1, 1, (1, 1, 1, 1), (9, 9)),
+    ((3, 3), 2, 1, (0, 1, 2, 1), (11, 9)),
+    ((5, 5), 1, 2, (4, 4, 4, 4), (13, 11)),
+    ((5, 5), 2, 1, (1, 2, 0, 3), (12, 13)),
+    ((7, 1), 1, 1, (3, 0, 3, 0), (15, 7)),
+    ((7, 1), (2, 1), (1, 1), (1, 0, 2, 0), (17, 5)),
+    ((3, 3), 2, 1, "SAME_UPPER", (10, 9)),
+]
+
+
+def conv_model(kernel, stride, dilation, pads, hw, *, cin=6, cout=5, bias=True):  # type: ignore[no-untyped-def]
+    g = GraphBuilder(seed=3)
+    x = g.input("input", (1, cin, *hw))
+    auto = isinstance(pads, str)
+    y = g.conv(
+        x, cout, kernel, stride=stride, dilation=dilation, pads=0 if auto else pads, bias=bias,
+        name="conv",
+    )  # fmt: skip
+    model = g.build("conv")
+    if auto:  # replace explicit pads by auto_pad; the output is ceil(size / stride)
+        node = model.graph.node[0]
+        keep = [a for a in node.attribute if a.name != "pads"]
+        del node.attribute[:]
+        node.attribute.extend([*keep, onnx.helper.make_attribute("auto_pad", pads)])
+        dims = model.graph.output[0].type.tensor_type.shape.dim
+        for dim, size in zip(dims[2:], hw, strict=True):
+            dim.dim_value = -(-size // stride)
+    del y
+    return model
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"k{g[0]}-s{g[1]}-{g[3]}-{g[4]}")
+@pytest.mark.parametrize("method", ["weight", "data-aware"])
+def test_every_form_is_exact_at_full_rank(geometry, method) -> None:  # type: ignore[no-untyped-def]
+    model = conv_model(*geometry)
+    target = target_for(model, "CL001", "conv")
+    assert isinstance(target, FactorTarget)
+    stats = None
+    if method == "data-aware":
+        rng = np.random.default_rng(0)
+        mixing = rng.standard_normal((6, 6))
+        stats = {
+            "input": mixing @ mixing.T,
+            target.conv.outputs[0]: np.eye(5) * 3.0,
+            f"{target.conv.outputs[0]}#mean": np.zeros(5),
+        }
+    search = target.search(stats)
+    feeds = random_inputs(model)
+    for kind, rank in (("svd-reduce", 6), ("svd-expand", 5), ("tucker2", (6, 5))):
+        factors = search.at_rank(kind, rank)
+        assert factors.method == method
+        rewritten = apply_edits(model, [target.edit(factors, Names(model))])
+        onnx.checker.check_model(rewritten, full_check=True)
+        assert max_abs_diff(model, rewritten, feeds) < 1e-4, kind
+
+
+def test_costs_count_input_and_output_pixels_exactly() -> None:
+    site = ConvSite(cout=64, cin=32, kernel=(3, 3), in_pixels=100, out_pixels=25, has_bias=True)
+    search = ConvFactorizer(np.ones((64, 32, 3, 3)), site)
+    assert search.cost("svd-reduce", 8) == (
+        32 * 8 * 100 + 8 * 64 * 9 * 25,
+        32 * 8 + 8 * 64 * 9 + 64,
+    )
+    assert search.cost("svd-expand", 8) == ((8 * 32 * 9 + 64 * 8) * 25, 8 * 32 * 9 + 64 * 8 + 64)
+    assert search.cost("tucker2", (8, 4)) == (
+        32 * 8 * 100 + (8 * 4 * 9 + 4 * 64) * 25,
+        32 * 8 + 8 * 4 * 9 + 4 * 64 + 64,
+    )
+    assert site.macs() == 64 * 32 * 9 * 25
+
+
+def test_planted_input_rank_is_found_by_weight_svd() -> None:
+    rng = np.random.default_rng(1)
+    left, right = rng.standard_normal((64 * 9, 12)), rng.standard_normal((12, 48))
+    weight = (left @ right).reshape(64, 3, 3, 48).transpose(0, 3, 1, 2)
+    search = ConvFactorizer(weight, ConvSite(64, 48, (3, 3), 196, 196))
+    best = search.cheapest(1e-6)
+    assert best is not None and (best.kind, best.rank) == ("svd-reduce", 12)
+    assert best.proxy < 1e-6
+
+
+def test_tucker_hooi_never_worsens_hosvd() -> None:
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((16, 12, 3, 3))
+    search = ConvFactorizer(weight, ConvSite(16, 12, (3, 3), 49, 49))
+    factors = search.at_rank("tucker2", (6, 7))
+    reduce, core, expand = factors.weights
+    rebuilt = np.einsum("ot,tr...,rc->oc...", expand[:, :, 0, 0], core, reduce[:, :, 0, 0])
+    error = np.linalg.norm(rebuilt - weight) / np.linalg.norm(weight)
+    assert error == pytest.approx(factors.proxy, rel=1e-6)
+    assert factors.proxy <= search._tucker_error(search._in.vt[:6], search._out.u[:, :7]) + 1e-12
+
+
+def test_data_aware_finds_the_rank_of_the_response_not_of_the_weight() -> None:
+    """Inputs confined to 4 channel directions: the response has rank 4 at the input side,
+    though the weight is full rank; the weight SVD cannot see it."""
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((32, 24, 3, 3))
+    basis = rng.standard_normal((24, 4))
+    moment = basis @ basis.T
+    site = ConvSite(32, 24, (3, 3), 64, 64)
+    data = ConvFactorizer(weight, site, Statistics(moment, None))
+    best = data.cheapest(0.05)
+    assert best is not None and best.kind == "svd-reduce" and best.rank <= 6
+    assert ConvFactorizer(weight, site).cheapest(0.05) is None
