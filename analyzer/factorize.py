@@ -123,6 +123,17 @@ def _tail(values: Array) -> Array:
     return np.concatenate([np.cumsum(values[::-1])[::-1], [0.0]])
 
 
+def _principal(gram: Array) -> tuple[Array, Array]:
+    """Eigenvalues (descending, >= 0) and eigenvectors of a symmetric Gram matrix.
+
+    The SVD of a tall (or wide) matrix through its small Gram matrix: several times faster than
+    ``np.linalg.svd`` on conv unfoldings, and exact where it matters, since the factors are
+    rebuilt from the matrix itself (``B = M·V``), so full rank reproduces ``M``.
+    """
+    values, vectors = np.linalg.eigh((gram + gram.T) / 2)
+    return np.maximum(values[::-1], 0.0), vectors[:, ::-1]
+
+
 def _floored(moment: Array) -> tuple[Array, Array]:
     """C^½ and C^-½ of a second moment with the eigenvalue floor applied."""
     moment = (moment + moment.T) / 2
@@ -143,24 +154,23 @@ class InputSide:
         else:
             root, self.inv_root = _floored(moment)
             weighted = matrix @ root
-        self.u, self.s, self.vt = np.linalg.svd(weighted, full_matrices=False)
-        energy = self.s**2
+        self.weighted = weighted
+        energy, self.v = _principal(weighted.T @ weighted)
         self.tail = _tail(energy)
         self.total = max(float(self.tail[0]), 1e-300)
 
     @property
     def max_rank(self) -> int:
-        return len(self.s)
+        return min(self.matrix.shape)
 
     def proxy(self, rank: int) -> float:
         return math.sqrt(max(self.tail[min(rank, self.max_rank)], 0.0) / self.total)
 
     def factors(self, rank: int) -> tuple[Array, Array]:
-        """(B, A): B = U_r S_r, A = V_rᵀ C^-½."""
-        a = self.vt[:rank]
-        if self.inv_root is not None:
-            a = a @ self.inv_root
-        return self.u[:, :rank] * self.s[:rank], a
+        """(B, A): B = U_r S_r = (M C^½) V_r, A = V_rᵀ C^-½."""
+        v = self.v[:, :rank]
+        a = v.T if self.inv_root is None else v.T @ self.inv_root
+        return self.weighted @ v, a
 
     def basis(self, rank: int) -> Array:
         """A (r × C): the 1×1 reduction alone."""
@@ -174,15 +184,10 @@ class OutputSide:
         self, matrix: Array, response: Array | None = None, input_trace: float = 0.0
     ) -> None:
         self.matrix = matrix
-        if response is None:
-            u, s, _ = np.linalg.svd(matrix, full_matrices=False)
-            values = s**2
-        else:
-            gram = matrix @ matrix.T
-            floor = DATA_FLOOR * input_trace / max(matrix.shape[1], 1)
-            values, u = np.linalg.eigh((response + response.T) / 2 + floor * gram)
-            values, u = np.maximum(values[::-1], 0.0), u[:, ::-1]
-        self.u = u
+        gram = matrix @ matrix.T
+        if response is not None:
+            gram = response + DATA_FLOOR * input_trace / max(matrix.shape[1], 1) * gram
+        values, self.u = _principal(gram)
         self.tail = _tail(values)
         self.total = max(float(self.tail[0]), 1e-300)
 
@@ -349,7 +354,7 @@ class ConvFactorizer:
             u_out = self._out.u[:, :r2]
             proxy = math.hypot(self._in.proxy(r1), self._out.proxy(r2))
         else:
-            a = self._in.vt[:r1]
+            a = self._in.v[:, :r1].T
             u_out = self._out.u[:, :r2]
             error = self._tucker_error(a, u_out)
             for _ in range(HOOI_SWEEPS):
@@ -377,10 +382,10 @@ class ConvFactorizer:
         """One HOOI sweep: each channel factor re-fitted with the other held."""
         cin = self.site.cin
         projected_out = np.einsum("oc...,ot->tc...", self.weight, u_out)
-        _, _, vt = np.linalg.svd(unfold_in(projected_out), full_matrices=False)
-        a = vt[:r1]
+        unfolded = unfold_in(projected_out)
+        a = _principal(unfolded.T @ unfolded)[1][:, :r1].T
         projected_in = np.einsum("oc...,rc->or...", self.weight, a).reshape(self.site.cout, -1)
-        u, _, _ = np.linalg.svd(projected_in, full_matrices=False)
+        u = _principal(projected_in @ projected_in.T)[1]
         assert a.shape[1] == cin
         return a, u[:, :r2]
 
@@ -435,10 +440,6 @@ class PoolProjection:
             macs += c.slice.size * c.out_pixels
             params += c.slice.size
         return macs, params
-
-    def exact_rank(self, relative: float = 1e-6) -> int:
-        s = self._side.s
-        return int(np.sum(s > relative * s[0])) if len(s) and s[0] > 0 else 0
 
     def cheapest(self, budget: float) -> Factors | None:
         rank = max(int(np.nonzero(self._side.tail <= budget**2 * self._side.total)[0][0]), 1)

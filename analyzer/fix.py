@@ -379,6 +379,7 @@ class Fixer:
             edit, errors = self.trial(target, fixed)
             return _Choice(target, fixed, edit, errors, budget)
         best: _Choice | None = None
+        closest = math.inf
         tried: set[Any] = set()
         proxy_budget = MARGIN * budget
         for _ in range(MAX_TRIALS):
@@ -389,6 +390,7 @@ class Fixer:
             tried.add(factors.key)
             edit, errors = self.trial(target, factors)
             measured = errors.rel_l2_error
+            closest = min(closest, measured)
             if errors.ok and measured <= budget:
                 if best is None or factors.macs < best.factors.macs:  # type: ignore[union-attr]
                     best = _Choice(target, factors, edit, errors, budget)
@@ -402,6 +404,11 @@ class Fixer:
                 proxy_budget /= 10
             else:
                 proxy_budget = MARGIN * budget * factors.proxy / measured
+        if best is None and target.unsafe and math.isfinite(closest):
+            return (
+                f"{NO_SAVING} (unsafe: the best projection tried moved the outputs by "
+                f"{closest:.2e} relative L2)"
+            )
         return best if best is not None else NO_SAVING
 
     def combine(self, choices: dict[str, _Choice]) -> tuple[onnx.ModelProto, list[Skipped]]:

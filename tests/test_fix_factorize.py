@@ -105,7 +105,9 @@ def test_tucker_hooi_never_worsens_hosvd() -> None:
     rebuilt = np.einsum("ot,tr...,rc->oc...", expand[:, :, 0, 0], core, reduce[:, :, 0, 0])
     error = np.linalg.norm(rebuilt - weight) / np.linalg.norm(weight)
     assert error == pytest.approx(factors.proxy, rel=1e-6)
-    assert factors.proxy <= search._tucker_error(search._in.vt[:6], search._out.u[:, :7]) + 1e-12
+    assert (
+        factors.proxy <= search._tucker_error(search._in.v[:, :6].T, search._out.u[:, :7]) + 1e-12
+    )
 
 
 def test_data_aware_finds_the_rank_of_the_response_not_of_the_weight() -> None:

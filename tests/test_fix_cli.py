@@ -1,0 +1,143 @@
+"""`convlint fix` as a user runs it: exit codes, the JSON contract, refusals, the time limit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convlint import fixtures
+from convlint.cli import main
+
+REWRITE_FIELDS = {
+    "code", "node", "kind", "method", "rank", "params_before", "params_after", "macs_before",
+    "macs_after", "verified",
+}  # fmt: skip
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> Path:
+    return fixtures.save(fixtures.conv3x3(planted_rank=48, hw=6), tmp_path / "conv.onnx")
+
+
+def test_json_report_has_the_contract_fields(
+    planted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = planted.with_name("out.onnx")
+    argv = ["fix", str(planted), "-o", str(out), "--method", "weight", "--format", "json"]
+    assert main([*argv, "--samples", "2"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    (model,) = document["models"]
+    for key in ("path", "opset", "nodes", "cost", "findings", "error"):
+        assert key in model
+    assert model["output"] == str(out) and model["tolerance"] == 0.001
+    (rewrite,) = model["rewrites"]
+    assert set(rewrite) == REWRITE_FIELDS
+    assert set(rewrite["verified"]) == {"max_abs_error", "rel_l2_error", "ok"}
+    assert rewrite["kind"] == "svd-reduce" and rewrite["rank"] == 48
+    assert model["skipped"] == []
+    verification = model["verification"]
+    assert verification["ok"] is True and verification["rel_l2_error"] < 1e-4
+    assert verification["params_after"] == 256 * 48 + 48 * 256 * 9
+    assert out.exists()
+
+
+def test_text_report_lists_rewrite_and_verification(
+    planted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = planted.with_name("out.onnx")
+    assert main(["fix", str(planted), "-o", str(out), "--method", "weight", "--samples", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "CL001 svd-reduce rank 48 (weight): params 589,824 -> 122,880" in text
+    assert f"[ok]; wrote {out}" in text
+
+
+def test_output_equal_to_model_is_refused_without_in_place(
+    planted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = planted.read_bytes()
+    assert main(["fix", str(planted), "-o", str(planted)]) == 2
+    assert "--in-place" in capsys.readouterr().err
+    assert planted.read_bytes() == before
+    argv = ["fix", str(planted), "--in-place", "--method", "weight", "--samples", "2"]
+    assert main(argv) == 0
+    assert planted.read_bytes() != before
+
+
+def test_failed_verification_exits_1_and_writes_nothing(
+    planted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = planted.with_name("out.onnx")
+    argv = ["fix", str(planted), "-o", str(out), "--method", "weight", "--rank", "4"]
+    assert main([*argv, "--samples", "2", "--format", "json"]) == 1
+    captured = capsys.readouterr()
+    model = json.loads(captured.out)["models"][0]
+    assert model["verification"]["ok"] is False
+    assert "not written" in captured.err
+    assert not out.exists()
+    assert [p.name for p in planted.parent.iterdir()] == ["conv.onnx"]  # no temp files left
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--format", "sarif"], "text or json"),
+        (["--inputs", "missing.npz"], "no such inputs file"),
+        (["--tolerance", "0"], "--tolerance"),
+    ],
+)
+def test_bad_options_exit_2(
+    planted: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = planted.with_name("out.onnx")
+    assert main(["fix", str(planted), "-o", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_inputs_with_the_wrong_shape_exit_2(
+    planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.savez(tmp_path / "bad.npz", input=np.zeros((1, 3, 6, 6), np.float32))
+    argv = ["fix", str(planted), "-o", str(tmp_path / "o.onnx"), "--inputs"]
+    assert main([*argv, str(tmp_path / "bad.npz")]) == 2
+    assert "has shape [1, 3, 6, 6]" in capsys.readouterr().err
+
+
+def test_unreadable_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    assert main(["fix", str(bad), "-o", str(tmp_path / "o.onnx")]) == 2
+    assert "bad.onnx" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("fault", "message"), [("hang", "did not finish"), ("crash", "crashed")])
+def test_hanging_or_crashing_runtime_exits_2_with_one_line(
+    planted: Path,
+    fault: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CONVLINT_TEST_RUNTIME_FAULT", fault)
+    out = planted.with_name("out.onnx")
+    assert main(["fix", str(planted), "-o", str(out), "--timeout", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_subprocess_run(planted: Path) -> None:
+    out = planted.with_name("out.onnx")
+    argv = ["fix", str(planted), "-o", str(out), "--method", "weight", "--samples", "2", "--quiet"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "convlint", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no progress or logs outside a terminal
+    assert "svd-reduce rank 48" in proc.stdout and out.exists()

@@ -1,0 +1,210 @@
+"""`convlint fix` end to end on models with a known answer; every result is re-checked here with
+onnxruntime on fresh inputs, outside fix's own verifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fix_helpers import findings_of, max_abs_diff, random_inputs, rel_l2, target_for
+
+from convlint import fixtures
+from convlint.engine import Settings
+from convlint.fix import FixOptions, fix
+from convlint.fixtures import GraphBuilder
+from convlint.registry import load_registry
+from convlint.rewrite import FoldTarget, Names, PoolTarget, apply_edits
+
+
+def run_fix(path: Path, **options):  # type: ignore[no-untyped-def]
+    out = path.with_name(f"{path.stem}.fixed.onnx")
+    settings = Settings(select=options.pop("select", ["ALL"]))
+    result = fix(path, load_registry(), settings, FixOptions(output=out, **options))
+    return result, out
+
+
+def test_planted_rank_48_conv_is_rewritten_at_rank_48_with_exact_savings(tmp_path: Path) -> None:
+    hw = 8
+    path = fixtures.save(fixtures.conv3x3(planted_rank=48, hw=hw), tmp_path / "conv.onnx")
+    result, out = run_fix(path, method="weight", samples=2)
+    assert result.written and result.verification is not None and result.verification.ok
+    (rewrite,) = result.rewrites
+    assert (rewrite.code, rewrite.kind, rewrite.method) == ("CL001", "svd-reduce", "weight")
+    assert rewrite.rank == 48
+    pixels = hw * hw
+    assert rewrite.params_before == 256 * 256 * 9
+    assert rewrite.params_after == 256 * 48 + 48 * 256 * 9
+    assert rewrite.macs_before == 256 * 256 * 9 * pixels
+    assert rewrite.macs_after == (256 * 48 + 48 * 256 * 9) * pixels
+    assert rewrite.verified.rel_l2_error < 1e-4 and rewrite.verified.max_abs_error < 1e-4
+    assert result.cost_after is not None and result.cost_after.params == 256 * 48 + 48 * 256 * 9
+    onnx.checker.check_model(str(out), full_check=True)
+    assert max_abs_diff(path, out, random_inputs(onnx.load(path), seed=7)) < 1e-4
+
+
+@pytest.mark.parametrize("tolerance", [1e-3, 0.05])
+def test_random_full_rank_weights_never_break_the_tolerance(
+    tmp_path: Path, tolerance: float
+) -> None:
+    model = fixtures.conv3x3(cin=128, cout=128, hw=6, bias=True, seed=5)
+    path = fixtures.save(model, tmp_path / "conv.onnx")
+    result, out = run_fix(path, method="weight", tolerance=tolerance, samples=4)
+    assert result.written
+    if tolerance == 1e-3:
+        assert not result.rewrites
+        (skip,) = result.skipped
+        assert skip.reason.startswith("no rank within tolerance lowers MACs")
+        assert "retrained bottleneck would save" in skip.reason
+    fresh = random_inputs(model, samples=4, seed=99)
+    assert rel_l2(path, out, fresh) <= tolerance
+
+
+def test_fold_with_batchnorm_and_padding_is_exact(tmp_path: Path) -> None:
+    path = fixtures.save(fixtures.linear_conv_chain_bad(), tmp_path / "chain.onnx")
+    result, out = run_fix(path)
+    (rewrite,) = result.rewrites
+    assert (rewrite.code, rewrite.kind, rewrite.rank) == ("CL003", "fold", None)
+    folded = onnx.load(out)
+    assert [n.op_type for n in folded.graph.node][:2] == ["Conv", "Add"]  # border bias map
+    assert max_abs_diff(path, out, random_inputs(folded, seed=3)) < 1e-4
+
+
+def fold_model(first_k: int, second_k: int, *, stride: int, pads, bias: bool, bn: bool):  # type: ignore[no-untyped-def]
+    g = GraphBuilder(seed=11)
+    x = g.input("input", (1, 8, 11, 9))
+    y = g.conv(x, 32, first_k, pads=first_k // 2, bias=bias, name="first")
+    y = g.bn(y, name="bn") if bn else g.node("Identity", [y], g.shape(y), name="identity")
+    y = g.conv(y, 6, second_k, stride=stride, pads=pads, bias=bias, name="second")
+    g.relu(y, name="relu")
+    return g.build("fold")
+
+
+@pytest.mark.parametrize(
+    ("first_k", "second_k", "stride", "pads", "bias", "bn"),
+    [
+        (1, 3, 1, 1, True, False),
+        (1, 3, 2, (0, 1, 2, 1), True, True),
+        (1, 5, 1, 2, False, True),
+        (3, 1, 1, 0, True, True),
+        (1, 1, 2, 0, True, True),
+    ],
+)
+def test_fold_is_exact_at_borders_strides_and_bias(
+    first_k: int, second_k: int, stride: int, pads: object, bias: bool, bn: bool
+) -> None:
+    model = fold_model(first_k, second_k, stride=stride, pads=pads, bias=bias, bn=bn)
+    target = target_for(model, "CL003", "first")
+    assert isinstance(target, FoldTarget)
+    rewritten = apply_edits(model, [target.edit(Names(model))])
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert len(rewritten.graph.node) <= 3
+    assert max_abs_diff(model, rewritten, random_inputs(model)) < 1e-4
+
+
+def pool_model(*, nonlinear: bool, rank: int | None = None):  # type: ignore[no-untyped-def]
+    """x -> 1×1/4 and x -> maxpool (12 channels) -> concat -> two conv consumers."""
+    g = GraphBuilder(seed=2)
+    x = g.input("input", (1, 12, 9, 9))
+    a = g.conv(x, 4, 1, name="branch")
+    p = g.maxpool(x, 3, 1, 1, name="pool")
+    c = g.concat([a, p], name="concat")
+    if nonlinear:
+        c = g.relu(c, name="concat_relu")
+    y1 = g.conv(c, 6, 3, name="head3x3")
+    y2 = g.conv(c, 5, 1, name="head1x1")
+    model = g.build("pool", [y1, y2])
+    if rank is not None:  # the consumers read the pooled channels through a rank-r map
+        rng = np.random.default_rng(0)
+        basis = rng.standard_normal((rank, 12))
+        for init in model.graph.initializer:
+            if init.name in ("head3x3.weight", "head1x1.weight"):
+                w = onnx.numpy_helper.to_array(init).copy()
+                mix = rng.standard_normal((w.shape[0], rank, *w.shape[2:]))
+                w[:, 4:] = np.einsum("or...,rc->oc...", mix, basis)
+                init.CopyFrom(onnx.numpy_helper.from_array(w.astype(np.float32), init.name))
+    return model
+
+
+def test_pool_projection_is_exact_at_the_rank_of_the_stacked_slices(tmp_path: Path) -> None:
+    model = pool_model(nonlinear=False)
+    target = target_for(model, "CL002", "pool", related=("concat",))
+    assert isinstance(target, PoolTarget) and not target.unsafe
+    search = target.search(None)
+    full = search.at_rank(12)
+    rewritten = apply_edits(model, [target.edit(full, Names(model))])
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert max_abs_diff(model, rewritten, random_inputs(model)) < 1e-4
+
+    planted = pool_model(nonlinear=False, rank=3)
+    path = fixtures.save(planted, tmp_path / "pool.onnx")
+    assert [f.code for f in findings_of(path)] == ["CL002"]
+    result, out = run_fix(path, method="weight", samples=2)
+    (rewrite,) = result.rewrites
+    assert (rewrite.kind, rewrite.rank) == ("pool-projection", 3)
+    assert rewrite.macs_after < rewrite.macs_before
+    assert max_abs_diff(path, out, random_inputs(planted, seed=5)) < 1e-4
+
+
+def test_nonlinear_pool_consumer_is_unsafe_and_needs_the_flag(tmp_path: Path) -> None:
+    path = fixtures.save(pool_model(nonlinear=True, rank=3), tmp_path / "pool.onnx")
+    result, _ = run_fix(path, method="weight", samples=2, select=["CL002"])
+    (skip,) = result.skipped
+    assert "unsafe" in skip.reason and "--unsafe-fixes" in skip.reason
+    # A projection before the ReLU never commutes with it: within a tight tolerance the report
+    # says how far the best try moved the outputs; a loose one accepts it and reports it.
+    options = {"method": "weight", "samples": 2, "select": ["CL002"], "unsafe_fixes": True}
+    result, _ = run_fix(path, tolerance=0.5, **options)
+    (skip,) = result.skipped
+    assert "unsafe: the best projection tried moved the outputs by" in skip.reason
+    result, out = run_fix(path, tolerance=2.0, **options)
+    assert result.written
+    (rewrite,) = result.rewrites
+    assert rewrite.unsafe and rewrite.kind == "pool-projection"
+    assert rewrite.verified.rel_l2_error > 0.1  # the outputs moved, and the report says so
+    assert rel_l2(path, out, random_inputs(onnx.load(path), seed=8)) <= 2.0
+
+
+def test_concat_that_is_a_graph_output_is_skipped(tmp_path: Path) -> None:
+    path = fixtures.save(fixtures.inception_3a_reduced(), tmp_path / "3a.onnx")
+    result, _ = run_fix(path, select=["CL002"], samples=2)
+    (skip,) = result.skipped
+    assert "graph output" in skip.reason
+
+
+def test_data_aware_compresses_what_the_weights_alone_cannot(tmp_path: Path) -> None:
+    """Activations confined to 8 channel directions of 128: data-aware finds rank 8."""
+    model = fixtures.conv3x3(cin=128, cout=128, hw=6, seed=1)
+    path = fixtures.save(model, tmp_path / "conv.onnx")
+    rng = np.random.default_rng(0)
+    mixing = rng.standard_normal((128, 8)).astype(np.float32)
+    latent = rng.standard_normal((8, 8, 6, 6)).astype(np.float32)
+    samples = np.einsum("cr,nrhw->nchw", mixing, latent)[:, None]  # (samples, 1, 128, 6, 6)
+    np.savez(tmp_path / "inputs.npz", input=samples)
+    weight, _ = run_fix(path, method="weight", inputs=tmp_path / "inputs.npz")
+    assert not weight.rewrites
+    data, out = run_fix(path, method="data-aware", inputs=tmp_path / "inputs.npz")
+    (rewrite,) = data.rewrites
+    assert rewrite.method == "data-aware" and rewrite.kind == "svd-reduce"
+    assert rewrite.rank <= 8
+    assert "fitted on 4, verified on the other 4" in data.inputs
+    fresh_latent = rng.standard_normal((3, 8, 6, 6)).astype(np.float32)
+    fresh = [{"input": np.einsum("cr,rhw->chw", mixing, z)[None]} for z in fresh_latent]
+    assert rel_l2(path, out, fresh) <= 1e-3
+
+
+def test_external_data_stays_external(tmp_path: Path) -> None:
+    model = fixtures.conv3x3(planted_rank=16, cin=128, cout=128, hw=6)
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, location="ext.weights", size_threshold=0
+    )
+    result, out = run_fix(path, method="weight", samples=2)
+    assert result.written and result.rewrites
+    data = out.with_name(f"{out.name}.data")
+    assert data.exists() and data.stat().st_size > 0
+    written = onnx.load(str(out), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in written.graph.initializer)
+    onnx.checker.check_model(str(out), full_check=True)
+    assert max_abs_diff(path, out, random_inputs(model)) < 1e-4
