@@ -43,6 +43,20 @@ def _literature_comparison(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _verified_rewrite(path: Path, registry: Registry) -> str:
+    """`convlint fix --method weight` on the demo block: the rewrites, verified by onnxruntime."""
+    from convlint.fix import FixOptions, fix
+    from convlint.fixreport import render_text as render_fix
+
+    out = path.with_name("inception_3a_fixed.onnx")
+    result = fix(path, registry, Settings(), FixOptions(output=out, method="weight", samples=2))
+    result.report.path, result.output = path.name, out.name
+    return (
+        f"convlint fix {path.name} -o {out.name} --method weight "
+        "(the rewrites, verified with onnxruntime):\n" + render_fix(result)
+    )
+
+
 def run_demo(registry: Registry, fmt: str = "text") -> int:
     with tempfile.TemporaryDirectory(prefix="convlint-demo-") as tmp:
         path = build_demo_model(Path(tmp))
@@ -61,5 +75,7 @@ def run_demo(registry: Registry, fmt: str = "text") -> int:
             f"model: {cost.params:,} params, {cost.macs or 0:,} MACs\n\n"
         )
         out.write(render_text([report], registry))
+        rewrite = _verified_rewrite(path, registry)  # before the comparison reuses the file name
         out.write("\n" + _literature_comparison(Path(tmp)))
+        out.write("\n" + rewrite)
     return 0

@@ -141,3 +141,10 @@ def test_subprocess_run(planted: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no progress or logs outside a terminal
     assert "svd-reduce rank 48" in proc.stdout and out.exists()
+
+
+def test_demo_ends_with_the_verified_rewrite(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "CL001 svd-reduce rank 24 (weight): params 221,184 -> 32,256" in out
+    assert "model: params 387,072 -> 68,352" in out and "[ok]; wrote" in out
