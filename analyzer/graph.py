@@ -217,6 +217,11 @@ class ModelGraph:
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes.values())
 
+    def of_type(self, *op_types: str) -> list[Node]:
+        """Standard-domain nodes of the given op types, in graph order."""
+        wanted = set(op_types)
+        return [n for n in self.nodes.values() if n.op_type in wanted and n.is_standard]
+
     def all_graphs(self) -> Iterator[ModelGraph]:
         """This graph and every subgraph below it."""
         yield self

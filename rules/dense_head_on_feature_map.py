@@ -54,9 +54,7 @@ FLATTENERS = frozenset({"Flatten", "Reshape"})
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     graph = ctx.graph
-    for dense in graph:
-        if dense.op_type not in ("Gemm", "MatMul") or not dense.is_standard:
-            continue
+    for dense in graph.of_type("Gemm", "MatMul"):
         if len(dense.inputs) < 2 or not graph.is_constant(dense.inputs[1]):
             continue
         flatten, _ = graph.source_of(dense.inputs[0], through=TRANSPARENT)

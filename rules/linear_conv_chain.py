@@ -71,7 +71,7 @@ def _foldable_reason(first: Node, second: Node, a: ConvGeometry, b: ConvGeometry
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     graph = ctx.graph
-    for second in graph:
+    for second in graph.of_type("Conv"):
         b = conv_geometry(graph, second)
         if b is None:
             continue

@@ -72,8 +72,8 @@ def _channel_axis(ctx: RuleContext, concat: Node) -> bool:
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     graph = ctx.graph
-    for concat in graph:
-        if concat.op_type != "Concat" or not concat.is_standard or not _channel_axis(ctx, concat):
+    for concat in graph.of_type("Concat"):
+        if not _channel_axis(ctx, concat):
             continue
         total = graph.channels(concat.outputs[0])
         for tensor in concat.inputs:

@@ -80,7 +80,7 @@ def _reduction_source(ctx: RuleContext, node: Node) -> tuple[Node | None, str]:
 def check(ctx: RuleContext) -> Iterator[Finding]:
     min_channels = int(ctx.options["min-channels"])
     ratio = int(ctx.options["reduction-ratio"])
-    for node in ctx.graph:
+    for node in ctx.graph.of_type("Conv"):
         geometry = conv_geometry(ctx.graph, node)
         if geometry is None or geometry.is_pointwise:
             continue

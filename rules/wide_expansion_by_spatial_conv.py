@@ -54,7 +54,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
     graph = ctx.graph
     ratio = float(ctx.options["expansion-ratio"])
     min_channels = int(ctx.options["min-channels"])
-    for node in graph:
+    for node in graph.of_type("Conv"):
         g = conv_geometry(graph, node)
         if g is None or g.is_pointwise or g.group != 1 or g.cout < ratio * g.cin:
             continue
