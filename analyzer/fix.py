@@ -43,7 +43,7 @@ from convlint.cost import ModelCost, model_cost
 from convlint.engine import ModelReport, Settings, analyze
 from convlint.errors import ConvlintError, ModelError, UsageError
 from convlint.factorize import Array, Factors
-from convlint.graph import build_graph
+from convlint.graph import ModelGraph, build_graph
 from convlint.registry import Registry
 from convlint.rewrite import (
     Edit,
@@ -164,6 +164,8 @@ def resolve_output(model: Path, output: Path | None, in_place: bool) -> Path:
     )
     if same and not in_place:
         raise UsageError(f"-o {output} is the input model; pass --in-place to overwrite it")
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: no such folder {str(output.parent)!r}")
     return output
 
 
@@ -219,11 +221,18 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def recount(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]], path: Path) -> ModelCost:
-    """Params and MACs of a rewritten model, after shape inference with the same bindings."""
+def bound_graph(
+    model: onnx.ModelProto, bound: dict[str, tuple[int, ...]], path: Path
+) -> ModelGraph:
+    """The graph of a model (weights left out) with its dims bound and shapes inferred."""
     skeleton = _skeleton(model)
     loader._bind_dims(skeleton, bound, path)
-    return model_cost(build_graph(loader.infer_shapes(skeleton, path)))
+    return build_graph(loader.infer_shapes(skeleton, path))
+
+
+def recount(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]], path: Path) -> ModelCost:
+    """Params and MACs of a rewritten model, after shape inference with the same bindings."""
+    return model_cost(bound_graph(model, bound, path))
 
 
 def _moments(arrays: Sequence[np.ndarray[Any, Any]]) -> tuple[Array, Array]:
@@ -284,7 +293,7 @@ class Fixer:
             report = analyze(self.path, self.registry, settings)
             if report.error:
                 raise ModelError(self.path, report.error)
-            self.graph = build_graph(loader.load(self.path, self.bound).model)
+            self.graph = bound_graph(self.original, self.bound, self.path)
             weights = Weights(self.original)
             static = not any(
                 isinstance(d, str) or d is None for v in self.original.graph.input for d in _dims(v)

@@ -223,9 +223,8 @@ class FactorTarget(Target):
         x, y = conv.inputs[0], conv.outputs[0]
         pointwise = [1] * len(self.site.kernel)
         bias = [conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else []
-        weight_name = conv.inputs[1]
         initializers = [
-            _tensor(w, names.fresh(f"{weight_name}/{part}"), self.dtype)
+            _tensor(w, names.fresh(f"{conv.name}.{part}.weight"), self.dtype)
             for w, part in zip(factors.weights, _parts(factors.kind), strict=True)
         ]
         w_names = [t.name for t in initializers]
@@ -312,7 +311,7 @@ class PoolTarget(Target):
         lo, hi = self.offset, self.offset + self.channels
         for conv, weight, new_slice in zip(self.convs, self.weights, slices, strict=True):
             merged = np.concatenate([weight[:, :lo], new_slice, weight[:, hi:]], axis=1)
-            tensor = _tensor(merged, names.fresh(f"{conv.inputs[1]}/projected"), self.dtype)
+            tensor = _tensor(merged, names.fresh(f"{conv.name}.weight/projected"), self.dtype)
             node = onnx.NodeProto()
             node.CopyFrom(conv.proto)
             node.name = conv.name
@@ -339,7 +338,7 @@ class FoldTarget(Target):
 
     def edit(self, names: Names) -> Edit:
         x, y = self.first.inputs[0], self.second.outputs[0]
-        weight = _tensor(self.weight, names.fresh(f"{self.second.inputs[1]}/folded"), self.dtype)
+        weight = _tensor(self.weight, names.fresh(f"{self.second.name}.weight/folded"), self.dtype)
         initializers = [weight]
         inputs = [x, weight.name]
         if self.bias is not None:

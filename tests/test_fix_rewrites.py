@@ -208,3 +208,16 @@ def test_external_data_stays_external(tmp_path: Path) -> None:
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in written.graph.initializer)
     onnx.checker.check_model(str(out), full_check=True)
     assert max_abs_diff(path, out, random_inputs(model)) < 1e-4
+
+
+def test_two_convs_sharing_one_weight_get_distinct_factors(tmp_path: Path) -> None:
+    g = GraphBuilder(seed=6)
+    x = g.input("input", (1, 128, 6, 6))
+    a = g.conv(x, 64, 3, bias=False, name="a", rank=8)
+    b = g.conv(x, 64, 3, bias=False, name="b", weight="a.weight", pads=(0, 0, 2, 2))
+    model = g.build("shared", [a, b])
+    path = fixtures.save(model, tmp_path / "shared.onnx")
+    result, out = run_fix(path, method="weight", samples=2)
+    assert sorted(r.node for r in result.rewrites) == ["a", "b"]
+    assert "a.weight" not in {t.name for t in onnx.load(out).graph.initializer}
+    assert max_abs_diff(path, out, random_inputs(model)) < 1e-4
