@@ -126,7 +126,6 @@ class FixResult:
     written: bool = False
     inputs: str = ""
     timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -338,8 +337,10 @@ class Fixer:
         else:
             samples = random_feeds(self.specs, self.options.samples, self.options.seed)
             origin = f"{len(samples)} seeded random samples"
-        if self.options.method == "weight" or len(samples) < 2:
+        if self.options.method == "weight":
             return samples, samples, origin
+        if len(samples) < 2:
+            return samples, samples, f"{origin}: statistics fitted and verified on the same one"
         half = len(samples) // 2
         return (
             samples[:half],

@@ -83,7 +83,7 @@ def render_text(result: FixResult, verbose: bool = False, quiet: bool = False) -
     report = result.report
     lines: list[str] = []
     if verbose:
-        lines.extend(f"{report.path}: note: {note}" for note in [*report.notes, *result.notes])
+        lines.extend(f"{report.path}: note: {note}" for note in report.notes)
         lines.extend(
             f"{report.path}:{s.node}: {s.code} passed over: {s.reason}" for s in report.skips
         )

@@ -221,3 +221,29 @@ def test_two_convs_sharing_one_weight_get_distinct_factors(tmp_path: Path) -> No
     assert sorted(r.node for r in result.rewrites) == ["a", "b"]
     assert "a.weight" not in {t.name for t in onnx.load(out).graph.initializer}
     assert max_abs_diff(path, out, random_inputs(model)) < 1e-4
+
+
+def test_a_combination_that_breaks_the_tolerance_drops_the_worst_rewrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each rewrite passes alone; the combined model is made to fail once: the rewrite that
+    moved the outputs most cannot be tightened (its rank is already exact), so it is dropped."""
+    from convlint.fix import Fixer
+    from convlint.verify import Errors
+
+    measure = Fixer.measure
+    failed: list[str] = []
+
+    def failing_once(self, model, what):  # type: ignore[no-untyped-def]
+        if what == "verifying the combined rewrites" and not failed:
+            failed.append(what)
+            return Errors(1.0, 1.0, False)
+        return measure(self, model, what)
+
+    monkeypatch.setattr(Fixer, "measure", failing_once)
+    path = fixtures.save(fixtures.inception_3a_naive(planted_rank=24), tmp_path / "3a.onnx")
+    result, out = run_fix(path, method="weight", samples=2, select=["CL001"])
+    assert failed and len(result.rewrites) == 1
+    assert any(s.reason.startswith("dropped: together with") for s in result.skipped)
+    assert result.written and result.verification is not None and result.verification.ok
+    assert max_abs_diff(path, out, random_inputs(onnx.load(path))) < 1e-4
