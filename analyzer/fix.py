@@ -43,6 +43,7 @@ from convlint.cost import ModelCost, model_cost
 from convlint.engine import ModelReport, Settings, analyze
 from convlint.errors import ConvlintError, ModelError, UsageError
 from convlint.factorize import Array, Factors
+from convlint.fixreport import DEFAULT_SAMPLES, METHODS
 from convlint.graph import ModelGraph, build_graph
 from convlint.registry import Registry
 from convlint.rewrite import (
@@ -59,8 +60,6 @@ from convlint.rewrite import (
 )
 from convlint.verify import Errors, Feed, InputSpec, Outputs, Runtime, bind_dims, compare
 
-METHODS = ("data-aware", "weight")
-DEFAULT_SAMPLES = 8
 MARGIN = 0.8  # aim the proxy below the budget: the proxy is an estimate
 MAX_TRIALS = 4  # onnxruntime confirmations per rewrite during rank selection
 NO_SAVING = "no rank within tolerance lowers MACs"

@@ -1,4 +1,8 @@
-"""Stage 6 for `convlint fix`: its options, its text and JSON reports, its exit code."""
+"""Stage 6 for `convlint fix`: its options, its text and JSON reports, its exit code.
+
+The parser of every command is built at start-up, so this module imports the fix machinery
+(numpy helpers of onnx included) only when `fix` runs.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,21 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convlint import __version__
 from convlint.atomic import write_atomic
 from convlint.engine import Settings
 from convlint.errors import UsageError
-from convlint.fix import DEFAULT_SAMPLES, METHODS, FixOptions, FixResult, fix
 from convlint.registry import Registry
 from convlint.reporters import fmt_int, summary
-from convlint.verify import Errors
+
+if TYPE_CHECKING:
+    from convlint.fix import FixResult
+    from convlint.verify import Errors
+
+METHODS = ("data-aware", "weight")
+DEFAULT_SAMPLES = 8
 
 
 def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +170,7 @@ def render_json(result: FixResult) -> str:
 
 def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) -> int:
     """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
-    from convlint.fix import resolve_output
+    from convlint.fix import FixOptions, fix, resolve_output
 
     if args.format not in ("text", "json"):
         raise UsageError(f"fix supports --format text or json, not {args.format}")
