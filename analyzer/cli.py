@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fix.add_argument("model", metavar="MODEL")
     _common(fix, lint=False)
+    fix.add_argument("--select", type=_codes_arg, help="rule codes or prefixes to fix")
+    fix.add_argument("--ignore", type=_codes_arg, help="rule codes or prefixes to leave")
     from convlint.fixreport import add_fix_arguments
 
     add_fix_arguments(fix)

@@ -193,15 +193,11 @@ def input_specs(
     for value in model.graph.input:
         if value.name in weights:
             continue
-        tensor = value.type.tensor_type
-        dims: list[int | str | None] = [
-            d.dim_value if d.HasField("dim_value") else d.dim_param or None
-            for d in tensor.shape.dim
-        ]
+        dims = _dims(value)
         shape = bind_dims(dims, given.get(value.name))
         if value.name in given or any(not isinstance(d, int) for d in dims):
             bound[value.name] = shape
-        specs.append(InputSpec(value.name, shape, tensor.elem_type))
+        specs.append(InputSpec(value.name, shape, value.type.tensor_type.elem_type))
     return specs, bound
 
 
@@ -211,7 +207,6 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     copy.CopyFrom(model)
     for tensor in copy.graph.initializer:
         if math.prod(tensor.dims) > 1024 and tensor.data_type in (1, 10, 11, 16):
-            tensor.ClearField("raw_data")
             tensor.ClearField("float_data")
             tensor.ClearField("double_data")
             tensor.ClearField("int32_data")

@@ -32,8 +32,6 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `convlint fix` beyond the common ones."""
     parser.add_argument("-o", "--output-model", metavar="OUT", help="where to write the model")
     parser.add_argument("--in-place", action="store_true", help="allow OUT to be MODEL")
-    parser.add_argument("--select", type=_codes, help="rule codes or prefixes to fix")
-    parser.add_argument("--ignore", type=_codes, help="rule codes or prefixes to leave")
     parser.add_argument(
         "--tolerance",
         type=float,
@@ -68,10 +66,6 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--unsafe-fixes", action="store_true", help="also apply rewrites that change the function"
     )
-
-
-def _codes(text: str) -> list[str]:
-    return [part.strip().upper() for part in text.split(",") if part.strip()]
 
 
 def _error_text(errors: Errors) -> str:

@@ -23,7 +23,6 @@ original's node order (every new node takes the place of a node it replaces).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from convlint.cost import numel
 from convlint.factorize import (
     Array,
     Consumer,
@@ -168,9 +168,7 @@ def _tensor(values: Array, name: str, dtype: np.dtype[Any]) -> onnx.TensorProto:
 
 def _pixels(graph: ModelGraph, tensor: str) -> int | None:
     shape = graph.shape(tensor)
-    if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[2:]):
-        return None
-    return math.prod(shape[2:])  # type: ignore[arg-type]
+    return numel(shape[2:]) if shape is not None and len(shape) >= 3 else None
 
 
 @dataclass
@@ -436,12 +434,10 @@ def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weigh
 
 
 def _plan_pool(finding: Finding, pool: Node, graph: ModelGraph, weights: Weights) -> Target:
-    concats = [
-        graph.nodes[n] for n in finding.related if graph.nodes.get(n, pool).op_type == "Concat"
-    ]
-    if not concats:
+    related = [graph.nodes[n] for n in finding.related if n in graph.nodes]
+    concat = next((n for n in related if n.op_type == "Concat"), None)
+    if concat is None:
         raise NotRewritable("the concat of the pooling branch was not found")
-    concat = concats[0]
     out = concat.outputs[0]
     if out in graph.graph_outputs:
         raise NotRewritable(
