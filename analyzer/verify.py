@@ -166,6 +166,11 @@ def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], toleranc
 
 def serve() -> None:
     """The child's loop: one request per stdin line, one answer per stdout line."""
+    # Keep stdout for the protocol alone: whatever else writes to fd 1 (C libraries included)
+    # lands in the stderr log instead.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -173,7 +178,6 @@ def serve() -> None:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    out = sys.stdout
     out.write("ready\n")
     out.flush()
     for line in sys.stdin:
