@@ -351,7 +351,7 @@ class Fixer:
     def trial(self, target: Target, factors: Factors | None) -> tuple[Edit, Errors]:
         with self.timer("factorization"):
             edit = self._edit(target, factors)
-            candidate = apply_edits(self.original, [edit])
+            candidate = apply_edits(self.light, [edit])
         errors = self.measure(candidate, f"verifying the rewrite of {target.node!r}")
         if factors is not None:
             self.log(
@@ -415,18 +415,18 @@ class Fixer:
             )
         return best if best is not None else NO_SAVING
 
-    def combine(self, choices: dict[str, _Choice]) -> tuple[onnx.ModelProto, list[Skipped]]:
-        """Apply every choice; tighten or drop the worst until the whole model holds."""
+    def combine(self, choices: dict[str, _Choice]) -> list[Skipped]:
+        """Tighten or drop the worst choice until the model with all of them holds."""
         dropped: list[Skipped] = []
         fixed_rank = self.options.rank is not None or self.options.ratio is not None
         for _ in range(4 * len(choices) + 1):
-            with self.timer("factorization"):
-                combined = apply_edits(self.original, [c.edit for c in choices.values()])
             if not choices or fixed_rank:
-                return combined, dropped
+                return dropped
+            with self.timer("factorization"):
+                combined = apply_edits(self.light, [c.edit for c in choices.values()])
             errors = self.measure(combined, "verifying the combined rewrites")
             if errors.ok:
-                return combined, dropped
+                return dropped
             key, worst = max(choices.items(), key=lambda kv: kv[1].errors.rel_l2_error)
             self.log(f"combined error {errors.rel_l2_error:.2e}: tightening {worst.target.node}")
             retry = None if worst.factors is None else self.select(worst.target, worst.budget / 2)
@@ -445,8 +445,7 @@ class Fixer:
                         "dropped: together with the other rewrites it broke the tolerance",
                     )
                 )
-        with self.timer("factorization"):
-            return apply_edits(self.original, [c.edit for c in choices.values()]), dropped
+        return dropped
 
     # -- the run -------------------------------------------------------------------------
     def run(self, progress: Callable[[Sequence[Target]], Any] | None = None) -> FixResult:
@@ -458,8 +457,9 @@ class Fixer:
         fit, self.verify_feeds, result.inputs = self.feeds()
         with Runtime(options.timeout) as self.runtime:
             with self.timer("verification"):
+                self.light = self.runtime.externalize(self.original)
                 self.reference: list[Outputs] = self.runtime.run(
-                    self.original, self.verify_feeds, what="running the original model"
+                    self.light, self.verify_feeds, what="running the original model"
                 )
             self.stats = None
             lossy = [t for t in targets if t.lossy]
@@ -467,9 +467,7 @@ class Fixer:
                 tensors = list(dict.fromkeys(t for target in lossy for t in target.stat_tensors()))
                 with self.timer("verification"):
                     types = {t: self.graph.dtype(t) or 1 for t in tensors}
-                    self.stats = collect_statistics(
-                        self.runtime, self.original, tensors, types, fit
-                    )
+                    self.stats = collect_statistics(self.runtime, self.light, tensors, types, fit)
             budget = options.tolerance / math.sqrt(max(len(lossy), 1))
             choices: dict[str, _Choice] = {}
             for target in progress(targets) if progress else targets:
@@ -481,8 +479,9 @@ class Fixer:
                     if choice == NO_SAVING:
                         reason += _retrained_hint(report, target)
                     result.skipped.append(Skipped(target.code, target.node, reason))
-            combined, dropped = self.combine(choices)
-            result.skipped.extend(dropped)
+            result.skipped.extend(self.combine(choices))
+            with self.timer("factorization"):
+                combined = apply_edits(self.original, [c.edit for c in choices.values()])
             result.cost_after = recount(combined, self.bound, self.path)
             result.rewrites = [
                 self._rewrite(c, report, result.cost_after) for c in choices.values()

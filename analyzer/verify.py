@@ -47,6 +47,7 @@ DEFAULT_BATCH = 1
 DEFAULT_SPATIAL = 224
 FAULT_ENV = "CONVLINT_TEST_RUNTIME_FAULT"
 INTEGER_HIGH = 16
+WEIGHTS_FILE = "weights.bin"  # in the runtime's folder, beside every model it is sent
 
 
 class RuntimeFailure(ConvlintError):
@@ -270,6 +271,31 @@ class Runtime:
             detail = f": {tail.splitlines()[-1][:200]}" if tail else ""
             raise self._fail(f"onnxruntime crashed {what} ({cause}){detail}")
         return line.strip()
+
+    def externalize(self, model: onnx.ModelProto, threshold: int = 4096) -> onnx.ModelProto:
+        """A light copy of ``model`` whose large initializers point into one data file in the
+        runtime's folder, written once: later requests built from it carry only what changed."""
+        light = onnx.ModelProto()
+        light.CopyFrom(model)
+        offset = 0
+        with open(self._folder / WEIGHTS_FILE, "wb") as handle:
+            for tensor in light.graph.initializer:
+                if not tensor.HasField("raw_data") or len(tensor.raw_data) < threshold:
+                    continue
+                length = len(tensor.raw_data)
+                handle.write(tensor.raw_data)
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                del tensor.external_data[:]
+                for key, value in (
+                    ("location", WEIGHTS_FILE),
+                    ("offset", offset),
+                    ("length", length),
+                ):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, str(value)
+                offset += length
+        return light
 
     def run(
         self,
