@@ -247,3 +247,24 @@ def test_a_combination_that_breaks_the_tolerance_drops_the_worst_rewrite(
     assert any(s.reason.startswith("dropped: together with") for s in result.skipped)
     assert result.written and result.verification is not None and result.verification.ok
     assert max_abs_diff(path, out, random_inputs(onnx.load(path))) < 1e-4
+
+
+def test_symbolic_dims_are_bound_for_analysis_and_kept_in_out(tmp_path: Path) -> None:
+    g = GraphBuilder(seed=9)
+    x = g.input("input", ("N", 128, "H", "W"))
+    y = g.relu(g.conv(x, 128, 3, bias=False, name="wide", rank=8), name="relu")
+    y = g.bn(g.conv(y, 256, 1, name="expand"), name="bn")
+    g.conv(y, 32, 3, name="spatial")
+    model = g.build("symbolic")
+    path = fixtures.save(model, tmp_path / "symbolic.onnx")
+    settings = Settings(input_shapes={"input": (1, 128, 8, 8)})
+    out = tmp_path / "out.onnx"
+    result = fix(path, load_registry(), settings, FixOptions(out, method="weight", samples=2))
+    assert [(r.code, r.rank) for r in result.rewrites] == [("CL001", 8)]
+    (skip,) = result.skipped
+    assert skip.code == "CL003" and "symbolic" in skip.reason
+    dims = onnx.load(out).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", 128, "H", "W"]
+    rng = np.random.default_rng(1)
+    other_size = [{"input": rng.standard_normal((2, 128, 10, 12)).astype(np.float32)}]
+    assert max_abs_diff(path, out, other_size) < 1e-4
