@@ -171,7 +171,7 @@ def _pixels(graph: ModelGraph, tensor: str) -> int | None:
     return numel(shape[2:]) if shape is not None and len(shape) >= 3 else None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Target:
     """A finding the fixer can rewrite."""
 
@@ -192,13 +192,13 @@ class Target:
         return []
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FactorTarget(Target):
-    conv: Node = field(default=None, repr=False)  # type: ignore[assignment]
-    weight: Array = field(default=None, repr=False)  # type: ignore[assignment]
+    conv: Node = field(repr=False)
+    weight: Array = field(repr=False)
     bias: Array | None = field(default=None, repr=False)
     dtype: np.dtype[Any] = field(default=np.dtype(np.float32), repr=False)
-    site: ConvSite = field(default=None)  # type: ignore[assignment]
+    site: ConvSite
 
     def replaced_nodes(self) -> list[str]:
         return [self.conv.name]
@@ -264,9 +264,9 @@ def _minus_bias(response: Array, stats: dict[str, Array], target: FactorTarget) 
     return response - np.outer(mean, b) - np.outer(b, mean) + np.outer(b, b)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PoolTarget(Target):
-    concat: Node = field(default=None, repr=False)  # type: ignore[assignment]
+    concat: Node = field(repr=False)
     branch: int = 0  # which concat input carries the pooled channels
     offset: int = 0
     channels: int = 0
@@ -320,15 +320,15 @@ class PoolTarget(Target):
         return edit
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldTarget(Target):
-    first: Node = field(default=None, repr=False)  # type: ignore[assignment]
+    first: Node = field(repr=False)
     between: list[Node] = field(default_factory=list, repr=False)
-    second: Node = field(default=None, repr=False)  # type: ignore[assignment]
-    weight: Array = field(default=None, repr=False)  # type: ignore[assignment]
+    second: Node = field(repr=False)
+    weight: Array = field(repr=False)
     bias: Array | None = field(default=None, repr=False)
     correction: Array | None = field(default=None, repr=False)  # border bias map, (1, C, *out)
-    spatial: Node = field(default=None, repr=False)  # type: ignore[assignment]
+    spatial: Node = field(repr=False)
     dtype: np.dtype[Any] = field(default=np.dtype(np.float32), repr=False)
 
     def replaced_nodes(self) -> list[str]:
