@@ -32,7 +32,7 @@ def _literature_comparison(folder: Path) -> str:
         ("with 1x1 reductions", fixtures.inception_3a_reduced),
         ("with reductions and pool projection", fixtures.inception_3a),
     ):
-        path = fixtures.save(builder(), folder / f"{builder.__name__}.onnx")
+        path = fixtures.save(builder(), folder / f"{builder.__name__}_literature.onnx")
         graph = build_graph(loader.load(path).model)
         cost = model_cost(graph)
         channels = graph.channels(graph.graph_outputs[0])
@@ -75,7 +75,6 @@ def run_demo(registry: Registry, fmt: str = "text") -> int:
             f"model: {cost.params:,} params, {cost.macs or 0:,} MACs\n\n"
         )
         out.write(render_text([report], registry))
-        rewrite = _verified_rewrite(path, registry)  # before the comparison reuses the file name
         out.write("\n" + _literature_comparison(Path(tmp)))
-        out.write("\n" + rewrite)
+        out.write("\n" + _verified_rewrite(path, registry))
     return 0

@@ -219,7 +219,7 @@ def bound_graph(
 ) -> ModelGraph:
     """The graph of a model (weights left out) with its dims bound and shapes inferred."""
     skeleton = _skeleton(model)
-    loader._bind_dims(skeleton, bound, path)
+    loader.bind_input_shapes(skeleton, bound, path)
     return build_graph(loader.infer_shapes(skeleton, path))
 
 

@@ -78,10 +78,14 @@ def _stored_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 def check_external_locations(model: onnx.ModelProto, path: Path) -> None:
     """Refuse external-data locations that leave the model's folder, before opening any."""
     base = path.resolve().parent
+    checked: set[str] = set()  # thousands of tensors usually share one data file
     for tensor in _stored_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if location in checked:
+            continue
+        checked.add(location)
         if not location:
             raise ModelError(path, f"external data of {tensor.name!r} has no location")
         if os.path.isabs(location) or Path(location).drive:
@@ -129,7 +133,7 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     return model
 
 
-def _bind_dims(model: onnx.ModelProto, input_shapes: InputShapes, path: Path) -> list[str]:
+def bind_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes, path: Path) -> list[str]:
     """Write user-given shapes into the graph inputs; returns notes for --verbose."""
     notes: list[str] = []
     inputs = {value.name: value for value in model.graph.input}
@@ -196,5 +200,5 @@ def load(path: str | Path, input_shapes: InputShapes | None = None) -> LoadedMod
     model = read_model(path)
     check_external_locations(model, path)
     validate(model, path)
-    notes = _bind_dims(model, input_shapes or {}, path)
+    notes = bind_input_shapes(model, input_shapes or {}, path)
     return LoadedModel(path=str(path), model=infer_shapes(model, path), notes=notes)
