@@ -165,6 +165,7 @@ def render_json(result: FixResult) -> str:
 def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) -> int:
     """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
     from convlint.fix import FixOptions, fix, resolve_output
+    from convlint.verify import RuntimeFailure
 
     if args.format not in ("text", "json"):
         raise UsageError(f"fix supports --format text or json, not {args.format}")
@@ -184,7 +185,10 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
         timeout=args.timeout,
         unsafe_fixes=args.unsafe_fixes,
     )
-    result = fix(model, registry, settings, options, verbose=args.verbose)
+    try:
+        result = fix(model, registry, settings, options, verbose=args.verbose)
+    except RuntimeFailure as exc:  # name the model, as every other bad-input message does
+        raise RuntimeFailure(f"{model}: {exc}") from None
     if args.format == "json":
         text = render_json(result)
     else:
