@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from convlint.errors import ModelError
 
@@ -160,12 +161,80 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes, path: P
     return notes
 
 
-def infer_shapes(model: onnx.ModelProto, path: str | Path) -> onnx.ModelProto:
+def _run_inference(model: onnx.ModelProto, path: str | Path) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ModelError(path, f"shape inference failed: {first_line}") from None
+
+
+def _small_int_constants(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Integer vectors of at most 8 values stored in the model (axes, starts, shapes)."""
+    int_types = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    tensors = [(t.name, t) for t in model.graph.initializer]
+    tensors += [
+        (n.output[0], a.t)
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    ]
+    values: dict[str, list[int]] = {}
+    for name, tensor in tensors:
+        small = len(tensor.dims) <= 1 and (not tensor.dims or tensor.dims[0] <= 8)
+        inline = tensor.data_location != onnx.TensorProto.EXTERNAL
+        if tensor.data_type in int_types and small and inline:
+            values[name] = [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
+    return values
+
+
+def _refine_slices(model: onnx.ModelProto) -> bool:
+    """Keep the dims a Slice does not touch when ONNX inference lost them all.
+
+    Exporters write ``x.chunk(2, dim=1)`` as a Slice whose ends are computed from ``Shape``, and
+    ONNX inference then forgets every dim of the output, so every cost below it is unknown
+    (torchvision's ShuffleNetV2). Dims outside the slice's constant ``axes`` are the input's.
+    Returns whether any shape was refined (and inference should run again).
+    """
+    slices = [n for n in model.graph.node if n.op_type == "Slice"]
+    if not slices:
+        return False
+    values = {v.name: v for v in [*model.graph.input, *model.graph.value_info]}
+    constants = _small_int_constants(model)
+    refined = False
+    for node in slices:
+        if len(node.input) > 3 and node.input[3]:
+            axes = constants.get(node.input[3])
+        else:
+            axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        source, target = values.get(node.input[0]), values.get(node.output[0])
+        if axes is None or source is None or target is None:
+            continue
+        source_dims = source.type.tensor_type.shape.dim
+        target_dims = target.type.tensor_type.shape.dim
+        rank = len(source_dims)
+        if rank == 0 or len(target_dims) != rank:
+            continue
+        sliced = {axis % rank for axis in axes}
+        for index in range(rank):
+            kept, dim = source_dims[index], target_dims[index]
+            if index in sliced or dim.HasField("dim_value"):
+                continue
+            if kept.HasField("dim_value"):
+                dim.dim_value = kept.dim_value
+                refined = True
+            elif kept.HasField("dim_param") and dim.dim_param != kept.dim_param:
+                dim.dim_param = kept.dim_param
+                refined = True
+    return refined
+
+
+def infer_shapes(model: onnx.ModelProto, path: str | Path) -> onnx.ModelProto:
+    inferred = _run_inference(model, path)
+    if _refine_slices(inferred):
+        inferred = _run_inference(inferred, path)
+    return inferred
 
 
 def validate(model: onnx.ModelProto, path: str | Path) -> None:

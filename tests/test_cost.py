@@ -156,3 +156,12 @@ def test_batch_is_counted_once(tmp_path: Path) -> None:
     cost = model_cost(graph_of(path))
     assert cost.nodes["fc"].macs == 320
     assert cost.macs == 320
+
+
+def test_computed_slice_keeps_the_dims_it_does_not_slice(model_file: Callable[..., Path]) -> None:
+    graph = graph_of(model_file("chunk_by_computed_slice"))
+    shape = graph.shape("chunk0")
+    assert shape is not None and (shape[0], shape[2], shape[3]) == (1, 28, 28)
+    cost = model_cost(graph)
+    assert cost.nodes["branch2.conv"].macs == 58 * 58 * 28 * 28
+    assert cost.macs is not None
