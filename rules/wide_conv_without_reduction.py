@@ -29,7 +29,10 @@ x[1,256,14,14] -> Conv 1×1 256->64 -> Relu -> Conv 3×3 64->64 -> Relu -> Conv 
 The estimate is a redesign with the same input and output widths; it must be trained. Whether
 the smaller network keeps its accuracy is an empirical question (ResNet-50 vs ResNet-34 says it
 usually does). Convs below `min-channels` (default 128) are left alone: early layers are cheap
-in channels and their cost is resolution, which a reduction does not touch. Pooling ops stop the
+in channels and their cost is resolution, which a reduction does not touch. Convs whose stride
+equals their kernel (non-overlapping patches: ConvNeXt's 2×2/2 downsampling layers, patch
+embeddings) are left alone too: they read each input pixel once, so they already cost what a
+1×1 conv over the space-to-depth map would. Pooling ops stop the
 walk back, so a reduction followed by pooling does not count.
 
 ## Fix safety
@@ -86,6 +89,9 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             continue
         if geometry.group != 1:
             ctx.skip(node, f"grouped conv (group={geometry.group}) is already cheap in channels")
+            continue
+        if geometry.strides == geometry.kernel:
+            ctx.skip(node, "non-overlapping patches (stride = kernel): reads each pixel once")
             continue
         if geometry.cin < min_channels:
             ctx.skip(node, f"reads {geometry.cin} channels, below min-channels={min_channels}")

@@ -41,9 +41,11 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "densenet_block": set(),
     "mobilenetv2_blocks": set(),
     "mobilenetv2_tail": set(),
+    "mobilenetv3_small_head_blocks": set(),
     "squeezenet_fire": set(),
     "shufflenet_unit": set(),
     "convnext_block": set(),
+    "convnext_downsample": set(),
     "regnet_block": set(),
 }
 
