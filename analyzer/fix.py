@@ -68,7 +68,7 @@ KIND_ORDER = {"fold": 0, "pool-projection": 1, "factorize": 2}  # exact rewrites
 
 @dataclass
 class FixOptions:
-    output: Path
+    output: Path | None  # None: MODEL itself, with in_place
     in_place: bool = False
     tolerance: float = 1e-3
     method: str = "data-aware"
@@ -152,36 +152,53 @@ class _Timer:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
 def resolve_output(model: Path, output: Path | None, in_place: bool) -> Path:
     if output is None:
         if not in_place:
             raise UsageError("fix needs -o OUT (or --in-place to overwrite MODEL)")
         return model
-    same = output.resolve() == model.resolve() or (
-        output.exists() and model.exists() and os.path.samefile(output, model)
-    )
-    if same and not in_place:
+    if _same_file(output, model) and not in_place:
         raise UsageError(f"-o {output} is the input model; pass --in-place to overwrite it")
     if not output.parent.is_dir():
         raise UsageError(f"-o {output}: no such folder {str(output.parent)!r}")
+    if output.is_dir():
+        raise UsageError(f"-o {output} is a folder; give the file to write")
     return output
 
 
-def _read_with_weights(path: Path) -> tuple[onnx.ModelProto, bool]:
-    """The model with every weight in memory; True when its weights were external."""
+def _read_with_weights(path: Path) -> tuple[onnx.ModelProto, list[Path]]:
+    """The model with every weight in memory, and the external data files it was read from."""
     model = loader.read_model(path)
     loader.check_external_locations(model, path)
     loader.validate(model, path)
-    external = any(
-        external_data_helper.uses_external_data(t)
-        for t in external_data_helper._get_all_tensors(model)
+    folder = path.resolve().parent
+    data_files = sorted(
+        {
+            folder / next(e.value for e in t.external_data if e.key == "location")
+            for t in external_data_helper._get_all_tensors(model)
+            if external_data_helper.uses_external_data(t)
+        }
     )
-    if external:
+    if data_files:
         try:
-            external_data_helper.load_external_data_for_model(model, str(path.resolve().parent))
+            external_data_helper.load_external_data_for_model(model, str(folder))
         except (OSError, ValueError) as exc:
             raise ModelError(path, f"cannot read external data: {exc}") from None
-    return model, external
+    return model, data_files
+
+
+def _refuse_overwriting_data(path: Path, out: Path, data_files: Sequence[Path]) -> None:
+    """OUT and OUT.data must not land on MODEL's external data, unless they replace MODEL."""
+    if _same_file(out, path):
+        return
+    for written in (out, out.with_name(f"{out.name}.data")):
+        for data in data_files:
+            if _same_file(written, data):
+                raise UsageError(f"-o {out} would overwrite {data}, the external data of {path}")
 
 
 def input_specs(
@@ -280,9 +297,14 @@ class Fixer:
     # -- analysis ----------------------------------------------------------------------
     def analyze(self) -> tuple[ModelReport, list[Target], list[Skipped]]:
         with self.timer("analysis"):
-            self.original, self.external = _read_with_weights(self.path)
+            self.original, data_files = _read_with_weights(self.path)
+            self.external = bool(data_files)
+            assert self.options.output is not None
+            _refuse_overwriting_data(self.path, self.options.output, data_files)
             self.specs, self.bound = input_specs(self.original, self.settings.input_shapes)
-            settings = dataclasses.replace(self.settings, input_shapes=self.bound)
+            # The user's bindings too: one naming no input is an error, as in `check`.
+            shapes = {**self.settings.input_shapes, **self.bound}
+            settings = dataclasses.replace(self.settings, input_shapes=shapes)
             report = analyze(self.path, self.registry, settings)
             if report.error:
                 raise ModelError(self.path, report.error)
@@ -514,7 +536,8 @@ class Fixer:
     def write(self, model: onnx.ModelProto) -> tuple[Errors, bool]:
         """Save beside OUT, check, verify from the file; move into place only if it holds."""
         out = self.options.output
-        folder = Path(tempfile.mkdtemp(prefix=".convlint-fix-", dir=out.parent or Path(".")))
+        assert out is not None
+        folder = Path(tempfile.mkdtemp(prefix=".convlint-fix-", dir=out.parent))
         try:
             staged = folder / out.name
             data_name = f"{out.name}.data"
@@ -609,8 +632,11 @@ def fix(
         raise UsageError("--ratio must be in (0, 1]")
     if options.samples < 1:
         raise UsageError("--samples must be at least 1")
-    if options.timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    if not 0 < options.timeout < math.inf:
+        raise UsageError("--timeout must be a positive number of seconds")
+    # Here rather than only in the CLI, so that no caller can overwrite MODEL by accident.
+    output = resolve_output(path, options.output, options.in_place)
+    options = dataclasses.replace(options, output=output)
 
     def log(message: str) -> None:
         if verbose:

@@ -164,17 +164,14 @@ def render_json(result: FixResult) -> str:
 
 def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) -> int:
     """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
-    from convlint.fix import FixOptions, fix, resolve_output
+    from convlint.fix import FixOptions, fix
     from convlint.verify import RuntimeFailure
 
     if args.format not in ("text", "json"):
         raise UsageError(f"fix supports --format text or json, not {args.format}")
     model = Path(args.model)
-    out = resolve_output(
-        model, Path(args.output_model) if args.output_model else None, args.in_place
-    )
     options = FixOptions(
-        output=out,
+        output=Path(args.output_model) if args.output_model else None,
         in_place=args.in_place,
         tolerance=args.tolerance,
         method=args.method,
@@ -200,7 +197,7 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
     if result.verification is not None and not result.written:
         print(
             f"convlint: error: {model}: rewritten model breaks --tolerance "
-            f"{result.tolerance:g}; {out} not written",
+            f"{result.tolerance:g}; {result.output} not written",
             file=sys.stderr,
         )
         return 1

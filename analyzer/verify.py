@@ -48,6 +48,7 @@ DEFAULT_SPATIAL = 224
 FAULT_ENV = "CONVLINT_TEST_RUNTIME_FAULT"
 INTEGER_HIGH = 16
 WEIGHTS_FILE = "weights.bin"  # in the runtime's folder, beside every model it is sent
+MAX_WAIT = 1e8  # seconds (three years): select() overflows its time_t on much larger timeouts
 
 
 class RuntimeFailure(ConvlintError):
@@ -134,6 +135,10 @@ def load_feeds(path: str | Path, specs: Sequence[InputSpec]) -> list[Feed]:
             raise ConvlintError(
                 f"{path}: array {spec.name!r} has shape {list(array.shape)}, expected "
                 f"{list(spec.shape)} or [samples, {', '.join(map(str, spec.shape))}]"
+            )
+        if not np.can_cast(array.dtype, spec.dtype, "same_kind"):
+            raise ConvlintError(
+                f"{path}: array {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}"
             )
         counts.add(arrays[spec.name].shape[0])
     if len(counts) != 1 or 0 in counts:
@@ -256,7 +261,7 @@ class Runtime:
         if proc is None:
             raise RuntimeFailure(f"onnxruntime is not running ({what})")
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], self.timeout)
+        ready, _, _ = select.select([proc.stdout], [], [], min(self.timeout, MAX_WAIT))
         if not ready:
             raise self._fail(
                 f"onnxruntime did not finish {what} within {self.timeout:g} s "

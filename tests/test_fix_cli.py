@@ -88,6 +88,9 @@ def test_failed_verification_exits_1_and_writes_nothing(
         (["--format", "sarif"], "text or json"),
         (["--inputs", "missing.npz"], "no such inputs file"),
         (["--tolerance", "0"], "--tolerance"),
+        (["--timeout", "nan"], "--timeout"),
+        (["--timeout", "inf"], "--timeout"),
+        (["--input-shape", "foo=1x256x6x6"], "names unknown input 'foo'"),
     ],
 )
 def test_bad_options_exit_2(
@@ -107,6 +110,41 @@ def test_inputs_with_the_wrong_shape_exit_2(
     argv = ["fix", str(planted), "-o", str(tmp_path / "o.onnx"), "--inputs"]
     assert main([*argv, str(tmp_path / "bad.npz")]) == 2
     assert "has shape [1, 3, 6, 6]" in capsys.readouterr().err
+
+
+def test_inputs_with_the_wrong_dtype_exit_2(
+    planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.savez(tmp_path / "bad.npz", input=np.full((1, 256, 6, 6), "a"))
+    argv = ["fix", str(planted), "-o", str(tmp_path / "o.onnx"), "--inputs"]
+    assert main([*argv, str(tmp_path / "bad.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.npz: array 'input' has dtype <U1, expected float32" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_output_that_is_a_folder_exits_2(
+    planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fix", str(planted), "-o", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_output_never_overwrites_the_models_external_data(
+    planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MODEL's weights live in b.onnx.data: -o b.onnx would write its data file over them."""
+    import onnx
+
+    model = tmp_path / "ext.onnx"
+    onnx.save_model(
+        onnx.load(planted), str(model), save_as_external_data=True, location="b.onnx.data"
+    )
+    before = (tmp_path / "b.onnx.data").read_bytes()
+    assert main(["fix", str(model), "-o", str(tmp_path / "b.onnx")]) == 2
+    assert "would overwrite" in capsys.readouterr().err
+    assert (tmp_path / "b.onnx.data").read_bytes() == before
+    assert not (tmp_path / "b.onnx").exists()
 
 
 def test_unreadable_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
