@@ -135,6 +135,7 @@ class ModelGraph:
         self.shapes: dict[str, Shape | None] = {}
         self.dtypes: dict[str, int] = {}
         self.constants: dict[str, Shape] = {}
+        self.aliases: dict[str, str] = {}  # Identity output -> the initializer it passes on
         self.graph_inputs = [v.name for v in graph.input]
         self.graph_outputs = [v.name for v in graph.output]
         self.subgraphs: list[tuple[str, ModelGraph]] = []
@@ -176,6 +177,12 @@ class ModelGraph:
                     self.consumers.setdefault(tensor, []).append(node.name)
             if proto.op_type == "Constant":
                 self._add_constant(proto)
+            elif proto.op_type == "Identity" and node.inputs[0] in self.constants:
+                # Exporters share one initializer among equal weights through Identity nodes
+                # (PyTorch does for the zero biases of folded BatchNorms): still a constant.
+                self.constants[node.outputs[0]] = self.constants[node.inputs[0]]
+                self.shapes[node.outputs[0]] = self.constants[node.inputs[0]]
+                self.aliases[node.outputs[0]] = self.aliases.get(node.inputs[0], node.inputs[0])
             for attr in proto.attribute if proto.op_type in SUBGRAPH_OPS else ():
                 if attr.type == onnx.AttributeProto.GRAPH:
                     self.subgraphs.append(
