@@ -165,3 +165,36 @@ def test_computed_slice_keeps_the_dims_it_does_not_slice(model_file: Callable[..
     cost = model_cost(graph)
     assert cost.nodes["branch2.conv"].macs == 58 * 58 * 28 * 28
     assert cost.macs is not None
+
+
+def test_identity_of_an_initializer_is_a_parameter(tmp_path: Path) -> None:
+    """PyTorch shares equal biases among convs through Identity nodes; they still count."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.zeros((8, 8, 3, 3), np.float32), "w1"),
+        numpy_helper.from_array(np.zeros((8, 8, 3, 3), np.float32), "w2"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "shared_bias"),
+    ]
+    nodes = [
+        helper.make_node("Identity", ["shared_bias"], ["b1"], name="id1"),
+        helper.make_node("Identity", ["b1"], ["b2"], name="id2"),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["y1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["y1", "w2", "b2"], ["y2"], name="c2", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y2", onnx.TensorProto.FLOAT, None)],
+        inits,
+    )
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    g = graph_of(path)
+    assert g.aliases == {"b1": "shared_bias", "b2": "shared_bias"}
+    cost = model_cost(g)
+    assert cost.nodes["c2"].params == 8 * 8 * 9 + 8
+    assert cost.params == 2 * (8 * 8 * 9 + 8)
