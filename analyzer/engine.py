@@ -205,30 +205,46 @@ def analyze(
 ) -> ModelReport:
     """Load, cost and lint one model; errors in the model become the report's ``error``."""
     report = ModelReport(path=str(path))
+    try:
+        lint(report, loader.load(path, settings.input_shapes), registry, settings, rules)
+    except ModelError as exc:
+        report.error = exc.problem
+    return report
+
+
+def lint(
+    report: ModelReport,
+    loaded: loader.LoadedModel,
+    registry: Registry,
+    settings: Settings,
+    rules: Sequence[Rule] | None = None,
+) -> ModelGraph:
+    """Cost and lint a loaded model into ``report``; returns the graph the rules saw.
+
+    ``fix`` calls it on the model it has already read with its weights, so as not to read and
+    shape-infer the file a second time.
+    """
     gc_was_enabled = gc.isenabled()
     # Analysis allocates several objects per node and frees none until it is done, so cyclic
     # GC passes over them are wasted work: a third of the time on a 20,000-node graph.
     gc.disable()
     try:
-        loaded = loader.load(path, settings.input_shapes)
         graph = build_graph(loaded.model)
         report.opset = loaded.opset
         report.nodes = sum(len(g.nodes) for g in graph.all_graphs())
         report.cost = model_cost(graph)
         if report.cost.macs is None:
-            report.cost.macs_per_input_pixel = _scaling_cost(loaded, Path(path))
+            report.cost.macs_per_input_pixel = _scaling_cost(loaded, Path(loaded.path))
         report.notes.extend(loaded.notes)
         for sub_owner, _ in graph.subgraphs:
             report.notes.append(f"analyzed subgraph of {sub_owner}")
         chosen = enabled_rules(registry, settings) if rules is None else rules
         report.checked = [rule.code for rule in chosen]
         report.findings, report.skips = run_rules(graph, loaded.model, chosen, settings)
-    except ModelError as exc:
-        report.error = exc.problem
     finally:
         if gc_was_enabled:
             gc.enable()
-    return report
+    return graph
 
 
 def iter_model_paths(targets: Sequence[str]) -> Iterator[Path]:

@@ -1,9 +1,10 @@
 """Stage 5: `convlint fix`: findings -> rewrites at chosen ranks -> verified model -> OUT.
 
-1. Analysis: the model is linted as by ``check`` (symbolic dims bound by ``--input-shape``, else
-   by the verifier's defaults, so MACs are exact), then read again with its weights (external
-   data only after its locations were checked) and every selected finding is planned as a
-   target or skipped with a reason (``rewrite.plan``).
+1. Analysis: the model is read once, with its weights (external data only after its locations
+   were checked), and linted as by ``check`` (symbolic dims bound by ``--input-shape``, else by
+   the verifier's defaults, so MACs are exact; shapes inferred on a copy without the weight
+   values); every selected finding is planned as a target or skipped with a reason
+   (``rewrite.plan``).
 2. Rank selection, per lossy target, against a share ``T/√n`` of the tolerance (errors of n
    independent rewrites add roughly in quadrature at the outputs): the factorizer proposes the
    form with the fewest MACs whose cheap proxy error fits the budget; onnxruntime confirms it on
@@ -40,11 +41,11 @@ from onnx import external_data_helper
 
 from convlint import loader
 from convlint.cost import ModelCost, model_cost
-from convlint.engine import ModelReport, Settings, analyze
+from convlint.engine import ModelReport, Settings, lint
 from convlint.errors import ConvlintError, ModelError, UsageError
 from convlint.factorize import Array, Factors
 from convlint.fixreport import DEFAULT_SAMPLES, METHODS
-from convlint.graph import ModelGraph, build_graph
+from convlint.graph import build_graph
 from convlint.registry import Registry
 from convlint.rewrite import (
     Edit,
@@ -231,18 +232,11 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def bound_graph(
-    model: onnx.ModelProto, bound: dict[str, tuple[int, ...]], path: Path
-) -> ModelGraph:
-    """The graph of a model (weights left out) with its dims bound and shapes inferred."""
-    skeleton = _skeleton(model)
-    loader.bind_input_shapes(skeleton, bound, path)
-    return build_graph(loader.infer_shapes(skeleton, path))
-
-
 def recount(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]], path: Path) -> ModelCost:
     """Params and MACs of a rewritten model, after shape inference with the same bindings."""
-    return model_cost(bound_graph(model, bound, path))
+    skeleton = _skeleton(model)
+    loader.bind_input_shapes(skeleton, bound, path)
+    return model_cost(build_graph(loader.infer_shapes(skeleton, path)))
 
 
 def _moments(arrays: Sequence[np.ndarray[Any, Any]]) -> tuple[Array, Array]:
@@ -305,10 +299,13 @@ class Fixer:
             # The user's bindings too: one naming no input is an error, as in `check`.
             shapes = {**self.settings.input_shapes, **self.bound}
             settings = dataclasses.replace(self.settings, input_shapes=shapes)
-            report = analyze(self.path, self.registry, settings)
-            if report.error:
-                raise ModelError(self.path, report.error)
-            self.graph = bound_graph(self.original, self.bound, self.path)
+            # Linted as by `check`, on the model read above (weights left out of inference).
+            skeleton = _skeleton(self.original)
+            notes = loader.bind_input_shapes(skeleton, shapes, self.path)
+            inferred = loader.infer_shapes(skeleton, self.path)
+            report = ModelReport(path=str(self.path))
+            loaded = loader.LoadedModel(str(self.path), inferred, notes)
+            self.graph = lint(report, loaded, self.registry, settings)
             weights = Weights(self.original)
             static = not any(
                 isinstance(d, str) or d is None for v in self.original.graph.input for d in _dims(v)
