@@ -123,7 +123,10 @@ def resolve_settings(args: argparse.Namespace, registry: Registry) -> tuple[Sett
 
 def emit(text: str, output: str | None) -> None:
     if output:
-        write_atomic(output, text)
+        try:
+            write_atomic(output, text)
+        except OSError as exc:
+            raise UsageError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(text)
 

@@ -172,10 +172,6 @@ class InputSide:
         a = v.T if self.inv_root is None else v.T @ self.inv_root
         return self.weighted @ v, a
 
-    def basis(self, rank: int) -> Array:
-        """A (r × C): the 1×1 reduction alone."""
-        return self.factors(rank)[1]
-
 
 class OutputSide:
     """Factor a C_out × cols matrix as U_r (C_out × r) · (U_rᵀ M), U the principal outputs."""

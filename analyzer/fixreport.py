@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convlint import __version__
-from convlint.atomic import write_atomic
 from convlint.engine import Settings
 from convlint.errors import UsageError
 from convlint.registry import Registry
@@ -164,11 +163,16 @@ def render_json(result: FixResult) -> str:
 
 def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) -> int:
     """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
+    from convlint.cli import emit
     from convlint.fix import FixOptions, fix
     from convlint.verify import RuntimeFailure
 
     if args.format not in ("text", "json"):
         raise UsageError(f"fix supports --format text or json, not {args.format}")
+    if args.output and not Path(args.output).parent.is_dir():  # before OUT is written
+        raise UsageError(
+            f"--output {args.output}: no such folder {str(Path(args.output).parent)!r}"
+        )
     model = Path(args.model)
     options = FixOptions(
         output=Path(args.output_model) if args.output_model else None,
@@ -190,10 +194,7 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
         text = render_json(result)
     else:
         text = render_text(result, verbose=args.verbose, quiet=args.quiet)
-    if args.output:
-        write_atomic(args.output, text)
-    else:
-        sys.stdout.write(text)
+    emit(text, args.output)
     if result.verification is not None and not result.written:
         print(
             f"convlint: error: {model}: rewritten model breaks --tolerance "

@@ -389,7 +389,7 @@ def plan(finding: Finding, graph: ModelGraph, weights: Weights, static_spatial: 
     raise NotRewritable(f"{finding.code} has no rewrite")
 
 
-def _conv_weight(node: Node, graph: ModelGraph, weights: Weights) -> tuple[Array, Array | None]:
+def _conv_weight(node: Node, weights: Weights) -> tuple[Array, Array | None]:
     if node.op_type != "Conv" or not node.is_standard:
         raise NotRewritable(f"{node.name!r} is a {node.op_type}, not a standard Conv")
     if int(node.attrs.get("group", 1)) != 1:
@@ -408,7 +408,7 @@ def _conv_weight(node: Node, graph: ModelGraph, weights: Weights) -> tuple[Array
 
 
 def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weights) -> Target:
-    weight, bias = _conv_weight(conv, graph, weights)
+    weight, bias = _conv_weight(conv, weights)
     in_px, out_px = _pixels(graph, conv.inputs[0]), _pixels(graph, conv.outputs[0])
     if in_px is None or out_px is None:
         raise NotRewritable("spatial sizes are unknown: MACs cannot be counted")
@@ -472,7 +472,7 @@ def _plan_pool(finding: Finding, pool: Node, graph: ModelGraph, weights: Weights
             )
         if conv.inputs.count(conv.inputs[0]) != 1:
             raise NotRewritable(f"{conv.name!r} reads the concat more than once")
-        weight, _ = _conv_weight(conv, graph, weights)
+        weight, _ = _conv_weight(conv, weights)
         px = _pixels(graph, conv.outputs[0])
         if px is None:
             raise NotRewritable("spatial sizes are unknown: MACs cannot be counted")
@@ -533,8 +533,8 @@ def _plan_fold(
             raise NotRewritable(f"the output of {node.name!r} is a graph output")
         if len([t for t in node.outputs if t and graph.consumers_of(t)]) > 1:
             raise NotRewritable(f"{node.name!r} has more than one used output")
-    w1, b1 = _conv_weight(first, graph, weights)
-    w2, b2 = _conv_weight(second, graph, weights)
+    w1, b1 = _conv_weight(first, weights)
+    w2, b2 = _conv_weight(second, weights)
     w1, w2 = w1.astype(np.float64), w2.astype(np.float64)
     scale, shift = _affine(between, w1.shape[0], weights)
     constant = shift + (scale * b1 if b1 is not None else 0.0)

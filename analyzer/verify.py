@@ -217,7 +217,6 @@ class Runtime:
 
     def __init__(self, timeout: float = 300.0) -> None:
         self.timeout = timeout
-        self.runs = 0
         self._folder = Path(tempfile.mkdtemp(prefix="convlint-ort-"))
         self._stderr = open(self._folder / "stderr.log", "wb")  # noqa: SIM115
         self._proc: subprocess.Popen[str] | None = subprocess.Popen(
@@ -331,7 +330,6 @@ class Runtime:
         except OSError:
             raise self._fail(f"onnxruntime crashed before {what}") from None
         answer = self._answer(what)
-        self.runs += 1
         if answer.startswith("error "):
             raise RuntimeFailure(f"onnxruntime failed {what}: {answer[6:]}")
         with open(self._folder / "response.pkl", "rb") as handle:

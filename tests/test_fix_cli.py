@@ -91,6 +91,7 @@ def test_failed_verification_exits_1_and_writes_nothing(
         (["--timeout", "nan"], "--timeout"),
         (["--timeout", "inf"], "--timeout"),
         (["--input-shape", "foo=1x256x6x6"], "names unknown input 'foo'"),
+        (["--output", "no-such-folder/report.txt"], "--output"),
     ],
 )
 def test_bad_options_exit_2(
