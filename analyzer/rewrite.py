@@ -149,10 +149,19 @@ def _conv(
 
 
 class Weights:
-    """Initializer values of the original model, by name (external data already loaded)."""
+    """Constant values of the original model, by tensor name (external data already loaded):
+    initializers, Constant node values, and Identity nodes passing either on (PyTorch shares
+    equal biases among convs that way)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self._tensors = {t.name: t for t in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.attribute:
+                value = node.attribute[0]
+                if value.name == "value" and value.type == onnx.AttributeProto.TENSOR:
+                    self._tensors[node.output[0]] = value.t
+            elif node.op_type == "Identity" and node.input[0] in self._tensors:
+                self._tensors[node.output[0]] = self._tensors[node.input[0]]
 
     def get(self, name: str) -> Array | None:
         tensor = self._tensors.get(name)

@@ -268,3 +268,17 @@ def test_symbolic_dims_are_bound_for_analysis_and_kept_in_out(tmp_path: Path) ->
     rng = np.random.default_rng(1)
     other_size = [{"input": rng.standard_normal((2, 128, 10, 12)).astype(np.float32)}]
     assert max_abs_diff(path, out, other_size) < 1e-4
+
+
+def test_bias_shared_through_identity_is_rewritten(tmp_path: Path) -> None:
+    """PyTorch exports share equal biases through Identity nodes; fix must see their values."""
+    model = fixtures.conv3x3(cin=128, cout=128, hw=6, bias=True, planted_rank=8, seed=3)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    bias = conv.input[2]
+    model.graph.node.insert(0, onnx.helper.make_node("Identity", [bias], ["shared"], name="id"))
+    conv.input[2] = "shared"
+    path = fixtures.save(model, tmp_path / "shared_bias.onnx")
+    result, out = run_fix(path, method="weight", tolerance=1e-3, samples=2)
+    assert [r.rank for r in result.rewrites] == [8]
+    assert not result.skipped
+    assert max_abs_diff(path, out, random_inputs(model, seed=11)) < 1e-4
