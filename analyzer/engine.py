@@ -187,12 +187,15 @@ def _scaling_cost(loaded: loader.LoadedModel, path: Path) -> float | int | None:
         return None
     totals = []
     for size in PROBE_SIZES:
-        bound = (1, shape[1], size, size)
+        probe = onnx.ModelProto()
+        probe.CopyFrom(loaded.model)  # cheaper than reading and parsing the file again
+        del probe.graph.value_info[:]
         try:
-            probe = loader.load(path, {graph.data_inputs[0]: bound})
+            loader.bind_input_shapes(probe, {graph.data_inputs[0]: (1, shape[1], size, size)}, path)
+            probe = loader.infer_shapes(probe, path)
         except ModelError:
             return None
-        totals.append(model_cost(build_graph(probe.model)).macs)
+        totals.append(model_cost(build_graph(probe)).macs)
     small, large = totals
     if small is None or large is None or large != small * 4:
         return None
