@@ -64,6 +64,12 @@ def per_sample(shape: Shape | None) -> int | None:
     return numel(shape[1:]) if len(shape) > 1 else 1
 
 
+def spatial_pixels(graph: ModelGraph, tensor: str) -> int | None:
+    """H·W (·D) of an N×C×spatial tensor, if static."""
+    shape = graph.shape(tensor)
+    return numel(shape[2:]) if shape is not None and len(shape) > 2 else None
+
+
 def _const_size(graph: ModelGraph, tensor: str) -> int:
     if not tensor or not graph.is_constant(tensor):
         return 0
@@ -77,13 +83,10 @@ def _conv(graph: ModelGraph, node: Node) -> NodeCost:
         return NodeCost(params, None)
     per_pixel = numel(weight)
     assert per_pixel is not None
-    if node.op_type == "ConvTranspose":
-        pixels = per_sample(graph.shape(node.inputs[0]))
-        in_shape = graph.shape(node.inputs[0])
-        spatial = numel(in_shape[2:]) if in_shape is not None and len(in_shape) > 2 else None
-        return NodeCost(params, per_pixel * spatial if spatial is not None else None, None)
-    out_shape = graph.shape(node.outputs[0])
-    pixels = numel(out_shape[2:]) if out_shape is not None and len(out_shape) > 2 else None
+    if node.op_type == "ConvTranspose":  # each input pixel is spread over the kernel
+        pixels = spatial_pixels(graph, node.inputs[0])
+        return NodeCost(params, per_pixel * pixels if pixels is not None else None, None)
+    pixels = spatial_pixels(graph, node.outputs[0])
     return NodeCost(params, per_pixel * pixels if pixels is not None else None, per_pixel)
 
 

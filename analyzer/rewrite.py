@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from convlint.cost import numel
+from convlint.cost import spatial_pixels
 from convlint.factorize import (
     Array,
     Consumer,
@@ -173,11 +173,6 @@ class Weights:
 
 def _tensor(values: Array, name: str, dtype: np.dtype[Any]) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(values, dtype=dtype), name)
-
-
-def _pixels(graph: ModelGraph, tensor: str) -> int | None:
-    shape = graph.shape(tensor)
-    return numel(shape[2:]) if shape is not None and len(shape) >= 3 else None
 
 
 @dataclass(kw_only=True)
@@ -418,7 +413,7 @@ def _conv_weight(node: Node, weights: Weights) -> tuple[Array, Array | None]:
 
 def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weights) -> Target:
     weight, bias = _conv_weight(conv, weights)
-    in_px, out_px = _pixels(graph, conv.inputs[0]), _pixels(graph, conv.outputs[0])
+    in_px, out_px = spatial_pixels(graph, conv.inputs[0]), spatial_pixels(graph, conv.outputs[0])
     if in_px is None or out_px is None:
         raise NotRewritable("spatial sizes are unknown: MACs cannot be counted")
     site = ConvSite(
@@ -482,11 +477,11 @@ def _plan_pool(finding: Finding, pool: Node, graph: ModelGraph, weights: Weights
         if conv.inputs.count(conv.inputs[0]) != 1:
             raise NotRewritable(f"{conv.name!r} reads the concat more than once")
         weight, _ = _conv_weight(conv, weights)
-        px = _pixels(graph, conv.outputs[0])
+        px = spatial_pixels(graph, conv.outputs[0])
         if px is None:
             raise NotRewritable("spatial sizes are unknown: MACs cannot be counted")
         found.append((conv, weight.astype(np.float64), px))
-    pool_px = _pixels(graph, concat.inputs[branch])
+    pool_px = spatial_pixels(graph, concat.inputs[branch])
     if not found or pool_px is None:
         raise NotRewritable("the concat has no conv consumer to fold a projection into")
     return PoolTarget(

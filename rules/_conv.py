@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from convlint.cost import spatial_pixels
 from convlint.graph import ModelGraph, Node
 
 
@@ -38,13 +39,6 @@ class ConvGeometry:
         return math.prod(self.strides)
 
 
-def _pixels(graph: ModelGraph, tensor: str) -> int | None:
-    shape = graph.shape(tensor)
-    if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[2:]):
-        return None
-    return math.prod(shape[2:])  # type: ignore[arg-type]
-
-
 def conv_geometry(graph: ModelGraph, node: Node) -> ConvGeometry | None:
     """Geometry of a standard Conv with a known weight shape, else None (memoized per node)."""
     if node.op_type != "Conv" or not node.is_standard or len(node.inputs) < 2:
@@ -70,8 +64,8 @@ def _conv_geometry(graph: ModelGraph, node: Node) -> ConvGeometry | None:
         group=group,
         strides=strides,
         has_bias=len(node.inputs) > 2 and bool(node.inputs[2]),
-        in_pixels=_pixels(graph, node.inputs[0]),
-        out_pixels=_pixels(graph, node.outputs[0]),
+        in_pixels=spatial_pixels(graph, node.inputs[0]),
+        out_pixels=spatial_pixels(graph, node.outputs[0]),
     )
 
 

@@ -53,6 +53,7 @@ from collections.abc import Iterator
 
 import networkx as nx
 
+from convlint.cost import spatial_pixels
 from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
 from convlint.graph import Node
@@ -128,12 +129,7 @@ def _estimate(
     graph = ctx.graph
     total = graph.channels(concat.outputs[0]) or 0
     narrowed = total - channels + projected
-    pool_pixels = graph.shape(pool.outputs[0])
-    pixels = None
-    if pool_pixels is not None and all(isinstance(d, int) for d in pool_pixels[2:]):
-        pixels = 1
-        for d in pool_pixels[2:]:
-            pixels *= int(d)  # type: ignore[arg-type]
+    pixels = spatial_pixels(graph, pool.outputs[0])
     projection_params = channels * projected
     params_before, params_after = 0, projection_params
     macs_before: int | None = 0
