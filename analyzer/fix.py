@@ -4,7 +4,7 @@
    were checked), and linted as by ``check`` (symbolic dims bound by ``--input-shape``, else by
    the verifier's defaults, so MACs are exact; shapes inferred on a copy without the weight
    values); every selected finding is planned as a target or skipped with a reason
-   (``rewrite.plan``).
+   (``plan.plan``).
 2. Rank selection, per lossy target, against a share ``T/√n`` of the tolerance (errors of n
    independent rewrites add roughly in quadrature at the outputs): the factorizer proposes the
    form with the fewest MACs whose cheap proxy error fits the budget; onnxruntime confirms it on
@@ -46,18 +46,17 @@ from convlint.errors import ConvlintError, ModelError, UsageError
 from convlint.factorize import Array, Factors
 from convlint.fixreport import DEFAULT_SAMPLES, METHODS
 from convlint.graph import build_graph
+from convlint.plan import NotRewritable, plan
 from convlint.registry import Registry
 from convlint.rewrite import (
     Edit,
     FactorTarget,
     FoldTarget,
     Names,
-    NotRewritable,
     PoolTarget,
     Target,
     Weights,
     apply_edits,
-    plan,
 )
 from convlint.verify import Errors, Feed, InputSpec, Outputs, Runtime, bind_dims, compare
 

@@ -1,0 +1,295 @@
+"""Stage 5a: plan the rewrite of each finding, or say plainly why it cannot be rewritten.
+
+``plan(finding, graph, weights, static_spatial)`` reads the flagged neighbourhood and the
+weights it needs and returns a target of ``rewrite`` (``FactorTarget``, ``PoolTarget``,
+``FoldTarget``), or raises :class:`NotRewritable` with the reason the report shows under
+``skipped``. Nothing here edits the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from convlint.cost import spatial_pixels
+from convlint.factorize import (
+    Array,
+    ConvSite,
+    compose_pointwise_first,
+    compose_pointwise_second,
+    constant_response,
+)
+from convlint.findings import Finding
+from convlint.graph import ACTIVATIONS, ModelGraph, Node
+from convlint.rewrite import FactorTarget, FoldTarget, PoolTarget, Target, Weights
+
+FACTORIZED = ("CL001", "CL005")
+PARAMETER_FREE_ACTIVATIONS = ACTIVATIONS - {"PRelu", "Clip"}
+FOLD_THROUGH = frozenset({"BatchNormalization", "Identity", "Dropout"})
+
+class NotRewritable(Exception):
+    """Why a finding has no rewrite here; becomes a ``skipped`` entry."""
+
+
+def plan(finding: Finding, graph: ModelGraph, weights: Weights, static_spatial: bool) -> Target:
+    """The target for a finding of the bound (shape-inferred) graph, or NotRewritable."""
+    if finding.node not in graph.nodes:
+        raise NotRewritable("inside a subgraph: only the main graph is rewritten")
+    node = graph.nodes[finding.node]
+    if finding.code in FACTORIZED:
+        return _plan_factor(finding, node, graph, weights)
+    if finding.code == "CL002":
+        return _plan_pool(finding, node, graph, weights)
+    if finding.code == "CL003":
+        return _plan_fold(finding, node, graph, weights, static_spatial)
+    if finding.code == "CL004":
+        raise NotRewritable(
+            "display-only: replacing a trained dense head by global pooling changes the "
+            "function and needs retraining"
+        )
+    raise NotRewritable(f"{finding.code} has no rewrite")
+
+
+def _conv_weight(node: Node, weights: Weights) -> tuple[Array, Array | None]:
+    if node.op_type != "Conv" or not node.is_standard:
+        raise NotRewritable(f"{node.name!r} is a {node.op_type}, not a standard Conv")
+    if int(node.attrs.get("group", 1)) != 1:
+        raise NotRewritable(f"{node.name!r} is a grouped conv")
+    weight = weights.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None:
+        raise NotRewritable(f"the weight of {node.name!r} is not an initializer")
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2]:
+        bias = weights.get(node.inputs[2])
+        if bias is None:
+            raise NotRewritable(f"the bias of {node.name!r} is not an initializer")
+    if not np.issubdtype(weight.dtype, np.floating):
+        raise NotRewritable(f"the weight of {node.name!r} is not floating point")
+    return weight, bias
+
+
+def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weights) -> Target:
+    weight, bias = _conv_weight(conv, weights)
+    in_px, out_px = spatial_pixels(graph, conv.inputs[0]), spatial_pixels(graph, conv.outputs[0])
+    if in_px is None or out_px is None:
+        raise NotRewritable("spatial sizes are unknown: MACs cannot be counted")
+    site = ConvSite(
+        cout=int(weight.shape[0]),
+        cin=int(weight.shape[1]),
+        kernel=tuple(int(k) for k in weight.shape[2:]),
+        in_pixels=in_px,
+        out_pixels=out_px,
+        has_bias=bias is not None,
+    )
+    return FactorTarget(
+        code=finding.code,
+        node=finding.node,
+        kind="factorize",
+        claims=frozenset({conv.index}),
+        conv=conv,
+        weight=weight.astype(np.float64),
+        bias=bias,
+        dtype=weights.dtype(conv.inputs[1]),
+        site=site,
+    )
+
+
+def _plan_pool(finding: Finding, pool: Node, graph: ModelGraph, weights: Weights) -> Target:
+    related = [graph.nodes[n] for n in finding.related if n in graph.nodes]
+    concat = next((n for n in related if n.op_type == "Concat"), None)
+    if concat is None:
+        raise NotRewritable("the concat of the pooling branch was not found")
+    out = concat.outputs[0]
+    if out in graph.graph_outputs:
+        raise NotRewritable(
+            f"the output of concat {concat.name!r} is a graph output: narrowing it would change "
+            "a model output"
+        )
+    branches = [i for i, t in enumerate(concat.inputs) if graph.source_of(t)[0] is pool]
+    if len(branches) != 1 or concat.inputs.count(concat.inputs[branches[0]]) != 1:
+        raise NotRewritable("the pooled channels enter the concat more than once")
+    widths = [graph.channels(t) for t in concat.inputs]
+    if any(w is None for w in widths):
+        raise NotRewritable("channel counts of the concat's inputs are unknown")
+    branch = branches[0]
+    offset = sum(int(w or 0) for w in widths[:branch])
+    convs, unsafe = [], False
+    for consumer in graph.consumers_of(out):
+        if consumer.op_type in PARAMETER_FREE_ACTIVATIONS and consumer.is_standard:
+            unsafe = True
+            if consumer.outputs[0] in graph.graph_outputs:
+                raise NotRewritable(f"{consumer.name!r} after the concat is a graph output")
+            after = graph.consumers_of(consumer.outputs[0])
+            if not after:
+                raise NotRewritable(f"{consumer.name!r} after the concat has no consumer")
+            convs.extend(after)
+        else:
+            convs.append(consumer)
+    found = []
+    for conv in convs:
+        if conv.op_type != "Conv" or conv.inputs[0] not in (out, *_outputs_of_acts(graph, out)):
+            raise NotRewritable(
+                f"concat consumer {conv.name!r} ({conv.op_type}) is not a conv reading it"
+            )
+        if conv.inputs.count(conv.inputs[0]) != 1:
+            raise NotRewritable(f"{conv.name!r} reads the concat more than once")
+        weight, _ = _conv_weight(conv, weights)
+        px = spatial_pixels(graph, conv.outputs[0])
+        if px is None:
+            raise NotRewritable("spatial sizes are unknown: MACs cannot be counted")
+        found.append((conv, weight.astype(np.float64), px))
+    pool_px = spatial_pixels(graph, concat.inputs[branch])
+    if not found or pool_px is None:
+        raise NotRewritable("the concat has no conv consumer to fold a projection into")
+    return PoolTarget(
+        code=finding.code,
+        node=finding.node,
+        kind="pool-projection",
+        claims=frozenset({concat.index, *(c.index for c, _, _ in found)}),
+        unsafe=unsafe,
+        concat=concat,
+        branch=branch,
+        offset=offset,
+        channels=int(widths[branch] or 0),
+        convs=[c for c, _, _ in found],
+        weights=[w for _, w, _ in found],
+        out_pixels=[px for _, _, px in found],
+        pool_pixels=pool_px,
+        dtype=weights.dtype(found[0][0].inputs[1]),
+    )
+
+
+def _outputs_of_acts(graph: ModelGraph, tensor: str) -> list[str]:
+    return [n.outputs[0] for n in graph.consumers_of(tensor) if n.op_type in ACTIVATIONS]
+
+
+def _affine(nodes: Sequence[Node], channels: int, weights: Weights) -> tuple[Array, Array]:
+    """Per-channel (scale, shift) of BN/Identity/Dropout in order; BN with its epsilon."""
+    scale, shift = np.ones(channels), np.zeros(channels)
+    for node in nodes:
+        if node.op_type == "Dropout":
+            if len(node.inputs) > 2 and node.inputs[2]:
+                raise NotRewritable(f"Dropout {node.name!r} has a training_mode input")
+            continue
+        if node.op_type != "BatchNormalization":
+            continue
+        params = [weights.get(t) for t in node.inputs[1:5]]
+        if any(p is None for p in params) or len(node.outputs) > 1 and any(node.outputs[1:]):
+            raise NotRewritable(f"BatchNormalization {node.name!r} is not in inference form")
+        gamma, beta, mean, var = (np.asarray(p, np.float64) for p in params)  # type: ignore[arg-type]
+        a = gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
+        scale, shift = a * scale, a * shift + beta - a * mean
+    return scale, shift
+
+
+def _plan_fold(
+    finding: Finding, first: Node, graph: ModelGraph, weights: Weights, static_spatial: bool
+) -> Target:
+    users = graph.users_of(first.outputs[0], through=FOLD_THROUGH)
+    if len(users) != 1 or users[0][0].op_type != "Conv":
+        raise NotRewritable("the chain does not end in exactly one conv")
+    second, between = users[0]
+    for node in [first, *between]:
+        if any(t in graph.graph_outputs for t in node.outputs if t):
+            raise NotRewritable(f"the output of {node.name!r} is a graph output")
+        if len([t for t in node.outputs if t and graph.consumers_of(t)]) > 1:
+            raise NotRewritable(f"{node.name!r} has more than one used output")
+    w1, b1 = _conv_weight(first, weights)
+    w2, b2 = _conv_weight(second, weights)
+    w1, w2 = w1.astype(np.float64), w2.astype(np.float64)
+    scale, shift = _affine(between, w1.shape[0], weights)
+    constant = shift + (scale * b1 if b1 is not None else 0.0)
+    bias2 = np.zeros(w2.shape[0]) if b2 is None else b2.astype(np.float64)
+    correction = None
+    if _plain_pointwise(second, w2):
+        weight = compose_pointwise_second(w1, w2.reshape(w2.shape[0], -1) * scale)
+        bias = w2.reshape(w2.shape[0], -1) @ constant + bias2
+        spatial = first
+    elif _plain_pointwise(first, w1):
+        weight = compose_pointwise_first(w1.reshape(w1.shape[0], -1) * scale[:, None], w2)
+        interior = np.einsum("om...,m->o...", w2, constant).reshape(w2.shape[0], -1).sum(axis=1)
+        bias = interior + bias2
+        spatial = second
+        if np.any(constant) and _pads_something(second):
+            if not static_spatial:
+                raise NotRewritable(
+                    "a bias enters the zero-padded conv and the spatial size is symbolic: "
+                    "the border bias map needs a static size"
+                )
+            correction = (
+                _border_correction(second, w2, constant, graph)
+                - interior[(slice(None),) + (None,) * (w2.ndim - 2)]
+            )
+            correction = correction[None]
+    else:
+        raise NotRewritable("neither conv is an unstrided, unpadded 1×1 conv")
+    has_bias = b1 is not None or b2 is not None or np.any(constant)
+    return FoldTarget(
+        code=finding.code,
+        node=finding.node,
+        kind="fold",
+        claims=frozenset({first.index, second.index, *(n.index for n in between)}),
+        first=first,
+        between=list(between),
+        second=second,
+        weight=weight,
+        bias=bias if has_bias else None,
+        correction=correction,
+        spatial=spatial,
+        dtype=weights.dtype(second.inputs[1]),
+    )
+
+
+def _plain_pointwise(node: Node, weight: Array) -> bool:
+    return (
+        all(k == 1 for k in weight.shape[2:])
+        and all(s == 1 for s in node.attrs.get("strides") or [1])
+        and not any(node.attrs.get("pads") or [])
+        and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+    )
+
+
+def _pads_something(node: Node) -> bool:
+    return any(node.attrs.get("pads") or []) or (
+        node.attrs.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+    )
+
+
+def _pads_begin(node: Node, graph: ModelGraph) -> list[int]:
+    in_shape, out_shape = graph.shape(node.inputs[0]), graph.shape(node.outputs[0])
+    weight = graph.shape(node.inputs[1])
+    assert in_shape is not None and out_shape is not None and weight is not None
+    spatial = len(weight) - 2
+    pads = list(node.attrs.get("pads") or [0] * 2 * spatial)
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return [int(p) for p in pads[:spatial]]
+    strides = node.attrs.get("strides") or [1] * spatial
+    dilations = node.attrs.get("dilations") or [1] * spatial
+    begins = []
+    for i in range(spatial):
+        size, out, k = int(in_shape[2 + i]), int(out_shape[2 + i]), int(weight[2 + i])  # type: ignore[arg-type]
+        total = max((out - 1) * strides[i] + (k - 1) * dilations[i] + 1 - size, 0)
+        begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+    return begins
+
+
+def _border_correction(node: Node, weight: Array, constant: Array, graph: ModelGraph) -> Array:
+    in_shape, out_shape = graph.shape(node.inputs[0]), graph.shape(node.outputs[0])
+    if (
+        in_shape is None
+        or out_shape is None
+        or not all(isinstance(d, int) for d in (*in_shape[2:], *out_shape[2:]))
+    ):
+        raise NotRewritable("spatial sizes around the padded conv are unknown")
+    spatial = weight.ndim - 2
+    return constant_response(
+        weight,
+        constant,
+        [int(d) for d in in_shape[2:]],  # type: ignore[arg-type]
+        [int(d) for d in out_shape[2:]],  # type: ignore[arg-type]
+        node.attrs.get("strides") or [1] * spatial,
+        _pads_begin(node, graph),
+        node.attrs.get("dilations") or [1] * spatial,
+    )
