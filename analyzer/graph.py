@@ -8,7 +8,6 @@ edges run along tensors. Attributes carry their ONNX defaults, so a rule reads
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from functools import cache, cached_property
 from typing import Any
 
@@ -33,18 +32,50 @@ TRANSPARENT = ACTIVATIONS | LINEAR_PASSTHROUGH
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 
 
-@dataclass(eq=False)
 class Node:
     """One ONNX node, with attributes (defaults applied) and the shapes of its tensors."""
 
-    name: str
-    op_type: str
-    domain: str
-    inputs: list[str]
-    outputs: list[str]
-    index: int
-    opset: int
-    proto: onnx.NodeProto = field(repr=False)
+    # A plain slotted class rather than a dataclass: large graphs build one per ONNX node, and
+    # slotted instances are smaller and quicker to create.
+    __slots__ = (
+        "name",
+        "op_type",
+        "domain",
+        "inputs",
+        "outputs",
+        "index",
+        "opset",
+        "proto",
+        "_attrs",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        op_type: str,
+        domain: str,
+        inputs: list[str],
+        outputs: list[str],
+        index: int,
+        opset: int,
+        proto: onnx.NodeProto,
+    ) -> None:
+        self.name = name
+        self.op_type = op_type
+        self.domain = domain
+        self.inputs = inputs
+        self.outputs = outputs
+        self.index = index
+        self.opset = opset
+        self.proto = proto
+        self._attrs: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Node(name={self.name!r}, op_type={self.op_type!r}, domain={self.domain!r}, "
+            f"inputs={self.inputs!r}, outputs={self.outputs!r}, index={self.index!r}, "
+            f"opset={self.opset!r})"
+        )
 
     @property
     def is_standard(self) -> bool:
@@ -52,17 +83,19 @@ class Node:
 
     def attr(self, name: str, default: Any = None) -> Any:
         """One attribute's value, without parsing the rest (the default if absent)."""
-        if "attrs" in self.__dict__:
-            return self.attrs.get(name, default)
+        if self._attrs is not None:
+            return self._attrs.get(name, default)
         for attr in self.proto.attribute:
             if attr.name == name:
                 return _attribute_value(attr)
         return default
 
-    @cached_property
+    @property
     def attrs(self) -> dict[str, Any]:
         """Attribute values with the schema's defaults applied (parsed on first use)."""
-        return _attribute_values(self.proto, self.opset)
+        if self._attrs is None:
+            self._attrs = _attribute_values(self.proto, self.opset)
+        return self._attrs
 
 
 @cache
@@ -141,49 +174,48 @@ class ModelGraph:
         self.subgraphs: list[tuple[str, ModelGraph]] = []
 
         for init in graph.initializer:
-            self.constants[init.name] = tuple(int(d) for d in init.dims)
-            self.dtypes[init.name] = init.data_type
+            name = init.name
+            self.constants[name] = tuple(init.dims)
+            self.dtypes[name] = init.data_type
         # Shapes are parsed on first use: most value_info entries of a large graph are never asked.
         self._value_info: dict[str, onnx.ValueInfoProto] = {}
         for value in [*graph.input, *graph.value_info, *graph.output]:
-            if value.name not in self._value_info or value.type.tensor_type.HasField("shape"):
-                self._value_info[value.name] = value
+            name = value.name
+            if name not in self._value_info or value.type.tensor_type.HasField("shape"):
+                self._value_info[name] = value
         self.shapes.update(self.constants)
         # IR < 4 lists initializers among graph inputs too; those are weights, not data.
         self.data_inputs = [name for name in self.graph_inputs if name not in self.constants]
 
-        used: set[str] = set()
+        nodes, producer, consumers = self.nodes, self.producer, self.consumers
         for index, proto in enumerate(graph.node):
-            name = proto.name or f"{proto.op_type}_{index}"
-            if name in used:
+            # Every read of a protobuf field builds a new Python object: read each one once.
+            op_type = proto.op_type
+            inputs = list(proto.input)
+            outputs = list(proto.output)
+            name = prefix + (proto.name or f"{op_type}_{index}")
+            if name in nodes:
                 name = f"{name}_{index}"
-            used.add(name)
-            node = Node(
-                name=prefix + name,
-                op_type=proto.op_type,
-                domain=proto.domain,
-                inputs=list(proto.input),
-                outputs=list(proto.output),
-                index=index,
-                opset=opset,
-                proto=proto,
-            )
-            self.nodes[node.name] = node
-            for tensor in node.outputs:
+            node = Node(name, op_type, proto.domain, inputs, outputs, index, opset, proto)
+            nodes[name] = node
+            for tensor in outputs:
                 if tensor:
-                    self.producer[tensor] = node.name
-            for tensor in node.inputs:
+                    producer[tensor] = name
+            for tensor in inputs:
                 if tensor:
-                    self.consumers.setdefault(tensor, []).append(node.name)
-            if proto.op_type == "Constant":
+                    if tensor in consumers:
+                        consumers[tensor].append(name)
+                    else:
+                        consumers[tensor] = [name]
+            if op_type == "Constant":
                 self._add_constant(proto)
-            elif proto.op_type == "Identity" and node.inputs[0] in self.constants:
+            elif op_type == "Identity" and inputs[0] in self.constants:
                 # Exporters share one initializer among equal weights through Identity nodes
                 # (PyTorch does for the zero biases of folded BatchNorms): still a constant.
-                self.constants[node.outputs[0]] = self.constants[node.inputs[0]]
-                self.shapes[node.outputs[0]] = self.constants[node.inputs[0]]
-                self.aliases[node.outputs[0]] = self.aliases.get(node.inputs[0], node.inputs[0])
-            for attr in proto.attribute if proto.op_type in SUBGRAPH_OPS else ():
+                self.constants[outputs[0]] = self.constants[inputs[0]]
+                self.shapes[outputs[0]] = self.constants[inputs[0]]
+                self.aliases[outputs[0]] = self.aliases.get(inputs[0], inputs[0])
+            for attr in proto.attribute if op_type in SUBGRAPH_OPS else ():
                 if attr.type == onnx.AttributeProto.GRAPH:
                     self.subgraphs.append(
                         (node.name, ModelGraph(attr.g, opset, f"{node.name}/{attr.name}/"))
