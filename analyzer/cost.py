@@ -17,6 +17,7 @@ Conventions (documented in the README):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from convlint.graph import ModelGraph, Node, Shape
@@ -52,8 +53,11 @@ class ModelCost:
 
 
 def numel(shape: Shape | None) -> int | None:
-    if shape is None or any(not isinstance(d, int) for d in shape):
+    if shape is None:
         return None
+    for dim in shape:
+        if not isinstance(dim, int):
+            return None
     return math.prod(shape)  # type: ignore[arg-type]
 
 
@@ -79,10 +83,9 @@ def _const_size(graph: ModelGraph, tensor: str) -> int:
 def _conv(graph: ModelGraph, node: Node) -> NodeCost:
     weight = graph.shape(node.inputs[1]) if len(node.inputs) > 1 else None
     params = sum(_const_size(graph, t) for t in node.inputs[1:3])
-    if weight is None or numel(weight) is None:
-        return NodeCost(params, None)
     per_pixel = numel(weight)
-    assert per_pixel is not None
+    if per_pixel is None:
+        return NodeCost(params, None)
     if node.op_type == "ConvTranspose":  # each input pixel is spread over the kernel
         pixels = spatial_pixels(graph, node.inputs[0])
         return NodeCost(params, per_pixel * pixels if pixels is not None else None, None)
@@ -110,37 +113,61 @@ def _matmul(graph: ModelGraph, node: Node) -> NodeCost:
     return NodeCost(params, rows * k)
 
 
+def _quantized_conv(graph: ModelGraph, node: Node) -> NodeCost:
+    return NodeCost(0, None)
+
+
+def _normalization(graph: ModelGraph, node: Node) -> NodeCost:
+    params = sum(_const_size(graph, t) for t in node.inputs[1:3])
+    return NodeCost(params, per_sample(graph.shape(node.outputs[0])))
+
+
+def _window_pool(graph: ModelGraph, node: Node) -> NodeCost:
+    kernel = math.prod(node.attr("kernel_shape", [1]))
+    elements = per_sample(graph.shape(node.outputs[0]))
+    return NodeCost(0, elements * kernel if elements is not None else None)
+
+
+def _global_pool(graph: ModelGraph, node: Node) -> NodeCost:
+    return NodeCost(0, per_sample(graph.shape(node.inputs[0])))
+
+
+def _prelu(graph: ModelGraph, node: Node) -> NodeCost:
+    return NodeCost(_const_size(graph, node.inputs[1]), 0)
+
+
+def _elementwise(graph: ModelGraph, node: Node) -> NodeCost:
+    params = 0
+    for tensor in node.inputs:
+        size = _const_size(graph, tensor)
+        if size > 1 and graph.dtypes.get(tensor) in (1, 10, 11, 16):  # float types
+            params += size
+    return NodeCost(params, 0)
+
+
+# The standard ops that have params or MACs; every other op costs nothing, so a large graph's
+# activations and shape ops are passed over with one dict lookup.
+COST_BY_OP: dict[str, Callable[[ModelGraph, Node], NodeCost]] = {
+    "Conv": _conv,
+    "ConvTranspose": _conv,
+    "ConvInteger": _quantized_conv,
+    "QLinearConv": _quantized_conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    **dict.fromkeys(NORMALIZATIONS, _normalization),
+    **dict.fromkeys(WINDOW_POOLS, _window_pool),
+    **dict.fromkeys(GLOBAL_POOLS, _global_pool),
+    "PRelu": _prelu,
+    **dict.fromkeys(ELEMENTWISE_WITH_WEIGHTS, _elementwise),
+}
+FREE = NodeCost(0, 0)
+
+
 def node_cost(graph: ModelGraph, node: Node) -> NodeCost:
-    if not node.is_standard:
-        return NodeCost(0, 0)
-    op = node.op_type
-    if op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
-        if op != "Conv" and op != "ConvTranspose":
-            return NodeCost(0, None)
-        return _conv(graph, node)
-    if op == "Gemm":
-        return _gemm(graph, node)
-    if op == "MatMul":
-        return _matmul(graph, node)
-    if op in NORMALIZATIONS:
-        params = sum(_const_size(graph, t) for t in node.inputs[1:3])
-        return NodeCost(params, per_sample(graph.shape(node.outputs[0])))
-    if op in WINDOW_POOLS:
-        kernel = math.prod(node.attr("kernel_shape", [1]))
-        elements = per_sample(graph.shape(node.outputs[0]))
-        return NodeCost(0, elements * kernel if elements is not None else None)
-    if op in GLOBAL_POOLS:
-        return NodeCost(0, per_sample(graph.shape(node.inputs[0])))
-    if op == "PRelu":
-        return NodeCost(_const_size(graph, node.inputs[1]), 0)
-    if op in ELEMENTWISE_WITH_WEIGHTS:
-        params = 0
-        for tensor in node.inputs:
-            size = _const_size(graph, tensor)
-            if size > 1 and graph.dtypes.get(tensor) in (1, 10, 11, 16):  # float types
-                params += size
-        return NodeCost(params, 0)
-    return NodeCost(0, 0)
+    cost_of = COST_BY_OP.get(node.op_type)
+    if cost_of is None or not node.is_standard:
+        return FREE
+    return cost_of(graph, node)
 
 
 def model_cost(graph: ModelGraph) -> ModelCost:

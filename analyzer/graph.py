@@ -145,15 +145,21 @@ def _shape_of(value_type: onnx.TypeProto) -> tuple[Shape | None, int]:
     tensor_type = value_type.tensor_type
     if not tensor_type.HasField("shape"):
         return None, tensor_type.elem_type
-    dims = tuple(_dim(dim) for dim in tensor_type.shape.dim)
-    return dims, tensor_type.elem_type
+    return _dims(tensor_type.shape), tensor_type.elem_type
 
 
-def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
-    which = dim.WhichOneof("value")
-    if which == "dim_value":
-        return int(dim.dim_value)
-    return dim.dim_param if which == "dim_param" else None
+def _dims(shape: onnx.TensorShapeProto) -> Shape:
+    dims: list[Dim] = []
+    for dim in shape.dim:
+        value = dim.dim_value
+        # A non-zero dim_value must be the one set; only a zero needs the (slower) oneof check.
+        if value or dim.HasField("dim_value"):
+            dims.append(value)
+        elif dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
 
 
 class ModelGraph:
