@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from convlint.cost import spatial_pixels
 from convlint.graph import ModelGraph, Node
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """A Conv node's shape facts, read from its weight and attributes."""
+class ConvGeometry(NamedTuple):
+    """A Conv node's shape facts, read from its weight and attributes.
+
+    A NamedTuple rather than a frozen dataclass: as immutable, and three times quicker to
+    create, which counts on graphs of thousands of convs. The input's pixel count is not here:
+    only estimates for flagged convs need it (``spatial_pixels(graph, node.inputs[0])``), and
+    reading it for every conv parsed one more shape per conv.
+    """
 
     cin: int
     cout: int
@@ -19,7 +24,6 @@ class ConvGeometry:
     group: int
     strides: tuple[int, ...]
     has_bias: bool
-    in_pixels: int | None
     out_pixels: int | None
 
     @property
@@ -64,7 +68,6 @@ def _conv_geometry(graph: ModelGraph, node: Node) -> ConvGeometry | None:
         group=group,
         strides=strides,
         has_bias=len(node.inputs) > 2 and bool(node.inputs[2]),
-        in_pixels=spatial_pixels(graph, node.inputs[0]),
         out_pixels=spatial_pixels(graph, node.outputs[0]),
     )
 

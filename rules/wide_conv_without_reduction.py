@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from convlint.cost import spatial_pixels
 from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
 from convlint.graph import Node
@@ -129,9 +130,10 @@ def _estimate(ctx: RuleContext, node: Node, ratio: int) -> Estimate:
     reduce_per_in = g.cin * mid
     rest_per_out = mid * mid * g.kernel_area + mid * g.cout
     per_out_after = reduce_per_in * g.stride_area + rest_per_out
+    in_pixels = spatial_pixels(ctx.graph, node.inputs[0])
     macs_after = None
-    if g.in_pixels is not None and g.out_pixels is not None:
-        macs_after = reduce_per_in * g.in_pixels + rest_per_out * g.out_pixels
+    if in_pixels is not None and g.out_pixels is not None:
+        macs_after = reduce_per_in * in_pixels + rest_per_out * g.out_pixels
     return Estimate(
         params_before=per_out_before + bias,
         params_after=reduce_per_in + rest_per_out + bias,
