@@ -262,10 +262,22 @@ class ModelGraph:
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes.values())
 
+    @cached_property
+    def _standard_by_type(self) -> dict[str, list[Node]]:
+        """Standard-domain nodes by op type, in graph order: every rule asks ``of_type``, and
+        one pass over a large graph is cheaper than a scan per question."""
+        by_type: dict[str, list[Node]] = {}
+        for node in self.nodes.values():
+            if node.is_standard:
+                by_type.setdefault(node.op_type, []).append(node)
+        return by_type
+
     def of_type(self, *op_types: str) -> list[Node]:
         """Standard-domain nodes of the given op types, in graph order."""
-        wanted = set(op_types)
-        return [n for n in self.nodes.values() if n.op_type in wanted and n.is_standard]
+        found = [n for op_type in set(op_types) for n in self._standard_by_type.get(op_type, ())]
+        if len(op_types) > 1:
+            found.sort(key=lambda node: node.index)
+        return found
 
     def all_graphs(self) -> Iterator[ModelGraph]:
         """This graph and every subgraph below it."""
