@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from convlint import __version__
 from convlint.atomic import write_atomic
@@ -35,8 +35,17 @@ def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _common(parser: argparse.ArgumentParser, lint: bool = True) -> None:
-    parser.add_argument("--format", choices=FORMATS, default="text", help="report format")
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, as every other convlint error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"convlint: error: {self.prog}: {message} (see --help)\n")
+
+
+def _common(
+    parser: argparse.ArgumentParser, lint: bool = True, formats: Sequence[str] = FORMATS
+) -> None:
+    parser.add_argument("--format", choices=formats, default="text", help="report format")
     parser.add_argument("--output", metavar="FILE", help="write the report to FILE (atomically)")
     parser.add_argument("--config", metavar="FILE", help="configuration file to use")
     parser.add_argument(
@@ -50,8 +59,7 @@ def _common(parser: argparse.ArgumentParser, lint: bool = True) -> None:
     parser.add_argument("--quiet", action="store_true", help="print findings only, no summary")
     parser.add_argument("--verbose", action="store_true", help="notes and why rules passed over")
     if lint:
-        parser.add_argument("--select", type=_codes_arg, help="rule codes or prefixes to run")
-        parser.add_argument("--ignore", type=_codes_arg, help="rule codes or prefixes to skip")
+        _selectors(parser, "run", "skip")
         parser.add_argument("--fail-on", choices=FAIL_ON, help="lowest severity that fails")
         parser.add_argument("--exit-zero", action="store_true", help="exit 0 even with findings")
         parser.add_argument("--baseline", metavar="FILE", help="known findings that do not fail")
@@ -59,12 +67,20 @@ def _common(parser: argparse.ArgumentParser, lint: bool = True) -> None:
         parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel processes")
 
 
+def _selectors(parser: argparse.ArgumentParser, verb: str, opposite: str) -> None:
+    # Repeated flags accumulate, as ruff's do.
+    for flag, what in (("--select", verb), ("--ignore", opposite)):
+        parser.add_argument(
+            flag, type=_codes_arg, action="extend", help=f"rule codes or prefixes to {what}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="convlint", description="Lint the convolutions of ONNX models."
-    )
+    parser = Parser(prog="convlint", description="Lint the convolutions of ONNX models.")
     parser.add_argument("--version", action="version", version=f"convlint {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
 
     check = commands.add_parser("check", help="lint ONNX models and report findings")
     check.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files or folders")
@@ -72,15 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = commands.add_parser("stats", help="per-node params, MACs and output shapes")
     stats.add_argument("model", metavar="MODEL")
-    _common(stats, lint=False)
+    _common(stats, lint=False, formats=("text", "json"))
 
     fix = commands.add_parser(
         "fix", help="rewrite the findings, verify with onnxruntime, write OUT", allow_abbrev=False
     )
     fix.add_argument("model", metavar="MODEL")
-    _common(fix, lint=False)
-    fix.add_argument("--select", type=_codes_arg, help="rule codes or prefixes to fix")
-    fix.add_argument("--ignore", type=_codes_arg, help="rule codes or prefixes to leave")
+    _common(fix, lint=False, formats=("text", "json"))
+    _selectors(fix, "fix", "leave")
     from convlint.fixreport import add_fix_arguments
 
     add_fix_arguments(fix)
@@ -108,6 +123,8 @@ def resolve_settings(args: argparse.Namespace, registry: Registry) -> tuple[Sett
         input_shapes=dict(table.get("input-shape", {})),
         verbose=getattr(args, "verbose", False),
     )
+    validate_selectors(registry, getattr(args, "select", None) or [], "--select")
+    validate_selectors(registry, getattr(args, "ignore", None) or [], "--ignore")
     # As in ruff, --select on the command line replaces the configured selection (config
     # ignores included); --ignore adds to what is ignored.
     if getattr(args, "select", None):
@@ -115,8 +132,6 @@ def resolve_settings(args: argparse.Namespace, registry: Registry) -> tuple[Sett
     if getattr(args, "ignore", None):
         settings.ignore = [*settings.ignore, *args.ignore]
     settings.input_shapes.update(dict(args.input_shape))
-    validate_selectors(registry, settings.select, "--select")
-    validate_selectors(registry, settings.ignore, "--ignore")
     fail_on = getattr(args, "fail_on", None) or table.get("fail-on", "warning")
     return settings, fail_on
 

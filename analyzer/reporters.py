@@ -100,6 +100,8 @@ def _summary_line(reports: Sequence[ModelReport]) -> str:
     models = f"{counts['models']} model{'s' if counts['models'] != 1 else ''}"
     known = sum(len(r.baselined or []) for r in reports)
     error_text = (f"; {known} known in the baseline" if known else "") + error_text
+    if not findings and errors:
+        return f"No findings in the models that could be read ({models}{error_text})."
     if not findings:
         return f"All checks passed! ({models}{error_text})"
     text = f"Found {len(findings)} finding{'s' if len(findings) != 1 else ''} in {models}"

@@ -181,3 +181,49 @@ def test_console_script_runs(model_file: Callable[..., Path]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "All checks passed! (1 model)"
+
+
+def test_repeated_select_and_ignore_accumulate(model_file: Callable[..., Path], cli: CLI) -> None:
+    path = str(model_file("inception_3a_naive"))
+    code, out, _ = cli("check", path, "--ignore", "CL001", "--ignore", "CL002")
+    assert code == 0 and "All checks passed" in out
+    code, out, _ = cli("check", path, "--select", "CL001", "--select", "CL002", "--quiet")
+    assert {line.split(": ")[1].split()[0] for line in out.splitlines() if ": CL" in line} == {
+        "CL001",
+        "CL002",
+    }
+
+
+def test_usage_errors_are_one_line(cli: CLI) -> None:
+    for argv in (["check"], ["stats", "m.onnx", "--format", "sarif"], ["frobnicate"]):
+        code, out, err = cli(*argv)
+        assert code == 2 and out == ""
+        assert len(err.strip().splitlines()) == 1 and err.startswith("convlint: error: ")
+
+
+def test_unreadable_model_is_not_all_checks_passed(tmp_path: Path, cli: CLI) -> None:
+    from convlint.fixtures import BAD_WRITERS
+
+    code, out, _ = cli("check", str(BAD_WRITERS["empty"](tmp_path)))
+    assert code == 2
+    assert (
+        out.strip()
+        == "No findings in the models that could be read (1 model; 1 model could not be read)."
+    )
+
+
+def test_report_file_gets_an_ordinary_mode(
+    model_file: Callable[..., Path], cli: CLI, tmp_path: Path
+) -> None:
+    import os
+
+    target = tmp_path / "report.txt"
+    old = os.umask(0o022)
+    try:
+        cli("check", str(model_file("conv3x3")), "--output", str(target))
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644
+    target.chmod(0o640)
+    cli("check", str(model_file("conv3x3")), "--output", str(target))
+    assert target.stat().st_mode & 0o777 == 0o640  # an existing report keeps its mode

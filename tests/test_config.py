@@ -89,3 +89,23 @@ def test_unknown_select_on_the_command_line(
 ) -> None:
     code, _, err = cli("check", str(naive), "--select", "CL9")
     assert code == 2 and "'CL9' matches no rule" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[tool.convlint.per-node-ignores]\n"*" = ["ZZ999"]\n',
+            "per-node-ignores.*: 'ZZ999' matches no rule",
+        ),
+        ('[tool.convlint]\nignore = ["ZZ"]\n', "[tool.convlint] ignore: 'ZZ' matches no rule"),
+    ],
+)
+def test_unknown_codes_in_configuration_name_the_file(
+    naive: Path, tmp_path: Path, cli: Callable[..., tuple[int, str, str]], text: str, message: str
+) -> None:
+    config = tmp_path / "pyproject.toml"
+    config.write_text(text)
+    code, _, err = cli("check", str(naive), "--config", str(config))
+    assert code == 2
+    assert str(config) in err and message in err

@@ -85,7 +85,7 @@ def test_failed_verification_exits_1_and_writes_nothing(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--format", "sarif"], "text or json"),
+        (["--format", "sarif"], "invalid choice: 'sarif' (choose from 'text', 'json')"),
         (["--inputs", "missing.npz"], "no such inputs file"),
         (["--tolerance", "0"], "--tolerance"),
         (["--timeout", "nan"], "--timeout"),
