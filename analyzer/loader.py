@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import numpy_helper, serialization
 
 from convlint.errors import ModelError
 
@@ -108,7 +108,11 @@ def check_external_locations(model: onnx.ModelProto, path: Path) -> None:
 
 def read_model(path: str | Path) -> onnx.ModelProto:
     """Parse the protobuf without external data; every failure is a ModelError."""
-    path = Path(path)
+    return _read_model(Path(path))[0]
+
+
+def _read_model(path: Path) -> tuple[onnx.ModelProto, bytes | None]:
+    """The model, and the file's bytes when they are its protobuf encoding (not a text format)."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -119,8 +123,15 @@ def read_model(path: str | Path) -> onnx.ModelProto:
         raise ModelError(path, "is a directory, not an .onnx file")
     if size == 0:
         raise ModelError(path, "empty file, not an ONNX model")
+    # The format from the extension as onnx.load decides it (text formats are parsed by onnx).
+    file_format = serialization.registry.get_format_from_file_extension(os.path.splitext(path)[1])
+    serialized = None
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        if file_format in (None, "protobuf"):
+            serialized = path.read_bytes()
+            model = onnx.load_model_from_string(serialized)
+        else:
+            model = onnx.load(str(path), load_external_data=False)
     except DecodeError:
         raise ModelError(
             path, "not an ONNX model (protobuf parse failed: truncated or corrupt)"
@@ -131,7 +142,7 @@ def read_model(path: str | Path) -> onnx.ModelProto:
         raise ModelError(path, f"not an ONNX model ({type(exc).__name__}: {exc})") from None
     if not model.HasField("graph") or (model.ir_version == 0 and not model.graph.node):
         raise ModelError(path, "not an ONNX model (no graph; truncated or not a model file)")
-    return model
+    return model, serialized
 
 
 def bind_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes, path: Path) -> list[str]:
@@ -161,7 +172,7 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes, path: P
     return notes
 
 
-def _run_inference(model: onnx.ModelProto, path: str | Path) -> onnx.ModelProto:
+def _run_inference(model: onnx.ModelProto | bytes, path: str | Path) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:
@@ -230,7 +241,7 @@ def _refine_slices(model: onnx.ModelProto) -> bool:
     return refined
 
 
-def infer_shapes(model: onnx.ModelProto, path: str | Path) -> onnx.ModelProto:
+def infer_shapes(model: onnx.ModelProto | bytes, path: str | Path) -> onnx.ModelProto:
     inferred = _run_inference(model, path)
     if _refine_slices(inferred):
         inferred = _run_inference(inferred, path)
@@ -266,8 +277,12 @@ def validate(model: onnx.ModelProto, path: str | Path) -> None:
 def load(path: str | Path, input_shapes: InputShapes | None = None) -> LoadedModel:
     """Read, check and shape-infer a model file; never reads weight data."""
     path = Path(path)
-    model = read_model(path)
+    model, serialized = _read_model(path)
     check_external_locations(model, path)
     validate(model, path)
     notes = bind_input_shapes(model, input_shapes or {}, path)
-    return LoadedModel(path=str(path), model=infer_shapes(model, path), notes=notes)
+    # Inference takes the model serialized. With no shapes bound the file's bytes are that
+    # already, and serializing a model with inline weights again costs as much as parsing it.
+    unchanged = serialized if serialized is not None and not input_shapes else None
+    inferred = infer_shapes(unchanged if unchanged is not None else model, path)
+    return LoadedModel(path=str(path), model=inferred, notes=notes)
