@@ -153,9 +153,13 @@ def result_dict(result: FixResult) -> dict[str, Any]:
 
 
 def render_json(result: FixResult) -> str:
+    """The model object at the top level (as the contract reads), and also as ``models[0]``
+    beside ``summary``, so that one parser reads `check` and `fix` reports alike."""
+    model = result_dict(result)
     document = {
         "tool": {"name": "convlint", "version": __version__},
-        "models": [result_dict(result)],
+        **model,
+        "models": [model],
         "summary": summary([result.report]),
     }
     return json.dumps(document, indent=2) + "\n"

@@ -46,6 +46,24 @@ def test_json_report_has_the_contract_fields(
     assert out.exists()
 
 
+def test_json_model_object_is_at_the_top_and_in_models(
+    planted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The contract's `doc["rewrites"]` and check's `doc["models"][0]` both read the report."""
+    out = planted.with_name("out.onnx")
+    argv = ["fix", str(planted), "-o", str(out), "--method", "weight", "--format", "json"]
+    assert main([*argv, "--samples", "2"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["tool"]["name"] == "convlint"
+    (model,) = document["models"]
+    fields = ("path", "cost", "findings", "error", "output", "tolerance", "rewrites", "skipped")
+    for key in (*fields, "verification"):
+        assert document[key] == model[key]
+    assert document["rewrites"][0]["kind"] == "svd-reduce"
+    assert document["error"] is None and document["verification"]["ok"] is True
+    assert document["summary"] == {"models": 1, "findings": 1, "by_code": {"CL001": 1}, "errors": 0}
+
+
 def test_text_report_lists_rewrite_and_verification(
     planted: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
