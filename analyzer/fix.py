@@ -42,7 +42,7 @@ from onnx import external_data_helper
 from convlint import loader
 from convlint.cost import ModelCost, model_cost
 from convlint.engine import ModelReport, Settings, lint
-from convlint.errors import ConvlintError, ModelError, UsageError
+from convlint.errors import ModelError, UsageError
 from convlint.factorize import Array, Factors
 from convlint.fixreport import DEFAULT_SAMPLES, METHODS
 from convlint.graph import build_graph
@@ -229,6 +229,28 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
             tensor.ClearField("int32_data")
             tensor.raw_data = b""
     return copy
+
+
+def fill_output_types(model: onnx.ModelProto, path: Path) -> None:
+    """Give graph outputs declared without a shape (or type) the inferred one, in place.
+
+    Hand-built models often declare ``make_tensor_value_info("y", FLOAT, None)``; runtimes
+    accept that, but ``onnx.checker``'s full check, which OUT must pass, does not.
+    """
+    missing = [
+        value
+        for value in model.graph.output
+        if value.type.WhichOneof("value") in (None, "tensor_type")
+        and (not value.type.tensor_type.HasField("shape") or not value.type.tensor_type.elem_type)
+    ]
+    if not missing:
+        return
+    inferred = loader.infer_shapes(_skeleton(model), path)
+    known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    for value in missing:
+        found = known.get(value.name)
+        if found is not None and found.type.tensor_type.HasField("shape"):
+            value.type.CopyFrom(found.type)
 
 
 def recount(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]], path: Path) -> ModelCost:
@@ -538,6 +560,7 @@ class Fixer:
             staged = folder / out.name
             data_name = f"{out.name}.data"
             with self.timer("writing"):
+                fill_output_types(model, self.path)
                 if self.external:
                     onnx.save_model(
                         model,
@@ -553,8 +576,8 @@ class Fixer:
                     onnx.checker.check_model(str(staged), full_check=True)
                 except Exception as exc:
                     message = " ".join(str(exc).split())[:300]
-                    raise ConvlintError(
-                        f"the rewritten model fails onnx.checker: {message}"
+                    raise ModelError(
+                        self.path, f"the rewritten model fails onnx.checker: {message}"
                     ) from None
             errors = self.measure(staged, "verifying the written model")
             if not errors.ok:

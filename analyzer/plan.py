@@ -28,6 +28,7 @@ FACTORIZED = ("CL001", "CL005")
 PARAMETER_FREE_ACTIVATIONS = ACTIVATIONS - {"PRelu", "Clip"}
 FOLD_THROUGH = frozenset({"BatchNormalization", "Identity", "Dropout"})
 
+
 class NotRewritable(Exception):
     """Why a finding has no rewrite here; becomes a ``skipped`` entry."""
 

@@ -1,0 +1,57 @@
+"""`convlint fix` on awkward input: hand-built models, external weights, broken weights, the
+runtime's temporary folders. Every failure is one line naming the model, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from fix_helpers import max_abs_diff, random_inputs
+from onnx import TensorProto, helper
+
+from convlint import fixtures
+from convlint.cli import main
+
+FAST = ["--method", "weight", "--samples", "2", "--quiet"]
+
+
+def _planted() -> onnx.ModelProto:
+    return fixtures.conv3x3(planted_rank=48, hw=6)
+
+
+def _one_error_line(err: str, model: Path) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err and "internal error" not in err, err
+    assert lines[0].startswith(f"convlint: error: {model}: "), lines[0]
+    return lines[0]
+
+
+def test_output_declared_without_shape_is_given_the_inferred_one(tmp_path: Path) -> None:
+    model = _planted()
+    name = model.graph.output[0].name
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    path = fixtures.save(model, tmp_path / "noshape.onnx")
+    out = tmp_path / "out.onnx"
+    assert main(["fix", str(path), "-o", str(out), *FAST]) == 0
+    onnx.checker.check_model(str(out), full_check=True)
+    dims = [d.dim_value for d in onnx.load(out).graph.output[0].type.tensor_type.shape.dim]
+    assert dims == [1, 256, 6, 6]
+    assert max_abs_diff(path, out, random_inputs(onnx.load(path))) < 1e-3
+
+
+def test_checker_failure_names_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = fixtures.save(_planted(), tmp_path / "conv.onnx")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise onnx.checker.ValidationError("planted\nfailure")
+
+    monkeypatch.setattr(onnx.checker, "check_model", refuse)
+    out = tmp_path / "out.onnx"
+    assert main(["fix", str(path), "-o", str(out), *FAST]) == 2
+    line = _one_error_line(capsys.readouterr().err, path)
+    assert line.endswith("the rewritten model fails onnx.checker: planted failure")
+    assert not out.exists()
