@@ -32,7 +32,7 @@ class ConvGeometry(NamedTuple):
 
     @property
     def is_pointwise(self) -> bool:
-        return all(k == 1 for k in self.kernel)
+        return self.kernel.count(1) == len(self.kernel)  # every dim 1; count runs in C
 
     @property
     def is_spatial(self) -> bool:
