@@ -562,14 +562,7 @@ class Fixer:
             with self.timer("writing"):
                 fill_output_types(model, self.path)
                 if self.external:
-                    onnx.save_model(
-                        model,
-                        str(staged),
-                        save_as_external_data=True,
-                        all_tensors_to_one_file=True,
-                        location=data_name,
-                        size_threshold=1024,
-                    )
+                    save_with_external_data(model, staged, data_name)
                 else:
                     onnx.save_model(model, str(staged))
                 try:
@@ -583,12 +576,64 @@ class Fixer:
             if not errors.ok:
                 return errors, False
             with self.timer("writing"):
-                if (folder / data_name).exists():
-                    os.replace(folder / data_name, out.parent / data_name)
-                os.replace(staged, out)
+                _move_into_place(staged, folder / data_name, out, folder)
             return errors, True
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def save_with_external_data(
+    model: onnx.ModelProto, path: Path, data_name: str, threshold: int = 1024
+) -> None:
+    """Save ``model`` at ``path`` with its large initializers in ``data_name`` beside it.
+
+    onnx's ``save_as_external_data`` refuses when a file named ``data_name`` exists in the
+    *working directory* (MODEL.data, for ``--in-place`` run beside MODEL), so the data file is
+    written here. Moves the values out of ``model``'s initializers.
+    """
+    offset = 0
+    with open(path.parent / data_name, "wb") as handle:
+        for tensor in model.graph.initializer:
+            if not tensor.HasField("raw_data") or len(tensor.raw_data) < threshold:
+                continue
+            length = len(tensor.raw_data)
+            handle.write(tensor.raw_data)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            for key, value in (("location", data_name), ("offset", offset), ("length", length)):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+            offset += length
+    onnx.save_model(model, str(path))
+
+
+def _move_into_place(staged: Path, staged_data: Path, out: Path, folder: Path) -> None:
+    """Rename the staged model (and its data file) over OUT (and OUT.data).
+
+    Two renames cannot be one atomic step: the old data file is kept as a hard link in the
+    staging folder until the model is in place, and put back if that rename fails, so OUT
+    (MODEL itself with --in-place) is always a whole old or a whole new model.
+    """
+    if not staged_data.exists():
+        os.replace(staged, out)
+        return
+    target_data = out.parent / staged_data.name
+    backup = folder / "previous.data"
+    if target_data.exists():
+        try:
+            os.link(target_data, backup)
+        except OSError:
+            shutil.copy2(target_data, backup)
+    os.replace(staged_data, target_data)
+    try:
+        os.replace(staged, out)
+    except BaseException:
+        if backup.exists():
+            os.replace(backup, target_data)
+        else:
+            target_data.unlink(missing_ok=True)
+        raise
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:

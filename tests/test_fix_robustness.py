@@ -55,3 +55,47 @@ def test_checker_failure_names_the_model(
     line = _one_error_line(capsys.readouterr().err, path)
     assert line.endswith("the rewritten model fails onnx.checker: planted failure")
     assert not out.exists()
+
+
+def _save_external(folder: Path) -> Path:
+    path = folder / "model.onnx"
+    onnx.save_model(_planted(), str(path), save_as_external_data=True, location="model.onnx.data")
+    return path
+
+
+def test_in_place_with_external_data_beside_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnx refuses to save external data named as a file in the working directory."""
+    path = _save_external(tmp_path)
+    original = onnx.load(path)  # weights read now, before they are replaced
+    monkeypatch.chdir(tmp_path)
+    assert main(["fix", "model.onnx", "--in-place", *FAST]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    onnx.checker.check_model(str(path), full_check=True)
+    rewritten = onnx.load(path)
+    assert len(rewritten.graph.node) == 2
+    stored = onnx.load(path, load_external_data=False).graph.initializer
+    locations = {e.value for t in stored for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}
+    assert max_abs_diff(original, rewritten, random_inputs(original)) < 1e-3
+
+
+def test_in_place_failure_leaves_model_and_data_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    path = _save_external(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    replace = os.replace
+
+    def fail_on_the_model(src: object, dst: object) -> None:
+        if Path(str(dst)) == path:
+            raise OSError("planted failure")
+        replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", fail_on_the_model)
+    assert main(["fix", str(path), "--in-place", *FAST]) == 2
+    assert "planted failure" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
