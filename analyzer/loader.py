@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -50,37 +51,59 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
-def _graphs(model: onnx.ModelProto) -> list[onnx.GraphProto]:
-    """The main graph and the subgraphs of its If/Loop/Scan nodes, recursively."""
+class GraphNodes(NamedTuple):
+    """One graph, with what the loader's checks need from its nodes."""
+
+    graph: onnx.GraphProto
+    domains: set[str]
+    constants: list[onnx.NodeProto]
+
+
+def walk_graphs(model: onnx.ModelProto) -> list[GraphNodes]:
+    """The main graph and the subgraphs of its If/Loop/Scan nodes, recursively.
+
+    Each graph's nodes are read once for every check (reading a protobuf field from Python
+    builds an object, which adds up on large graphs).
+    """
     graphs, stack = [], [model.graph]
     while stack:
         graph = stack.pop()
-        graphs.append(graph)
+        domains: set[str] = set()
+        constants: list[onnx.NodeProto] = []
         for node in graph.node:
-            if node.op_type in ("If", "Loop", "Scan"):
+            domains.add(node.domain)
+            op_type = node.op_type
+            if op_type == "Constant":
+                constants.append(node)
+            elif op_type in ("If", "Loop", "Scan"):
                 for attr in node.attribute:
                     if attr.type == onnx.AttributeProto.GRAPH:
                         stack.append(attr.g)
                     stack.extend(attr.graphs)
+        graphs.append(GraphNodes(graph, domains, constants))
     return graphs
 
 
-def _stored_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+def _stored_tensors(graphs: list[GraphNodes]) -> list[onnx.TensorProto]:
     """Tensors that can carry external data: initializers and Constant node values."""
     tensors: list[onnx.TensorProto] = []
-    for graph in _graphs(model):
-        tensors.extend(graph.initializer)
-        for node in graph.node:
-            if node.op_type == "Constant":
-                tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+    for walked in graphs:
+        tensors.extend(walked.graph.initializer)
+        for node in walked.constants:
+            tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
     return tensors
 
 
-def check_external_locations(model: onnx.ModelProto, path: Path) -> None:
-    """Refuse external-data locations that leave the model's folder, before opening any."""
+def check_external_locations(
+    model: onnx.ModelProto, path: Path, graphs: list[GraphNodes] | None = None
+) -> None:
+    """Refuse external-data locations that leave the model's folder, before opening any.
+
+    ``graphs`` is ``walk_graphs(model)`` when the caller has it already.
+    """
     base = path.resolve().parent
     checked: set[str] = set()  # thousands of tensors usually share one data file
-    for tensor in _stored_tensors(model):
+    for tensor in _stored_tensors(graphs if graphs is not None else walk_graphs(model)):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -248,12 +271,15 @@ def infer_shapes(model: onnx.ModelProto | bytes, path: str | Path) -> onnx.Model
     return inferred
 
 
-def validate(model: onnx.ModelProto, path: str | Path) -> None:
+def validate(
+    model: onnx.ModelProto, path: str | Path, graphs: list[GraphNodes] | None = None
+) -> None:
     """Structural checks that shape inference does not make.
 
     onnx.checker is not used: it opens external data files (relative to the working
     directory, not the model) and costs a third of the load time on large graphs, while strict
-    shape inference already checks every node against its schema.
+    shape inference already checks every node against its schema. ``graphs`` is
+    ``walk_graphs(model)`` when the caller has it already.
     """
     if model.ir_version < 3:
         raise ModelError(path, f"invalid model: IR version {model.ir_version} (need >= 3)")
@@ -262,11 +288,11 @@ def validate(model: onnx.ModelProto, path: str | Path) -> None:
         raise ModelError(path, "invalid model: no opset_import")
     if "" in declared:
         declared.add("ai.onnx")
-    for graph in _graphs(model):
-        undeclared = {node.domain for node in graph.node} - declared
+    for walked in graphs if graphs is not None else walk_graphs(model):
+        undeclared = walked.domains - declared
         if undeclared:
             domain = sorted(undeclared)[0]
-            node = next(n for n in graph.node if n.domain == domain)
+            node = next(n for n in walked.graph.node if n.domain == domain)
             raise ModelError(
                 path,
                 f"invalid model: node {node.name or node.op_type!r} uses domain "
@@ -278,8 +304,9 @@ def load(path: str | Path, input_shapes: InputShapes | None = None) -> LoadedMod
     """Read, check and shape-infer a model file; never reads weight data."""
     path = Path(path)
     model, serialized = _read_model(path)
-    check_external_locations(model, path)
-    validate(model, path)
+    graphs = walk_graphs(model)
+    check_external_locations(model, path, graphs)
+    validate(model, path, graphs)
     notes = bind_input_shapes(model, input_shapes or {}, path)
     # Inference takes the model serialized. With no shapes bound the file's bytes are that
     # already, and serializing a model with inline weights again costs as much as parsing it.
