@@ -183,12 +183,58 @@ def _read_with_weights(path: Path) -> tuple[onnx.ModelProto, list[Path]]:
             if external_data_helper.uses_external_data(t)
         }
     )
+    for data in data_files:
+        if not data.is_file():
+            raise ModelError(path, f"external data file {data} is missing (or not a file)")
     if data_files:
         try:
             external_data_helper.load_external_data_for_model(model, str(folder))
-        except (OSError, ValueError) as exc:
-            raise ModelError(path, f"cannot read external data: {exc}") from None
+        except Exception as exc:  # OSError, ValueError, onnx's ValidationError
+            message = " ".join(str(exc).split())[:300]
+            raise ModelError(path, f"cannot read external data: {message}") from None
+    check_weight_sizes(model, path)
     return model, data_files
+
+
+_FOUR_BIT = {
+    getattr(onnx.TensorProto, name)
+    for name in ("INT4", "UINT4", "FLOAT4E2M1")
+    if hasattr(onnx.TensorProto, name)
+}
+
+
+def check_weight_sizes(model: onnx.ModelProto, path: Path) -> None:
+    """Every stored tensor holds as many values as its dims say (else numpy fails deep in a
+    rewrite, or onnxruntime refuses the model)."""
+    for tensor in external_data_helper._get_all_tensors(model):
+        if tensor.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
+            continue
+        count = math.prod(tensor.dims)
+        dims = "x".join(map(str, tensor.dims)) or "a scalar"
+        name = tensor.name or "(unnamed)"
+        if tensor.HasField("raw_data"):
+            if tensor.data_type in _FOUR_BIT:
+                expected = (count + 1) // 2
+            else:
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+                expected = count * itemsize
+            if len(tensor.raw_data) != expected:
+                raise ModelError(
+                    path,
+                    f"tensor {name!r} holds {len(tensor.raw_data)} bytes of data, but its "
+                    f"dims ({dims}) need {expected}",
+                )
+            continue
+        field_name = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+        values = len(getattr(tensor, field_name))
+        if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+            values //= 2
+        elif tensor.data_type in _FOUR_BIT:
+            count = (count + 1) // 2
+        if values != count and not (values == 0 and count == 0):
+            raise ModelError(
+                path, f"tensor {name!r} holds {values} values, but its dims ({dims}) need {count}"
+            )
 
 
 def _refuse_overwriting_data(path: Path, out: Path, data_files: Sequence[Path]) -> None:

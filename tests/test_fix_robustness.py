@@ -99,3 +99,26 @@ def test_in_place_failure_leaves_model_and_data_whole(
     assert main(["fix", str(path), "--in-place", *FAST]) == 2
     assert "planted failure" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_weights_shorter_than_their_dims_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _planted()
+    weight = model.graph.initializer[0]
+    weight.raw_data = weight.raw_data[:1000]
+    path = tmp_path / "short.onnx"
+    onnx.save(model, path)
+    assert main(["fix", str(path), "-o", str(tmp_path / "out.onnx"), *FAST]) == 2
+    line = _one_error_line(capsys.readouterr().err, path)
+    assert "'conv.weight' holds 1000 bytes" in line and "256x256x3x3" in line
+
+
+def test_missing_external_data_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _save_external(tmp_path)
+    (tmp_path / "model.onnx.data").unlink()
+    assert main(["fix", str(path), "-o", str(tmp_path / "out.onnx"), *FAST]) == 2
+    line = _one_error_line(capsys.readouterr().err, path)
+    assert "model.onnx.data is missing" in line
