@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convlint import __version__
-from convlint.engine import Settings
-from convlint.errors import UsageError
+from convlint.engine import ModelReport, Settings
+from convlint.errors import ModelError, UsageError
 from convlint.registry import Registry
 from convlint.reporters import fmt_int, summary
 
@@ -168,7 +168,7 @@ def render_json(result: FixResult) -> str:
 def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) -> int:
     """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
     from convlint.cli import emit
-    from convlint.fix import FixOptions, fix
+    from convlint.fix import FixOptions, FixResult, fix
     from convlint.verify import RuntimeFailure
 
     if args.format not in ("text", "json"):
@@ -192,8 +192,18 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
     )
     try:
         result = fix(model, registry, settings, options, verbose=args.verbose)
-    except RuntimeFailure as exc:  # name the model, as every other bad-input message does
-        raise RuntimeFailure(f"{model}: {exc}") from None
+    except (ModelError, RuntimeFailure) as exc:
+        # As `check --format json`: a document with the model's `error`, then the stderr line.
+        problem = exc.problem if isinstance(exc, ModelError) else str(exc)
+        if args.format == "json":
+            failed = FixResult(
+                ModelReport(path=str(model), error=problem),
+                str(options.output or model),
+                options.tolerance,
+                options.method,
+            )
+            emit(render_json(failed), args.output)
+        raise ModelError(model, problem) from None  # names the model, as every bad-input line
     if args.format == "json":
         text = render_json(result)
     else:

@@ -122,3 +122,32 @@ def test_missing_external_data_file_exits_2(
     assert main(["fix", str(path), "-o", str(tmp_path / "out.onnx"), *FAST]) == 2
     line = _one_error_line(capsys.readouterr().err, path)
     assert "model.onnx.data is missing" in line
+
+
+@pytest.mark.parametrize("fault", [None, "crash"])
+def test_json_on_bad_input_is_the_model_object_with_its_error(
+    tmp_path: Path,
+    fault: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As `check --format json`: the document on stdout, the one line on stderr, exit 2."""
+    import json
+
+    if fault is None:
+        path = tmp_path / "bad.onnx"
+        path.write_bytes(b"not a model")
+    else:
+        path = fixtures.save(_planted(), tmp_path / "conv.onnx")
+        monkeypatch.setenv("CONVLINT_TEST_RUNTIME_FAULT", fault)
+    out = tmp_path / "out.onnx"
+    assert main(["fix", str(path), "-o", str(out), "--format", "json", *FAST]) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err, path)
+    document = json.loads(captured.out)
+    assert document["path"] == str(path) and document["error"]
+    assert line.endswith(document["error"])
+    assert document["models"][0]["error"] == document["error"]
+    assert document["rewrites"] == [] and document["verification"] is None
+    assert document["summary"]["errors"] == 1
+    assert not out.exists()
