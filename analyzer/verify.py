@@ -136,9 +136,13 @@ def load_feeds(path: str | Path, specs: Sequence[InputSpec]) -> list[Feed]:
                 f"{path}: array {spec.name!r} has shape {list(array.shape)}, expected "
                 f"{list(spec.shape)} or [samples, {', '.join(map(str, spec.shape))}]"
             )
-        if not np.can_cast(array.dtype, spec.dtype, "same_kind"):
+        # Same kind only: numpy's "same_kind" casting lets int64 into float32 silently.
+        if array.dtype.kind != spec.dtype.kind or not np.can_cast(
+            array.dtype, spec.dtype, "same_kind"
+        ):
             raise ConvlintError(
-                f"{path}: array {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}"
+                f"{path}: array {spec.name!r} has dtype {array.dtype}, expected {spec.dtype} "
+                f"for input {spec.name!r} (or a dtype of the same kind)"
             )
         counts.add(arrays[spec.name].shape[0])
     if len(counts) != 1 or 0 in counts:

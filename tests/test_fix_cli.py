@@ -142,6 +142,27 @@ def test_inputs_with_the_wrong_dtype_exit_2(
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_, np.complex64])
+def test_inputs_of_another_kind_exit_2(
+    planted: Path, tmp_path: Path, dtype: type, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README: the dtype must cast to the input's without changing kind."""
+    np.savez(tmp_path / "ints.npz", input=np.ones((1, 256, 6, 6), dtype))
+    argv = ["fix", str(planted), "-o", str(tmp_path / "o.onnx"), "--inputs"]
+    assert main([*argv, str(tmp_path / "ints.npz")]) == 2
+    err = capsys.readouterr().err
+    name = np.dtype(dtype).name
+    assert f"ints.npz: array 'input' has dtype {name}, expected float32 for input 'input'" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_inputs_of_the_same_kind_are_cast(planted: Path, tmp_path: Path) -> None:
+    np.savez(tmp_path / "f64.npz", input=np.ones((2, 1, 256, 6, 6), np.float64))
+    argv = ["fix", str(planted), "-o", str(tmp_path / "o.onnx"), "--method", "weight"]
+    assert main([*argv, "--inputs", str(tmp_path / "f64.npz"), "--quiet"]) == 0
+
+
 def test_output_that_is_a_folder_exits_2(
     planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
