@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -221,16 +221,22 @@ class Runtime:
 
     def __init__(self, timeout: float = 300.0) -> None:
         self.timeout = timeout
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr: IO[bytes] | None = None
         self._folder = Path(tempfile.mkdtemp(prefix="convlint-ort-"))
-        self._stderr = open(self._folder / "stderr.log", "wb")  # noqa: SIM115
-        self._proc: subprocess.Popen[str] | None = subprocess.Popen(
-            [sys.executable, "-c", "from convlint.verify import serve; serve()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-        )
-        self._answer("starting onnxruntime")
+        try:
+            self._stderr = open(self._folder / "stderr.log", "wb")  # noqa: SIM115
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", "from convlint.verify import serve; serve()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                text=True,
+            )
+            self._answer(None)
+        except BaseException:  # no `with` block owns the folder yet: remove it here
+            self.close()
+            raise
 
     def __enter__(self) -> Runtime:
         return self
@@ -249,7 +255,8 @@ class Runtime:
             except (OSError, subprocess.TimeoutExpired, ValueError):
                 proc.kill()
                 proc.wait()
-        self._stderr.close()
+        if self._stderr is not None:
+            self._stderr.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def _fail(self, message: str) -> RuntimeFailure:
@@ -259,25 +266,26 @@ class Runtime:
             proc.wait()
         return RuntimeFailure(message)
 
-    def _answer(self, what: str) -> str:
+    def _answer(self, what: str | None) -> str:
+        """The child's next line; ``what`` the request it answers (None: start-up)."""
         proc = self._proc
         if proc is None:
-            raise RuntimeFailure(f"onnxruntime is not running ({what})")
+            raise RuntimeFailure("onnxruntime is not running")
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], min(self.timeout, MAX_WAIT))
         if not ready:
-            raise self._fail(
-                f"onnxruntime did not finish {what} within {self.timeout:g} s "
-                "(--timeout); stopped it"
-            )
+            doing = "start" if what is None else f"finish {what}"
+            raise self._fail(f"onnxruntime did not {doing} within {self.timeout:g} s (--timeout)")
         line = proc.stdout.readline()
         if not line:
             code = proc.wait()
             cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            assert self._stderr is not None
             self._stderr.flush()
             tail = (self._folder / "stderr.log").read_text(errors="replace").strip()
             detail = f": {tail.splitlines()[-1][:200]}" if tail else ""
-            raise self._fail(f"onnxruntime crashed {what} ({cause}){detail}")
+            doing = "starting" if what is None else what
+            raise self._fail(f"onnxruntime crashed while {doing} ({cause}){detail}")
         return line.strip()
 
     def externalize(self, model: onnx.ModelProto, threshold: int = 4096) -> onnx.ModelProto:
@@ -315,7 +323,7 @@ class Runtime:
         """Outputs of ``model`` for every feed (``outputs`` names them; default: all)."""
         proc = self._proc
         if proc is None:
-            raise RuntimeFailure(f"onnxruntime is not running ({what})")
+            raise RuntimeFailure(f"onnxruntime is not running (before {what})")
         if isinstance(model, onnx.ModelProto):
             model_path = self._folder / "model.onnx"
             model_path.write_bytes(model.SerializeToString())
@@ -335,7 +343,7 @@ class Runtime:
             raise self._fail(f"onnxruntime crashed before {what}") from None
         answer = self._answer(what)
         if answer.startswith("error "):
-            raise RuntimeFailure(f"onnxruntime failed {what}: {answer[6:]}")
+            raise RuntimeFailure(f"onnxruntime failed while {what}: {answer[6:]}")
         with open(self._folder / "response.pkl", "rb") as handle:
             results: list[Outputs] = pickle.load(handle)
         return results

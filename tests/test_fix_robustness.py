@@ -151,3 +151,43 @@ def test_json_on_bad_input_is_the_model_object_with_its_error(
     assert document["rewrites"] == [] and document["verification"] is None
     assert document["summary"]["errors"] == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("fault", "timeout", "message"),
+    [
+        (None, "0.001", "onnxruntime did not start within 0.001 s (--timeout)"),
+        (
+            "hang",
+            "1",
+            "onnxruntime did not finish running the original model within 1 s (--timeout)",
+        ),
+        ("crash", "1", "onnxruntime crashed while running the original model (signal SIGABRT)"),
+        (None, "300", None),
+    ],
+)
+def test_runtime_folder_is_removed_on_every_path(
+    tmp_path: Path,
+    fault: str | None,
+    timeout: str,
+    message: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    if fault:
+        monkeypatch.setenv("CONVLINT_TEST_RUNTIME_FAULT", fault)
+    path = fixtures.save(_planted(), tmp_path / "conv.onnx")
+    argv = ["fix", str(path), "-o", str(tmp_path / "out.onnx"), "--timeout", timeout, *FAST]
+    code = main(argv)
+    if message is None:
+        assert code == 0
+    else:
+        assert code == 2
+        line = _one_error_line(capsys.readouterr().err, path)
+        assert line == f"convlint: error: {path}: {message}"
+    assert list(temp.iterdir()) == []
