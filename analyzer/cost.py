@@ -17,7 +17,7 @@ Conventions (documented in the README):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from convlint.graph import ModelGraph, Node, Shape
@@ -35,6 +35,9 @@ class NodeCost:
     params: int
     macs: int | None
     macs_per_output_pixel: int | None = None
+    # The constant inputs counted in ``params``: a weight shared by several nodes is one
+    # parameter tensor, counted once in the model's total.
+    param_tensors: tuple[str, ...] = ()
 
 
 @dataclass
@@ -80,37 +83,45 @@ def _const_size(graph: ModelGraph, tensor: str) -> int:
     return numel(graph.constants[tensor]) or 0
 
 
+def _cost(
+    graph: ModelGraph, weights: Sequence[str], macs: int | None, per_pixel: int | None = None
+) -> NodeCost:
+    """A node's cost, its params summed over its constant weight inputs."""
+    tensors = tuple(t for t in weights if t and graph.is_constant(t))
+    params = sum(numel(graph.constants[t]) or 0 for t in tensors)
+    return NodeCost(params, macs, per_pixel, tensors)
+
+
 def _conv(graph: ModelGraph, node: Node) -> NodeCost:
     weight = graph.shape(node.inputs[1]) if len(node.inputs) > 1 else None
-    params = sum(_const_size(graph, t) for t in node.inputs[1:3])
+    weights = node.inputs[1:3]
     per_pixel = numel(weight)
     if per_pixel is None:
-        return NodeCost(params, None)
+        return _cost(graph, weights, None)
     if node.op_type == "ConvTranspose":  # each input pixel is spread over the kernel
         pixels = spatial_pixels(graph, node.inputs[0])
-        return NodeCost(params, per_pixel * pixels if pixels is not None else None, None)
+        return _cost(graph, weights, per_pixel * pixels if pixels is not None else None)
     pixels = spatial_pixels(graph, node.outputs[0])
-    return NodeCost(params, per_pixel * pixels if pixels is not None else None, per_pixel)
+    macs = per_pixel * pixels if pixels is not None else None
+    return _cost(graph, weights, macs, per_pixel)
 
 
 def _gemm(graph: ModelGraph, node: Node) -> NodeCost:
-    params = sum(_const_size(graph, t) for t in node.inputs[1:3])
     b_shape = graph.shape(node.inputs[1])
     if b_shape is None or len(b_shape) != 2 or numel(b_shape) is None:
-        return NodeCost(params, None)
-    return NodeCost(params, numel(b_shape))  # K * N per row; the row (M) is the sample
+        return _cost(graph, node.inputs[1:3], None)
+    return _cost(graph, node.inputs[1:3], numel(b_shape))  # K * N per row; M is the sample
 
 
 def _matmul(graph: ModelGraph, node: Node) -> NodeCost:
-    params = sum(_const_size(graph, t) for t in node.inputs[:2])
     a_shape, out_shape = graph.shape(node.inputs[0]), graph.shape(node.outputs[0])
     if a_shape is None or out_shape is None or not a_shape:
-        return NodeCost(params, None)
+        return _cost(graph, node.inputs[:2], None)
     k = a_shape[-1]
     rows = per_sample(out_shape)
     if not isinstance(k, int) or rows is None:
-        return NodeCost(params, None)
-    return NodeCost(params, rows * k)
+        return _cost(graph, node.inputs[:2], None)
+    return _cost(graph, node.inputs[:2], rows * k)
 
 
 def _quantized_conv(graph: ModelGraph, node: Node) -> NodeCost:
@@ -118,8 +129,7 @@ def _quantized_conv(graph: ModelGraph, node: Node) -> NodeCost:
 
 
 def _normalization(graph: ModelGraph, node: Node) -> NodeCost:
-    params = sum(_const_size(graph, t) for t in node.inputs[1:3])
-    return NodeCost(params, per_sample(graph.shape(node.outputs[0])))
+    return _cost(graph, node.inputs[1:3], per_sample(graph.shape(node.outputs[0])))
 
 
 def _window_pool(graph: ModelGraph, node: Node) -> NodeCost:
@@ -133,16 +143,14 @@ def _global_pool(graph: ModelGraph, node: Node) -> NodeCost:
 
 
 def _prelu(graph: ModelGraph, node: Node) -> NodeCost:
-    return NodeCost(_const_size(graph, node.inputs[1]), 0)
+    return _cost(graph, node.inputs[1:2], 0)
 
 
 def _elementwise(graph: ModelGraph, node: Node) -> NodeCost:
-    params = 0
-    for tensor in node.inputs:
-        size = _const_size(graph, tensor)
-        if size > 1 and graph.dtypes.get(tensor) in (1, 10, 11, 16):  # float types
-            params += size
-    return NodeCost(params, 0)
+    learned = [  # float constants of more than one element: learned biases and scales
+        t for t in node.inputs if _const_size(graph, t) > 1 and graph.dtypes.get(t) in FLOATS
+    ]
+    return _cost(graph, learned, 0)
 
 
 # The standard ops that have params or MACs; every other op costs nothing, so a large graph's
@@ -161,6 +169,7 @@ COST_BY_OP: dict[str, Callable[[ModelGraph, Node], NodeCost]] = {
     **dict.fromkeys(ELEMENTWISE_WITH_WEIGHTS, _elementwise),
 }
 FREE = NodeCost(0, 0)
+FLOATS = frozenset({1, 10, 11, 16})  # ONNX float, float16, double, bfloat16
 
 
 def node_cost(graph: ModelGraph, node: Node) -> NodeCost:
@@ -175,10 +184,15 @@ def model_cost(graph: ModelGraph) -> ModelCost:
     an If runs one branch and a Loop's trip count is unknown)."""
     cost = ModelCost()
     total_macs: int | None = 0
+    counted: set[str] = set()
     for node in graph:
         nc = node_cost(graph, node)
         cost.nodes[node.name] = nc
-        cost.params += nc.params
+        for tensor in nc.param_tensors:
+            source = graph.aliases.get(tensor, tensor)
+            if source not in counted:
+                counted.add(source)
+                cost.params += numel(graph.constants[tensor]) or 0
         total_macs = None if total_macs is None or nc.macs is None else total_macs + nc.macs
     for sub in list(graph.all_graphs())[1:]:
         for node in sub:

@@ -197,4 +197,29 @@ def test_identity_of_an_initializer_is_a_parameter(tmp_path: Path) -> None:
     assert g.aliases == {"b1": "shared_bias", "b2": "shared_bias"}
     cost = model_cost(g)
     assert cost.nodes["c2"].params == 8 * 8 * 9 + 8
-    assert cost.params == 2 * (8 * 8 * 9 + 8)
+    assert cost.params == 2 * 8 * 8 * 9 + 8  # the shared bias counts once
+
+
+def test_a_weight_shared_by_two_convs_counts_once(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((64, 64, 3, 3), np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["y1", "w"], ["y2"], name="c2", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64, 4, 4])],
+        [helper.make_tensor_value_info("y2", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    cost = model_cost(graph_of(path))
+    assert cost.nodes["c1"].params == cost.nodes["c2"].params == 36_864
+    assert cost.params == 36_864
+    assert cost.macs == 2 * 36_864 * 16
