@@ -99,12 +99,12 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         spatial = b if b.is_spatial else a
         folded_per_pixel = a.cin * b.cout * spatial.kernel_area
         before_per_pixel = a.cin * a.cout * a.kernel_area + b.cin * b.cout * b.kernel_area
-        macs_before = None
-        if a.out_pixels is not None and b.out_pixels is not None:
-            macs_before = (
-                a.cin * a.cout * a.kernel_area * a.out_pixels
-                + b.cin * b.cout * b.kernel_area * b.out_pixels
-            )
+        # Before: every node the fold removes (the convs and the affine ops between them).
+        costs = [ctx.cost(n) for n in [first, *between, second]]
+        params_before = sum(c.params for c in costs)
+        macs_before = (
+            None if any(c.macs is None for c in costs) else sum(c.macs or 0 for c in costs)
+        )
         macs_after = scale(folded_per_pixel, b.out_pixels)
         if macs_before is not None and macs_after is not None:
             saving = 1 - macs_after / macs_before
@@ -127,10 +127,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             f"{path}: no nonlinearity between the convs, so they are one linear map "
             f"({a.cin}->{b.cout} channels); fold them or add an activation",
             estimate=Estimate(
-                params_before=a.cin * a.cout * a.kernel_area
-                + b.cin * b.cout * b.kernel_area
-                + (a.cout if a.has_bias else 0)
-                + (b.cout if b.has_bias else 0),
+                params_before=params_before,
                 params_after=folded_per_pixel + bias,
                 macs_before=macs_before,
                 macs_after=macs_after,
