@@ -132,6 +132,9 @@ def _estimate(
     pixels = spatial_pixels(graph, pool.outputs[0])
     projection_params = channels * projected
     params_before, params_after = 0, projection_params
+    # Per pixel of the module's output (consumers at the pool's resolution): what the estimate
+    # carries when spatial sizes are symbolic.
+    per_pixel_before, per_pixel_after = 0, projection_params
     macs_before: int | None = 0
     macs_after = scale(projection_params, pixels)
     all_convs = True
@@ -144,15 +147,21 @@ def _estimate(
         bias = g.cout if g.has_bias else 0
         params_before += per_channel * total + bias
         params_after += per_channel * narrowed + bias
+        per_pixel_before += per_channel * total
+        per_pixel_after += per_channel * narrowed
         before = scale(per_channel * total, g.out_pixels)
         after = scale(per_channel * narrowed, g.out_pixels)
         macs_before = None if macs_before is None or before is None else macs_before + before
         macs_after = None if macs_after is None or after is None else macs_after + after
+    if macs_before is None or macs_after is None:
+        macs_before = macs_after = None
     estimate = Estimate(
         params_before=params_before,
         params_after=params_after,
         macs_before=macs_before,
         macs_after=macs_after,
+        macs_per_output_pixel=per_pixel_before,
+        macs_per_output_pixel_after=per_pixel_after,
         extra={"channels_before": total, "channels_after": narrowed},
     )
     return estimate, all_convs

@@ -183,3 +183,22 @@ def test_verbose_says_why_not(
     code, out, _ = cli("check", str(model_file("inception_v3_grid_reduction")), "--verbose")
     assert "strided pool: a grid-size reduction branch" in out
     assert "input width set by 1×1 conv" in out
+
+
+def test_cl002_symbolic_dims_give_null_macs_and_per_pixel_costs(
+    tmp_path: Any, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    from convlint import fixtures
+
+    model = fixtures.inception_3a_naive()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_param, dims[2].dim_param, dims[3].dim_param = "N", "H", "W"
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    path = fixtures.save(model, tmp_path / "sym3a.onnx")
+    code, report = cli_json("check", str(path), "--select", "CL002")
+    est = report["models"][0]["findings"][0]["estimate"]
+    assert (est["macs_before"], est["macs_after"]) == (None, None)
+    assert (est["macs_per_output_pixel"], est["macs_per_output_pixel_after"]) == (0, 192 * 32)
+    assert (est["channels_before"], est["channels_after"]) == (416, 256)
