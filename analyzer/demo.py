@@ -11,6 +11,7 @@ from convlint.registry import Registry
 from convlint.reporters import render_json, render_text
 
 DEMO_RANK = 24  # planted rank of the block's k×k weights, so a verified rewrite can pay off
+DEMO_SAMPLES = 2  # an exact rewrite of planted-rank weights needs few samples to verify
 
 
 def build_demo_model(folder: Path) -> Path:
@@ -49,11 +50,13 @@ def _verified_rewrite(path: Path, registry: Registry) -> str:
     from convlint.fixreport import render_text as render_fix
 
     out = path.with_name("inception_3a_fixed.onnx")
-    result = fix(path, registry, Settings(), FixOptions(output=out, method="weight", samples=2))
+    options = FixOptions(output=out, method="weight", samples=DEMO_SAMPLES)
+    result = fix(path, registry, Settings(), options)
     result.report.path, result.output = path.name, out.name
     return (
-        f"convlint fix {path.name} -o {out.name} --method weight "
-        "(the rewrites, verified with onnxruntime):\n" + render_fix(result)
+        f"convlint fix {path.name} -o {out.name} --method {options.method} "
+        f"--samples {options.samples} (the rewrites, verified with onnxruntime):\n"
+        + render_fix(result)
     )
 
 

@@ -413,10 +413,10 @@ class Fixer:
 
         if self.options.inputs is not None:
             samples = load_feeds(self.options.inputs, self.specs)
-            origin = f"{len(samples)} samples from {self.options.inputs}"
+            origin = f"{_count(len(samples), 'sample')} from {self.options.inputs}"
         else:
             samples = random_feeds(self.specs, self.options.samples, self.options.seed)
-            origin = f"{len(samples)} seeded random samples"
+            origin = _count(len(samples), "seeded random sample")
         if self.options.method == "weight":
             return samples, samples, origin
         if len(samples) < 2:
@@ -680,6 +680,10 @@ def _move_into_place(staged: Path, staged_data: Path, out: Path, folder: Path) -
         else:
             target_data.unlink(missing_ok=True)
         raise
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:

@@ -226,3 +226,32 @@ def test_demo_ends_with_the_verified_rewrite(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert "CL001 svd-reduce rank 24 (weight): params 221,184 -> 32,256" in out
     assert "model: params 387,072 -> 68,352" in out and "[ok]; wrote" in out
+    # the command it shows is the one it ran
+    assert (
+        "--method weight --samples 2 (the rewrites" in out and "; 2 seeded random samples)" in out
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "phrase"),
+    [
+        (["--samples", "1"], "; 1 seeded random sample)"),
+        (["--samples", "2"], "; 2 seeded random samples)"),
+    ],
+)
+def test_sample_counts_read_as_english(
+    planted: Path, extra: list[str], phrase: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = planted.with_name("out.onnx")
+    assert main(["fix", str(planted), "-o", str(out), "--method", "weight", *extra]) == 0
+    assert phrase in capsys.readouterr().out
+
+
+def test_one_sample_from_inputs_is_singular(
+    planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "one.npz"
+    np.savez(inputs, input=np.ones((1, 256, 6, 6), np.float32))
+    argv = ["fix", str(planted), "-o", str(tmp_path / "o.onnx"), "--method", "weight"]
+    assert main([*argv, "--inputs", str(inputs)]) == 0
+    assert f"; 1 sample from {inputs})" in capsys.readouterr().out
