@@ -215,6 +215,27 @@ def analyze(
     return report
 
 
+def _check_conv_channels(graph: ModelGraph, path: str) -> None:
+    """A conv whose weight does not fit its input's channels: ONNX shape inference lets it
+    pass, onnxruntime refuses it, and every cost computed for it would be wrong."""
+    for sub in graph.all_graphs():
+        for conv in sub.of_type("Conv"):
+            weight = sub.shape(conv.inputs[1]) if len(conv.inputs) > 1 else None
+            channels = sub.channels(conv.inputs[0])
+            if weight is None or len(weight) < 2 or channels is None:
+                continue
+            expected = (
+                weight[1] * int(conv.attr("group", 1)) if isinstance(weight[1], int) else None
+            )
+            if expected is not None and expected != channels:
+                raise ModelError(
+                    path,
+                    f"invalid model: conv {conv.name!r} reads {channels} channels, its weight "
+                    f"{'x'.join(map(str, weight))} with group {conv.attr('group', 1)} expects "
+                    f"{expected}",
+                )
+
+
 def lint(
     report: ModelReport,
     loaded: loader.LoadedModel,
@@ -233,6 +254,7 @@ def lint(
     gc.disable()
     try:
         graph = build_graph(loaded.model)
+        _check_conv_channels(graph, loaded.path)
         report.opset = loaded.opset
         report.nodes = sum(len(g.nodes) for g in graph.all_graphs())
         report.cost = model_cost(graph)
@@ -251,10 +273,21 @@ def lint(
 
 
 def iter_model_paths(targets: Sequence[str]) -> Iterator[Path]:
-    """Files as given; folders searched for ``*.onnx`` in sorted order."""
+    """Files as given; folders searched for ``*.onnx`` in sorted order, hidden folders and
+    files (``.git``, ``.venv``) left out, as ruff does; each file once."""
+    seen: set[Path] = set()
     for target in targets:
         path = Path(target)
+        found = [path]
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*.onnx") if p.is_file())
-        else:
-            yield path
+            found = sorted(
+                p
+                for p in path.rglob("*.onnx")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        for model in found:
+            key = model.resolve()
+            if key not in seen:
+                seen.add(key)
+                yield model

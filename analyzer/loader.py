@@ -286,6 +286,14 @@ def validate(
     declared = {entry.domain or "" for entry in model.opset_import}
     if not declared:
         raise ModelError(path, "invalid model: no opset_import")
+    newest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > newest:
+            raise ModelError(
+                path,
+                f"invalid model: opset {entry.version} is newer than the newest this onnx "
+                f"{onnx.__version__} knows ({newest})",
+            )
     if "" in declared:
         declared.add("ai.onnx")
     for walked in graphs if graphs is not None else walk_graphs(model):

@@ -227,3 +227,17 @@ def test_report_file_gets_an_ordinary_mode(
     target.chmod(0o640)
     cli("check", str(model_file("conv3x3")), "--output", str(target))
     assert target.stat().st_mode & 0o777 == 0o640  # an existing report keeps its mode
+
+
+def test_folder_search_skips_hidden_folders_and_repeats(
+    model_file: Callable[..., Path], cli: CLI, tmp_path: Path
+) -> None:
+    import shutil
+
+    visible = model_file("conv3x3")
+    hidden = tmp_path / ".git" / "objects"
+    hidden.mkdir(parents=True)
+    shutil.copy(visible, hidden / "copy.onnx")
+    code, out, _ = cli("check", str(tmp_path), str(visible), "--format", "json")
+    report = json.loads(out)
+    assert [m["path"] for m in report["models"]] == [str(visible)]

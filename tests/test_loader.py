@@ -186,3 +186,41 @@ def test_graph_queries_look_through_transparent_ops(model_file: Callable[..., Pa
     users = graph.users_of(source.outputs[0])
     assert [u.name for u, _ in users] == [conv2.name]
     assert conv2.attrs["group"] == 1 and conv2.attrs["auto_pad"] == "NOTSET"
+
+
+def _single_conv(
+    tmp_path: Path, name: str, weight_shape: list[int], opset: int = 17, **attrs: object
+) -> Path:
+    weight = numpy_helper.from_array(np.zeros(weight_shape, np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", **attrs)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+    return path
+
+
+def test_conv_weight_that_does_not_fit_its_input_is_invalid(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    path = _single_conv(tmp_path, "mismatch", [16, 8, 3, 3], group=2)
+    code, _, err = cli("check", str(path))
+    assert code == 2
+    assert err.strip() == (
+        f"convlint: error: {path}: invalid model: conv 'conv' reads 8 channels, "
+        "its weight 16x8x3x3 with group 2 expects 16"
+    )
+
+
+def test_opset_newer_than_onnx_knows_is_invalid(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    path = _single_conv(tmp_path, "future", [16, 8, 3, 3], opset=99)
+    code, _, err = cli("check", str(path))
+    assert code == 2
+    assert f"{path}: invalid model: opset 99 is newer than the newest" in err
