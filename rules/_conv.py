@@ -39,6 +39,13 @@ class ConvGeometry(NamedTuple):
         return not self.is_pointwise
 
     @property
+    def kernel_text(self) -> str:
+        """"3×3", "1×7", "3×3×3"; a 1-D kernel reads "1-D 3"."""
+        if len(self.kernel) == 1:
+            return f"1-D {self.kernel[0]}"
+        return "×".join(map(str, self.kernel))
+
+    @property
     def stride_area(self) -> int:
         return math.prod(self.strides)
 

@@ -137,7 +137,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             fix=Fix(Applicability.SAFE, f"fold {first.name!r} into {second.name!r} (exact)"),
             related=(second.name, *(n.name for n in between)),
             suggestion=Suggestion(
-                (f"Conv {'×'.join(map(str, spatial.kernel))} {a.cin}→{b.cout} (folded)",),
+                (f"Conv {spatial.kernel_text} {a.cin}→{b.cout} (folded)",),
                 replaces=(first.name, second.name),
             ),
         )

@@ -103,7 +103,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             continue
         yield ctx.finding(
             node,
-            f"{'×'.join(map(str, geometry.kernel))} conv reads {geometry.cin} channels with no "
+            f"{geometry.kernel_text} conv reads {geometry.cin} channels with no "
             f"1×1 reduction before it ({stopped})",
             estimate=_estimate(ctx, node, ratio),
             fix=Fix(
@@ -115,7 +115,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
 
 
 def _suggestion(g: ConvGeometry, ratio: int) -> Suggestion:
-    mid, kernel = max(1, g.cin // ratio), "×".join(map(str, g.kernel))
+    mid, kernel = max(1, g.cin // ratio), g.kernel_text
     return Suggestion(
         (f"Conv 1×1 {g.cin}→{mid}", f"Conv {kernel} {mid}→{mid}", f"Conv 1×1 {mid}→{g.cout}")
     )

@@ -73,7 +73,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         widen = g.cin * g.cout
         yield ctx.finding(
             node,
-            f"{'×'.join(map(str, g.kernel))} conv widens {g.cin}->{g.cout} channels "
+            f"{g.kernel_text} conv widens {g.cin}->{g.cout} channels "
             f"({g.cout / g.cin:.0f}×); widen with a 1×1 conv after a {g.cin}-wide spatial conv",
             estimate=Estimate(
                 params_before=before + bias,
@@ -90,7 +90,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             ),
             suggestion=Suggestion(
                 (
-                    f"Conv {'×'.join(map(str, g.kernel))} {g.cin}→{g.cin}",
+                    f"Conv {g.kernel_text} {g.cin}→{g.cin}",
                     f"Conv 1×1 {g.cin}→{g.cout}",
                 )
             ),
