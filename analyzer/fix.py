@@ -632,25 +632,8 @@ def save_with_external_data(
     model: onnx.ModelProto, path: Path, data_name: str, threshold: int = 1024
 ) -> None:
     """Save ``model`` at ``path`` with its large initializers in ``data_name`` beside it.
-
-    onnx's ``save_as_external_data`` refuses when a file named ``data_name`` exists in the
-    *working directory* (MODEL.data, for ``--in-place`` run beside MODEL), so the data file is
-    written here. Moves the values out of ``model``'s initializers.
-    """
-    offset = 0
-    with open(path.parent / data_name, "wb") as handle:
-        for tensor in model.graph.initializer:
-            if not tensor.HasField("raw_data") or len(tensor.raw_data) < threshold:
-                continue
-            length = len(tensor.raw_data)
-            handle.write(tensor.raw_data)
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            for key, value in (("location", data_name), ("offset", offset), ("length", length)):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, str(value)
-            offset += length
+    Moves the values out of ``model``'s initializers."""
+    loader.move_to_external_data(model, path.parent / data_name, threshold)
     onnx.save_model(model, str(path))
 
 

@@ -321,3 +321,30 @@ def load(path: str | Path, input_shapes: InputShapes | None = None) -> LoadedMod
     unchanged = serialized if serialized is not None and not input_shapes else None
     inferred = infer_shapes(unchanged if unchanged is not None else model, path)
     return LoadedModel(path=str(path), model=inferred, notes=notes)
+
+
+def move_to_external_data(model: onnx.ModelProto, data_path: Path, threshold: int) -> None:
+    """Write ``model``'s initializers of at least ``threshold`` bytes into ``data_path`` and point
+    them there (location = the file's name, so the model must sit in the same folder).
+
+    Written here rather than by onnx's ``save_as_external_data``, which refuses when a file of
+    that name exists in the *working directory* (MODEL.data, for ``fix --in-place`` beside it).
+    """
+    offset = 0
+    with open(data_path, "wb") as handle:
+        for tensor in model.graph.initializer:
+            if not tensor.HasField("raw_data") or len(tensor.raw_data) < threshold:
+                continue
+            length = len(tensor.raw_data)
+            handle.write(tensor.raw_data)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            for key, value in (
+                ("location", data_path.name),
+                ("offset", offset),
+                ("length", length),
+            ):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+            offset += length

@@ -38,6 +38,7 @@ import numpy.typing as npt
 import onnx
 
 from convlint.errors import ConvlintError
+from convlint.loader import move_to_external_data
 
 Feed = dict[str, npt.NDArray[Any]]
 Outputs = list[npt.NDArray[Any]]  # one array per model output, in the model's order
@@ -293,24 +294,7 @@ class Runtime:
         runtime's folder, written once: later requests built from it carry only what changed."""
         light = onnx.ModelProto()
         light.CopyFrom(model)
-        offset = 0
-        with open(self._folder / WEIGHTS_FILE, "wb") as handle:
-            for tensor in light.graph.initializer:
-                if not tensor.HasField("raw_data") or len(tensor.raw_data) < threshold:
-                    continue
-                length = len(tensor.raw_data)
-                handle.write(tensor.raw_data)
-                tensor.ClearField("raw_data")
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                del tensor.external_data[:]
-                for key, value in (
-                    ("location", WEIGHTS_FILE),
-                    ("offset", offset),
-                    ("length", length),
-                ):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, str(value)
-                offset += length
+        move_to_external_data(light, self._folder / WEIGHTS_FILE, threshold)
         return light
 
     def run(
