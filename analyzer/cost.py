@@ -7,7 +7,8 @@ Conventions (documented in the README):
   of more than one element added or multiplied in (learned biases and layer scales).
 - MACs are those of one sample: the leading (batch) dim is never multiplied in.
 - Conv: C_out * C_in/group * prod(kernel) per output pixel. ConvTranspose: C_in * C_out/group *
-  prod(kernel) per input pixel. Gemm/MatMul: K * N per row. Pooling: one MAC per window element
+  prod(kernel) per input pixel. Gemm/MatMul: K * N per row (a 1-D MatMul operand is one row
+  or one column, as in numpy). Pooling: one MAC per window element
   read. Normalizations: one MAC per output element (a folded scale and shift). Activations,
   elementwise arithmetic and shape ops: zero (they are not multiply-accumulates).
 - With symbolic non-batch dims, MACs are None; convolutions still carry
@@ -114,10 +115,17 @@ def _gemm(graph: ModelGraph, node: Node) -> NodeCost:
 
 
 def _matmul(graph: ModelGraph, node: Node) -> NodeCost:
-    a_shape, out_shape = graph.shape(node.inputs[0]), graph.shape(node.outputs[0])
-    if a_shape is None or out_shape is None or not a_shape:
+    a_shape, b_shape = graph.shape(node.inputs[0]), graph.shape(node.inputs[1])
+    out_shape = graph.shape(node.outputs[0])
+    if a_shape is None or b_shape is None or out_shape is None or not a_shape or not b_shape:
         return _cost(graph, node.inputs[:2], None)
     k = a_shape[-1]
+    # numpy semantics drop the row dim of a 1-D A and the column dim of a 1-D B from the
+    # output; put them back so that the leading dim left out below is a batch dim, never N.
+    if len(b_shape) == 1:
+        out_shape = (*out_shape, 1)
+    if len(a_shape) == 1:
+        out_shape = (*out_shape[:-1], 1, out_shape[-1])
     rows = per_sample(out_shape)
     if not isinstance(k, int) or rows is None:
         return _cost(graph, node.inputs[:2], None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -223,3 +224,35 @@ def test_a_weight_shared_by_two_convs_counts_once(tmp_path: Path) -> None:
     assert cost.nodes["c1"].params == cost.nodes["c2"].params == 36_864
     assert cost.params == 36_864
     assert cost.macs == 2 * 36_864 * 16
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "macs"),
+    [
+        ([8], [8, 5], 40),  # a vector times a matrix: one row of 8 -> 5
+        ([3, 8], [8], 8),  # a matrix times a vector: each of the 3 rows (the sample) is 8 MACs
+        ([8], [8], 8),  # a dot product
+        ([8], [2, 8, 5], 40),  # a vector times a batch of matrices: 40 per sample
+        ([3, 8], [8, 5], 40),
+    ],
+)
+def test_matmul_with_1d_operands(
+    tmp_path: Path, a_shape: list[int], b_shape: list[int], macs: int
+) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros(b_shape, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "mm",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, a_shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = tmp_path / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    cost = model_cost(graph_of(path))
+    assert cost.nodes["mm"].macs == macs
+    assert cost.params == math.prod(b_shape)
