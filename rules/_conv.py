@@ -40,7 +40,7 @@ class ConvGeometry(NamedTuple):
 
     @property
     def kernel_text(self) -> str:
-        """"3×3", "1×7", "3×3×3"; a 1-D kernel reads "1-D 3"."""
+        """The kernel as "3×3", "1×7", "3×3×3"; a 1-D kernel reads "1-D 3"."""
         if len(self.kernel) == 1:
             return f"1-D {self.kernel[0]}"
         return "×".join(map(str, self.kernel))
