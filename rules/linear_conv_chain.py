@@ -26,10 +26,11 @@ or put an activation between the two convs if the depth was meant to add capacit
 Chains that folding would make dearer are deliberate low-rank factorizations and are not
 flagged: MobileNetV2's linear bottleneck projection (144->24) followed by the next block's
 expansion (24->144) is cheaper as two convs than as one 144->144 conv. Grouped convs and
-chains whose middle tensor has other consumers are passed over, as are chains where the 1×1 conv
-is strided or padded. Chains whose fold saves less than `min-saving` (default 0.25) of their
-MACs are passed over as not worth a finding: MobileNetV3-Small's first block ends in a linear
-1×1 16->16 projection read directly by the next block's 16->72 expansion, which folds for 18%.
+chains whose middle tensor has other consumers (or is a graph output) are passed over, as are
+chains where the 1×1 conv is strided or padded. Chains whose fold saves less than
+`min-saving` (default 0.25) of their MACs are passed over as not worth a finding:
+MobileNetV3-Small's first block ends in a linear 1×1 16->16 projection read directly by the
+next block's 16->72 expansion, which folds for 18%.
 
 ## Fix safety
 Folding is exact in exact arithmetic (composition of linear maps), so the fix is safe; the
@@ -90,6 +91,11 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         shared = [n for n in chain if len(graph.consumers_of(n.outputs[0])) > 1]
         if shared:
             ctx.skip(first, f"output of {shared[0].name!r} has other consumers")
+            continue
+        # A graph output is a reader too: the fold would remove it.
+        exposed = [n for n in chain if n.outputs[0] in graph.graph_outputs]
+        if exposed:
+            ctx.skip(first, f"output of {exposed[0].name!r} is a graph output")
             continue
         reason = _foldable_reason(first, second, a, b)
         if reason:

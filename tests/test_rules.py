@@ -202,3 +202,20 @@ def test_cl002_symbolic_dims_give_null_macs_and_per_pixel_costs(
     assert (est["macs_before"], est["macs_after"]) == (None, None)
     assert (est["macs_per_output_pixel"], est["macs_per_output_pixel_after"]) == (0, 192 * 32)
     assert (est["channels_before"], est["channels_after"]) == (416, 256)
+
+
+@pytest.mark.parametrize("node", ["expand", "expand_bn"])
+def test_cl003_passes_over_a_chain_whose_middle_is_a_graph_output(tmp_path: Any, node: str) -> None:
+    import onnx
+
+    from convlint import fixtures
+    from convlint.engine import analyze
+    from convlint.registry import load_registry
+
+    model = fixtures.BUILDERS["linear_conv_chain_bad"]()
+    tensor = next(n.output[0] for n in model.graph.node if n.name == node)
+    model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    path = fixtures.save(model, tmp_path / "chain_out.onnx")
+    report = analyze(path, load_registry(), Settings())
+    assert found(report) == set()  # folding would drop the output
+    assert any(s.code == "CL003" and "graph output" in s.reason for s in report.skips)
