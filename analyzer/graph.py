@@ -1,8 +1,9 @@
 """Stage 2: the model as a networkx graph, with shapes, constants and look-through queries.
 
-One graph node per ONNX node (subgraphs of If/Loop/Scan are analyzed as their own graphs);
-edges run along tensors. Attributes carry their ONNX defaults, so a rule reads
-``node.attrs["group"]`` without caring whether the exporter wrote it.
+One graph node per ONNX node (subgraphs of If/Loop/Scan are analyzed as their own graphs, which
+see the shapes and constants of the graphs enclosing them); edges run along tensors. Attributes
+carry their ONNX defaults, so a rule reads ``node.attrs["group"]`` without caring whether the
+exporter wrote it.
 """
 
 from __future__ import annotations
@@ -165,7 +166,13 @@ def _dims(shape: onnx.TensorShapeProto) -> Shape:
 class ModelGraph:
     """A read-only view of one ONNX graph for rules, the cost model and reporters."""
 
-    def __init__(self, graph: onnx.GraphProto, opset: int, prefix: str = "") -> None:
+    def __init__(
+        self,
+        graph: onnx.GraphProto,
+        opset: int,
+        prefix: str = "",
+        outer: ModelGraph | None = None,
+    ) -> None:
         self.proto = graph
         self.opset = opset
         self.nodes: dict[str, Node] = {}
@@ -178,6 +185,13 @@ class ModelGraph:
         self.graph_inputs = [v.name for v in graph.input]
         self.graph_outputs = [v.name for v in graph.output]
         self.subgraphs: list[tuple[str, ModelGraph]] = []
+        # A subgraph reads the enclosing graphs' tensors by name (PyTorch exports keep the weights
+        # of an If branch in the main graph): their constants are constants here too.
+        self.outer = outer
+        if outer is not None:
+            self.constants.update(outer.constants)
+            self.dtypes.update(outer.dtypes)
+            self.aliases.update(outer.aliases)
 
         for init in graph.initializer:
             name = init.name
@@ -224,12 +238,15 @@ class ModelGraph:
             for attr in proto.attribute if op_type in SUBGRAPH_OPS else ():
                 if attr.type == onnx.AttributeProto.GRAPH:
                     self.subgraphs.append(
-                        (node.name, ModelGraph(attr.g, opset, f"{node.name}/{attr.name}/"))
+                        (node.name, ModelGraph(attr.g, opset, f"{node.name}/{attr.name}/", self))
                     )
                 elif attr.type == onnx.AttributeProto.GRAPHS:
                     for i, sub in enumerate(attr.graphs):
                         self.subgraphs.append(
-                            (node.name, ModelGraph(sub, opset, f"{node.name}/{attr.name}{i}/"))
+                            (
+                                node.name,
+                                ModelGraph(sub, opset, f"{node.name}/{attr.name}{i}/", self),
+                            )
                         )
         self.memo: dict[tuple[str, str], Any] = {}  # per-node facts rules derive, e.g. geometry
 
@@ -289,6 +306,8 @@ class ModelGraph:
         if tensor in self.shapes:
             return self.shapes[tensor]
         value = self._value_info.get(tensor)
+        if value is None and self.outer is not None and tensor not in self.producer:
+            return self.outer.shape(tensor)  # a tensor of an enclosing graph
         shape = _shape_of(value.type)[0] if value is not None else None
         self.shapes[tensor] = shape
         return shape
@@ -298,6 +317,8 @@ class ModelGraph:
         if tensor in self.dtypes:
             return self.dtypes[tensor]
         value = self._value_info.get(tensor)
+        if value is None and self.outer is not None and tensor not in self.producer:
+            return self.outer.dtype(tensor)
         return _shape_of(value.type)[1] if value is not None else 0
 
     def is_constant(self, tensor: str) -> bool:

@@ -256,3 +256,44 @@ def test_matmul_with_1d_operands(
     cost = model_cost(graph_of(path))
     assert cost.nodes["mm"].macs == macs
     assert cost.params == math.prod(b_shape)
+
+
+def test_subgraph_node_reads_outer_scope_weight_and_input(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from convlint.engine import Settings, analyze
+    from convlint.registry import load_registry
+
+    value = helper.make_tensor_value_info
+    weight = numpy_helper.from_array(np.zeros((256, 256, 3, 3), np.float32), "w")
+    then_branch = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["t"], name="conv", pads=[1, 1, 1, 1])],
+        "then",
+        [],
+        [value("t", onnx.TensorProto.FLOAT, None)],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["e"])],
+        "else",
+        [],
+        [value("e", onnx.TensorProto.FLOAT, None)],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "If", ["c"], ["y"], name="if", then_branch=then_branch, else_branch=else_branch
+            )
+        ],
+        "g",
+        [value("x", onnx.TensorProto.FLOAT, [1, 256, 8, 8]), value("c", onnx.TensorProto.BOOL, [])],
+        [value("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = tmp_path / "if.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    conv = model_cost(graph_of(path)).nodes["if/then_branch/conv"]
+    assert (conv.params, conv.macs) == (589_824, 589_824 * 8 * 8)
+    report = analyze(path, load_registry(), Settings())
+    assert [(f.code, f.node) for f in report.findings] == [("CL001", "if/then_branch/conv")]
