@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from convlint.cost import model_cost
-from convlint.graph import ModelGraph
+from convlint.graph import Dim, ModelGraph, Shape
 from convlint.reporters import fmt_int
 
 
@@ -21,15 +21,16 @@ def stats_rows(graph: ModelGraph) -> dict[str, Any]:
                 {
                     "name": node.name,
                     "op_type": node.op_type,
-                    "output_shapes": [
-                        list(sub.shape(t) or []) if sub.shape(t) is not None else None
-                        for t in node.outputs
-                    ],
+                    "output_shapes": [_listed(sub.shape(t)) for t in node.outputs],
                     "params": nc.params,
                     "macs": nc.macs,
                 }
             )
     return {"nodes": nodes, "total": {"params": cost.params, "macs": cost.macs}}
+
+
+def _listed(shape: Shape | None) -> list[Dim] | None:
+    return list(shape) if shape is not None else None
 
 
 def _shape_text(shapes: Sequence[Any]) -> str:
