@@ -14,12 +14,12 @@ from convlint import __version__
 from convlint.atomic import write_atomic
 from convlint.baseline import load_baseline, write_baseline
 from convlint.config import FAIL_ON, find_config, read_config, validate_config
-from convlint.engine import ModelReport, Settings, analyze, iter_model_paths, validate_selectors
+from convlint.engine import ModelReport, Settings, analyze, iter_model_paths
 from convlint.errors import ConvlintError, UsageError
 from convlint.findings import Severity
 from convlint.loader import parse_input_shape
 from convlint.registry import Registry, load_registry
-from convlint.reporters import RENDERERS
+from convlint.reporters import RENDERERS, render_text
 
 FORMATS = ("text", "json", "sarif", "junit", "markdown", "github")
 
@@ -123,8 +123,8 @@ def resolve_settings(args: argparse.Namespace, registry: Registry) -> tuple[Sett
         input_shapes=dict(table.get("input-shape", {})),
         verbose=getattr(args, "verbose", False),
     )
-    validate_selectors(registry, getattr(args, "select", None) or [], "--select")
-    validate_selectors(registry, getattr(args, "ignore", None) or [], "--ignore")
+    registry.known_selectors(getattr(args, "select", None) or [], "--select")
+    registry.known_selectors(getattr(args, "ignore", None) or [], "--ignore")
     # As in ruff, --select on the command line replaces the configured selection (config
     # ignores included); --ignore adds to what is ignored.
     if getattr(args, "select", None):
@@ -180,17 +180,12 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
         print(f"convlint: recorded {count} findings in {args.write_baseline}", file=sys.stderr)
     if known is not None:
         known.apply(reports)
-    renderer = RENDERERS.get(args.format)
-    if renderer is None:
-        raise UsageError(f"--format {args.format} is not available yet")
     if args.format == "text":
-        from convlint.reporters import render_text
-
         text = render_text(reports, registry, verbose=args.verbose)
         if args.quiet:
             text = "".join(line + "\n" for line in text.splitlines()[:-1])
     else:
-        text = renderer(reports, registry)
+        text = RENDERERS[args.format](reports, registry)
     emit(text, args.output)
     for report in reports:
         if report.error:

@@ -62,15 +62,6 @@ def _codes(value: Any, where: str) -> list[str]:
     return [v.strip().upper() for v in value if v.strip()]
 
 
-def _known_codes(codes: list[str], registry: Registry, where: str) -> list[str]:
-    """Codes and prefixes that name at least one rule (ALL names every rule)."""
-    valid = registry.codes()
-    for code in codes:
-        if code != "ALL" and not any(v.startswith(code) for v in valid):
-            raise UsageError(f"{where}: {code!r} matches no rule (rules: {', '.join(valid)})")
-    return codes
-
-
 def _check_type(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -101,7 +92,7 @@ def validate_config(table: Mapping[str, Any], registry: Registry, source: str) -
                 f"(valid: {', '.join(TOP_LEVEL_KEYS)})"
             )
         if key in ("select", "ignore"):
-            settings[key] = _known_codes(_codes(value, where), registry, where)
+            settings[key] = registry.known_selectors(_codes(value, where), where)
         elif key == "fail-on":
             if value not in FAIL_ON:
                 raise UsageError(f"{where}: {value!r} is not one of {', '.join(FAIL_ON)}")
@@ -110,7 +101,7 @@ def validate_config(table: Mapping[str, Any], registry: Registry, source: str) -
             if not isinstance(value, dict):
                 raise UsageError(f"{where}: expected a table of node-name glob = [codes]")
             settings[key] = {
-                glob: _known_codes(_codes(codes, f"{where}.{glob}"), registry, f"{where}.{glob}")
+                glob: registry.known_selectors(_codes(codes, f"{where}.{glob}"), f"{where}.{glob}")
                 for glob, codes in value.items()
             }
         elif key == "input-shape":

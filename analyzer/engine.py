@@ -115,15 +115,6 @@ def _specificity(code: str, selectors: Sequence[str]) -> int:
     return max(matches, default=-1)
 
 
-def validate_selectors(registry: Registry, selectors: Sequence[str], option: str) -> None:
-    codes = registry.codes()
-    for selector in selectors:
-        if selector != "ALL" and not any(code.startswith(selector) for code in codes):
-            raise ConvlintError(
-                f"{option}: {selector!r} matches no rule (rules: {', '.join(codes)})"
-            )
-
-
 def enabled_rules(registry: Registry, settings: Settings) -> list[Rule]:
     """A rule runs when its most specific select beats its most specific ignore, as in ruff."""
     chosen = []

@@ -7,12 +7,12 @@ Third-party rules register a ``Rule`` object under the entry-point group ``convl
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any
 
-from convlint.errors import ConvlintError
+from convlint.errors import ConvlintError, UsageError
 from convlint.findings import Finding, Severity
 
 if TYPE_CHECKING:
@@ -102,6 +102,16 @@ class Registry:
 
     def codes(self) -> list[str]:
         return sorted(self._rules)
+
+    def known_selectors(self, selectors: Sequence[str], where: str) -> list[str]:
+        """The selectors, if each (a code or a prefix; ALL for every rule) names a rule."""
+        codes = self.codes()
+        for selector in selectors:
+            if selector != "ALL" and not any(code.startswith(selector) for code in codes):
+                raise UsageError(
+                    f"{where}: {selector!r} matches no rule (rules: {', '.join(codes)})"
+                )
+        return list(selectors)
 
 
 def _plugin_rules() -> Iterator[Rule]:
