@@ -199,18 +199,17 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
 
 def cmd_stats(args: argparse.Namespace, registry: Registry) -> int:
     from convlint import loader
+    from convlint.engine import check_conv_channels
     from convlint.graph import build_graph
     from convlint.stats import render_stats_json, render_stats_text, stats_rows
 
     settings, _ = resolve_settings(args, registry)
     loaded = loader.load(args.model, settings.input_shapes)
-    data = stats_rows(build_graph(loaded.model))
-    if args.format == "json":
-        emit(render_stats_json(args.model, data), args.output)
-    elif args.format == "text":
-        emit(render_stats_text(args.model, data), args.output)
-    else:
-        raise UsageError(f"stats supports --format text or json, not {args.format}")
+    graph = build_graph(loaded.model)
+    check_conv_channels(graph, loaded.path)  # the same models are invalid for stats and check
+    data = stats_rows(graph)
+    render = render_stats_json if args.format == "json" else render_stats_text
+    emit(render(args.model, data), args.output)
     return 0
 
 

@@ -206,7 +206,7 @@ def analyze(
     return report
 
 
-def _check_conv_channels(graph: ModelGraph, path: str) -> None:
+def check_conv_channels(graph: ModelGraph, path: str) -> None:
     """A conv whose weight does not fit its input's channels: ONNX shape inference lets it
     pass, onnxruntime refuses it, and every cost computed for it would be wrong."""
     for sub in graph.all_graphs():
@@ -245,7 +245,7 @@ def lint(
     gc.disable()
     try:
         graph = build_graph(loaded.model)
-        _check_conv_channels(graph, loaded.path)
+        check_conv_channels(graph, loaded.path)
         report.opset = loaded.opset
         report.nodes = sum(len(g.nodes) for g in graph.all_graphs())
         report.cost = model_cost(graph)

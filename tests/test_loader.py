@@ -209,6 +209,7 @@ def test_conv_weight_that_does_not_fit_its_input_is_invalid(
     tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
 ) -> None:
     path = _single_conv(tmp_path, "mismatch", [16, 8, 3, 3], group=2)
+    assert cli("stats", str(path))[0] == 2
     code, _, err = cli("check", str(path))
     assert code == 2
     assert err.strip() == (
