@@ -103,12 +103,14 @@ def random_feeds(specs: Sequence[InputSpec], samples: int, seed: int) -> list[Fe
         feed: Feed = {}
         for spec in specs:
             dtype = spec.dtype
+            # np.asarray: for a scalar input (an If's condition) numpy hands back a numpy
+            # scalar, which onnxruntime refuses; a 0-d array it takes.
             if dtype == np.bool_:
-                feed[spec.name] = rng.random(spec.shape) < 0.5
+                feed[spec.name] = np.asarray(rng.random(spec.shape) < 0.5)
             elif np.issubdtype(dtype, np.integer):
-                feed[spec.name] = rng.integers(0, INTEGER_HIGH, spec.shape).astype(dtype)
+                feed[spec.name] = np.asarray(rng.integers(0, INTEGER_HIGH, spec.shape), dtype)
             else:
-                feed[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+                feed[spec.name] = np.asarray(rng.standard_normal(spec.shape), dtype)
         feeds.append(feed)
     return feeds
 

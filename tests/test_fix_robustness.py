@@ -191,3 +191,21 @@ def test_runtime_folder_is_removed_on_every_path(
         line = _one_error_line(capsys.readouterr().err, path)
         assert line == f"convlint: error: {path}: {message}"
     assert list(temp.iterdir()) == []
+
+
+def test_seeded_inputs_for_scalar_inputs_are_arrays() -> None:
+    """An If's bool condition is a scalar input: onnxruntime takes 0-d arrays, not numpy scalars."""
+    import numpy as np
+    import onnx
+
+    from convlint.verify import InputSpec, random_feeds
+
+    specs = [
+        InputSpec("cond", (), onnx.TensorProto.BOOL),
+        InputSpec("k", (), onnx.TensorProto.INT64),
+        InputSpec("x", (), onnx.TensorProto.FLOAT),
+    ]
+    (feed,) = random_feeds(specs, samples=1, seed=0)
+    for name, dtype in (("cond", np.bool_), ("k", np.int64), ("x", np.float32)):
+        assert isinstance(feed[name], np.ndarray) and feed[name].shape == ()
+        assert feed[name].dtype == dtype
