@@ -14,7 +14,7 @@ import onnx
 from convlint import loader
 from convlint.cost import ModelCost, NodeCost, model_cost, node_cost
 from convlint.errors import ConvlintError, ModelError
-from convlint.findings import Estimate, Finding, Fix, Severity, Skip
+from convlint.findings import Applicability, Estimate, Finding, Fix, Severity, Skip
 from convlint.graph import ModelGraph, Node, build_graph
 from convlint.neighbourhood import neighbourhood
 from convlint.registry import Registry, Rule
@@ -110,6 +110,13 @@ class RuleContext:
         )
 
 
+# `convlint fix` rewrites the main graph only: a finding inside an If/Loop/Scan body is shown,
+# not offered as fixable.
+SUBGRAPH_FIX = Fix(
+    Applicability.DISPLAY_ONLY, "inside a subgraph: convlint fix rewrites the main graph only"
+)
+
+
 def _specificity(code: str, selectors: Sequence[str]) -> int:
     matches = [len(s) for s in selectors if s == "ALL" or code.startswith(s)]
     return max(matches, default=-1)
@@ -157,6 +164,8 @@ def run_rules(
                     if _node_ignored(finding.node, finding.code, settings.per_node_ignores):
                         skips.append(Skip(rule.code, finding.node, "ignored by per-node-ignores"))
                     else:
+                        if sub is not graph and finding.fix is not None:
+                            finding = replace(finding, fix=SUBGRAPH_FIX)
                         findings.append(replace(finding, context=neighbourhood(sub, finding)))
             except Exception as exc:  # a broken rule must not hide the others' findings
                 raise ConvlintError(

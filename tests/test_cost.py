@@ -297,3 +297,7 @@ def test_subgraph_node_reads_outer_scope_weight_and_input(tmp_path: Path) -> Non
     assert (conv.params, conv.macs) == (589_824, 589_824 * 8 * 8)
     report = analyze(path, load_registry(), Settings())
     assert [(f.code, f.node) for f in report.findings] == [("CL001", "if/then_branch/conv")]
+    # fix rewrites the main graph only: a finding inside a branch is not offered as fixable.
+    (finding,) = report.findings
+    assert finding.fix is not None and finding.fix.applicability.value == "display-only"
+    assert "main graph only" in finding.fix.description
