@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from graph_helpers import save_graph, zeros
+from onnx import helper
 
 from convlint import loader
 from convlint.cost import model_cost
@@ -67,11 +69,6 @@ def test_vgg16_conv_and_fc_macs_exact(model_file: Callable[..., Path]) -> None:
 
 
 def test_conv_attributes_strides_dilations_pads(tmp_path: Path) -> None:
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.zeros((6, 2, 3, 5), np.float32), "w")
     nodes = [
         helper.make_node(
             "Conv", ["x", "w"], ["y"], name="c", group=2, strides=[2, 1], dilations=[1, 2],
@@ -79,17 +76,8 @@ def test_conv_attributes_strides_dilations_pads(tmp_path: Path) -> None:
         ),
         helper.make_node("ConvTranspose", ["y", "wt"], ["z"], name="t", strides=[2, 2]),
     ]  # fmt: skip
-    wt = numpy_helper.from_array(np.zeros((6, 3, 2, 2), np.float32), "wt")
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 11, 9])],
-        [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
-        [weight, wt],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    path = tmp_path / "conv.onnx"
-    onnx.save(model, path)
+    weights = [zeros("w", (6, 2, 3, 5)), zeros("wt", (6, 3, 2, 2))]
+    path = save_graph(tmp_path / "conv.onnx", nodes, {"x": [1, 4, 11, 9]}, "z", weights)
     g = graph_of(path)
     cost = model_cost(g)
     # H: (11 + 1 + 2 - 3) // 2 + 1 = 6; W: (9 + 0 + 3 - (2*(5-1)+1)) // 1 + 1 = 4
@@ -102,23 +90,12 @@ def test_conv_attributes_strides_dilations_pads(tmp_path: Path) -> None:
 
 
 def test_auto_pad_same_upper(tmp_path: Path) -> None:
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")
     node = helper.make_node(
         "Conv", ["x", "w"], ["y"], name="c", strides=[2, 2], auto_pad="SAME_UPPER"
     )
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 15, 15])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [weight],
+    path = save_graph(
+        tmp_path / "same.onnx", [node], {"x": [1, 3, 15, 15]}, "y", [zeros("w", (8, 3, 3, 3))]
     )
-    path = tmp_path / "same.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     cost = model_cost(graph_of(path))
     assert cost.nodes["c"].macs == 8 * 3 * 9 * 8 * 8  # ceil(15 / 2) = 8
 
@@ -139,21 +116,8 @@ def test_symbolic_spatial_dims_give_per_pixel_costs(
 
 
 def test_batch_is_counted_once(tmp_path: Path) -> None:
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.zeros((32, 10), np.float32), "w")
     node = helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 32])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [weight],
-    )
-    path = tmp_path / "gemm.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = save_graph(tmp_path / "gemm.onnx", [node], {"x": ["N", 32]}, "y", [zeros("w", (32, 10))])
     cost = model_cost(graph_of(path))
     assert cost.nodes["fc"].macs == 320
     assert cost.macs == 320
@@ -170,30 +134,14 @@ def test_computed_slice_keeps_the_dims_it_does_not_slice(model_file: Callable[..
 
 def test_identity_of_an_initializer_is_a_parameter(tmp_path: Path) -> None:
     """PyTorch shares equal biases among convs through Identity nodes; they still count."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    inits = [
-        numpy_helper.from_array(np.zeros((8, 8, 3, 3), np.float32), "w1"),
-        numpy_helper.from_array(np.zeros((8, 8, 3, 3), np.float32), "w2"),
-        numpy_helper.from_array(np.zeros(8, np.float32), "shared_bias"),
-    ]
+    weights = [zeros("w1", (8, 8, 3, 3)), zeros("w2", (8, 8, 3, 3)), zeros("shared_bias", (8,))]
     nodes = [
         helper.make_node("Identity", ["shared_bias"], ["b1"], name="id1"),
         helper.make_node("Identity", ["b1"], ["b2"], name="id2"),
         helper.make_node("Conv", ["x", "w1", "b1"], ["y1"], name="c1", pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["y1", "w2", "b2"], ["y2"], name="c2", pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 4, 4])],
-        [helper.make_tensor_value_info("y2", onnx.TensorProto.FLOAT, None)],
-        inits,
-    )
-    path = tmp_path / "shared.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = save_graph(tmp_path / "shared.onnx", nodes, {"x": [1, 8, 4, 4]}, "y2", weights)
     g = graph_of(path)
     assert g.aliases == {"b1": "shared_bias", "b2": "shared_bias"}
     cost = model_cost(g)
@@ -202,24 +150,12 @@ def test_identity_of_an_initializer_is_a_parameter(tmp_path: Path) -> None:
 
 
 def test_a_weight_shared_by_two_convs_counts_once(tmp_path: Path) -> None:
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.zeros((64, 64, 3, 3), np.float32), "w")
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["y1"], name="c1", pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["y1", "w"], ["y2"], name="c2", pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64, 4, 4])],
-        [helper.make_tensor_value_info("y2", onnx.TensorProto.FLOAT, None)],
-        [weight],
-    )
-    path = tmp_path / "two.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    weight = [zeros("w", (64, 64, 3, 3))]
+    path = save_graph(tmp_path / "two.onnx", nodes, {"x": [1, 64, 4, 4]}, "y2", weight)
     cost = model_cost(graph_of(path))
     assert cost.nodes["c1"].params == cost.nodes["c2"].params == 36_864
     assert cost.params == 36_864
@@ -239,20 +175,8 @@ def test_a_weight_shared_by_two_convs_counts_once(tmp_path: Path) -> None:
 def test_matmul_with_1d_operands(
     tmp_path: Path, a_shape: list[int], b_shape: list[int], macs: int
 ) -> None:
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.zeros(b_shape, np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        "mm",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, a_shape)],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [weight],
-    )
-    path = tmp_path / "matmul.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    path = save_graph(tmp_path / "matmul.onnx", [node], {"x": a_shape}, "y", [zeros("w", b_shape)])
     cost = model_cost(graph_of(path))
     assert cost.nodes["mm"].macs == macs
     assert cost.params == math.prod(b_shape)

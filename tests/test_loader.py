@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from graph_helpers import save_graph, zeros
 from onnx import helper, numpy_helper
 
 from convlint import loader
@@ -82,15 +83,7 @@ def _huge_external_model(folder: Path, channels: int) -> Path:
         entry = weight.external_data.add()
         entry.key, entry.value = key, value
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="huge", pads=[1, 1, 1, 1])
-    graph = helper.make_graph(
-        [node],
-        "huge",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1024, 8, 8])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [weight],
-    )
-    path = folder / "huge.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = save_graph(folder / "huge.onnx", [node], {"x": [1, 1024, 8, 8]}, "y", [weight])
     with open(folder / "huge.weights", "wb") as handle:
         handle.truncate(size)
     return path
@@ -191,18 +184,9 @@ def test_graph_queries_look_through_transparent_ops(model_file: Callable[..., Pa
 def _single_conv(
     tmp_path: Path, name: str, weight_shape: list[int], opset: int = 17, **attrs: object
 ) -> Path:
-    weight = numpy_helper.from_array(np.zeros(weight_shape, np.float32), "w")
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", **attrs)
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 6, 6])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [weight],
-    )
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
-    return path
+    weight = [zeros("w", weight_shape)]
+    return save_graph(tmp_path / f"{name}.onnx", [node], {"x": [1, 8, 6, 6]}, "y", weight, opset)
 
 
 def test_conv_weight_that_does_not_fit_its_input_is_invalid(

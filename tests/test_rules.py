@@ -94,21 +94,14 @@ def test_cl001_seed_example_bottleneck_estimate(lint: Callable[..., ModelReport]
 def test_cl001_symbolic_dims_give_per_pixel_estimate(
     tmp_path: Any, cli_json: Callable[..., tuple[int, Any]]
 ) -> None:
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
+    from graph_helpers import save_graph, zeros
+    from onnx import helper
 
-    weight = numpy_helper.from_array(np.zeros((256, 256, 3, 3), np.float32), "w")
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 256, "H", "W"])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [weight],
+    inputs = {"x": ["N", 256, "H", "W"]}
+    path = save_graph(
+        tmp_path / "symbolic.onnx", [node], inputs, "y", [zeros("w", (256, 256, 3, 3))]
     )
-    path = tmp_path / "symbolic.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     code, report = cli_json("check", str(path))
     assert code == 1
     model = report["models"][0]
