@@ -177,9 +177,10 @@ def run_rules(
     return findings, skips
 
 
-def _scaling_cost(loaded: loader.LoadedModel, path: Path) -> float | int | None:
+def _scaling_cost(
+    loaded: loader.LoadedModel, graph: ModelGraph, path: Path
+) -> float | int | None:
     """MACs per input pixel when every spatial size scales with the single image input's."""
-    graph = build_graph(loaded.model)
     if len(graph.data_inputs) != 1:
         return None
     shape = graph.shape(graph.data_inputs[0])
@@ -259,7 +260,7 @@ def lint(
         report.nodes = sum(len(g.nodes) for g in graph.all_graphs())
         report.cost = model_cost(graph)
         if report.cost.macs is None:
-            report.cost.macs_per_input_pixel = _scaling_cost(loaded, Path(loaded.path))
+            report.cost.macs_per_input_pixel = _scaling_cost(loaded, graph, Path(loaded.path))
         report.notes.extend(loaded.notes)
         for sub_owner, _ in graph.subgraphs:
             report.notes.append(f"analyzed subgraph of {sub_owner}")
