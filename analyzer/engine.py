@@ -177,9 +177,7 @@ def run_rules(
     return findings, skips
 
 
-def _scaling_cost(
-    loaded: loader.LoadedModel, graph: ModelGraph, path: Path
-) -> float | int | None:
+def _scaling_cost(loaded: loader.LoadedModel, graph: ModelGraph, path: Path) -> float | int | None:
     """MACs per input pixel when every spatial size scales with the single image input's."""
     if len(graph.data_inputs) != 1:
         return None
