@@ -96,18 +96,23 @@ def _summary_line(reports: Sequence[ModelReport]) -> str:
     findings = [f for r in reports for f in r.findings]
     fixable = sum(1 for f in findings if f.fix and f.fix.applicability is Applicability.SAFE)
     errors = counts["errors"]
-    error_text = f"; {errors} model{'s' if errors != 1 else ''} could not be read" if errors else ""
-    models = f"{counts['models']} model{'s' if counts['models'] != 1 else ''}"
     known = sum(len(r.baselined or []) for r in reports)
-    error_text = (f"; {known} known in the baseline" if known else "") + error_text
+    models = _plural(counts["models"], "model")
+    notes = (f"; {known} known in the baseline" if known else "") + (
+        f"; {_plural(errors, 'model')} could not be read" if errors else ""
+    )
     if not findings and errors:
-        return f"No findings in the models that could be read ({models}{error_text})."
+        return f"No findings in the models that could be read ({models}{notes})."
     if not findings:
-        return f"All checks passed! ({models}{error_text})"
-    text = f"Found {len(findings)} finding{'s' if len(findings) != 1 else ''} in {models}"
+        return f"All checks passed! ({models}{notes})"
+    text = f"Found {_plural(len(findings), 'finding')} in {models}"
     if fixable:
         text += f" ({fixable} fixable with `convlint fix`)"
-    return text + error_text + "."
+    return text + notes + "."
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 Renderer = Callable[[Sequence[ModelReport], Registry], str]
