@@ -32,6 +32,30 @@ TRANSPARENT = ACTIVATIONS | LINEAR_PASSTHROUGH
 
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 
+# Where a convolution keeps its operands: (data, weight, bias) input indices. Quantized convs
+# count as convs for costs and rules (a QDQ or QOperator export gets its float twin's verdict).
+CONV_INPUTS: dict[str, tuple[int, int, int | None]] = {
+    "Conv": (0, 1, 2),
+    "ConvTranspose": (0, 1, 2),
+    "ConvInteger": (0, 1, None),
+    "QLinearConv": (0, 3, 8),
+}
+
+# Ops whose output is a constant when every input is one (a weight computed from stored
+# values), and which keep their first input's values: the output is that tensor, not a new
+# parameter (a DequantizeLinear of an int8 weight counts as that weight's elements, once).
+VALUE_PRESERVING = frozenset(
+    {
+        "Identity", "Cast", "DequantizeLinear", "QuantizeLinear", "Transpose", "Reshape",
+        "Squeeze", "Unsqueeze", "Flatten",
+    }
+)  # fmt: skip
+# Ops never folded to a constant even with constant inputs (their output is not a fixed value).
+NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+     "Bernoulli", "Dropout"}
+)  # fmt: skip
+
 
 class Node:
     """One ONNX node, with attributes (defaults applied) and the shapes of its tensors."""
@@ -229,12 +253,8 @@ class ModelGraph:
                         consumers[tensor] = [name]
             if op_type == "Constant":
                 self._add_constant(proto)
-            elif op_type == "Identity" and inputs[0] in self.constants:
-                # Exporters share one initializer among equal weights through Identity nodes
-                # (PyTorch does for the zero biases of folded BatchNorms): still a constant.
-                self.constants[outputs[0]] = self.constants[inputs[0]]
-                self.shapes[outputs[0]] = self.constants[inputs[0]]
-                self.aliases[outputs[0]] = self.aliases.get(inputs[0], inputs[0])
+            elif inputs and inputs[0] in self.constants and outputs:
+                self._add_computed_constant(op_type, inputs, outputs[0])
             for attr in proto.attribute if op_type in SUBGRAPH_OPS else ():
                 if attr.type == onnx.AttributeProto.GRAPH:
                     self.subgraphs.append(
@@ -273,6 +293,30 @@ class ModelGraph:
                 self.constants[proto.output[0]] = shape
                 self.shapes[proto.output[0]] = shape
                 self.dtypes[proto.output[0]] = attr.t.data_type
+
+    def _add_computed_constant(self, op_type: str, inputs: list[str], output: str) -> None:
+        """A node computing from constants only gives a constant (of known shape).
+
+        Exporters share one initializer among equal weights through Identity nodes (PyTorch
+        does for the zero biases of folded BatchNorms), store weights as DequantizeLinear of
+        int8 (QDQ), Transposed or Reshaped (TensorFlow converters), or as ConstantOfShape
+        (onnx's weight-stripped zoo graphs), and compute a BatchNorm's scale from its
+        statistics (Mul of Rsqrt): each is a constant of the shape inference gave it.
+        """
+        constants = self.constants
+        if op_type in NONDETERMINISTIC or not all(t in constants for t in inputs if t):
+            return
+        shape: Shape | None
+        if op_type in ("Identity", "Cast", "DequantizeLinear", "QuantizeLinear"):
+            shape = constants[inputs[0]]
+        else:
+            shape = self.shape(output)
+            if shape is None or not all(isinstance(d, int) for d in shape):
+                return
+        constants[output] = shape
+        self.shapes[output] = shape
+        if op_type in VALUE_PRESERVING:
+            self.aliases[output] = self.aliases.get(inputs[0], inputs[0])
 
     # -- queries rules use -------------------------------------------------------------------
 
