@@ -19,6 +19,7 @@ from convlint.graph import ModelGraph, Node, build_graph
 from convlint.neighbourhood import neighbourhood
 from convlint.registry import Registry, Rule
 from convlint.sketch import Suggestion
+from convlint.view import View
 
 # Sizes bound to symbolic spatial dims to test whether a network's cost scales with its input
 # (powers of two so that every stride up to 1024 divides them exactly).
@@ -63,7 +64,8 @@ class ModelReport:
 
 
 class RuleContext:
-    """What a rule's ``check`` sees: the graph, the model, costs and its own options."""
+    """What a rule's ``check`` sees: the graph and its canonical view, the model, costs and
+    its own options."""
 
     def __init__(
         self,
@@ -72,9 +74,12 @@ class RuleContext:
         model: onnx.ModelProto,
         options: Mapping[str, Any],
         severity: Severity,
+        view: View | None = None,
     ) -> None:
         self.rule = rule
         self.graph = graph
+        # Built once per graph and shared by every rule (the engine passes it).
+        self.view = view if view is not None else View(graph)
         self.model = model
         self.options = options
         self.severity = severity
@@ -155,10 +160,11 @@ def run_rules(
 ) -> tuple[list[Finding], list[Skip]]:
     findings: list[Finding] = []
     skips: list[Skip] = []
+    views = [(sub, View(sub)) for sub in graph.all_graphs()]
     for rule in rules:
         options, severity = rule_options(rule, settings)
-        for sub in graph.all_graphs():
-            ctx = RuleContext(rule, sub, model, options, severity)
+        for sub, view in views:
+            ctx = RuleContext(rule, sub, model, options, severity, view)
             try:
                 for finding in rule.check(ctx):
                     if _node_ignored(finding.node, finding.code, settings.per_node_ignores):

@@ -45,46 +45,45 @@ from collections.abc import Iterator
 
 from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
-from convlint.graph import TRANSPARENT
 from convlint.registry import Rule
 from convlint.sketch import Suggestion
-
-FLATTENERS = frozenset({"Flatten", "Reshape"})
+from convlint.view import CHANNEL_PRESERVING
 
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
-    graph = ctx.graph
-    for dense in graph.of_type("Gemm", "MatMul"):
-        if len(dense.inputs) < 2 or not graph.is_constant(dense.inputs[1]):
+    graph, view = ctx.graph, ctx.view
+    for dense in view.nodes("dense"):
+        flatten, _ = view.source_of(dense.inputs[0], through=CHANNEL_PRESERVING)
+        if flatten is None or view.role(flatten) != "flatten":
             continue
-        flatten, _ = graph.source_of(dense.inputs[0], through=TRANSPARENT)
-        if flatten is None or flatten.op_type not in FLATTENERS:
-            continue
-        source_shape = graph.shape(flatten.inputs[0])
+        feature_map = flatten.inputs[0]
+        # Through a layout change before the flatten (NHWC exports flatten channels last).
+        feature_map = view.origin(feature_map)
+        source_shape = graph.shape(feature_map)
         if source_shape is None or len(source_shape) != 4:
             ctx.skip(dense, "input is not flattened from a 4-D feature map")
             continue
-        channels, height, width = source_shape[1:]
-        if not all(isinstance(d, int) for d in (channels, height, width)):
+        channels = view.channels(feature_map)
+        spatial = view.spatial_dims(feature_map)
+        if channels is None or spatial is None or not all(isinstance(d, int) for d in spatial):
             ctx.skip(dense, "feature map has symbolic dims")
             continue
-        assert isinstance(channels, int) and isinstance(height, int) and isinstance(width, int)
+        height, width = (int(d) for d in spatial)  # type: ignore[arg-type]
         if height * width <= 1:
             ctx.skip(dense, "feature map is 1×1: already globally pooled")
             continue
         weight = graph.constants[dense.inputs[1]]
-        if len(weight) != 2:
+        if len(weight) != 2 or not all(isinstance(d, int) for d in weight):
             continue
         trans_b = dense.op_type == "Gemm" and int(dense.attrs.get("transB", 0)) == 1
         inputs, units = (weight[1], weight[0]) if trans_b else (weight[0], weight[1])
+        assert isinstance(inputs, int) and isinstance(units, int)
         if inputs != channels * height * width:
             ctx.skip(
                 dense, f"weight reads {inputs} values, not the {channels}×{height}×{width} map"
             )
             continue
-        bias = 0
-        if len(dense.inputs) > 2 and dense.inputs[2] and graph.is_constant(dense.inputs[2]):
-            bias = units
+        bias = units if view.dense_bias(dense) is not None else 0
         yield ctx.finding(
             dense,
             f"dense layer over a flattened {channels}×{height}×{width} feature map "

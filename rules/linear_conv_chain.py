@@ -52,10 +52,13 @@ from collections.abc import Iterator
 
 from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
-from convlint.graph import LINEAR_PASSTHROUGH, Node
+from convlint.graph import Node
 from convlint.registry import Rule
-from convlint.rules._conv import ConvGeometry, conv_geometry, scale
+from convlint.rules._conv import rewrite_fix, scale
 from convlint.sketch import Suggestion
+from convlint.view import LINEAR, ConvGeometry, View
+
+FOLDABLE = frozenset({"affine", "passthrough"})  # what `convlint fix` folds through
 
 
 def _foldable_reason(first: Node, second: Node, a: ConvGeometry, b: ConvGeometry) -> str:
@@ -72,19 +75,34 @@ def _foldable_reason(first: Node, second: Node, a: ConvGeometry, b: ConvGeometry
     return ""
 
 
+def _fix(view: View, first: Node, second: Node, between: list[Node]) -> Fix:
+    fix = rewrite_fix(view, [first, second], f"fold {first.name!r} into {second.name!r} (exact)")
+    if fix.applicability is Applicability.SAFE and any(
+        view.role(n) not in FOLDABLE for n in between
+    ):
+        return Fix(
+            Applicability.DISPLAY_ONLY,
+            "the chain passes through a layout change or a quantization step: convlint fix "
+            "folds chains of per-channel affine ops only",
+        )
+    return fix
+
+
 def check(ctx: RuleContext) -> Iterator[Finding]:
-    graph = ctx.graph
-    for second in graph.of_type("Conv"):
-        b = conv_geometry(graph, second)
+    graph, view = ctx.graph, ctx.view
+    min_saving = float(ctx.options["min-saving"])
+    min_saved_params = int(ctx.options["min-saved-params"])
+    for second in view.nodes("conv"):
+        b = view.geometry(second)
         if b is None:
             continue
-        tensor = graph.data_input(second)
+        tensor = view.data_input(second)
         if tensor is None:
             continue
-        first, between = graph.source_of(tensor, through=LINEAR_PASSTHROUGH)
+        first, between = view.source_of(tensor, through=LINEAR)
         if first is None:
             continue
-        a = conv_geometry(graph, first)
+        a = view.geometry(first)
         if a is None:
             continue
         chain = [first, *reversed(between)]
@@ -116,6 +134,8 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             saving = 1 - macs_after / macs_before
         else:
             saving = 1 - folded_per_pixel / before_per_pixel
+        bias = b.cout if (a.has_bias or b.has_bias or between) else 0
+        params_after = folded_per_pixel + bias
         if saving <= 0:
             ctx.skip(
                 first,
@@ -123,24 +143,28 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                 "factorization (linear bottleneck)",
             )
             continue
-        if saving < float(ctx.options["min-saving"]):
-            ctx.skip(first, f"folding into {second.name!r} saves only {saving:.0%} of its MACs")
+        if saving < min_saving and params_before - params_after < min_saved_params:
+            ctx.skip(
+                first,
+                f"folding into {second.name!r} saves only {saving:.0%} of its MACs and "
+                f"{params_before - params_after:,} params (below min-saving={min_saving} and "
+                f"min-saved-params={min_saved_params:,})",
+            )
             continue
-        bias = b.cout if (a.has_bias or b.has_bias or between) else 0
-        path = " -> ".join(n.op_type for n in [first, *reversed(between), second])
+        path = " -> ".join(view.activation_name(n) or n.op_type for n in [*chain, second])
         yield ctx.finding(
             first,
             f"{path}: no nonlinearity between the convs, so they are one linear map "
             f"({a.cin}->{b.cout} channels); fold them or add an activation",
             estimate=Estimate(
                 params_before=params_before,
-                params_after=folded_per_pixel + bias,
+                params_after=params_after,
                 macs_before=macs_before,
                 macs_after=macs_after,
                 macs_per_output_pixel=before_per_pixel,
                 macs_per_output_pixel_after=folded_per_pixel,
             ),
-            fix=Fix(Applicability.SAFE, f"fold {first.name!r} into {second.name!r} (exact)"),
+            fix=_fix(view, first, second, between),
             related=(second.name, *(n.name for n in between)),
             suggestion=Suggestion(
                 (f"Conv {spatial.kernel_text} {a.cin}→{b.cout} (folded)",),
@@ -153,9 +177,9 @@ RULE = Rule(
     code="CL003",
     name="linear-conv-chain",
     severity=Severity.INFO,
-    fix="always",
+    fix="sometimes",
     summary="a 1×1 conv with no nonlinearity between it and a neighbouring conv: foldable",
     check=check,
-    options={"min-saving": 0.25},
+    options={"min-saving": 0.25, "min-saved-params": 250_000},
     doc=__doc__ or "",
 )

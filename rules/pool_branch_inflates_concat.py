@@ -58,42 +58,85 @@ from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
 from convlint.graph import Node
 from convlint.registry import Rule
-from convlint.rules._conv import conv_geometry, scale
+from convlint.rules._conv import MIN_SAVING, saving, scale
 from convlint.sketch import Suggestion
+from convlint.view import CHANNEL_PRESERVING, LAYOUT_ONLY, View
 
-POOLS = frozenset({"MaxPool", "AveragePool", "LpPool"})
 
-
-def _channel_axis(ctx: RuleContext, concat: Node) -> bool:
-    shape = ctx.graph.shape(concat.outputs[0])
+def _channel_axis(view: View, concat: Node) -> bool:
+    shape = view.graph.shape(concat.outputs[0])
     axis = int(concat.attrs.get("axis", 1))
     rank = len(shape) if shape is not None else 4
-    return rank >= 3 and axis % rank == 1
+    return rank >= 3 and axis % rank == view.channel_axis(concat.outputs[0])
+
+
+def _unpooled(view: View, tensor: str) -> tuple[str, bool]:
+    """The tensor a concat input holds, before any chain of unstrided pools (and layout
+    steps), and whether it went through a pool."""
+    pooled = False
+    while True:
+        tensor = view.origin(tensor)
+        pool = view.graph.producer_of(tensor)
+        if pool is None or view.role(pool) != "pool" or _strided(pool):
+            return tensor, pooled
+        tensor, pooled = view.data_input(pool) or tensor, True
+
+
+def _strided(pool: Node) -> bool:
+    return any(s > 1 for s in pool.attrs.get("strides") or [])
+
+
+def _is_pyramid(view: View, concat: Node) -> bool:
+    """Spatial pyramid pooling (SPP, SPPF): the concat joins a tensor with pools of it (side
+    by side, or a chain of pools), to be fused by the next conv. A design, not a branch."""
+    roots = [_unpooled(view, tensor) for tensor in concat.inputs]
+    return len({root for root, _ in roots}) == 1 and any(pooled for _, pooled in roots)
+
+
+def _siblings(view: View, pool: Node, concat: Node) -> list[Node]:
+    """Other branches of the pool's input (not pools, not the concat itself) that meet it
+    again in the concat."""
+    shared = view.origin(view.data_input(pool) or "")
+    return [
+        user
+        for user, _ in view.users_of(shared, through=LAYOUT_ONLY)
+        if user.name not in (pool.name, concat.name)
+        and view.role(user) != "pool"
+        and nx.has_path(view.graph.nx, user.name, concat.name)
+    ]
 
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
-    graph = ctx.graph
-    for concat in graph.of_type("Concat"):
-        if not _channel_axis(ctx, concat):
+    view = ctx.view
+    for concat in view.nodes("concat"):
+        if not _channel_axis(view, concat):
             continue
-        total = graph.channels(concat.outputs[0])
-        for tensor in concat.inputs:
-            pool, _ = graph.source_of(tensor)
-            if pool is None or pool.op_type not in POOLS:
-                continue
-            if any(s > 1 for s in pool.attrs.get("strides") or []):
+        pools = [
+            (pool, tensor)
+            for tensor in concat.inputs
+            if (pool := view.source_of(tensor, CHANNEL_PRESERVING)[0]) is not None
+            and view.role(pool) == "pool"
+        ]
+        if not pools:
+            continue
+        if _is_pyramid(view, concat):
+            ctx.skip(
+                pools[0][0],
+                f"spatial pyramid pooling: {concat.name!r} joins a tensor with pools of it "
+                "(SPP/SPPF), a design rather than an inflated branch",
+            )
+            continue
+        total = view.channels(concat.outputs[0])
+        candidates: list[tuple[Node, str, int, list[Node]]] = []
+        for pool, tensor in pools:
+            if _strided(pool):
                 ctx.skip(pool, "strided pool: a grid-size reduction branch (Inception v3 §5)")
                 continue
-            shared = graph.data_input(pool)
-            siblings = [
-                n
-                for n in graph.consumers_of(shared or "")
-                if n.name != pool.name and nx.has_path(graph.nx, n.name, concat.name)
-            ]
+            siblings = _siblings(view, pool, concat)
             if not siblings:
                 ctx.skip(pool, f"no other branch of its input meets it in {concat.name!r}")
                 continue
-            channels = graph.channels(tensor)
+            channels = view.channels(tensor)
             if channels is None or total is None:
                 ctx.skip(pool, "channel counts are unknown")
                 continue
@@ -101,33 +144,51 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             if share < float(ctx.options["min-share"]):
                 ctx.skip(pool, f"carries {share:.0%} of the concat, below min-share")
                 continue
-            projected = int(ctx.options["projection-channels"] or 0) or max(
-                1, channels // int(ctx.options["projection-ratio"])
-            )
-            estimate, all_convs = _estimate(ctx, pool, concat, channels, projected)
-            yield ctx.finding(
+            candidates.append((pool, tensor, channels, siblings))
+        if not candidates:
+            continue
+        # One finding per concat: at its widest pooled branch.
+        pool, tensor, channels, siblings = max(candidates, key=lambda item: item[2])
+        for other, *_ in candidates:
+            if other is not pool:
+                ctx.skip(
+                    other, f"one finding per concat: {concat.name!r} is reported at {pool.name!r}"
+                )
+        assert total is not None
+        projected = int(ctx.options["projection-channels"] or 0) or max(
+            1, channels // int(ctx.options["projection-ratio"])
+        )
+        estimate, all_convs, any_convs = _estimate(ctx, pool, concat, channels, projected)
+        if any_convs and saving(estimate) < MIN_SAVING:
+            ctx.skip(
                 pool,
-                f"{pool.op_type} branch passes all {channels} channels into concat "
-                f"{concat.name!r} ({share:.0%} of its {total}); no 1×1 projection",
-                estimate=estimate,
-                fix=Fix(
-                    Applicability.SAFE if all_convs else Applicability.UNSAFE,
-                    f"insert a 1×1 projection {channels}->{projected} after the pool and fold it "
-                    "into the concat's consumers"
-                    + ("" if all_convs else " (a consumer is nonlinear: changes the function)"),
-                ),
-                related=(concat.name, *(s.name for s in siblings)),
-                suggestion=Suggestion(
-                    (pool.op_type, f"Conv 1×1 {channels}→{projected} (projection)")
-                ),
+                f"a projection {channels}->{projected} would save {saving(estimate):.0%} of "
+                f"the concat's consumers' MACs, below {MIN_SAVING:.0%}",
             )
+            continue
+        yield ctx.finding(
+            pool,
+            f"{pool.op_type} branch passes all {channels} channels into concat "
+            f"{concat.name!r} ({channels / total:.0%} of its {total}); no 1×1 projection",
+            estimate=estimate,
+            fix=Fix(
+                Applicability.SAFE if all_convs else Applicability.UNSAFE,
+                f"insert a 1×1 projection {channels}->{projected} after the pool and fold it "
+                "into the concat's consumers"
+                + ("" if all_convs else " (a consumer is nonlinear: changes the function)"),
+            ),
+            related=(concat.name, *(s.name for s in siblings)),
+            suggestion=Suggestion((pool.op_type, f"Conv 1×1 {channels}→{projected} (projection)")),
+        )
 
 
 def _estimate(
     ctx: RuleContext, pool: Node, concat: Node, channels: int, projected: int
-) -> tuple[Estimate, bool]:
-    graph = ctx.graph
-    total = graph.channels(concat.outputs[0]) or 0
+) -> tuple[Estimate, bool, bool]:
+    """The estimate, whether every consumer of the concat is a conv (the fix is exact), and
+    whether any is (the consumers' MACs measure the saving)."""
+    graph, view = ctx.graph, ctx.view
+    total = view.channels(concat.outputs[0]) or 0
     narrowed = total - channels + projected
     pixels = spatial_pixels(graph, pool.outputs[0])
     projection_params = channels * projected
@@ -137,12 +198,13 @@ def _estimate(
     per_pixel_before, per_pixel_after = 0, projection_params
     macs_before: int | None = 0
     macs_after = scale(projection_params, pixels)
-    all_convs = True
-    for consumer, _ in graph.users_of(concat.outputs[0]):
-        g = conv_geometry(graph, consumer)
+    all_convs, any_convs = True, False
+    for consumer, _ in view.users_of(concat.outputs[0], through=CHANNEL_PRESERVING):
+        g = view.geometry(consumer)
         if g is None or g.group != 1:
             all_convs = False
             continue
+        any_convs = True
         per_channel = g.cout * g.kernel_area
         bias = g.cout if g.has_bias else 0
         params_before += per_channel * total + bias
@@ -164,7 +226,7 @@ def _estimate(
         macs_per_output_pixel_after=per_pixel_after,
         extra={"channels_before": total, "channels_after": narrowed},
     )
-    return estimate, all_convs
+    return estimate, all_convs, any_convs
 
 
 RULE = Rule(

@@ -53,39 +53,41 @@ from collections.abc import Iterator
 
 from convlint.cost import spatial_pixels
 from convlint.engine import RuleContext
-from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
+from convlint.findings import Estimate, Finding, Severity
 from convlint.graph import Node
 from convlint.registry import Rule
-from convlint.rules._conv import ConvGeometry, conv_geometry, scale
+from convlint.rules._conv import MIN_SAVING, rewrite_fix, saving, scale
 from convlint.sketch import Suggestion
+from convlint.view import WIDTH_SOURCE, ConvGeometry, View
 
 
-def _reduction_source(ctx: RuleContext, node: Node) -> tuple[Node | None, str]:
+def _reduction_source(view: View, node: Node) -> tuple[Node | None, str]:
     """The 1×1 conv that set this conv's input width, or None and where the walk stopped."""
-    graph = ctx.graph
     current = node
     while True:
-        tensor = graph.data_input(current)
+        tensor = view.data_input(current)
         if tensor is None:
-            return None, "its input is a constant"
-        source, _ = graph.source_of(tensor)
+            return None, "a constant"
+        source, walked = view.source_of(tensor, WIDTH_SOURCE)
         if source is None:
-            return None, f"its input comes from graph input {tensor!r}"
-        geometry = conv_geometry(graph, source)
+            last = view.data_input(walked[-1]) if walked else tensor
+            return None, view.describe_tensor(last or tensor)
+        geometry = view.geometry(source)
         if geometry is None:
-            return None, f"its input comes from {source.op_type} {source.name!r}"
+            return None, view.describe(source)
         if geometry.is_pointwise:
             return source, ""
         if geometry.cout > geometry.cin:
-            return None, f"its input comes from widening conv {source.name!r}"
+            return None, f"widening conv {source.name!r}, {geometry.shape_text}"
         current = source
 
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
+    view = ctx.view
     min_channels = int(ctx.options["min-channels"])
     ratio = int(ctx.options["reduction-ratio"])
-    for node in ctx.graph.of_type("Conv"):
-        geometry = conv_geometry(ctx.graph, node)
+    for node in view.nodes("conv"):
+        geometry = view.geometry(node)
         if geometry is None or geometry.is_pointwise:
             continue
         if geometry.group != 1:
@@ -97,34 +99,54 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         if geometry.cin < min_channels:
             ctx.skip(node, f"reads {geometry.cin} channels, below min-channels={min_channels}")
             continue
-        reduction, stopped = _reduction_source(ctx, node)
+        reduction, stopped = _reduction_source(view, node)
         if reduction is not None:
             ctx.skip(node, f"input width set by 1×1 conv {reduction.name!r}")
             continue
+        estimate = _estimate(ctx, node, geometry, ratio)
+        saved = saving(estimate)
+        if saved < MIN_SAVING:
+            mid = _mid(geometry, ratio)
+            ctx.skip(
+                node,
+                f"the bottleneck (1×1 {geometry.cin}->{mid}, {geometry.kernel_text}, 1×1 "
+                f"->{geometry.cout}) would save {saved:.0%} of its MACs, below "
+                f"{MIN_SAVING:.0%}: the conv already narrows its width",
+            )
+            continue
+        source = view.describe_tensor(view.data_input(node) or "")
+        where = f"its input is {source}"
+        if stopped != source:
+            where += f"; the walk back stopped at {stopped}"
         yield ctx.finding(
             node,
             f"{geometry.kernel_text} conv reads {geometry.cin} channels with no "
-            f"1×1 reduction before it ({stopped})",
-            estimate=_estimate(ctx, node, ratio),
-            fix=Fix(
-                Applicability.SAFE,
+            f"1×1 reduction before it ({where})",
+            estimate=estimate,
+            fix=rewrite_fix(
+                view,
+                [node],
                 "factorize into 1×1 + k×k (+ 1×1) at the smallest rank within --tolerance",
             ),
             suggestion=_suggestion(geometry, ratio),
         )
 
 
+def _mid(g: ConvGeometry, ratio: int) -> int:
+    """The bottleneck width: a quarter (1/ratio) of the wider side, as ResNet's is of the
+    block's output."""
+    return max(1, max(g.cin, g.cout) // ratio)
+
+
 def _suggestion(g: ConvGeometry, ratio: int) -> Suggestion:
-    mid, kernel = max(1, g.cin // ratio), g.kernel_text
+    mid, kernel = _mid(g, ratio), g.kernel_text
     return Suggestion(
         (f"Conv 1×1 {g.cin}→{mid}", f"Conv {kernel} {mid}→{mid}", f"Conv 1×1 {mid}→{g.cout}")
     )
 
 
-def _estimate(ctx: RuleContext, node: Node, ratio: int) -> Estimate:
-    g = conv_geometry(ctx.graph, node)
-    assert g is not None
-    mid = max(1, g.cin // ratio)
+def _estimate(ctx: RuleContext, node: Node, g: ConvGeometry, ratio: int) -> Estimate:
+    mid = _mid(g, ratio)
     bias = g.cout if g.has_bias else 0
     per_out_before = g.cout * g.cin * g.kernel_area
     reduce_per_in = g.cin * mid

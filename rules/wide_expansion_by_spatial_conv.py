@@ -44,47 +44,104 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from convlint.engine import RuleContext
-from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
+from convlint.findings import Estimate, Finding, Severity
+from convlint.graph import Node
 from convlint.registry import Rule
-from convlint.rules._conv import conv_geometry, scale
+from convlint.rules._conv import MIN_SAVING, rewrite_fix, saving, scale
 from convlint.sketch import Suggestion
+from convlint.view import CHANNEL_PRESERVING, WIDTH_SOURCE, ConvGeometry, View
+
+
+def _projected_back(view: View, node: Node, g: ConvGeometry) -> Node | None:
+    """The 1×1 conv that reads this expansion's output (through BN and activations) and
+    projects it back to at most the input width: a Fused-MBConv block, not a wasteful one."""
+    for user, _ in view.users_of(node.outputs[0], through=CHANNEL_PRESERVING):
+        after = view.geometry(user)
+        if after is not None and after.is_pointwise and after.cout <= g.cin:
+            return user
+    return None
+
+
+def _squeeze_reason(view: View, node: Node) -> str:
+    """Why an expansion that follows a reducing 1×1 conv is deliberate, or "" if it is not."""
+    tensor = view.data_input(node)
+    source, _ = view.source_of(tensor, WIDTH_SOURCE) if tensor else (None, [])
+    squeeze = view.geometry(source) if source is not None else None
+    if source is None or squeeze is None or not squeeze.is_pointwise:
+        return ""
+    if squeeze.cout >= squeeze.cin:
+        return ""
+    # A fire module: a sibling 1×1 expand reads the same squeeze and both meet in a Concat.
+    siblings = [
+        user
+        for user, _ in view.users_of(source.outputs[0], through=CHANNEL_PRESERVING)
+        if user is not node and (geometry := view.geometry(user)) and geometry.is_pointwise
+    ]
+    ours = {n.name for n, _ in view.users_of(node.outputs[0], through=CHANNEL_PRESERVING)}
+    for sibling in siblings:
+        theirs = {n.name for n, _ in view.users_of(sibling.outputs[0], through=CHANNEL_PRESERVING)}
+        if any(view.role(view.graph.nodes[n]) == "concat" for n in ours & theirs):
+            return (
+                f"expands after the 1×1 squeeze {source.name!r} beside 1×1 expand "
+                f"{sibling.name!r} (fire module)"
+            )
+    return (
+        f"expands back the width that 1×1 conv {source.name!r} reduced "
+        f"({squeeze.cin}->{squeeze.cout}): a squeeze-expand design"
+    )
 
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
-    graph = ctx.graph
+    view = ctx.view
     ratio = float(ctx.options["expansion-ratio"])
     min_channels = int(ctx.options["min-channels"])
-    for node in graph.of_type("Conv"):
-        g = conv_geometry(graph, node)
+    for node in view.nodes("conv"):
+        g = view.geometry(node)
         if g is None or g.is_pointwise or g.group != 1 or g.cout < ratio * g.cin:
             continue
         if g.cin < min_channels:
             ctx.skip(node, f"reads {g.cin} channels, below min-channels={min_channels} (a stem)")
             continue
-        tensor = graph.data_input(node)
-        source, _ = graph.source_of(tensor) if tensor else (None, [])
-        squeeze = conv_geometry(graph, source) if source is not None else None
-        if source is not None and squeeze and squeeze.is_pointwise and squeeze.cout < squeeze.cin:
-            ctx.skip(node, f"expands after the 1×1 squeeze {source.name!r} (fire module)")
+        projection = _projected_back(view, node, g)
+        if projection is not None:
+            back = view.geometry(projection)
+            assert back is not None
+            ctx.skip(
+                node,
+                f"projected back by 1×1 conv {projection.name!r} ({back.cin}->{back.cout}): "
+                "a fused inverted bottleneck (EfficientNetV2's Fused-MBConv)",
+            )
+            continue
+        reason = _squeeze_reason(view, node)
+        if reason:
+            ctx.skip(node, reason)
             continue
         bias = g.cout if g.has_bias else 0
         before = g.cout * g.cin * g.kernel_area
         spatial = g.cin * g.cin * g.kernel_area
         widen = g.cin * g.cout
+        estimate = Estimate(
+            params_before=before + bias,
+            params_after=spatial + widen + (g.cin if g.has_bias else 0) + bias,
+            macs_before=scale(before, g.out_pixels),
+            macs_after=scale(spatial + widen, g.out_pixels),
+            macs_per_output_pixel=before,
+            macs_per_output_pixel_after=spatial + widen,
+        )
+        if saving(estimate) < MIN_SAVING:
+            ctx.skip(
+                node,
+                f"widening with a 1×1 conv saves {saving(estimate):.0%}, below {MIN_SAVING:.0%}",
+            )
+            continue
         yield ctx.finding(
             node,
             f"{g.kernel_text} conv widens {g.cin}->{g.cout} channels "
             f"({g.cout / g.cin:.0f}×); widen with a 1×1 conv after a {g.cin}-wide spatial conv",
-            estimate=Estimate(
-                params_before=before + bias,
-                params_after=spatial + widen + (g.cin if g.has_bias else 0) + bias,
-                macs_before=scale(before, g.out_pixels),
-                macs_after=scale(spatial + widen, g.out_pixels),
-                macs_per_output_pixel=before,
-                macs_per_output_pixel_after=spatial + widen,
-            ),
-            fix=Fix(
-                Applicability.SAFE,
+            estimate=estimate,
+            fix=rewrite_fix(
+                view,
+                [node],
                 "factorize into k×k to rank r + 1×1 r->C_out at the smallest rank within "
                 "--tolerance",
             ),

@@ -99,7 +99,10 @@ def test_three_gigabyte_external_weights_are_not_read(tmp_path: Path) -> None:
         text=True,
     )
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    assert result.returncode == 1, result.stderr  # CL001 fires on a 1024-channel 3×3 conv
+    # CL005 (info) flags the 85× widening; CL001's bottleneck (a quarter of 87,400 wide)
+    # would save nothing, so no warning fails the run.
+    assert result.returncode == 0, result.stderr
+    assert '"CL005": 1' in result.stdout
     assert max(before, peak_kib) < 1024 * 1024  # KiB: well under 1 GiB
     assert '"params": 805478400' in result.stdout
 
