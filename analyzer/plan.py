@@ -23,10 +23,11 @@ from convlint.factorize import (
 from convlint.findings import Finding
 from convlint.graph import ACTIVATIONS, ModelGraph, Node
 from convlint.rewrite import FactorTarget, FoldTarget, PoolTarget, Target, Weights
+from convlint.view import FOLDABLE, View
 
 FACTORIZED = ("CL001", "CL005")
 PARAMETER_FREE_ACTIVATIONS = ACTIVATIONS - {"PRelu", "Clip"}
-FOLD_THROUGH = frozenset({"BatchNormalization", "Identity", "Dropout"})
+ARITHMETIC = frozenset({"Mul", "Add", "Sub", "Div"})
 
 
 class NotRewritable(Exception):
@@ -166,12 +167,17 @@ def _outputs_of_acts(graph: ModelGraph, tensor: str) -> list[str]:
 
 
 def _affine(nodes: Sequence[Node], channels: int, weights: Weights) -> tuple[Array, Array]:
-    """Per-channel (scale, shift) of BN/Identity/Dropout in order; BN with its epsilon."""
+    """Per-channel (scale, shift) of the affine ops between two convs, in order:
+    BatchNormalization with its epsilon, and Mul/Add/Sub/Div by a constant (Caffe's Scale,
+    TensorFlow's BatchNorm), which the view recognized as broadcasting per channel."""
     scale, shift = np.ones(channels), np.zeros(channels)
     for node in nodes:
         if node.op_type == "Dropout":
             if len(node.inputs) > 2 and node.inputs[2]:
                 raise NotRewritable(f"Dropout {node.name!r} has a training_mode input")
+            continue
+        if node.op_type in ARITHMETIC:
+            scale, shift = _arithmetic(node, scale, shift, weights)
             continue
         if node.op_type != "BatchNormalization":
             continue
@@ -184,12 +190,35 @@ def _affine(nodes: Sequence[Node], channels: int, weights: Weights) -> tuple[Arr
     return scale, shift
 
 
+def _arithmetic(node: Node, scale: Array, shift: Array, weights: Weights) -> tuple[Array, Array]:
+    """``scale·x + shift`` after one Mul/Add/Sub/Div by a per-channel constant."""
+    position = next((i for i, t in enumerate(node.inputs) if weights.get(t) is not None), None)
+    if position is None:
+        raise NotRewritable(f"the constant of {node.op_type} {node.name!r} is not stored")
+    value = np.asarray(weights.get(node.inputs[position]), np.float64).reshape(-1)
+    if value.size not in (1, scale.size):
+        raise NotRewritable(f"the constant of {node.op_type} {node.name!r} is not per channel")
+    vector = np.broadcast_to(value, scale.shape)
+    if node.op_type == "Mul":
+        return scale * vector, shift * vector
+    if node.op_type == "Div":
+        return scale / vector, shift / vector
+    if node.op_type == "Add":
+        return scale, shift + vector
+    if position == 1:  # x - c
+        return scale, shift - vector
+    return -scale, vector - shift  # c - x
+
+
 def _plan_fold(
     finding: Finding, first: Node, graph: ModelGraph, weights: Weights, static_spatial: bool
 ) -> Target:
-    users = graph.users_of(first.outputs[0], through=FOLD_THROUGH)
+    users = View(graph).users_of(first.outputs[0], through=FOLDABLE)
     if len(users) != 1 or users[0][0].op_type != "Conv":
-        raise NotRewritable("the chain does not end in exactly one conv")
+        found = ", ".join(f"{n.op_type} {n.name!r}" for n, _ in users)
+        raise NotRewritable(
+            f"the chain does not end in exactly one conv after per-channel affine ops ({found})"
+        )
     second, between = users[0]
     for node in [first, *between]:
         if any(t in graph.graph_outputs for t in node.outputs if t):

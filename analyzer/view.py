@@ -64,6 +64,7 @@ LINEAR = frozenset({"affine", "passthrough", "layout", "quantize"})  # no nonlin
 CHANNEL_PRESERVING = LINEAR | {"activation"}  # same channels, maybe a nonlinearity
 WIDTH_SOURCE = CHANNEL_PRESERVING | {"select"}  # "what set this tensor's width?"
 LAYOUT_ONLY = frozenset({"passthrough", "layout", "quantize"})  # the same values
+FOLDABLE = frozenset({"affine", "passthrough"})  # what `convlint fix` folds between two convs
 
 # Names of activations in messages.
 ACTIVATION_NAMES = {"Relu": "ReLU", "Gelu": "GELU", "HardSwish": "HardSwish", "Mish": "Mish"}

@@ -56,9 +56,7 @@ from convlint.graph import Node
 from convlint.registry import Rule
 from convlint.rules._conv import rewrite_fix, scale
 from convlint.sketch import Suggestion
-from convlint.view import LINEAR, ConvGeometry, View
-
-FOLDABLE = frozenset({"affine", "passthrough"})  # what `convlint fix` folds through
+from convlint.view import FOLDABLE, LINEAR, ConvGeometry, View
 
 
 def _foldable_reason(first: Node, second: Node, a: ConvGeometry, b: ConvGeometry) -> str:
