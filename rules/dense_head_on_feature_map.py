@@ -1,9 +1,12 @@
 """CL004 dense-head-on-feature-map
 
 ## What it does
-Flags a fully-connected layer (Gemm or MatMul) whose input is a spatial feature map N×C×H×W
-with H·W > 1 flattened by Flatten or Reshape, looking through Dropout, Identity, Cast and
-activations on the way.
+Flags a fully-connected layer (Gemm or MatMul with a constant weight) whose input is a spatial
+feature map with H·W > 1 flattened by Flatten or Reshape, looking through Dropout, Identity,
+Cast, activations, affine ops and quantize/dequantize steps on the way. The weight may be
+stored or computed from constants (onnx's weight-stripped zoo graphs write it as
+ConstantOfShape); an NHWC map (a Transpose before the flatten, as TensorFlow exports write it)
+is read with its channels last. A MatMul's bias is the constant added to its output.
 
 ## Why is this bad?
 A dense layer over a flattened map gives every (channel, position) pair its own weight: VGG-16's

@@ -1,9 +1,12 @@
 """CL003 linear-conv-chain
 
 ## What it does
-Flags a 1×1 conv joined to a neighbouring conv with nothing nonlinear between them (only
-BatchNormalization, Identity, Dropout or Cast, which are affine), when folding the two into one
-conv would cost fewer MACs. The flagged node is the first conv of the chain.
+Flags a 1×1 conv joined to a neighbouring conv with nothing nonlinear between them, when folding
+the two into one conv would cost fewer MACs. Between them the canonical view allows only linear
+steps: per-channel affine ops (BatchNormalization, or Mul/Add/Sub/Div by a per-channel constant
+as Caffe and TensorFlow exports write BatchNorm and Scale), Identity, Dropout, Cast, layout
+changes (NHWC Transposes) and quantize/dequantize steps; an activation, however it is written
+(ReLU, Clip, SiLU as `x * Sigmoid(x)`), ends the chain. The flagged node is the first conv.
 
 ## Why is this bad?
 A 1×1 conv adds nonlinearity only through the activation after it (Network in Network's
@@ -28,13 +31,18 @@ flagged: MobileNetV2's linear bottleneck projection (144->24) followed by the ne
 expansion (24->144) is cheaper as two convs than as one 144->144 conv. Grouped convs and
 chains whose middle tensor has other consumers (or is a graph output) are passed over, as are
 chains where the 1×1 conv is strided or padded. Chains whose fold saves less than
-`min-saving` (default 0.25) of their MACs are passed over as not worth a finding:
-MobileNetV3-Small's first block ends in a linear 1×1 16->16 projection read directly by the
-next block's 16->72 expansion, which folds for 18%.
+`min-saving` (default 0.25) of their MACs are passed over as not worth a finding, unless the
+fold removes at least `min-saved-params` (default 250,000) params: MobileNetV3-Small's first
+block ends in a linear 1×1 16->16 projection read directly by the next block's 16->72
+expansion, which folds for 18% and 256 params (not flagged), while CRAFT's dilated 3×3
+512->1024 followed by a 1×1 1024->1024 with no activation folds for 18% of its MACs but
+1,048,576 params (flagged).
 
 ## Fix safety
 Folding is exact in exact arithmetic (composition of linear maps), so the fix is safe; the
-verifier measures the floating-point difference on this model. Where the first conv or a
+verifier measures the floating-point difference on this model. `convlint fix` folds through
+per-channel affine ops, Identity, Dropout and Cast; a chain through a layout change or a
+quantization step, or between quantized convs, is display-only. Where the first conv or a
 BatchNormalization leaves a bias and the second conv zero-pads, the border pixels see padding
 rather than that bias, which the rewrite accounts for with a per-position bias map.
 

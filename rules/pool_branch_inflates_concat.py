@@ -2,9 +2,12 @@
 
 ## What it does
 Flags a pooling branch of an Inception-style module: a pooling op and at least one other branch
-read the same tensor and meet again in a channel Concat, and the pooled branch reaches the Concat
-with all of its channels (no 1×1 projection after the pool), carrying at least `min-share`
-(default 0.25) of the Concat's output channels.
+(not a pool) read the same tensor and meet again in a channel Concat, and the pooled branch
+reaches the Concat with all of its channels (no 1×1 projection after the pool), carrying at
+least `min-share` (default 0.25) of the Concat's output channels. One finding per Concat, at its
+widest pooled branch. Branches are matched through the canonical view: layout changes (NHWC
+Transposes, the Concat's axis read as the channel axis), quantize/dequantize steps, affine ops
+and activations do not hide a pool or a sibling.
 
 ## Why is this bad?
 Pooling keeps every input channel, so the module's output is wider than its input: in naive
@@ -30,7 +33,12 @@ Strided pools are passed over: in a grid-size reduction (Inception v3 section 5,
 Mixed_7a) the pooled branch is the cheap way to keep information while halving resolution, and
 adding a projection defeats its purpose. Concats whose inputs are not sibling branches of one
 tensor (DenseNet's concat of a block's input with new features) are not pooling branches and are
-not flagged.
+not flagged; the Concat itself is never a sibling branch of its own input. Spatial pyramid
+pooling (SPP in YOLOv3/YOLOX: pools of one tensor side by side; SPPF in YOLOv5/v8: a chain of
+pools), concatenated with that tensor and fused by the next 1×1 conv, is a design and is not
+flagged. Where the Concat's consumers are convs, the projection must save at least 10% of
+their MACs (projection included); where the Concat has no conv consumer (a graph output), the
+narrower Concat is the saving.
 
 ## Fix safety
 `convlint fix` inserts the projection and folds it into the Concat's consumers. Where every

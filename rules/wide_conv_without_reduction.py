@@ -3,18 +3,27 @@
 ## What it does
 Flags a spatial convolution (any kernel dim > 1, group 1) that reads at least `min-channels`
 channels when no 1×1 convolution set the width of its input. Walking back from the conv's
-input, convlint looks through BatchNormalization, activations, Identity, Dropout and Cast, and
-through spatial convs that do not widen channels (a 1×7 then 7×1 chain, a 3×3 after a 3×3); if
-it reaches a 1×1 conv, the input width was chosen by a reduction and nothing is flagged.
+input, convlint asks its canonical view and looks through per-channel affine ops
+(BatchNormalization, or Mul/Add/Sub/Div by a per-channel constant as Caffe and TensorFlow
+exports write it), activations (SiLU, HardSwish, GELU and Mish written out as several ops
+count as one), layout changes (NHWC Transposes), QuantizeLinear/DequantizeLinear steps,
+channel selections (Split, Slice or Gather along channels: YOLOv8's C2f splits a 1×1 conv's
+output), and spatial convs that do not widen channels (a 1×7 then 7×1 chain, a 3×3 after a
+3×3); if it reaches a 1×1 conv, the input width was chosen by a reduction and nothing is
+flagged. Conv, ConvInteger and QLinearConv are all convs here: a quantized export gets the
+verdict of its float twin.
 
 ## Why is this bad?
 A k×k conv costs C_out·C_in·k² MACs per output pixel: the channel count is paid k² times over.
 Network in Network's 1×1 "cascaded cross channel pooling" and GoogLeNet's reductions put a cheap
 1×1 conv in front to shrink C_in first; ResNet's bottleneck does the same. A 256->256 3×3 conv
 costs 589,824 MACs per output pixel; the bottleneck 1×1 (256->64), 3×3 (64->64), 1×1 (64->256)
-costs 69,632, 8.5× less. The estimate is exactly that design with `reduction-ratio`
-(default 4): 1×1 C_in->C_in/r, k×k, 1×1 -> C_out. A strided conv keeps its stride on the k×k
-(ResNet v1.5), so the 1×1 reduction runs at input resolution and is charged for it.
+costs 69,632, 8.5× less. The estimate is exactly that design: 1×1 C_in->m, k×k m->m, 1×1
+m->C_out with m = max(C_in, C_out) / `reduction-ratio` (default 4: ResNet's bottleneck width
+is a quarter of the block's output, for widening convs too). Per output pixel that is
+C_in·m·s + m²·k² + m·C_out against C_out·C_in·k², where s is the stride area: a strided conv
+keeps its stride on the k×k (ResNet v1.5), so the 1×1 reduction runs at input resolution and is
+charged for it. A VGG 3×3 128->256 conv gets m = 64: 294,912 -> 61,440 MACs per pixel, 4.8×.
 
 ## Example
 ```
@@ -32,13 +41,18 @@ usually does). Convs below `min-channels` (default 128) are left alone: early la
 in channels and their cost is resolution, which a reduction does not touch. Convs whose stride
 equals their kernel (non-overlapping patches: ConvNeXt's 2×2/2 downsampling layers, patch
 embeddings) are left alone too: they read each input pixel once, so they already cost what a
-1×1 conv over the space-to-depth map would. Pooling ops stop the
-walk back, so a reduction followed by pooling does not count.
+1×1 conv over the space-to-depth map would. A conv for which the bottleneck would save less
+than 10% of its MACs is not flagged (`--verbose` says so): a conv that already narrows its
+width, such as a 1×3 conv 480->60, gains nothing from it. Pooling ops stop the walk back, so a
+reduction followed by pooling does not count. The message names the conv's actual input and,
+separately, where the walk back stopped.
 
 ## Fix safety
 `convlint fix` factorizes the trained weight (SVD or Tucker-2) at the smallest rank whose
 verified output error stays within `--tolerance`; that keeps the function, so it is safe. Where no
-rank within the tolerance saves MACs it says so and leaves the conv. The retrained bottleneck of
+rank within the tolerance saves MACs it says so and leaves the conv. Quantized convs
+(QLinearConv, ConvInteger, or a Conv whose weight is a DequantizeLinear) are display-only:
+factorize the float model, then quantize it again. The retrained bottleneck of
 the estimate is not a fix.
 
 ## References

@@ -23,8 +23,13 @@ x[1,64,14,14] -> Conv 3×3 64->64 -> Relu -> Conv 1×1 64->256 -> Relu
 ## Known problems
 Stems on image inputs (3 channels, below `min-channels`) are not flagged: there the width comes
 from nowhere else. A k×k conv whose input width was set by a 1×1 conv that *reduced* channels
-is not flagged either: that is a squeeze-expand design (SqueezeNet's fire module) in which the
-spatial conv restores a width the 1×1 took away on purpose.
+is not flagged either: that is a squeeze-expand design (SqueezeNet's fire module, where a 1×1
+expand beside it reads the same squeeze and both meet in a Concat) in which the spatial conv
+restores a width the 1×1 took away on purpose. A k×k expansion whose output is projected back
+by a 1×1 conv to at most its input width (through BatchNorm and activations) is EfficientNetV2's
+Fused-MBConv, a deliberate design: not flagged, and identical blocks get identical verdicts
+since the check looks forward, not at what came before. A widening for which the 1×1 design
+would save less than 10% of MACs is not flagged.
 
 ## Fix safety
 `convlint fix` factorizes the trained weight on the output side (the k×k conv to rank r, then a
@@ -34,6 +39,7 @@ trained weight is far from that rank.
 
 ## References
 - Lin, Chen, Yan. Network in Network, arXiv:1312.4400, section 3.2.
+- Tan, Le. EfficientNetV2, arXiv:2104.00298, section 3.2 (Fused-MBConv).
 - He et al. Deep Residual Learning, arXiv:1512.03385, section 4.1 (1×1 layers "increasing
   (restoring) dimensions").
 - Iandola et al. SqueezeNet, arXiv:1602.07360, section 3.1 (strategies 1 and 2).
