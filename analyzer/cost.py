@@ -2,15 +2,18 @@
 
 Conventions (documented in the README):
 - params count weights and biases: every constant weight input of Conv, ConvTranspose, Gemm and
-  MatMul; scale and bias of normalizations (BatchNormalization's running mean and variance are
-  statistics, not parameters, as in PyTorch's ``parameters()``); PRelu slopes; float constants
-  of more than one element added or multiplied in (learned biases and layer scales).
+  MatMul; weight and bias of ConvInteger and QLinearConv (not their scales and zero points); a
+  QDQ weight, DequantizeLinear of an int8 tensor, is that tensor's elements, counted once however
+  many nodes read it; scale and bias of normalizations (BatchNormalization's running mean and
+  variance are statistics, not parameters, as in PyTorch's ``parameters()``); PRelu slopes;
+  float constants of more than one element added or multiplied in (learned biases and layer
+  scales).
 - MACs are those of one sample: the leading (batch) dim is never multiplied in.
-- Conv: C_out * C_in/group * prod(kernel) per output pixel. ConvTranspose: C_in * C_out/group *
-  prod(kernel) per input pixel. Gemm/MatMul: K * N per row (a 1-D MatMul operand is one row
-  or one column, as in numpy). Pooling: one MAC per window element
-  read. Normalizations: one MAC per output element (a folded scale and shift). Activations,
-  elementwise arithmetic and shape ops: zero (they are not multiply-accumulates).
+- Conv, ConvInteger, QLinearConv: C_out * C_in/group * prod(kernel) per output pixel.
+  ConvTranspose: C_in * C_out/group * prod(kernel) per input pixel. Gemm/MatMul: K * N per row
+  (a 1-D MatMul operand is one row or one column, as in numpy). Pooling: one MAC per window
+  element read. Normalizations: one MAC per output element (a folded scale and shift).
+  Activations, elementwise arithmetic and shape ops: zero (they are not multiply-accumulates).
 - With symbolic non-batch dims, MACs are None; convolutions still carry
   ``macs_per_output_pixel``.
 """
@@ -21,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from convlint.graph import ModelGraph, Node, Shape
+from convlint.graph import CONV_INPUTS, ModelGraph, Node, Shape
 
 NORMALIZATIONS = frozenset(
     {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
@@ -94,13 +97,15 @@ def _cost(
 
 
 def _conv(graph: ModelGraph, node: Node) -> NodeCost:
-    weight = graph.shape(node.inputs[1]) if len(node.inputs) > 1 else None
-    weights = node.inputs[1:3]
+    data, weight_at, bias_at = CONV_INPUTS[node.op_type]
+    inputs = node.inputs
+    weights = [inputs[i] for i in (weight_at, bias_at) if i is not None and i < len(inputs)]
+    weight = graph.shape(inputs[weight_at]) if weight_at < len(inputs) else None
     per_pixel = numel(weight)
     if per_pixel is None:
         return _cost(graph, weights, None)
     if node.op_type == "ConvTranspose":  # each input pixel is spread over the kernel
-        pixels = spatial_pixels(graph, node.inputs[0])
+        pixels = spatial_pixels(graph, inputs[data])
         return _cost(graph, weights, per_pixel * pixels if pixels is not None else None)
     pixels = spatial_pixels(graph, node.outputs[0])
     macs = per_pixel * pixels if pixels is not None else None
@@ -132,10 +137,6 @@ def _matmul(graph: ModelGraph, node: Node) -> NodeCost:
     return _cost(graph, node.inputs[:2], rows * k)
 
 
-def _quantized_conv(graph: ModelGraph, node: Node) -> NodeCost:
-    return NodeCost(0, None)
-
-
 def _normalization(graph: ModelGraph, node: Node) -> NodeCost:
     return _cost(graph, node.inputs[1:3], per_sample(graph.shape(node.outputs[0])))
 
@@ -164,10 +165,7 @@ def _elementwise(graph: ModelGraph, node: Node) -> NodeCost:
 # The standard ops that have params or MACs; every other op costs nothing, so a large graph's
 # activations and shape ops are passed over with one dict lookup.
 COST_BY_OP: dict[str, Callable[[ModelGraph, Node], NodeCost]] = {
-    "Conv": _conv,
-    "ConvTranspose": _conv,
-    "ConvInteger": _quantized_conv,
-    "QLinearConv": _quantized_conv,
+    **dict.fromkeys(CONV_INPUTS, _conv),
     "Gemm": _gemm,
     "MatMul": _matmul,
     **dict.fromkeys(NORMALIZATIONS, _normalization),
