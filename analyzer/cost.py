@@ -14,6 +14,11 @@ Conventions (documented in the README):
   (a 1-D MatMul operand is one row or one column, as in numpy). Pooling: one MAC per window
   element read. Normalizations: one MAC per output element (a folded scale and shift).
   Activations, elementwise arithmetic and shape ops: zero (they are not multiply-accumulates).
+- LSTM, GRU, RNN: params are their constant W, R and B inputs and an LSTM's peepholes P. MACs are
+  seq_length × num_directions × gates × hidden_size × (input_size + hidden_size), gates = 4
+  (LSTM), 3 (GRU), 1 (RNN): the gate matmuls of every step in every direction; biases and the
+  elementwise gate math are not MACs. seq_length is X's dim 0 (dim 1 with layout=1), the
+  batch is not multiplied in; with a symbolic seq_length, MACs are None.
 - With symbolic non-batch dims, MACs are None; convolutions still carry
   ``macs_per_output_pixel``.
 """
@@ -137,6 +142,27 @@ def _matmul(graph: ModelGraph, node: Node) -> NodeCost:
     return _cost(graph, node.inputs[:2], rows * k)
 
 
+RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
+LSTM_PEEPHOLES = 7  # input index of P
+
+
+def _recurrent(graph: ModelGraph, node: Node) -> NodeCost:
+    inputs = node.inputs
+    weights = list(inputs[1:4])
+    if node.op_type == "LSTM" and len(inputs) > LSTM_PEEPHOLES:
+        weights.append(inputs[LSTM_PEEPHOLES])
+    x_shape = graph.shape(inputs[0])
+    seq_axis = 1 if node.attr("layout", 0) == 1 else 0
+    seq = x_shape[seq_axis] if x_shape is not None and len(x_shape) == 3 else None
+    # W is directions × gates·hidden × input and R directions × gates·hidden × hidden (gates 4,
+    # 3, 1), so their elements are the MACs of one step: directions·gates·hidden·(input+hidden).
+    w = numel(graph.shape(inputs[1])) if len(inputs) > 1 else None
+    r = numel(graph.shape(inputs[2])) if len(inputs) > 2 else None
+    if not isinstance(seq, int) or w is None or r is None:
+        return _cost(graph, weights, None)
+    return _cost(graph, weights, seq * (w + r))
+
+
 def _normalization(graph: ModelGraph, node: Node) -> NodeCost:
     return _cost(graph, node.inputs[1:3], per_sample(graph.shape(node.outputs[0])))
 
@@ -168,6 +194,7 @@ COST_BY_OP: dict[str, Callable[[ModelGraph, Node], NodeCost]] = {
     **dict.fromkeys(CONV_INPUTS, _conv),
     "Gemm": _gemm,
     "MatMul": _matmul,
+    **dict.fromkeys(RECURRENT, _recurrent),
     **dict.fromkeys(NORMALIZATIONS, _normalization),
     **dict.fromkeys(WINDOW_POOLS, _window_pool),
     **dict.fromkeys(GLOBAL_POOLS, _global_pool),

@@ -8,6 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from graph_helpers import save_graph, zeros
+from onnx import helper
+
 from convlint import loader
 from convlint.cost import ModelCost, model_cost
 from convlint.graph import ModelGraph, build_graph
@@ -37,3 +40,41 @@ def test_quantized_convs_count_like_conv(model_file: Callable[..., Path]) -> Non
     # conv4 reads a second DequantizeLinear of conv3's int8 weight: counted once.
     assert cost.params == 1168 + 256 + 2320 == 3744
     assert cost.macs == 294_912 + 65_536 + 2 * 589_824 == 1_540_096
+
+
+RECURRENT = ("lstm", "gru", "rnn")
+
+
+def test_recurrent_layers_count_gate_matmuls_per_step(model_file: Callable[..., Path]) -> None:
+    _, cost = costed(model_file("recurrent_stack"))  # T = 12
+    assert {name: (cost.nodes[name].params, cost.nodes[name].macs) for name in RECURRENT} == {
+        # W 2·128·16 + R 2·128·32 + B 2·256 + P 2·96; 12 steps · 2 directions · 4 gates ·
+        # 32 hidden · (16 input + 32 hidden).
+        "lstm": (4096 + 8192 + 512 + 192, 12 * 2 * 4 * 32 * (16 + 32)),
+        "gru": (4608 + 1728 + 144, 12 * 3 * 24 * (64 + 24)),
+        "rnn": (192 + 64 + 16, 12 * 8 * (24 + 8)),
+    }
+    assert [cost.nodes[name].macs for name in RECURRENT] == [147_456, 76_032, 3_072]
+
+
+def test_recurrent_macs_need_a_static_sequence_length(model_file: Callable[..., Path]) -> None:
+    path = model_file("recurrent_stack", seq="T")
+    _, cost = costed(path)
+    assert [cost.nodes[name].macs for name in RECURRENT] == [None, None, None]
+    assert [cost.nodes[name].params for name in RECURRENT] == [12_992, 6_480, 272]
+    _, bound = costed(path, input=(20, 1, 16))
+    assert [bound.nodes[name].macs for name in RECURRENT] == [
+        20 * 12_288,
+        20 * 6_336,
+        20 * 256,
+    ]
+
+
+def test_batch_first_recurrent_layer_reads_the_sequence_from_dim_1(tmp_path: Path) -> None:
+    nodes = [helper.make_node("GRU", ["x", "w", "r"], ["y"], name="gru", hidden_size=10, layout=1)]
+    weights = [zeros("w", (1, 30, 6)), zeros("r", (1, 30, 10))]
+    path = save_graph(tmp_path / "gru.onnx", nodes, {"x": [2, 7, 6]}, "y", weights)
+    _, cost = costed(path)
+    # N = 2 is the batch (not counted), T = 7 steps of 3 gates · 10 hidden · (6 + 10).
+    assert cost.nodes["gru"].macs == 7 * 3 * 10 * (6 + 10) == 3_360
+    assert cost.nodes["gru"].params == 180 + 300
