@@ -18,6 +18,7 @@ Roles (``View.role``):
 - ``quantize``: QuantizeLinear / DequantizeLinear on activations (transparent);
 - ``select``: Split, Slice or Gather along the channel axis (a channel selection);
 - ``passthrough``: Identity, Dropout, Cast;
+- ``merge``: Add or Sum of two or more feature maps of one shape (a residual connection);
 - ``pool``: MaxPool, AveragePool, LpPool; ``concat``; ``dense``: Gemm, MatMul with a constant
   weight; ``flatten``: Flatten, Reshape; ``other``: everything else.
 
@@ -53,6 +54,7 @@ ELEMENTWISE_NONLINEAR = frozenset(
 NONLINEAR_WITH_CONSTANT = frozenset({"Max", "Min", "Pow"})
 ARITHMETIC = frozenset({"Mul", "Add", "Sub", "Div"})
 PASSTHROUGH = frozenset({"Identity", "Dropout", "Cast"})
+MERGES = frozenset({"Add", "Sum"})
 QUANTIZE = frozenset({"QuantizeLinear", "DequantizeLinear"})
 SELECT = frozenset({"Split", "Slice", "Gather"})
 POOLS = frozenset({"MaxPool", "AveragePool", "LpPool"})
@@ -154,6 +156,8 @@ class View:
             return "activation"
         if op == "BatchNormalization" or (op in ARITHMETIC and self._is_affine(node)):
             return "affine"
+        if op in MERGES and self._is_merge(node):
+            return "merge"
         if op in NONLINEAR_WITH_CONSTANT and self._constant_operand(node) is not None:
             return "activation"
         if op in PASSTHROUGH:
@@ -426,6 +430,19 @@ class View:
         if shape is None:
             return math.prod(d for d in const_shape if isinstance(d, int)) == 1
         return _broadcasts_per_channel(const_shape, len(shape), self.channel_axis(data))
+
+    def _is_merge(self, node: Node) -> bool:
+        data = [t for t in node.inputs if t and not self.graph.is_constant(t)]
+        if len(data) < 2:
+            return False
+        shapes = {self.graph.shape(t) for t in data}
+        return len(shapes) == 1 and None not in shapes
+
+    def merged_inputs(self, node: Node) -> list[str]:
+        """The feature maps a merge adds up (for a residual Add: the branch and the shortcut)."""
+        if self.role(node) != "merge":
+            return []
+        return [t for t in node.inputs if t and not self.graph.is_constant(t)]
 
     def _selects_channels(self, node: Node) -> bool:
         data = node.inputs[0] if node.inputs else ""

@@ -59,6 +59,11 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         flatten, _ = view.source_of(dense.inputs[0], through=CHANNEL_PRESERVING)
         if flatten is None or view.role(flatten) != "flatten":
             continue
+        rows = graph.shape(flatten.outputs[0])
+        if rows is None or len(rows) != 2:
+            # A Reshape to 3-D keeps a sequence axis (CRNN's [T, N, C]): not a flattened map.
+            ctx.skip(dense, f"{flatten.op_type} {flatten.name!r} does not flatten to rows")
+            continue
         feature_map = flatten.inputs[0]
         # Through a layout change before the flatten (NHWC exports flatten channels last).
         feature_map = view.origin(feature_map)

@@ -75,17 +75,37 @@ from convlint.sketch import Suggestion
 from convlint.view import WIDTH_SOURCE, ConvGeometry, View
 
 
-def _reduction_source(view: View, node: Node) -> tuple[Node | None, str]:
-    """The 1×1 conv that set this conv's input width, or None and where the walk stopped."""
-    current = node
-    while True:
-        tensor = view.data_input(current)
-        if tensor is None:
-            return None, "a constant"
+class _Walk:
+    """The walk back from a conv's input to what set its width, memoized per tensor: residual
+    networks merge paths at every block, and each merge is walked along all its inputs."""
+
+    def __init__(self, view: View) -> None:
+        self.view = view
+        self.memo: dict[str, tuple[Node | None, str]] = {}
+
+    def reduction(self, tensor: str) -> tuple[Node | None, str]:
+        """The 1×1 conv that set ``tensor``'s width, or None and where the walk stopped."""
+        if tensor not in self.memo:
+            self.memo[tensor] = (None, "a residual cycle")  # guards a malformed cyclic graph
+            self.memo[tensor] = self._reduction(tensor)
+        return self.memo[tensor]
+
+    def _reduction(self, tensor: str) -> tuple[Node | None, str]:
+        view = self.view
         source, walked = view.source_of(tensor, WIDTH_SOURCE)
         if source is None:
             last = view.data_input(walked[-1]) if walked else tensor
             return None, view.describe_tensor(last or tensor)
+        merged = view.merged_inputs(source)
+        if merged:
+            # A residual sum has the width of its shortcut: a 1×1 conv that did not widen sets
+            # it on any path (YOLOv8's C2f bottlenecks add to a split of a 1×1 conv's output).
+            # A widening 1×1 (ResNet's downsample shortcut) did not reduce anything.
+            for found, _ in (self.reduction(branch) for branch in merged):
+                width = view.geometry(found) if found is not None else None
+                if width is not None and width.cout <= width.cin:
+                    return found, ""
+            return None, view.describe(source)
         geometry = view.geometry(source)
         if geometry is None:
             return None, view.describe(source)
@@ -93,13 +113,15 @@ def _reduction_source(view: View, node: Node) -> tuple[Node | None, str]:
             return source, ""
         if geometry.cout > geometry.cin:
             return None, f"widening conv {source.name!r}, {geometry.shape_text}"
-        current = source
+        data = view.data_input(source)
+        return self.reduction(data) if data else (None, "a constant")
 
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     view = ctx.view
     min_channels = int(ctx.options["min-channels"])
     ratio = int(ctx.options["reduction-ratio"])
+    walk = _Walk(view)
     for node in view.nodes("conv"):
         geometry = view.geometry(node)
         if geometry is None or geometry.is_pointwise:
@@ -113,7 +135,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         if geometry.cin < min_channels:
             ctx.skip(node, f"reads {geometry.cin} channels, below min-channels={min_channels}")
             continue
-        reduction, stopped = _reduction_source(view, node)
+        reduction, stopped = walk.reduction(view.data_input(node) or "")
         if reduction is not None:
             ctx.skip(node, f"input width set by 1×1 conv {reduction.name!r}")
             continue
