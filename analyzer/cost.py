@@ -8,10 +8,14 @@ Conventions (documented in the README):
   variance are statistics, not parameters, as in PyTorch's ``parameters()``); PRelu slopes;
   float constants of more than one element added or multiplied in (learned biases and layer
   scales).
-- MACs are those of one sample: the leading (batch) dim is never multiplied in.
+- MACs are those of one sample: the batch dim is never multiplied in.
 - Conv, ConvInteger, QLinearConv: C_out * C_in/group * prod(kernel) per output pixel.
-  ConvTranspose: C_in * C_out/group * prod(kernel) per input pixel. Gemm/MatMul: K * N per row
-  (a 1-D MatMul operand is one row or one column, as in numpy). Pooling: one MAC per window
+  ConvTranspose: C_in * C_out/group * prod(kernel) per input pixel. Gemm: K * N per row of its
+  2-D A, which is one sample (M is the batch). MatMul: K * N per row, and every row of every
+  leading dim of the output counts (a sequence-first T×N×K by K×M is T·N·K·M), except the
+  model's batch symbol (the symbolic dim 0 of a data input, counted as 1; a static batch of 1
+  is 1 anyway); another symbolic leading dim makes MACs None. A 1-D MatMul operand is one row
+  or one column, as in numpy. Pooling: one MAC per window
   element read. Normalizations: one MAC per output element (a folded scale and shift).
   Activations, elementwise arithmetic and shape ops: zero (they are not multiply-accumulates).
 - LSTM, GRU, RNN: params are their constant W, R and B inputs and an LSTM's peepholes P. MACs are
@@ -124,6 +128,34 @@ def _gemm(graph: ModelGraph, node: Node) -> NodeCost:
     return _cost(graph, node.inputs[1:3], numel(b_shape))  # K * N per row; M is the sample
 
 
+def batch_symbols(graph: ModelGraph) -> frozenset[str]:
+    """The model's batch symbols: the symbolic dim 0 of each data input of the main graph."""
+    while graph.outer is not None:
+        graph = graph.outer
+    symbols = set()
+    for name in graph.data_inputs:
+        shape = graph.shape(name)
+        if shape and isinstance(shape[0], str):
+            symbols.add(shape[0])
+    return frozenset(symbols)
+
+
+def rows_of_one_sample(graph: ModelGraph, dims: Shape) -> int | None:
+    """The product of ``dims``, the model's batch symbol counting as 1 (None if another dim is
+    symbolic)."""
+    rows = 1
+    batch: frozenset[str] | None = None
+    for dim in dims:
+        if isinstance(dim, int):
+            rows *= dim
+            continue
+        if batch is None:
+            batch = batch_symbols(graph)
+        if dim not in batch:
+            return None
+    return rows
+
+
 def _matmul(graph: ModelGraph, node: Node) -> NodeCost:
     a_shape, b_shape = graph.shape(node.inputs[0]), graph.shape(node.inputs[1])
     out_shape = graph.shape(node.outputs[0])
@@ -131,15 +163,16 @@ def _matmul(graph: ModelGraph, node: Node) -> NodeCost:
         return _cost(graph, node.inputs[:2], None)
     k = a_shape[-1]
     # numpy semantics drop the row dim of a 1-D A and the column dim of a 1-D B from the
-    # output; put them back so that the leading dim left out below is a batch dim, never N.
+    # output; put them back so that the output is rows × columns.
     if len(b_shape) == 1:
         out_shape = (*out_shape, 1)
     if len(a_shape) == 1:
         out_shape = (*out_shape[:-1], 1, out_shape[-1])
-    rows = per_sample(out_shape)
-    if not isinstance(k, int) or rows is None:
+    rows = rows_of_one_sample(graph, out_shape[:-1])
+    columns = out_shape[-1]
+    if not isinstance(k, int) or not isinstance(columns, int) or rows is None:
         return _cost(graph, node.inputs[:2], None)
-    return _cost(graph, node.inputs[:2], rows * k)
+    return _cost(graph, node.inputs[:2], rows * k * columns)
 
 
 RECURRENT = frozenset({"LSTM", "GRU", "RNN"})

@@ -166,14 +166,19 @@ def test_a_weight_shared_by_two_convs_counts_once(tmp_path: Path) -> None:
     ("a_shape", "b_shape", "macs"),
     [
         ([8], [8, 5], 40),  # a vector times a matrix: one row of 8 -> 5
-        ([3, 8], [8], 8),  # a matrix times a vector: each of the 3 rows (the sample) is 8 MACs
+        ([3, 8], [8], 24),  # a matrix times a vector: 3 rows of 8 MACs
         ([8], [8], 8),  # a dot product
-        ([8], [2, 8, 5], 40),  # a vector times a batch of matrices: 40 per sample
-        ([3, 8], [8, 5], 40),
+        ([8], [2, 8, 5], 80),  # a vector times 2 matrices: 40 each
+        ([3, 8], [8, 5], 120),  # 3 rows of 8 -> 5
+        # Every row of every leading dim counts (a sequence-first T×N×K: T·N rows) ...
+        ([4, 2, 8], [8, 5], 4 * 2 * 40),
+        # ... except the model's batch symbol (the input's symbolic dim 0), counted as 1;
+        (["N", 3, 8], [8, 5], 120),
+        (["N", "T", 8], [8, 5], None),  # another symbolic dim leaves MACs unknown
     ],
 )
-def test_matmul_with_1d_operands(
-    tmp_path: Path, a_shape: list[int], b_shape: list[int], macs: int
+def test_matmul_counts_every_row_and_1d_operands(
+    tmp_path: Path, a_shape: list[int | str], b_shape: list[int], macs: int | None
 ) -> None:
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
     path = save_graph(tmp_path / "matmul.onnx", [node], {"x": a_shape}, "y", [zeros("w", b_shape)])

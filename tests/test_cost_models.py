@@ -57,6 +57,14 @@ def test_recurrent_layers_count_gate_matmuls_per_step(model_file: Callable[..., 
     assert [cost.nodes[name].macs for name in RECURRENT] == [147_456, 76_032, 3_072]
 
 
+def test_sequence_first_matmul_counts_every_step(model_file: Callable[..., Path]) -> None:
+    _, cost = costed(model_file("recurrent_stack"))
+    # T×N×K = 12×1×8 by 8×5: 12 rows of 40 MACs (the sequence is not a batch dim).
+    assert cost.nodes["classifier"].macs == 12 * 1 * 8 * 5 == 480
+    assert cost.params == 12_992 + 6_480 + 272 + 40 == 19_784
+    assert cost.macs == 147_456 + 76_032 + 3_072 + 480 == 227_040
+
+
 def test_recurrent_macs_need_a_static_sequence_length(model_file: Callable[..., Path]) -> None:
     path = model_file("recurrent_stack", seq="T")
     _, cost = costed(path)
