@@ -7,7 +7,9 @@ Conventions (documented in the README):
   many nodes read it; scale and bias of normalizations (BatchNormalization's running mean and
   variance are statistics, not parameters, as in PyTorch's ``parameters()``); PRelu slopes;
   float constants of more than one element added or multiplied in (learned biases and layer
-  scales).
+  scales). A weight the graph computes from stored values (ConstantOfShape, a Constant node,
+  Identity/Cast/Transpose/Reshape/DequantizeLinear of a constant) is a parameter of its
+  inferred shape; one that only passes a stored tensor on counts as that tensor, once.
 - MACs are those of one sample: the batch dim is never multiplied in.
 - Conv, ConvInteger, QLinearConv: C_out * C_in/group * prod(kernel) per output pixel.
   ConvTranspose: C_in * C_out/group * prod(kernel) per input pixel. Gemm: K * N per row of its
@@ -216,7 +218,7 @@ def _prelu(graph: ModelGraph, node: Node) -> NodeCost:
 
 def _elementwise(graph: ModelGraph, node: Node) -> NodeCost:
     learned = [  # float constants of more than one element: learned biases and scales
-        t for t in node.inputs if _const_size(graph, t) > 1 and graph.dtypes.get(t) in FLOATS
+        t for t in node.inputs if _const_size(graph, t) > 1 and graph.dtype(t) in FLOATS
     ]
     return _cost(graph, learned, 0)
 

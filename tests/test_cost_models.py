@@ -86,3 +86,18 @@ def test_batch_first_recurrent_layer_reads_the_sequence_from_dim_1(tmp_path: Pat
     # N = 2 is the batch (not counted), T = 7 steps of 3 gates · 10 hidden · (6 + 10).
     assert cost.nodes["gru"].macs == 7 * 3 * 10 * (6 + 10) == 3_360
     assert cost.nodes["gru"].params == 180 + 300
+
+
+def test_weights_computed_from_constants_are_parameters(model_file: Callable[..., Path]) -> None:
+    graph, cost = costed(model_file("computed_weights"))
+    assert {name: cost.nodes[name].params for name in ("conv", "conv.bias", "fc1", "fc2")} == {
+        "conv": 64 * 64 * 9,
+        "conv.bias": 64,  # a Constant node's floats Reshaped, added in
+        "fc1": 128 * 3136 + 128,  # ConstantOfShape of an initializer / of a Constant node
+        "fc2": 10 * 128 + 10,  # Transpose(Cast(ConstantOfShape)); Reshape of an initializer
+    }
+    assert cost.params == 36_864 + 64 + 401_536 + 1_290 == 439_754
+    assert cost.macs == 36_864 * 49 + 3136 * 128 + 128 * 10 == 2_209_024
+    # Value-preserving ops lead back to the tensor they pass on (shared weights count once).
+    assert graph.aliases["fc2.weight"] == "fc2.weight.half"
+    assert graph.aliases["conv.bias.reshape"] == "conv.bias.values"
