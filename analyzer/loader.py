@@ -7,7 +7,7 @@ external-data location is checked to stay inside the model's folder before anyth
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -168,9 +168,37 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, bytes | None]:
     return model, serialized
 
 
+def _clear_dims(values: Iterable[onnx.ValueInfoProto], stored: Callable[[int], bool]) -> list[str]:
+    """Clear the dims whose stored value ``stored`` accepts; returns the names that had one."""
+    cleared: list[str] = []
+    for value in values:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and stored(dim.dim_value):
+                dim.Clear()
+                if value.name not in cleared:
+                    cleared.append(value.name)
+    return cleared
+
+
+def clear_negative_dims(model: onnx.ModelProto) -> list[str]:
+    """Read dims stored as -1 in the main graph's inputs and outputs as unknown.
+
+    Some exporters write -1 for a dynamic dim, and onnxruntime reads it so; ONNX inference
+    would carry it on as a size of -1 (and refuse to merge it with a bound size). When inputs
+    or outputs have any, value_info entries are cleared of them too. Returns a note.
+    """
+    graph = model.graph
+    cleared = _clear_dims([*graph.input, *graph.output], lambda size: size < 0)
+    if not cleared:
+        return []
+    _clear_dims(graph.value_info, lambda size: size < 0)
+    return [f"read dims stored as -1 as unknown ({', '.join(cleared)})"]
+
+
 def bind_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes, path: Path) -> list[str]:
     """Write user-given shapes into the graph inputs; returns notes for --verbose."""
     notes: list[str] = []
+    zero_bound = False
     inputs = {value.name: value for value in model.graph.input}
     for name, shape in input_shapes.items():
         if name not in inputs:
@@ -184,14 +212,18 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes, path: P
                 f"--input-shape {name}: rank {len(shape)} given, the input has rank {len(dims)}",
             )
         for dim, value in zip(dims, shape, strict=True):
-            if dim.HasField("dim_value") and dim.dim_value != value:
+            # A stored 0 or -1 is bound like a symbol: exporters write them for a dynamic dim.
+            if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != value:
                 raise ModelError(
                     path, f"--input-shape {name}: dim {dim.dim_value} is fixed, {value} given"
                 )
+            zero_bound = zero_bound or (dim.HasField("dim_value") and dim.dim_value == 0)
         del dims[:]
         for value in shape:
             dims.add().dim_value = value
         notes.append(f"bound {name} to {'x'.join(map(str, shape))}")
+    if zero_bound:  # the exporter's other zeros mean dynamic too: let inference size them
+        _clear_dims([*model.graph.output, *model.graph.value_info], lambda size: size == 0)
     return notes
 
 
@@ -315,10 +347,12 @@ def load(path: str | Path, input_shapes: InputShapes | None = None) -> LoadedMod
     graphs = walk_graphs(model)
     check_external_locations(model, path, graphs)
     validate(model, path, graphs)
-    notes = bind_input_shapes(model, input_shapes or {}, path)
-    # Inference takes the model serialized. With no shapes bound the file's bytes are that
-    # already, and serializing a model with inline weights again costs as much as parsing it.
-    unchanged = serialized if serialized is not None and not input_shapes else None
+    notes = clear_negative_dims(model)
+    notes += bind_input_shapes(model, input_shapes or {}, path)
+    # Inference takes the model serialized. Unless a dim was changed (each change has a note)
+    # the file's bytes are that already, and serializing a model with inline weights again
+    # costs as much as parsing it.
+    unchanged = serialized if serialized is not None and not notes else None
     inferred = infer_shapes(unchanged if unchanged is not None else model, path)
     return LoadedModel(path=str(path), model=inferred, notes=notes)
 

@@ -212,3 +212,33 @@ def test_opset_newer_than_onnx_knows_is_invalid(
     code, _, err = cli("check", str(path))
     assert code == 2
     assert f"{path}: invalid model: opset 99 is newer than the newest" in err
+
+
+@pytest.mark.parametrize("stored", [-1, 0])
+def test_dims_stored_as_minus_one_or_zero_can_be_bound(
+    stored: int, tmp_path: Path, cli_json: Callable[..., tuple[int, dict]]
+) -> None:
+    """Some exporters write -1 (or 0) for a dynamic dim; onnxruntime reads -1 as dynamic."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    path = save_graph(
+        tmp_path / "dynamic.onnx",
+        [node],
+        {"x": [1, 3, stored, stored]},
+        "y",
+        [zeros("w", (8, 3, 3, 3))],
+    )
+    model = onnx.load(str(path))
+    model.graph.output[0].CopyFrom(
+        helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, stored, stored])
+    )
+    onnx.save(model, path)
+    loaded = loader.load(path, {"x": (1, 3, 64, 64)})
+    assert loaded.notes[-1] == "bound x to 1x3x64x64"
+    cost = model_cost(build_graph(loaded.model))
+    assert cost.macs == 8 * 3 * 9 * 64 * 64 == 884_736
+    _, report = cli_json("check", str(path), "--input-shape", "x=1x3x64x64")
+    assert report["models"][0]["cost"]["macs"] == 884_736
+    if stored == -1:  # unbound, -1 is unknown: no MAC count made of a size of -1
+        loaded = loader.load(path)
+        assert loaded.notes == ["read dims stored as -1 as unknown (x, y)"]
+        assert model_cost(build_graph(loaded.model)).macs is None
