@@ -165,7 +165,10 @@ class View:
         if op == "Transpose":
             return "layout"
         if op in QUANTIZE and self.graph.data_input(node) is not None:
-            return "quantize"
+            # A QuantizeLinear whose zero point is its type's minimum clamps negatives to
+            # zero: a ReLU fused into quantization (onnxruntime's QDQ quantizer drops the
+            # ReLU after a conv and writes exactly that).
+            return "activation" if self._clamps_at_zero(node) else "quantize"
         if op in SELECT and self._selects_channels(node):
             return "select"
         if op in POOLS:
@@ -443,6 +446,17 @@ class View:
         if self.role(node) != "merge":
             return []
         return [t for t in node.inputs if t and not self.graph.is_constant(t)]
+
+    def _clamps_at_zero(self, node: Node) -> bool:
+        if node.op_type != "QuantizeLinear":
+            return False
+        if len(node.inputs) < 3 or not node.inputs[2]:
+            return True  # the default zero point is uint8 0
+        zero_point = self._stored_value(node.inputs[2])
+        if zero_point is None or zero_point.dtype.kind not in "iu":
+            return False
+        lowest = np.iinfo(zero_point.dtype).min
+        return bool((zero_point == lowest).all())
 
     def _selects_channels(self, node: Node) -> bool:
         data = node.inputs[0] if node.inputs else ""

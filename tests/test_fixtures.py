@@ -52,6 +52,14 @@ EXPECTED_OUTPUT_SHAPES: dict[str, list[Dims]] = {
     # The point of this fixture: ONNX inference alone loses the dims a computed Slice keeps.
     "chunk_by_computed_slice": [["?", 58, "?", "?"]],
     "big_chain": [[1, 8, 8, 8]],
+    "yolov8_c2f_sppf": [[1, 256, 20, 20]],
+    "yolox_spp": [[1, 512, 20, 20]],
+    "bn_inception_double3x3": [[1, 576, 14, 14]],
+    "craft_fc_conv": [[1, 1024, 16, 16]],
+    "fused_mbconv_stage": [[1, 48, 28, 28]],
+    "crnn_lstm": [[32, 1, 37]],
+    "crnn_lstm_batch_first": [[1, 32, 37]],
+    "vgg_head_constant_of_shape": [[1, 10]],
 }
 
 EXTERNAL = {"resnet50", "vgg16"}
