@@ -7,6 +7,7 @@ external-data location is checked to stay inside the model's folder before anyth
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,12 +228,41 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes, path: P
     return notes
 
 
-def _run_inference(model: onnx.ModelProto | bytes, path: str | Path) -> onnx.ModelProto:
+class InferenceFailed(ModelError):
+    """Shape inference refused the model; ``text`` is onnx's whole message."""
+
+    def __init__(self, path: str | Path, text: str) -> None:
+        super().__init__(path, f"shape inference failed: {text.splitlines()[-1]}")
+        self.text = text
+
+
+def _run_inference(
+    model: onnx.ModelProto | bytes, path: str | Path, strict: bool = True
+) -> onnx.ModelProto:
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ModelError(path, f"shape inference failed: {first_line}") from None
+        raise InferenceFailed(path, str(exc).strip() or type(exc).__name__) from None
+
+
+SUBGRAPH_OPS = ("If", "Loop", "Scan")
+# How onnx names a node its inference failed on; errors are listed in graph order.
+_FAILED_NODE = re.compile(r"\(op_type:(\w+)(?:, node name: ([^)]*))?\)")
+
+
+def _fails_in_subgraph(model: onnx.ModelProto | bytes, failure: InferenceFailed) -> bool:
+    """Whether strict inference first failed on an If, Loop or Scan (inside its subgraph).
+
+    Exporters declare shapes on subgraph outputs that inference then contradicts, and
+    onnxruntime runs such models (it merges the shapes leniently); a failure in the main graph
+    makes the model invalid.
+    """
+    failed = _FAILED_NODE.search(failure.text)
+    if failed is not None:
+        return failed.group(1) in SUBGRAPH_OPS
+    if isinstance(model, bytes):  # only on this failure path: parse the bytes again
+        model = onnx.load_model_from_string(model)
+    return any(node.op_type in SUBGRAPH_OPS for node in model.graph.node)
 
 
 def _small_int_constants(model: onnx.ModelProto) -> dict[str, list[int]]:
@@ -296,10 +326,32 @@ def _refine_slices(model: onnx.ModelProto) -> bool:
     return refined
 
 
-def infer_shapes(model: onnx.ModelProto | bytes, path: str | Path) -> onnx.ModelProto:
-    inferred = _run_inference(model, path)
+def infer_shapes(
+    model: onnx.ModelProto | bytes, path: str | Path, notes: list[str] | None = None
+) -> onnx.ModelProto:
+    """Strict shape inference with data propagation; notes for --verbose go to ``notes``.
+
+    A model whose subgraphs fail strict inference is inferred non-strictly (with a note), as
+    onnxruntime loads it; every other failure is a ModelError.
+    """
+    strict = True
+    try:
+        inferred = _run_inference(model, path)
+    except InferenceFailed as failure:
+        if not _fails_in_subgraph(model, failure):
+            raise
+        strict = False
+        inferred = _run_inference(model, path, strict)
+        if notes is not None:
+            failed = _FAILED_NODE.search(failure.text)
+            owner = f" of {failed.group(2)!r}" if failed is not None and failed.group(2) else ""
+            reason = failure.text.splitlines()[0].rsplit("] ", 1)[-1]
+            notes.append(
+                f"strict shape inference failed in a subgraph{owner} ({reason}); shapes are "
+                "from non-strict inference, as onnxruntime reads the model"
+            )
     if _refine_slices(inferred):
-        inferred = _run_inference(inferred, path)
+        inferred = _run_inference(inferred, path, strict)
     return inferred
 
 
@@ -353,7 +405,7 @@ def load(path: str | Path, input_shapes: InputShapes | None = None) -> LoadedMod
     # the file's bytes are that already, and serializing a model with inline weights again
     # costs as much as parsing it.
     unchanged = serialized if serialized is not None and not notes else None
-    inferred = infer_shapes(unchanged if unchanged is not None else model, path)
+    inferred = infer_shapes(unchanged if unchanged is not None else model, path, notes)
     return LoadedModel(path=str(path), model=inferred, notes=notes)
 
 

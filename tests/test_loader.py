@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 from convlint import loader
 from convlint.cost import model_cost
 from convlint.fixtures import BAD_WRITERS
+from convlint.fixtures.costing import if_branches_with_stale_shapes
 from convlint.graph import build_graph
 
 EXPECTED_PROBLEM = {
@@ -242,3 +243,40 @@ def test_dims_stored_as_minus_one_or_zero_can_be_bound(
         loaded = loader.load(path)
         assert loaded.notes == ["read dims stored as -1 as unknown (x, y)"]
         assert model_cost(build_graph(loaded.model)).macs is None
+
+
+def test_subgraph_failing_strict_inference_is_analyzed_non_strictly(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    path = tmp_path / "stale.onnx"
+    onnx.save(if_branches_with_stale_shapes(), path)
+    with pytest.raises(onnx.shape_inference.InferenceError):
+        onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+    loaded = loader.load(path)
+    assert loaded.notes == [
+        "strict shape inference failed in a subgraph of 'if' (Inferred shape and existing shape "
+        "differ in dimension 2: (7) vs (14)); shapes are from non-strict inference, as "
+        "onnxruntime reads the model"
+    ]
+    graph = build_graph(loaded.model)
+    assert model_cost(graph).nodes["conv1"].macs == 576 * 196
+    code, out, err = cli("check", str(path), "--verbose")
+    assert code == 0, err
+    assert f"{path}: note: {loaded.notes[0]}" in out.splitlines()
+
+
+def test_main_graph_failing_strict_inference_is_refused_beside_a_subgraph(tmp_path: Path) -> None:
+    """Only a failure inside a subgraph is inferred again non-strictly."""
+    model = if_branches_with_stale_shapes()
+    conv = next(n for n in model.graph.node if n.name == "conv1")
+    conv.input[1] = "wide.weight"  # 16 input channels on an 8-channel map: 16 out, not 8
+    model.graph.initializer.append(zeros("wide.weight", (16, 16, 3, 3)))
+    relu = next(n for n in model.graph.node if n.name == "relu1")
+    model.graph.node.insert(
+        list(model.graph.node).index(relu) + 1,
+        helper.make_node("Add", ["relu1", "input"], ["sum"], name="add"),
+    )
+    path = tmp_path / "broken.onnx"
+    onnx.save(model, path)
+    with pytest.raises(loader.ModelError, match="shape inference failed"):
+        loader.load(path)
