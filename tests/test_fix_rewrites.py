@@ -71,6 +71,20 @@ def test_fold_with_batchnorm_and_padding_is_exact(tmp_path: Path) -> None:
     assert max_abs_diff(path, out, random_inputs(folded, seed=3)) < 1e-4
 
 
+def test_fold_through_caffe_scale_as_mul_add_is_exact(tmp_path: Path) -> None:
+    from convlint.fixtures import dialects
+
+    caffe = dialects.to_caffe(fixtures.linear_conv_chain_bad())
+    assert not any(n.op_type == "BatchNormalization" for n in caffe.graph.node)
+    path = fixtures.save(caffe, tmp_path / "caffe_chain.onnx")
+    result, out = run_fix(path)
+    (rewrite,) = result.rewrites
+    assert (rewrite.code, rewrite.node, rewrite.kind) == ("CL003", "expand", "fold")
+    folded = onnx.load(out)
+    assert "expand" not in {n.name for n in folded.graph.node}
+    assert max_abs_diff(path, out, random_inputs(folded, seed=3)) < 1e-4
+
+
 def fold_model(first_k: int, second_k: int, *, stride: int, pads, bias: bool, bn: bool):  # type: ignore[no-untyped-def]
     g = GraphBuilder(seed=11)
     x = g.input("input", (1, 8, 11, 9))

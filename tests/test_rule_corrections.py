@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
+
 from convlint import fixtures
 from convlint.engine import ModelReport, Settings, analyze
-from convlint.fixtures import GraphBuilder
+from convlint.fixtures import GraphBuilder, dialects
 from convlint.registry import load_registry
 
 
@@ -80,3 +82,35 @@ def test_cl002_needs_a_saving_where_the_concat_feeds_convs(tmp_path: Path) -> No
     report = lint_model(g.build("cheap_pool"), tmp_path / "cheap_pool.onnx")
     assert [f.code for f in report.findings if f.code == "CL002"] == []
     assert any(s.node == "branch.pool" and "below 10%" in s.reason for s in report.skips)
+
+
+def _drop_relus(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove every Relu, as onnxruntime's QDQ quantizer does after a quantized conv (the
+    uint8 output with zero point 0 clamps at zero instead)."""
+    rename = {}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Relu":
+            rename[node.output[0]] = node.input[0]
+        else:
+            kept.append(node)
+    for node in kept:
+        node.input[:] = [rename.get(t, t) for t in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    del model.graph.value_info[:]
+    return model
+
+
+def test_qdq_relu_fused_into_quantize_linear_is_an_activation(tmp_path: Path) -> None:
+    good = dialects.to_qdq(fixtures.linear_conv_chain_good(), quantize_outputs=True)
+    fused = _drop_relus(good)
+    assert not any(n.op_type == "Relu" for n in fused.graph.node)
+    report = lint_model(fused, tmp_path / "fused.onnx")
+    assert [f.code for f in report.findings] == []
+    # The same chain without the ReLU quantizes with a zero point inside the range: linear.
+    bad = dialects.to_qdq(fixtures.linear_conv_chain_bad(), quantize_outputs=True)
+    report = lint_model(bad, tmp_path / "bad.onnx")
+    assert [(f.code, f.node) for f in report.findings] == [("CL003", "expand")]
+    assert report.findings[0].fix is not None
+    assert report.findings[0].fix.applicability.value == "display-only"
