@@ -27,12 +27,18 @@ Conventions (documented in the README):
   batch is not multiplied in; with a symbolic seq_length, MACs are None.
 - With symbolic non-batch dims, MACs are None; convolutions still carry
   ``macs_per_output_pixel``.
+- Subgraphs (If, Loop, Scan): their nodes are costed, and their weights are parameters of the
+  model (each tensor once). An If, Loop or Scan whose subgraphs have MACs, or unknown ones, has
+  unknown MACs (an If runs one branch, a Loop's trip count is unknown), so the model's total
+  is None, never the main graph's alone; one whose subgraphs cost nothing costs nothing.
+- When the total is None, ``ModelCost.blocked_by`` names the first node of the main graph, in
+  graph order, whose MACs are unknown.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from convlint.graph import CONV_INPUTS, ModelGraph, Node, Shape
@@ -61,6 +67,9 @@ class ModelCost:
     params: int = 0
     macs: int | None = 0
     macs_per_input_pixel: float | int | None = None
+    # Why ``macs`` is None: the first node of the main graph, in graph order, whose MACs are
+    # unknown (an If, Loop or Scan whose subgraphs have MACs, or a node with symbolic dims).
+    blocked_by: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -248,22 +257,74 @@ def node_cost(graph: ModelGraph, node: Node) -> NodeCost:
 
 
 def model_cost(graph: ModelGraph) -> ModelCost:
-    """Costs of every node of the main graph (subgraph nodes are costed but not totalled:
-    an If runs one branch and a Loop's trip count is unknown)."""
+    """Costs of every node of every graph, and the model's totals.
+
+    params count the weights of every graph, each tensor once. MACs total the main graph; an If,
+    Loop or Scan whose subgraphs have MACs (or unknown ones) has unknown MACs, so the total is
+    None: an If runs one branch, a Loop's trip count is unknown.
+    """
     cost = ModelCost()
-    total_macs: int | None = 0
-    counted: set[str] = set()
-    for node in graph:
-        nc = node_cost(graph, node)
-        cost.nodes[node.name] = nc
-        for tensor in nc.param_tensors:
-            source = graph.aliases.get(tensor, tensor)
-            if source not in counted:
-                counted.add(source)
-                cost.params += numel(graph.constants[tensor]) or 0
-        total_macs = None if total_macs is None or nc.macs is None else total_macs + nc.macs
-    for sub in list(graph.all_graphs())[1:]:
-        for node in sub:
-            cost.nodes[node.name] = node_cost(sub, node)
-    cost.macs = total_macs
+    cost.macs, cost.blocked_by = _graph_cost(graph, cost, set(), None)
     return cost
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """The tensors a subgraph defines itself, inside the scopes enclosing it: a parameter is
+    counted once by name, except that sibling branches may each define the same name."""
+
+    graph: ModelGraph
+    local: frozenset[str]
+    outer: _Scope | None
+
+    def key(self, tensor: str) -> Hashable:
+        scope: _Scope | None = self
+        while scope is not None:
+            if tensor in scope.local:
+                return (id(scope.graph), tensor)
+            scope = scope.outer
+        return tensor  # a tensor of the main graph
+
+
+def _graph_cost(
+    graph: ModelGraph, cost: ModelCost, counted: set[Hashable], scope: _Scope | None
+) -> tuple[int | None, str | None]:
+    """Cost ``graph``'s nodes (and its subgraphs') into ``cost``; returns the MACs of one run of
+    ``graph`` and the first of its nodes whose MACs are unknown."""
+    owners: dict[str, list[ModelGraph]] = {}
+    for owner, sub in graph.subgraphs:
+        owners.setdefault(owner, []).append(sub)
+    nodes, aliases, constants = cost.nodes, graph.aliases, graph.constants
+    total: int | None = 0
+    blocked: str | None = None
+    for node in graph:
+        if owners and node.name in owners:
+            nc = _control_flow_cost(owners[node.name], cost, counted, scope)
+        else:
+            nc = node_cost(graph, node)
+        nodes[node.name] = nc
+        for tensor in nc.param_tensors:
+            source = aliases.get(tensor, tensor)
+            key = source if scope is None else scope.key(source)
+            if key not in counted:
+                counted.add(key)
+                cost.params += numel(constants[tensor]) or 0
+        if nc.macs is None:
+            total = None
+            if blocked is None:
+                blocked = node.name
+        elif total is not None:
+            total += nc.macs
+    return total, blocked
+
+
+def _control_flow_cost(
+    subgraphs: list[ModelGraph], cost: ModelCost, counted: set[Hashable], scope: _Scope | None
+) -> NodeCost:
+    """An If, Loop or Scan: free when its subgraphs are, else of unknown MACs."""
+    free = True
+    for sub in subgraphs:
+        local = frozenset(t.name for t in sub.proto.initializer) | frozenset(sub.producer)
+        macs, _ = _graph_cost(sub, cost, counted, _Scope(sub, local, scope))
+        free = free and macs == 0
+    return FREE if free else NodeCost(0, None)

@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from graph_helpers import save_graph, zeros
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 from convlint import loader
 from convlint.cost import ModelCost, model_cost
@@ -101,3 +102,64 @@ def test_weights_computed_from_constants_are_parameters(model_file: Callable[...
     # Value-preserving ops lead back to the tensor they pass on (shared weights count once).
     assert graph.aliases["fc2.weight"] == "fc2.weight.half"
     assert graph.aliases["conv.bias.reshape"] == "conv.bias.values"
+
+
+def test_layers_in_if_branches_make_the_total_unknown_never_zero(
+    model_file: Callable[..., Path],
+) -> None:
+    _, cost = costed(model_file("with_if_subgraph"))
+    # conv1 8->8 3×3 with bias in the main graph; then: 8->8 3×3, else: 8->8 1×1, no biases.
+    assert cost.nodes["conv1"].macs == 576 * 14 * 14
+    assert cost.nodes["if/then_branch/then.conv"].macs == 576 * 14 * 14 == 112_896
+    assert cost.nodes["if/else_branch/else.conv"].macs == 64 * 14 * 14 == 12_544
+    assert cost.params == (576 + 8) + 576 + 64 == 1_224  # every graph's weights
+    assert cost.nodes["if"].macs is None  # one branch runs: which one is not known
+    assert (cost.macs, cost.blocked_by) == (None, "if")
+    assert cost.as_dict() == {"params": 1_224, "macs": None, "macs_per_input_pixel": None}
+
+
+def test_a_loop_of_free_ops_keeps_the_total(tmp_path: Path) -> None:
+    """conv 8->8 3×3 on 1×8×6×6, then a Loop of 3 iterations of a ReLU: nothing unknown."""
+    value = helper.make_tensor_value_info
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep"),
+            helper.make_node("Relu", ["c"], ["y"], name="relu"),
+        ],
+        "body",
+        [value("i", TensorProto.INT64, []), value("cond_in", TensorProto.BOOL, [])],
+        [value("cond_out", TensorProto.BOOL, []), value("y", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Loop", ["trips", ""], ["ys"], name="loop", body=body),
+    ]
+    weights = [zeros("w", (8, 8, 3, 3)), numpy_helper.from_array(np.array(3, np.int64), "trips")]
+    path = save_graph(tmp_path / "loop.onnx", nodes, {"x": [1, 8, 6, 6]}, "ys", weights)
+    _, cost = costed(path)
+    assert (cost.nodes["loop"].macs, cost.macs, cost.blocked_by) == (0, 576 * 36, None)
+
+
+def test_sibling_branches_weights_of_one_name_each_count(tmp_path: Path) -> None:
+    """Each branch of an If stores its own weight ``w``: two tensors, both parameters."""
+    value = helper.make_tensor_value_info
+    branches = {
+        branch: helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[k // 2] * 4)],
+            branch,
+            [],
+            [value("y", TensorProto.FLOAT, None)],
+            [zeros("w", (8, 8, k, k))],
+        )
+        for branch, k in (("then", 3), ("else", 1))
+    }
+    node = helper.make_node(
+        "If", ["c"], ["out"], name="if", then_branch=branches["then"], else_branch=branches["else"]
+    )
+    condition = numpy_helper.from_array(np.array(True), "c")
+    path = save_graph(tmp_path / "if.onnx", [node], {"x": [1, 8, 6, 6]}, "out", [condition])
+    _, cost = costed(path)
+    assert cost.nodes["if/then_branch/conv"].params == 576
+    assert cost.nodes["if/else_branch/conv"].params == 64
+    assert cost.params == 576 + 64
+    assert (cost.macs, cost.blocked_by) == (None, "if")
