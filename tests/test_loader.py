@@ -258,8 +258,9 @@ def test_subgraph_failing_strict_inference_is_analyzed_non_strictly(
         "differ in dimension 2: (7) vs (14)); shapes are from non-strict inference, as "
         "onnxruntime reads the model"
     ]
-    graph = build_graph(loaded.model)
-    assert model_cost(graph).nodes["conv1"].macs == 576 * 196
+    cost = model_cost(build_graph(loaded.model))
+    assert cost.nodes["conv1"].macs == 576 * 196
+    assert (cost.params, cost.macs, cost.blocked_by) == (584 + 576 + 64, None, "if")
     code, out, err = cli("check", str(path), "--verbose")
     assert code == 0, err
     assert f"{path}: note: {loaded.notes[0]}" in out.splitlines()
