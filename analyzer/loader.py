@@ -6,16 +6,18 @@ external-data location is checked to stay inside the model's folder before anyth
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper, serialization
+from onnx import helper, numpy_helper, serialization
 
 from convlint.errors import ModelError
 
@@ -326,6 +328,191 @@ def _refine_slices(model: onnx.ModelProto) -> bool:
     return refined
 
 
+# Ops a shape computation is made of, whose output is no larger than their inputs broadcast
+# together: evaluating a chain of them from small constants and Shape is cheap. ConstantOfShape,
+# Expand, Tile and Range are left out: they can build a weight-sized tensor.
+SHAPE_ARITHMETIC = frozenset(
+    {
+        "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Round", "Sqrt",
+        "Reciprocal", "Pow", "Min", "Max", "Clip", "Equal", "Less", "LessOrEqual", "Greater",
+        "GreaterOrEqual", "Not", "And", "Or", "Where", "Cast", "CastLike", "Identity", "Gather",
+        "GatherElements", "Slice", "Concat", "Squeeze", "Unsqueeze", "Reshape", "Flatten",
+        "Transpose", "ReduceProd", "ReduceSum", "ReduceMin", "ReduceMax",
+    }
+)  # fmt: skip
+SHAPE_OF = ("Shape", "Size")
+MAX_SHAPE_VALUES = 64  # elements of a stored tensor read as part of a shape computation
+
+
+def _static_dims(value: onnx.ValueInfoProto | None) -> list[int] | None:
+    if value is None or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = value.type.tensor_type.shape.dim
+    if not all(dim.HasField("dim_value") for dim in dims):
+        return None
+    return [dim.dim_value for dim in dims]
+
+
+def _shape_value(node: onnx.NodeProto, dims: list[int]) -> onnx.NodeProto:
+    """The Constant node a Shape or Size node is for an input of static ``dims``."""
+    if node.op_type == "Size":
+        value = np.array(math.prod(dims), np.int64)
+    else:
+        attrs = {a.name: a.i for a in node.attribute}
+        value = np.array(dims[attrs.get("start", 0) : attrs.get("end", len(dims))], np.int64)
+    return helper.make_node("Constant", [], [node.output[0]], value=numpy_helper.from_array(value))
+
+
+def _small_constant(node: onnx.NodeProto) -> bool:
+    return all(
+        a.type != onnx.AttributeProto.TENSOR or math.prod(a.t.dims) <= MAX_SHAPE_VALUES
+        for a in node.attribute
+    )
+
+
+class ShapeComputations(NamedTuple):
+    values: dict[str, np.ndarray]  # computed tensor -> its value
+    readers: dict[str, list[str]]  # the nodes of unknown output shape reading them -> outputs
+
+
+def _shape_computations(model: onnx.ModelProto) -> ShapeComputations:
+    """Evaluate the shape computations that leave a node's output shape unknown.
+
+    A shape computation is a chain of :data:`SHAPE_ARITHMETIC` nodes from small stored
+    tensors, Constant nodes and Shape/Size of tensors whose shape inference made static (Shape
+    -> Gather -> Cast -> Mul -> Floor -> Cast -> Concat -> Resize, as PyTorch exports
+    ``interpolate(scale_factor=2)``). Returns the values of the chains' results that feed a
+    node whose output shape is not static, evaluated by onnx's reference evaluator.
+    """
+    graph = model.graph
+    values = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+    known: dict[str, onnx.TensorProto | None] = {  # small stored tensors, and computed ones
+        t.name: t
+        for t in graph.initializer
+        if t.data_location != onnx.TensorProto.EXTERNAL and math.prod(t.dims) <= MAX_SHAPE_VALUES
+    }
+    producer: dict[str, tuple[int, onnx.NodeProto]] = {}
+    blocked: dict[str, None] = {}  # computed tensors read by a node of unknown output shape
+    readers: dict[str, list[str]] = {}
+    for index, node in enumerate(graph.node):
+        op_type = node.op_type
+        inputs = [t for t in node.input if t]
+        computable = node.domain in ("", "ai.onnx") and (
+            (op_type in SHAPE_OF and _static_dims(values.get(node.input[0])) is not None)
+            or (op_type == "Constant" and _small_constant(node))
+            or (op_type in SHAPE_ARITHMETIC and all(t in known for t in inputs))
+        )
+        if computable:
+            for tensor in node.output:
+                known[tensor] = None
+                producer[tensor] = (index, node)
+            continue
+        computed = [t for t in inputs if t in producer]
+        outputs = [t for t in node.output if t]
+        if computed and any(_static_dims(values.get(t)) is None for t in outputs):
+            blocked.update(dict.fromkeys(computed))
+            readers[node.name or f"{op_type}_{index}"] = outputs
+    # The chains behind them, in graph order; one that reads no Shape or Size tells inference
+    # nothing it did not know.
+    needed: dict[int, onnx.NodeProto] = {}
+    stack = list(blocked)
+    while stack:
+        index, node = producer[stack.pop()]
+        if index not in needed:
+            needed[index] = node
+            stack.extend(t for t in node.input if t in producer)
+    if not any(node.op_type in SHAPE_OF for node in needed.values()):
+        return ShapeComputations({}, {})
+    from onnx.reference import ReferenceEvaluator  # 0.2 s to import: only when needed
+
+    nodes = []
+    for _, node in sorted(needed.items()):
+        if node.op_type in SHAPE_OF:
+            dims = _static_dims(values[node.input[0]])
+            assert dims is not None  # what made it computable
+            node = _shape_value(node, dims)
+        nodes.append(node)
+    read = {t for node in nodes for t in node.input}
+    computation = helper.make_graph(
+        nodes,
+        "shape_computation",
+        [],
+        [helper.make_empty_tensor_value_info(t) for t in blocked],
+        [tensor for name, tensor in known.items() if tensor is not None and name in read],
+    )
+    evaluator = ReferenceEvaluator(helper.make_model(computation, opset_imports=model.opset_import))
+    outputs = cast(list[np.ndarray], evaluator.run(None, {}))
+    return ShapeComputations(dict(zip(blocked, outputs, strict=True)), readers)
+
+
+def _resolve_computed_shapes(
+    inferred: onnx.ModelProto, path: str | Path, strict: bool, notes: list[str] | None
+) -> onnx.ModelProto:
+    """Infer shapes again with the shape computations ONNX data propagation could not follow
+    evaluated (a Resize's sizes from float math, a Pad's from an integer Div), while that
+    resolves more; the model keeps its nodes, only its value_info is completed.
+    """
+    tried: set[str] = set()
+    readers: dict[str, list[str]] = {}
+    while True:  # each round evaluates a tensor not evaluated before, so it ends
+        try:
+            computations = _shape_computations(inferred)
+        except Exception:  # a computation the reference evaluator cannot run: keep what we have
+            break
+        if computations.values.keys() <= tried:
+            break
+        tried.update(computations.values)
+        # Each computed tensor is read from a constant of its value instead, under a new name
+        # (a tensor has one producer), and every reader gets its original input back after.
+        renamed = {t: f"{t}::computed" for t in computations.values}
+        positions = [
+            (n, i)
+            for n, node in enumerate(inferred.graph.node)
+            for i, tensor in enumerate(node.input)
+            if tensor in renamed
+        ]
+        for n, i in positions:
+            node = inferred.graph.node[n]
+            node.input[i] = renamed[node.input[i]]
+        inferred.graph.initializer.extend(
+            numpy_helper.from_array(np.asarray(value), renamed[t])
+            for t, value in computations.values.items()
+        )
+        try:
+            again: onnx.ModelProto | None = _run_inference(inferred, path, strict)
+        except InferenceFailed:
+            again = None
+        originals = {name: t for t, name in renamed.items()}
+        for model in (inferred, again):
+            if model is None:
+                continue
+            for n, i in positions:
+                node = model.graph.node[n]
+                node.input[i] = originals[node.input[i]]
+            initializers = model.graph.initializer
+            for index in reversed(range(len(initializers))):
+                if initializers[index].name in originals:
+                    del initializers[index]
+        if again is None:
+            break
+        inferred = again
+        readers.update(computations.readers)
+    if readers and notes is not None:
+        graph = inferred.graph
+        values = {v.name: v for v in (*graph.value_info, *graph.output)}
+        resolved = [
+            name
+            for name, outputs in readers.items()
+            if all(_static_dims(values.get(t)) is not None for t in outputs)
+        ]
+        if resolved:
+            notes.append(
+                f"shapes the graph computes evaluated for {', '.join(resolved)} (ONNX shape "
+                "inference alone left their output shapes unknown)"
+            )
+    return inferred
+
+
 def infer_shapes(
     model: onnx.ModelProto | bytes, path: str | Path, notes: list[str] | None = None
 ) -> onnx.ModelProto:
@@ -350,8 +537,11 @@ def infer_shapes(
                 f"strict shape inference failed in a subgraph{owner} ({reason}); shapes are "
                 "from non-strict inference, as onnxruntime reads the model"
             )
-    if _refine_slices(inferred):
+    op_types = {node.op_type for node in inferred.graph.node}  # one pass over a large graph
+    if "Slice" in op_types and _refine_slices(inferred):
         inferred = _run_inference(inferred, path, strict)
+    if not op_types.isdisjoint(SHAPE_OF):
+        inferred = _resolve_computed_shapes(inferred, path, strict, notes)
     return inferred
 
 

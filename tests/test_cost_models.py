@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 from graph_helpers import save_graph, zeros
 from onnx import TensorProto, helper, numpy_helper
 
@@ -163,3 +164,47 @@ def test_sibling_branches_weights_of_one_name_each_count(tmp_path: Path) -> None
     assert cost.nodes["if/else_branch/conv"].params == 64
     assert cost.params == 576 + 64
     assert (cost.macs, cost.blocked_by) == (None, "if")
+
+
+def test_sizes_the_graph_computes_are_resolved_once_inputs_are_bound(
+    model_file: Callable[..., Path], cli_json: Callable[..., tuple[int, dict]]
+) -> None:
+    path = model_file("upsample_by_computed_size")
+    _, cost = costed(path)
+    assert (cost.params, cost.macs, cost.blocked_by) == (1_100, None, "conv1")  # H, W symbolic
+    graph, cost = costed(path, input=(1, 3, 64, 64))
+    assert [graph.shape(t) for t in ("upsample", "pad")] == [(1, 8, 128, 128), (1, 8, 72, 72)]
+    assert {name: cost.nodes[name].macs for name in ("conv1", "conv2", "conv3")} == {
+        "conv1": 216 * 64 * 64,  # 3->8 3×3
+        "conv2": 576 * 64 * 64,  # 8->8 3×3 stride 2 on the 128×128 upsampled map
+        "conv3": 288 * 72 * 72,  # 8->4 3×3 on 64×64 padded by 64/8 bottom and right
+    }
+    assert (cost.macs, cost.blocked_by) == (4_737_024, None)
+    _, report = cli_json("check", str(path))
+    # conv3 reads (H + H/8)×(W + W/8): 216 + 576 + 288·81/64 MACs per input pixel.
+    assert report["models"][0]["cost"]["macs_per_input_pixel"] == 1156.5
+    _, report = cli_json("check", str(path), "--input-shape", "input=1x3x64x64")
+    assert report["models"][0]["cost"]["macs"] == 4_737_024
+
+
+def test_blocked_by_names_the_first_node_of_unknown_macs(tmp_path: Path) -> None:
+    """A Resize to sizes read from an input: no binding tells them, so conv2's MACs stay unknown."""
+    value = helper.make_tensor_value_info
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Resize", ["a", "", "", "sizes"], ["b"], name="resize", mode="nearest"),
+        helper.make_node("Conv", ["b", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resize",
+        [value("x", TensorProto.FLOAT, [1, 3, 8, 8]), value("sizes", TensorProto.INT64, [4])],
+        [value("y", TensorProto.FLOAT, None)],
+        [zeros("w1", (8, 3, 3, 3)), zeros("w2", (8, 8, 3, 3))],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx"
+    )
+    _, cost = costed(tmp_path / "m.onnx")
+    assert cost.nodes["conv1"].macs == 216 * 64
+    assert (cost.macs, cost.blocked_by) == (None, "conv2")

@@ -281,3 +281,25 @@ def test_main_graph_failing_strict_inference_is_refused_beside_a_subgraph(tmp_pa
     onnx.save(model, path)
     with pytest.raises(loader.ModelError, match="shape inference failed"):
         loader.load(path)
+
+
+def test_computed_shapes_are_evaluated_only_when_inference_left_them_unknown(
+    model_file: Callable[..., Path],
+) -> None:
+    path = model_file("upsample_by_computed_size")
+    assert loader.load(path, {"input": (1, 3, 64, 64)}).notes == [
+        "bound input to 1x3x64x64",
+        "shapes the graph computes evaluated for upsample, pad (ONNX shape inference alone left "
+        "their output shapes unknown)",
+    ]
+    assert loader.load(path).notes == []  # H and W unbound: nothing to evaluate
+    # A model without computed shapes never imports the evaluator (0.2 s).
+    script = (
+        "import sys; from convlint import loader; loader.load(sys.argv[1]); "
+        "print('onnx.reference' in sys.modules)"
+    )
+    plain = model_file("resnet_bottleneck")
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(plain)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
