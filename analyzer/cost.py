@@ -17,16 +17,17 @@ Conventions (documented in the README):
   leading dim of the output counts (a sequence-first T×N×K by K×M is T·N·K·M), except the
   model's batch symbol (the symbolic dim 0 of a data input, counted as 1; a static batch of 1
   is 1 anyway); another symbolic leading dim makes MACs None. A 1-D MatMul operand is one row
-  or one column, as in numpy. Pooling: one MAC per window
-  element read. Normalizations: one MAC per output element (a folded scale and shift).
-  Activations, elementwise arithmetic and shape ops: zero (they are not multiply-accumulates).
+  or one column, as in numpy. Pooling: one MAC per window element read. Normalizations: one
+  MAC per output element (a folded scale and shift). Activations, elementwise arithmetic and
+  shape ops: zero (they are not multiply-accumulates).
 - LSTM, GRU, RNN: params are their constant W, R and B inputs and an LSTM's peepholes P. MACs are
   seq_length × num_directions × gates × hidden_size × (input_size + hidden_size), gates = 4
   (LSTM), 3 (GRU), 1 (RNN): the gate matmuls of every step in every direction; biases and the
   elementwise gate math are not MACs. seq_length is X's dim 0 (dim 1 with layout=1), the
   batch is not multiplied in; with a symbolic seq_length, MACs are None.
 - With symbolic non-batch dims, MACs are None; convolutions still carry
-  ``macs_per_output_pixel``.
+  ``macs_per_output_pixel``. Sizes the graph computes from its input's shape (Shape -> ... ->
+  Resize/Reshape/Pad) are known once the input is bound: the loader resolves them.
 - Subgraphs (If, Loop, Scan): their nodes are costed, and their weights are parameters of the
   model (each tensor once). An If, Loop or Scan whose subgraphs have MACs, or unknown ones, has
   unknown MACs (an If runs one branch, a Loop's trip count is unknown), so the model's total
