@@ -131,8 +131,7 @@ def verdict(report: ModelReport) -> dict[tuple[str, str], tuple[Any, ...]]:
 def pytorch_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("pytorch")
     return {
-        name: verdict(lint(fixtures.BUILDERS[name](), folder / f"{name}.onnx"))
-        for name in FAMILIES
+        name: verdict(lint(fixtures.BUILDERS[name](), folder / f"{name}.onnx")) for name in FAMILIES
     }
 
 
