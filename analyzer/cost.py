@@ -7,7 +7,9 @@ Conventions (documented in the README):
   many nodes read it; scale and bias of normalizations (BatchNormalization's running mean and
   variance are statistics, not parameters, as in PyTorch's ``parameters()``); PRelu slopes;
   float constants of more than one element added or multiplied in (learned biases and layer
-  scales). A weight the graph computes from stored values (ConstantOfShape, a Constant node,
+  scales; constants subtracted or divided by are statistics, as TensorFlow's batch norm
+  ``Sub(mean)`` and an input's mean/std normalization, and are not counted). A weight the
+  graph computes from stored values (ConstantOfShape, a Constant node,
   Identity/Cast/Transpose/Reshape/DequantizeLinear of a constant) is a parameter of its
   inferred shape; one that only passes a stored tensor on counts as that tensor, once.
 - MACs are those of one sample: the batch dim is never multiplied in.
@@ -18,8 +20,10 @@ Conventions (documented in the README):
   model's batch symbol (the symbolic dim 0 of a data input, counted as 1; a static batch of 1
   is 1 anyway); another symbolic leading dim makes MACs None. A 1-D MatMul operand is one row
   or one column, as in numpy. Pooling: one MAC per window element read. Normalizations: one
-  MAC per output element (a folded scale and shift). Activations, elementwise arithmetic and
-  shape ops: zero (they are not multiply-accumulates).
+  MAC per output element (a folded scale and shift), and so is a Mul or Div by a constant of
+  more than one element (a per-channel scale: Caffe's Scale, TensorFlow's batch norm), so that
+  a network costs the same however its batch norm was exported. Activations, other
+  elementwise arithmetic and shape ops: zero (they are not multiply-accumulates).
 - LSTM, GRU, RNN: params are their constant W, R and B inputs and an LSTM's peepholes P. MACs are
   seq_length × num_directions × gates × hidden_size × (input_size + hidden_size), gates = 4
   (LSTM), 3 (GRU), 1 (RNN): the gate matmuls of every step in every direction; biases and the
@@ -227,10 +231,19 @@ def _prelu(graph: ModelGraph, node: Node) -> NodeCost:
 
 
 def _elementwise(graph: ModelGraph, node: Node) -> NodeCost:
-    learned = [  # float constants of more than one element: learned biases and scales
+    per_channel = [  # float constants of more than one element: learned or statistics
         t for t in node.inputs if _const_size(graph, t) > 1 and graph.dtype(t) in FLOATS
     ]
-    return _cost(graph, learned, 0)
+    if not per_channel:
+        return FREE
+    # A per-channel scale is a multiply per element, as BatchNormalization's folded scale:
+    # the same network costs the same whether BN is one op or Mul + Add (Caffe) or
+    # Sub, Mul, Add (TensorFlow). Subtracted and divided constants are statistics (a running
+    # mean, an input's mean and std), not parameters; added and multiplied ones are learned.
+    scales = node.op_type in ("Mul", "Div")
+    macs = per_sample(graph.shape(node.outputs[0])) if scales else 0
+    learned = per_channel if node.op_type in ("Add", "Mul") else []
+    return _cost(graph, learned, macs)
 
 
 # The standard ops that have params or MACs; every other op costs nothing, so a large graph's

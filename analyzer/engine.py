@@ -15,7 +15,7 @@ from convlint import loader
 from convlint.cost import ModelCost, NodeCost, model_cost, node_cost
 from convlint.errors import ConvlintError, ModelError
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity, Skip
-from convlint.graph import ModelGraph, Node, build_graph
+from convlint.graph import SUBGRAPH_OPS, ModelGraph, Node, build_graph
 from convlint.neighbourhood import neighbourhood
 from convlint.registry import Registry, Rule
 from convlint.sketch import Suggestion
@@ -266,6 +266,15 @@ def lint(
         if report.cost.macs is None:
             report.cost.macs_per_input_pixel = _scaling_cost(loaded, graph, Path(loaded.path))
         report.notes.extend(loaded.notes)
+        blocked = report.cost.blocked_by
+        if report.cost.macs is None and blocked in graph.nodes:
+            node = graph.nodes[blocked]
+            why = (
+                "runs a subgraph (one branch of an If, or a loop of unknown trip count)"
+                if node.op_type in SUBGRAPH_OPS
+                else "has symbolic or unknown shapes; --input-shape binds symbolic dims"
+            )
+            report.notes.append(f"MACs unknown from {node.op_type} {blocked!r} on: it {why}")
         for sub_owner, _ in graph.subgraphs:
             report.notes.append(f"analyzed subgraph of {sub_owner}")
         chosen = enabled_rules(registry, settings) if rules is None else rules

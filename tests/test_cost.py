@@ -230,3 +230,17 @@ def test_subgraph_node_reads_outer_scope_weight_and_input(tmp_path: Path) -> Non
     (finding,) = report.findings
     assert finding.fix is not None and finding.fix.applicability.value == "display-only"
     assert "main graph only" in finding.fix.description
+
+
+def test_verbose_names_the_node_that_blocked_macs(
+    model_file: Callable[..., Path], cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    path = model_file("upsample_by_computed_size")
+    code, out, _ = cli("check", str(path), "--verbose")
+    assert code == 0
+    assert (
+        f"{path}: note: MACs unknown from Conv 'conv1' on: it has symbolic or unknown shapes; "
+        "--input-shape binds symbolic dims"
+    ) in out
+    code, out, _ = cli("check", str(model_file("with_if_subgraph")), "--verbose")
+    assert "note: MACs unknown from If 'if' on: it runs a subgraph" in out

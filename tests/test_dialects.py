@@ -127,12 +127,25 @@ def verdict(report: ModelReport) -> dict[tuple[str, str], tuple[Any, ...]]:
     return found
 
 
+def outcome(report: ModelReport) -> tuple[Any, ...]:
+    """The verdict and the model's cost: params and MACs, which every dialect shares (a
+    per-channel Mul counts one MAC per element like BatchNormalization; TensorFlow's
+    subtracted mean is a statistic, as BatchNormalization's running mean is)."""
+    assert report.cost is not None
+    return verdict(report), report.cost.params, report.cost.macs
+
+
 @pytest.fixture(scope="module")
-def pytorch_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def pytorch_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("pytorch")
     return {
-        name: verdict(lint(fixtures.BUILDERS[name](), folder / f"{name}.onnx")) for name in FAMILIES
+        name: outcome(lint(fixtures.BUILDERS[name](), folder / f"{name}.onnx")) for name in FAMILIES
     }
+
+
+@pytest.fixture(scope="module")
+def pytorch_verdicts(pytorch_outcomes: dict[str, Any]) -> dict[str, Any]:
+    return {name: found for name, (found, _, _) in pytorch_outcomes.items()}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -142,11 +155,11 @@ def test_pytorch_export_findings(name: str, pytorch_verdicts: dict[str, Any]) ->
 
 @pytest.mark.parametrize("dialect", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_same_findings_in_every_layout_dialect(
-    name: str, dialect: str, pytorch_verdicts: dict[str, Any], tmp_path: Path
+def test_same_findings_and_costs_in_every_layout_dialect(
+    name: str, dialect: str, pytorch_outcomes: dict[str, Any], tmp_path: Path
 ) -> None:
     model = LAYOUTS[dialect](fixtures.BUILDERS[name]())
-    assert verdict(lint(model, tmp_path / f"{name}.onnx")) == pytorch_verdicts[name]
+    assert outcome(lint(model, tmp_path / f"{name}.onnx")) == pytorch_outcomes[name]
 
 
 ACTIVATION_FAMILIES = (
@@ -182,9 +195,19 @@ def test_silu_yolov8_in_tensorflow_layout_and_qdq(
 def test_vgg_head_from_constant_of_shape_is_a_dense_head(tmp_path: Path) -> None:
     stored = lint(fixtures.BUILDERS["dense_head_bad"](), tmp_path / "stored.onnx")
     stripped = lint(fixtures.BUILDERS["vgg_head_constant_of_shape"](), tmp_path / "strip.onnx")
-    assert verdict(stripped) == verdict(stored)
-    assert stripped.cost is not None and stored.cost is not None
-    assert stripped.cost.params == stored.cost.params
+    assert outcome(stripped) == outcome(stored)
+    assert outcome(stripped)[1:] == (6_461_194, 8_033_280)
+
+
+def test_crnn_sequence_first_and_batch_first_cost_the_same(tmp_path: Path) -> None:
+    first = lint(fixtures.BUILDERS["crnn_lstm"](), tmp_path / "seq.onnx")
+    batch = lint(fixtures.BUILDERS["crnn_lstm_batch_first"](), tmp_path / "batch.onnx")
+    assert outcome(first) == outcome(batch)
+    assert outcome(first)[1:] == (2_087_461, 397_524_992)
+    assert first.cost is not None
+    lstm = first.cost.nodes["rnn.0.rnn"]
+    # 32 steps × 2 directions × 4 gates × 128 hidden × (256 inputs + 128 hidden)
+    assert lstm.macs == 32 * 2 * 4 * 128 * (256 + 128)
 
 
 def test_composite_activation_is_named_in_messages(tmp_path: Path) -> None:
