@@ -38,18 +38,7 @@ LAYOUTS: dict[str, Converter] = {
     "qdq": dialects.to_qdq,
     "qoperator": dialects.to_qoperator,
 }
-ACTIVATIONS: dict[str, Converter] = {
-    kind: _activation(kind)
-    for kind in (
-        "silu",
-        "hardswish_hs",
-        "hardswish_clip",
-        "gelu_erf",
-        "gelu_tanh",
-        "mish",
-        "relu6",
-    )
-}
+ACTIVATIONS: dict[str, Converter] = {kind: _activation(kind) for kind in dialects.ACTIVATION_KINDS}
 
 # The blocks of the issue (and the bad/good twins), with the findings their PyTorch export
 # gets: every dialect must get exactly these.
