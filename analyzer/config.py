@@ -1,9 +1,17 @@
-"""Configuration from ``[tool.convlint]`` in the nearest pyproject.toml, or convlint.toml."""
+"""Configuration from ``[tool.convlint]`` in the nearest pyproject.toml, or convlint.toml.
+
+As in ruff, the configuration of a model is found from the model's folder upwards, so a
+repository of different models can keep one file per folder; globs in it (``exclude``,
+``per-file-ignores``, ``input-shapes``) are matched against the model's path relative to the
+configuration file's folder, and a glob without a ``/`` also against the file name alone.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +24,19 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_LEVEL_KEYS = ("select", "ignore", "fail-on", "per-node-ignores", "rules", "input-shape")
+TOP_LEVEL_KEYS = (
+    "select",
+    "extend-select",
+    "ignore",
+    "fail-on",
+    "exclude",
+    "extend-exclude",
+    "per-file-ignores",
+    "per-node-ignores",
+    "rules",
+    "input-shape",
+    "input-shapes",
+)
 FAIL_ON = ("error", "warning", "info", "never")
 SEVERITIES = ("info", "warning", "error")
 
@@ -91,8 +111,19 @@ def validate_config(table: Mapping[str, Any], registry: Registry, source: str) -
                 f"{source}: unknown key {key!r} in [tool.convlint] "
                 f"(valid: {', '.join(TOP_LEVEL_KEYS)})"
             )
-        if key in ("select", "ignore"):
+        if key in ("select", "extend-select", "ignore"):
             settings[key] = registry.known_selectors(_codes(value, where), where)
+        elif key in ("exclude", "extend-exclude"):
+            settings[key] = _globs(value, where)
+        elif key == "per-file-ignores":
+            if not isinstance(value, dict):
+                raise UsageError(f"{where}: expected a table of path glob = [codes]")
+            settings[key] = {
+                glob: registry.known_selectors(_codes(codes, f"{where}.{glob}"), f"{where}.{glob}")
+                for glob, codes in value.items()
+            }
+        elif key == "input-shapes":
+            settings[key] = _input_shape_tables(value, where)
         elif key == "fail-on":
             if value not in FAIL_ON:
                 raise UsageError(f"{where}: {value!r} is not one of {', '.join(FAIL_ON)}")
@@ -114,6 +145,103 @@ def validate_config(table: Mapping[str, Any], registry: Registry, source: str) -
         elif key == "rules":
             settings[key] = _rule_tables(value, registry, source)
     return settings
+
+
+def _globs(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UsageError(f"{where}: expected a list of path globs, got {value!r}")
+    return list(value)
+
+
+def _input_shape_tables(value: Any, where: str) -> dict[str, dict[str, tuple[int, ...]]]:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise UsageError(f'{where}: expected tables of path glob = {{input = "1x3x224x224"}}')
+    tables: dict[str, dict[str, tuple[int, ...]]] = {}
+    for glob, shapes in value.items():
+        try:
+            tables[glob] = dict(parse_input_shape(f"{n}={s}") for n, s in shapes.items())
+        except ValueError as exc:
+            raise UsageError(
+                f"{where}.{glob!r}: {str(exc).replace('--input-shape ', '')}"
+            ) from None
+    return tables
+
+
+def path_matches(path: Path, root: Path, pattern: str) -> bool:
+    """Whether ``pattern`` matches ``path`` relative to ``root`` (the configuration's folder),
+    or, for a pattern without ``/``, the file name alone."""
+    try:
+        relative = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        relative = path.as_posix()
+    if fnmatch.fnmatchcase(relative, pattern):
+        return True
+    return "/" not in pattern and fnmatch.fnmatchcase(path.name, pattern)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One validated configuration file (or none: the defaults) and where it lies."""
+
+    path: Path | None = None
+    table: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def _matching(self, key: str, model: Path) -> list[Any]:
+        return [
+            value
+            for pattern, value in self.table.get(key, {}).items()
+            if path_matches(model, self.root, pattern)
+        ]
+
+    def excluded(self, model: Path) -> bool:
+        """``exclude`` (replacing the default, none) plus ``extend-exclude`` name the model."""
+        patterns = [*self.table.get("exclude", []), *self.table.get("extend-exclude", [])]
+        return any(path_matches(model, self.root, pattern) for pattern in patterns)
+
+    def file_ignores(self, model: Path) -> list[str]:
+        """Codes ``per-file-ignores`` ignores for this model."""
+        return [code for codes in self._matching("per-file-ignores", model) for code in codes]
+
+    def input_shapes(self, model: Path) -> dict[str, tuple[int, ...]]:
+        """``input-shape`` for every model, then ``input-shapes`` whose glob names this one."""
+        shapes = dict(self.table.get("input-shape", {}))
+        for table in self._matching("input-shapes", model):
+            shapes.update(table)
+        return shapes
+
+
+class ConfigFinder:
+    """The configuration of each model, found from its folder upwards (each file read and
+    validated once), or the one ``--config`` names for every model."""
+
+    def __init__(self, registry: Registry, explicit: Path | None = None) -> None:
+        self.registry = registry
+        self.explicit = explicit
+        self._by_file: dict[Path | None, Configuration] = {}
+        self._by_folder: dict[Path, Path | None] = {}
+
+    def for_model(self, model: Path) -> Configuration:
+        if self.explicit is not None:
+            source: Path | None = self.explicit
+        else:
+            folder = model.resolve().parent
+            if folder not in self._by_folder:
+                self._by_folder[folder] = find_config(folder)
+            source = self._by_folder[folder]
+        if source not in self._by_file:
+            table = (
+                validate_config(read_config(source), self.registry, str(source))
+                if source is not None
+                else {}
+            )
+            self._by_file[source] = Configuration(source, table)
+        return self._by_file[source]
 
 
 def _rule_tables(value: Any, registry: Registry, source: str) -> dict[str, dict[str, Any]]:
