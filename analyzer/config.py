@@ -9,6 +9,7 @@ configuration file's folder, and a glob without a ``/`` also against the file na
 from __future__ import annotations
 
 import fnmatch
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,13 +54,17 @@ def find_config(start: Path) -> Path | None:
                 data = tomllib.loads(candidate.read_text(encoding="utf-8"))
             except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
                 continue
-            if "convlint" in data.get("tool", {}):
+            tool = data.get("tool", {})
+            if isinstance(tool, dict) and "convlint" in tool:
                 return candidate
     return None
 
 
 def read_config(path: Path) -> dict[str, Any]:
     """The convlint table of a config file; convlint.toml may use [tool.convlint] or top level."""
+    if path.exists() and not path.is_file():
+        # A FIFO or a device would block or never end: only a regular file is read.
+        raise UsageError(f"{path}: not a regular file, cannot be a config file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -68,10 +73,15 @@ def read_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: cannot read config: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
-    table = data.get("tool", {}).get("convlint")
+    except RecursionError:
+        raise UsageError(f"{path}: invalid TOML: nested too deeply") from None
+    tool = data.get("tool", {})
+    table = tool.get("convlint") if isinstance(tool, dict) else None
     if table is None and path.name != "pyproject.toml":
         table = {k: v for k, v in data.items() if k != "tool"}
-    return dict(table or {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [tool.convlint] must be a table, got {table!r}")
+    return dict(table)
 
 
 def _codes(value: Any, where: str) -> list[str]:
@@ -96,6 +106,8 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
     if not ok:
         kind = "a number" if default is None else type(default).__name__
         raise UsageError(f"{where}: expected {kind}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{where}: must be a finite number, got {value!r}")
     if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
         raise UsageError(f"{where}: must be positive, got {value!r}")
     return value

@@ -87,3 +87,32 @@ def test_bad_settings_name_the_file_and_key(tmp_path: Path, text: str, message: 
         ConfigFinder(load_registry()).for_model(tmp_path / "m.onnx")
     assert str(raised.value).startswith(f"{config}: ")
     assert message in str(raised.value)
+
+
+def test_config_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "convlint.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="not a regular file, cannot be a config file"):
+        ConfigFinder(load_registry(), explicit=fifo).for_model(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[rules.CL003]\nmin-saving = inf\n", "min-saving: must be a finite number, got inf"),
+        ("[rules.CL003]\nmin-saving = nan\n", "min-saving: must be a finite number, got nan"),
+        ("select = " + "[" * 2000 + "]" * 2000 + "\n", "nested too deeply"),
+    ],
+)
+def test_numbers_are_finite_and_nesting_bounded(tmp_path: Path, text: str, message: str) -> None:
+    write(tmp_path / "convlint.toml", text)
+    with pytest.raises(UsageError, match=message):
+        ConfigFinder(load_registry()).for_model(tmp_path / "m.onnx")
+
+
+def test_a_pyproject_whose_tool_is_not_a_table_is_passed_over(tmp_path: Path) -> None:
+    write(tmp_path / "pyproject.toml", "tool = 5\n")
+    found = ConfigFinder(load_registry()).for_model(tmp_path / "sub" / "m.onnx")
+    assert found.path is None and found.table == {}
