@@ -1,12 +1,14 @@
 """Stage 5c: run models in onnxruntime, in a child process under a time limit, and compare.
 
-onnxruntime runs in a separate Python process (``python -c "...serve()"``) so that a model
+onnxruntime runs in a separate Python process (``python -I -c "...serve()"``) so that a model
 that crashes the runtime (a segfault in a kernel) or hangs it cannot take the linter down:
 every request must answer within ``timeout`` seconds, else the child is killed and the caller
 gets a :class:`RuntimeFailure` (one line, exit 2). Requests travel through files in a private
 temporary folder (the model, the inputs) and one line on the child's stdin/stdout, so a large
 model never blocks a pipe. This is the only module that imports onnxruntime, and only in the
-child.
+child. The child starts isolated (``-I``): neither the working directory nor the user's site
+folder nor ``PYTHONPATH`` is on its ``sys.path``, so an ``onnxruntime.py``, ``numpy.py`` or
+``pickle.py`` in the folder where ``convlint fix`` runs is never imported.
 
 The child uses the CPU provider with ``intra_op_num_threads=THREADS`` and basic graph
 optimizations. ``CONVLINT_TEST_RUNTIME_FAULT=hang|crash`` in the environment makes the child
@@ -229,8 +231,9 @@ class Runtime:
         self._folder = Path(tempfile.mkdtemp(prefix="convlint-ort-"))
         try:
             self._stderr = open(self._folder / "stderr.log", "wb")  # noqa: SIM115
+            # -I: no working directory, user site or PYTHONPATH on the child's sys.path.
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", "from convlint.verify import serve; serve()"],
+                [sys.executable, "-I", "-c", "from convlint.verify import serve; serve()"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
