@@ -58,7 +58,16 @@ from convlint.rewrite import (
     Weights,
     apply_edits,
 )
-from convlint.verify import Errors, Feed, InputSpec, Outputs, Runtime, bind_dims, compare
+from convlint.verify import (
+    Errors,
+    Feed,
+    InputSpec,
+    Outputs,
+    Runtime,
+    bind_dims,
+    compare,
+    not_finite,
+)
 
 MARGIN = 0.8  # aim the proxy below the budget: the proxy is an estimate
 MAX_TRIALS = 4  # onnxruntime confirmations per rewrite during rank selection
@@ -431,7 +440,7 @@ class Fixer:
     def measure(self, model: onnx.ModelProto | Path, what: str) -> Errors:
         with self.timer("verification"):
             outputs = self.runtime.run(model, self.verify_feeds, what=what)
-            return compare(self.reference, outputs, self.options.tolerance)
+            return compare(self.reference, outputs, self.options.tolerance, self.output_names)
 
     # -- rank selection ----------------------------------------------------------------
     def trial(self, target: Target, factors: Factors | None) -> tuple[Edit, Errors]:
@@ -547,6 +556,13 @@ class Fixer:
                 self.reference: list[Outputs] = self.runtime.run(
                     self.light, self.verify_feeds, what="running the original model"
                 )
+            self.output_names = [o.name for o in self.original.graph.output]
+            # A NaN or an infinity in the reference hides any difference: nothing to verify.
+            broken = not_finite(self.reference, self.output_names, "the original model")
+            if broken is not None:
+                result.verification = broken
+                result.timings = dict(self.timings)
+                return result
             self.stats = None
             lossy = [t for t in targets if t.lossy]
             if options.method == "data-aware" and lossy:

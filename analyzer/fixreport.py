@@ -121,7 +121,10 @@ def render_text(result: FixResult, verbose: bool = False, quiet: bool = False) -
             if result.written
             else f"verification failed, {result.output} not written"
         )
-        lines.append(f"model: {totals}verified {_error_text(result.verification)}; {outcome}")
+        problem = f": {result.verification.problem}" if result.verification.problem else ""
+        lines.append(
+            f"model: {totals}verified {_error_text(result.verification)}{problem}; {outcome}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -210,10 +213,9 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
         text = render_text(result, verbose=args.verbose, quiet=args.quiet)
     emit(text, args.output)
     if result.verification is not None and not result.written:
-        print(
-            f"convlint: error: {model}: rewritten model breaks --tolerance "
-            f"{result.tolerance:g}; {result.output} not written",
-            file=sys.stderr,
+        problem = result.verification.problem or (
+            f"rewritten model breaks --tolerance {result.tolerance:g}"
         )
+        print(f"convlint: error: {model}: {problem}; {result.output} not written", file=sys.stderr)
         return 1
     return 0

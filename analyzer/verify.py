@@ -14,6 +14,11 @@ The child uses the CPU provider with ``intra_op_num_threads=THREADS`` and basic 
 optimizations. ``CONVLINT_TEST_RUNTIME_FAULT=hang|crash`` in the environment makes the child
 hang or abort on its next request: a test hook for the timeout and crash paths.
 
+Verification means something only on finite, varying inputs: ``--inputs`` holding NaN or
+infinities, or a float input that is constant over every sample (all zeros: a conv net's output
+is then its biases, which every rewrite keeps), is refused; an output that is not finite, of the
+original or of a rewrite, fails verification.
+
 Default inputs (no ``--inputs``): seeded standard normal values for float inputs, integers
 uniform in [0, 16) for integer inputs, booleans at random; symbolic dims are bound by
 ``--input-shape``, else the batch (first) dim to 1 and every other symbolic dim to 224.
@@ -76,16 +81,50 @@ class Errors:
     max_abs_error: float
     rel_l2_error: float  # worst output's ||y' - y|| / ||y||
     ok: bool
+    problem: str = ""  # why the outputs cannot be compared (a NaN output), else empty
 
     def as_dict(self) -> dict[str, Any]:
         def finite(value: float) -> float | None:
             return value if math.isfinite(value) else None
 
-        return {
+        data: dict[str, Any] = {
             "max_abs_error": finite(self.max_abs_error),
             "rel_l2_error": finite(self.rel_l2_error),
             "ok": self.ok,
         }
+        if self.problem:
+            data["problem"] = self.problem
+        return data
+
+
+def not_finite(
+    outputs: Sequence[Outputs], names: Sequence[str] = (), whose: str = "the model"
+) -> Errors | None:
+    """A failed ``Errors`` naming the first output holding NaN or infinity, else None."""
+    for index in range(len(outputs[0]) if outputs else 0):
+        values = [np.asarray(sample[index]) for sample in outputs]
+        if not all(v.dtype.kind in "fc" for v in values):
+            continue
+        nan = sum(int(np.count_nonzero(np.isnan(v))) for v in values)
+        inf = sum(int(np.count_nonzero(np.isinf(v))) for v in values)
+        if nan or inf:
+            name = names[index] if index < len(names) else f"#{index}"
+            return Errors(
+                math.inf,
+                math.inf,
+                False,
+                f"{whose}'s output {name!r} holds {_non_finite_values(nan, inf)} on the "
+                "verification inputs",
+            )
+    return None
+
+
+def _non_finite_values(nan: int, inf: int) -> str:
+    """``3 NaN values``, ``1 NaN and 2 infinite values``."""
+    counts = " and ".join(
+        text for count, text in ((nan, f"{nan} NaN"), (inf, f"{inf} infinite")) if count
+    )
+    return f"{counts} value{'' if nan + inf == 1 else 's'}"
 
 
 def bind_dims(dims: Sequence[int | str | None], given: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -149,6 +188,7 @@ def load_feeds(path: str | Path, specs: Sequence[InputSpec]) -> list[Feed]:
                 f"{path}: array {spec.name!r} has dtype {array.dtype}, expected {spec.dtype} "
                 f"for input {spec.name!r} (or a dtype of the same kind)"
             )
+        _check_values(path, spec.name, arrays[spec.name])
         counts.add(arrays[spec.name].shape[0])
     if len(counts) != 1 or 0 in counts:
         raise ConvlintError(f"{path}: the arrays hold different or zero numbers of samples")
@@ -159,16 +199,45 @@ def load_feeds(path: str | Path, specs: Sequence[InputSpec]) -> list[Feed]:
     ]
 
 
-def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], tolerance: float) -> Errors:
-    """Max abs error and the worst output's relative L2 error over all samples."""
+def _check_values(path: str | Path, name: str, array: npt.NDArray[Any]) -> None:
+    """Refuse float inputs that cannot verify anything: non-finite, or one value repeated."""
+    if array.dtype.kind not in "fc":
+        return  # integer and bool inputs are indices and flags: a constant one is normal
+    nan = int(np.count_nonzero(np.isnan(array)))
+    inf = int(np.count_nonzero(np.isinf(array)))
+    if nan or inf:
+        raise ConvlintError(
+            f"{path}: input {name!r} holds {_non_finite_values(nan, inf)}; "
+            "verification needs finite inputs"
+        )
+    flat = array.ravel()
+    if flat.size > 1 and np.all(flat == flat[0]):
+        raise ConvlintError(
+            f"{path}: input {name!r} is constant (every value is {flat[0].item():g}): "
+            "zero variance is too degenerate to verify a rewrite on"
+        )
+
+
+def compare(
+    reference: Sequence[Outputs],
+    candidate: Sequence[Outputs],
+    tolerance: float,
+    names: Sequence[str] = (),
+) -> Errors:
+    """Max abs error and the worst output's relative L2 error over all samples. A NaN or an
+    infinity in either side's outputs is a failure: it hides any difference."""
+    for outputs, whose in ((reference, "the original model"), (candidate, "the rewritten model")):
+        failed = not_finite(outputs, names, whose)
+        if failed is not None:
+            return failed
     worst_rel, worst_abs = 0.0, 0.0
     for index in range(len(reference[0])):
         ref = np.concatenate([np.ravel(r[index]).astype(np.float64) for r in reference])
         new = np.concatenate([np.ravel(c[index]).astype(np.float64) for c in candidate])
-        if ref.shape != new.shape or not np.all(np.isfinite(new) | ~np.isfinite(ref)):
+        if ref.shape != new.shape:
             return Errors(math.inf, math.inf, False)
-        diff = np.where(np.isfinite(ref), new - ref, 0.0)
-        norm = float(np.linalg.norm(np.where(np.isfinite(ref), ref, 0.0)))
+        diff = new - ref
+        norm = float(np.linalg.norm(ref))
         delta = float(np.linalg.norm(diff))
         rel = delta / norm if norm > 0 else (0.0 if delta == 0 else math.inf)
         worst_rel = max(worst_rel, rel)
