@@ -1,8 +1,15 @@
-"""Write outputs atomically: a temporary file beside the target, then a rename."""
+"""Write outputs atomically: a temporary file beside the target, then a rename.
+
+Only a regular file (or a name not taken yet) is replaced that way. A symlink is followed and
+its target replaced, so the link stays a link; a character device, FIFO or socket (``--output
+/dev/null`` as root, a pipe a CI step reads) is written through, as a shell redirection does,
+since renaming a file over it would replace the device node itself.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -18,18 +25,49 @@ def new_file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
+def write_target(path: str | os.PathLike[str]) -> Path:
+    """The file that writing ``path`` changes: a symlink's final target, else ``path``."""
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def special_kind(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder."""
     try:
-        os.fchmod(fd, new_file_mode(path))
+        mode = path.stat().st_mode
+    except OSError:  # missing, or unreadable (a symlink loop): writing it reports why
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
+    target = write_target(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    if special_kind(target) is not None:
+        # No O_CREAT: if the device vanished meanwhile, fail rather than create a file there.
+        fd = os.open(target, os.O_WRONLY)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        return
+    folder = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, new_file_mode(target))
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

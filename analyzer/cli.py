@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import sys
 from collections.abc import Sequence
@@ -11,13 +12,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from convlint import __version__
-from convlint.atomic import write_atomic
+from convlint.atomic import write_atomic, write_target
 from convlint.baseline import load_baseline, write_baseline
 from convlint.config import FAIL_ON, find_config, read_config, validate_config
 from convlint.engine import ModelReport, Settings, analyze, iter_model_paths
 from convlint.errors import ConvlintError, UsageError
 from convlint.findings import Severity
-from convlint.loader import parse_input_shape
+from convlint.loader import parse_input_shape, read_model
+from convlint.paths import external_data_files
 from convlint.registry import Registry, load_registry
 from convlint.reporters import RENDERERS, render_text
 
@@ -146,6 +148,72 @@ def emit(text: str, output: str | None) -> None:
         sys.stdout.write(text)
 
 
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file (through symlinks and hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _mentions(path: Path, name: str) -> bool:
+    """Whether the file's bytes contain ``name``: every model that keeps weights in a file
+    named so does (its location is stored verbatim), and few others."""
+    try:
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+        ):
+            return mapped.find(os.fsencode(name)) >= 0
+    except (OSError, ValueError):  # unreadable, or empty (nothing to map)
+        return False
+
+
+def _data_file_owner(target: Path, models: Sequence[str | os.PathLike[str]]) -> str | None:
+    """The model whose external data ``target`` is, if any."""
+    if not target.is_file():
+        return None  # nothing there to lose
+    resolved = target.resolve()
+    for model in models:
+        path = Path(model)
+        if not path.is_file() or not resolved.is_relative_to(path.resolve().parent):
+            continue
+        if not _mentions(path, resolved.name):
+            continue
+        try:
+            files = external_data_files(read_model(path), path)
+        except ConvlintError:  # the run itself reports the unreadable model
+            continue
+        if any(same_file(data, resolved) for data in files):
+            return str(model)
+    return None
+
+
+def refuse_overwriting_inputs(
+    outputs: Sequence[tuple[str, str | None]],
+    inputs: Sequence[tuple[str, str | os.PathLike[str] | None]],
+    models: Sequence[str | os.PathLike[str]] = (),
+) -> None:
+    """Refuse an output file (``--output``, ``--write-baseline``) that names an input of the
+    run (a MODEL, a model's external data, OUT, the configuration) or another output: the
+    report would replace it."""
+    given = [(flag, path) for flag, path in outputs if path]
+    for index, (flag, path) in enumerate(given):
+        for other, other_path in given[index + 1 :]:
+            if same_file(path, other_path):
+                raise UsageError(f"{flag} {path} and {other} {other_path} name the same file")
+        for what, taken in inputs:
+            if taken is not None and same_file(path, taken):
+                raise UsageError(f"{flag} {path} is {what}; refusing to overwrite it")
+        owner = _data_file_owner(write_target(path), models)
+        if owner is not None:
+            raise UsageError(
+                f"{flag} {path} is the external data of {owner}; refusing to overwrite it"
+            )
+
+
 def _analyze_one(path: str, settings: Settings) -> ModelReport:
     return analyze(path, load_registry(), settings)
 
@@ -173,6 +241,18 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
     paths = [str(p) for p in iter_model_paths(args.models)]
     if not paths:
         raise UsageError(f"no .onnx files found in {', '.join(args.models)}")
+    refuse_overwriting_inputs(
+        [("--output", args.output), ("--write-baseline", args.write_baseline)],
+        [
+            *((f"the model {path}", path) for path in paths),
+            (f"--config {args.config}", args.config),
+        ],
+        paths,
+    )
+    if args.output:  # --write-baseline over --baseline is how a baseline is updated
+        refuse_overwriting_inputs(
+            [("--output", args.output)], [(f"--baseline {args.baseline}", args.baseline)]
+        )
     known = load_baseline(args.baseline) if args.baseline else None  # bad file: exit 2 early
     reports = check_models(paths, registry, settings, args.jobs)
     if args.write_baseline:
@@ -204,6 +284,11 @@ def cmd_stats(args: argparse.Namespace, registry: Registry) -> int:
     from convlint.stats import render_stats_json, render_stats_text, stats_rows
 
     settings, _ = resolve_settings(args, registry)
+    refuse_overwriting_inputs(
+        [("--output", args.output)],
+        [(f"the model {args.model}", args.model), (f"--config {args.config}", args.config)],
+        [args.model],
+    )
     loaded = loader.load(args.model, settings.input_shapes)
     graph = build_graph(loaded.model)
     check_conv_channels(graph, loaded.path)  # the same models are invalid for stats and check

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,12 +41,14 @@ import onnx
 from onnx import external_data_helper
 
 from convlint import loader
+from convlint.atomic import special_kind, write_target
 from convlint.cost import ModelCost, model_cost
 from convlint.engine import ModelReport, Settings, lint
 from convlint.errors import ModelError, UsageError
 from convlint.factorize import Array, Factors
 from convlint.fixreport import DEFAULT_SAMPLES, METHODS
 from convlint.graph import build_graph
+from convlint.paths import external_data_files
 from convlint.plan import NotRewritable, plan
 from convlint.registry import Registry
 from convlint.rewrite import (
@@ -176,6 +179,9 @@ def resolve_output(model: Path, output: Path | None, in_place: bool) -> Path:
         raise UsageError(f"-o {output}: no such folder {str(output.parent)!r}")
     if output.is_dir():
         raise UsageError(f"-o {output} is a folder; give the file to write")
+    kind = special_kind(write_target(output))
+    if kind is not None:  # a rename would replace the device node; OUT.data cannot go beside it
+        raise UsageError(f"-o {output} is {kind}, not a regular file; give the file to write")
     return output
 
 
@@ -185,13 +191,7 @@ def _read_with_weights(path: Path) -> tuple[onnx.ModelProto, list[Path]]:
     loader.check_external_locations(model, path)
     loader.validate(model, path)
     folder = path.resolve().parent
-    data_files = sorted(
-        {
-            folder / next(e.value for e in t.external_data if e.key == "location")
-            for t in external_data_helper._get_all_tensors(model)
-            if external_data_helper.uses_external_data(t)
-        }
-    )
+    data_files = external_data_files(model, path)
     for data in data_files:
         if not data.is_file():
             raise ModelError(path, f"external data file {data} is missing (or not a file)")
@@ -615,8 +615,8 @@ class Fixer:
 
     def write(self, model: onnx.ModelProto) -> tuple[Errors, bool]:
         """Save beside OUT, check, verify from the file; move into place only if it holds."""
-        out = self.options.output
-        assert out is not None
+        assert self.options.output is not None
+        out = write_target(self.options.output)  # a symlink's target: the link stays a link
         folder = Path(tempfile.mkdtemp(prefix=".convlint-fix-", dir=out.parent))
         try:
             staged = folder / out.name
@@ -642,6 +642,13 @@ class Fixer:
             return errors, True
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def named_after(data: Path, out: Path) -> bool:
+    """A data file `fix` (or onnx's default naming) would have written for OUT: removing it
+    when OUT stops using it cannot take the weights of another model."""
+    same_folder = os.path.realpath(data.parent) == os.path.realpath(out.parent)
+    return same_folder and bool(re.fullmatch(re.escape(out.name) + r"(\.[0-9]+)?\.data", data.name))
 
 
 def save_with_external_data(

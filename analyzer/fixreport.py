@@ -170,8 +170,9 @@ def render_json(result: FixResult) -> str:
 
 def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) -> int:
     """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
-    from convlint.cli import emit
-    from convlint.fix import FixOptions, FixResult, fix
+    from convlint.atomic import write_target
+    from convlint.cli import emit, refuse_overwriting_inputs
+    from convlint.fix import FixOptions, FixResult, fix, named_after
     from convlint.verify import RuntimeFailure
 
     if args.format not in ("text", "json"):
@@ -193,6 +194,26 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
         timeout=args.timeout,
         unsafe_fixes=args.unsafe_fixes,
     )
+    out = options.output or (model if args.in_place else None)
+    refuse_overwriting_inputs(
+        [("--output", args.output)],
+        [
+            (f"the model {model}", model),
+            (f"OUT (-o {out})", out),
+            (f"--config {args.config}", args.config),
+            (f"--inputs {args.inputs}", args.inputs),
+        ],
+        [model],
+    )
+    if (
+        args.output
+        and out is not None
+        and named_after(write_target(args.output), write_target(out))
+    ):
+        raise UsageError(
+            f"--output {args.output} is a name fix gives OUT's external data; "
+            "refusing to write the report there"
+        )
     try:
         result = fix(model, registry, settings, options, verbose=args.verbose)
     except (ModelError, RuntimeFailure) as exc:

@@ -1,10 +1,14 @@
-"""Model paths as CI tools and baselines want them: relative, with forward slashes."""
+"""Model paths as CI tools and baselines want them: relative, with forward slashes; and the
+files a model keeps its weights in."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path, PurePath
 from urllib.parse import quote
+
+import onnx
+from onnx import external_data_helper
 
 
 def relative_posix(
@@ -36,3 +40,16 @@ def artifact_uri(path: str | os.PathLike[str]) -> tuple[str, str | None]:
     if relative is not None:
         return quote(relative), "%SRCROOT%"
     return Path(os.path.abspath(path)).as_uri(), None
+
+
+def external_data_files(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Path]:
+    """The files ``model``, read from ``path``, keeps its weights in (beside ``path``'s
+    target); a tensor without a location names none."""
+    folder = Path(path).resolve().parent
+    files = set()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if location:
+                files.add(folder / location)
+    return sorted(files)
