@@ -50,6 +50,29 @@ def special_kind(path: Path) -> str | None:
     return "not a regular file"
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a file written by another library to the disk before a rename publishes it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
     target = write_target(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data

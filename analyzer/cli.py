@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import mmap
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 from convlint import __version__
@@ -335,6 +339,39 @@ def cmd_demo(args: argparse.Namespace, registry: Registry) -> int:
     return run_demo(registry, args.format)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that cleanup (``finally``) runs as on Ctrl-C."""
+
+
+@contextmanager
+def cleanup_on_signals() -> Iterator[None]:
+    """Turn SIGTERM (and SIGINT) into exceptions for the commands that leave staging folders
+    and temporary copies of weights to remove; a second signal is ignored so that it cannot
+    cut the cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in signals}
+
+    def interrupt(number: int, frame: FrameType | None) -> None:
+        for each in signals:
+            signal.signal(each, signal.SIG_IGN)
+        if number == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(number)
+
+    for number in signals:
+        signal.signal(number, interrupt)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+
+CLEANS_UP = ("fix", "demo")  # commands that write staging folders and runtime temporaries
+
 COMMANDS = {
     "check": cmd_check,
     "fix": cmd_fix,
@@ -353,12 +390,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         registry = load_registry()
+        if args.command in CLEANS_UP:
+            with cleanup_on_signals():
+                return COMMANDS[args.command](args, registry)
         return COMMANDS[args.command](args, registry)
     except ConvlintError as exc:
         print(f"convlint: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 128 + signal.SIGTERM
     except BrokenPipeError:  # `convlint ... | head`: the reader left; nothing more to say
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -14,7 +14,11 @@
 3. The combination is verified end to end; while it breaks the tolerance, the rewrite that moved
    the outputs most gets half its budget (or is dropped).
 4. The model is written beside OUT, checked with ``onnx.checker`` (full check), verified again
-   from the file, and only then moved over OUT.
+   from the file, and only then moved over OUT. Its external data, if any, goes under a name no
+   file has yet (``OUT.data``, else ``OUT.1.data``, ...), so that the rename of the model is the
+   one step that replaces the old model and its data by the new pair; the old data file is
+   removed after that rename. Replaced files keep their modes; a symlink OUT stays a link and
+   its target is replaced.
 
 The data-aware method fits its statistics on the first half of the inputs and verifies on the
 other half; the weight method verifies on all of them.
@@ -22,7 +26,9 @@ other half; the weight method verifies on all of them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import math
 import os
 import re
@@ -41,7 +47,7 @@ import onnx
 from onnx import external_data_helper
 
 from convlint import loader
-from convlint.atomic import special_kind, write_target
+from convlint.atomic import fsync_file, fsync_folder, new_file_mode, special_kind, write_target
 from convlint.cost import ModelCost, model_cost
 from convlint.engine import ModelReport, Settings, lint
 from convlint.errors import ModelError, UsageError
@@ -368,6 +374,7 @@ class Fixer:
     def analyze(self) -> tuple[ModelReport, list[Target], list[Skipped]]:
         with self.timer("analysis"):
             self.original, data_files = _read_with_weights(self.path)
+            self.data_files = data_files
             self.external = bool(data_files)
             assert self.options.output is not None
             _refuse_overwriting_data(self.path, self.options.output, data_files)
@@ -616,17 +623,29 @@ class Fixer:
     def write(self, model: onnx.ModelProto) -> tuple[Errors, bool]:
         """Save beside OUT, check, verify from the file; move into place only if it holds."""
         assert self.options.output is not None
-        out = write_target(self.options.output)  # a symlink's target: the link stays a link
-        folder = Path(tempfile.mkdtemp(prefix=".convlint-fix-", dir=out.parent))
+        out = self.options.output
+        target = write_target(out)  # a symlink's target: the link stays a link
         try:
-            staged = folder / out.name
-            data_name = f"{out.name}.data"
+            folder = Path(tempfile.mkdtemp(prefix=".convlint-fix-", dir=target.parent))
+        except OSError as exc:
+            raise UsageError(f"{out}: cannot write: {exc.strerror or exc}") from None
+        try:
+            staged = folder / target.name
+            previous = self._previous_data(target)
+            data_name = free_data_name(target) if self.external else None
             with self.timer("writing"):
                 fill_output_types(model, self.path)
-                if self.external:
-                    save_with_external_data(model, staged, data_name)
-                else:
-                    onnx.save_model(model, str(staged))
+                try:
+                    if data_name is not None:
+                        save_with_external_data(model, staged, data_name)
+                        os.chmod(folder / data_name, _mode(previous, target))
+                        if (folder / data_name).stat().st_size == 0:
+                            data_name = None  # every weight is small enough to stay inline
+                    else:
+                        onnx.save_model(model, str(staged))
+                    os.chmod(staged, new_file_mode(target))
+                except OSError as exc:
+                    raise UsageError(f"{out}: cannot write: {exc.strerror or exc}") from None
                 try:
                     onnx.checker.check_model(str(staged), full_check=True)
                 except Exception as exc:
@@ -637,11 +656,38 @@ class Fixer:
             errors = self.measure(staged, "verifying the written model")
             if not errors.ok:
                 return errors, False
+            keep = set() if _same_file(target, self.path) else set(self.data_files)
+            obsolete = [p for p in previous if named_after(p, target) and p not in keep]
             with self.timer("writing"):
-                _move_into_place(staged, folder / data_name, out, folder)
+                try:
+                    staged_data = None if data_name is None else folder / data_name
+                    _move_into_place(staged, staged_data, target, obsolete)
+                except OSError as exc:
+                    raise UsageError(f"{out}: cannot write: {exc.strerror or exc}") from None
             return errors, True
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _previous_data(self, target: Path) -> list[Path]:
+        """The data files of the model OUT replaces (MODEL's own with --in-place)."""
+        if _same_file(target, self.path):
+            return list(self.data_files)
+        if not target.is_file():
+            return []
+        try:
+            old = loader.read_model(target)
+        except ModelError:  # not a model: it has no data files to replace
+            return []
+        return external_data_files(old, target)
+
+
+def free_data_name(out: Path) -> str:
+    """The first of ``OUT.data``, ``OUT.1.data``, ... that no file in OUT's folder has."""
+    for count in range(1000):
+        name = f"{out.name}.data" if count == 0 else f"{out.name}.{count}.data"
+        if not os.path.lexists(out.parent / name):
+            return name
+    raise UsageError(f"{out}: cannot write: {out.name}.data to .999.data all exist already")
 
 
 def named_after(data: Path, out: Path) -> bool:
@@ -649,6 +695,14 @@ def named_after(data: Path, out: Path) -> bool:
     when OUT stops using it cannot take the weights of another model."""
     same_folder = os.path.realpath(data.parent) == os.path.realpath(out.parent)
     return same_folder and bool(re.fullmatch(re.escape(out.name) + r"(\.[0-9]+)?\.data", data.name))
+
+
+def _mode(previous: Sequence[Path], out: Path) -> int:
+    """The mode of a new data file: the replaced data file's, else OUT's."""
+    for data in previous:
+        with contextlib.suppress(OSError):
+            return data.stat().st_mode & 0o777
+    return new_file_mode(out)
 
 
 def save_with_external_data(
@@ -660,32 +714,44 @@ def save_with_external_data(
     onnx.save_model(model, str(path))
 
 
-def _move_into_place(staged: Path, staged_data: Path, out: Path, folder: Path) -> None:
-    """Rename the staged model (and its data file) over OUT (and OUT.data).
+def _move_into_place(
+    staged: Path, staged_data: Path | None, out: Path, obsolete: Sequence[Path]
+) -> None:
+    """Rename the staged model over OUT, its new data file in beside it first.
 
-    Two renames cannot be one atomic step: the old data file is kept as a hard link in the
-    staging folder until the model is in place, and put back if that rename fails, so OUT
-    (MODEL itself with --in-place) is always a whole old or a whole new model.
+    The data file's name is one no file had, so the model's rename is the single step that
+    switches OUT (MODEL itself with --in-place) from the whole old pair to the whole new one:
+    interrupted before it, OUT is the old model with its old data and the new data file is
+    removed again; after it, the old data files (``obsolete``) are removed.
     """
-    if not staged_data.exists():
+    fsync_file(staged)
+    if staged_data is None:
         os.replace(staged, out)
-        return
-    target_data = out.parent / staged_data.name
-    backup = folder / "previous.data"
-    if target_data.exists():
+    else:
+        fsync_file(staged_data)
+        data = out.parent / staged_data.name
+        _create_from(staged_data, data)
         try:
-            os.link(target_data, backup)
-        except OSError:
-            shutil.copy2(target_data, backup)
-    os.replace(staged_data, target_data)
+            os.replace(staged, out)
+        except BaseException:
+            data.unlink(missing_ok=True)
+            raise
+    fsync_folder(out.parent)
+    for old in obsolete:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def _create_from(source: Path, path: Path) -> None:
+    """Give ``source``'s file the new name ``path``, never replacing a file of that name."""
     try:
-        os.replace(staged, out)
-    except BaseException:
-        if backup.exists():
-            os.replace(backup, target_data)
-        else:
-            target_data.unlink(missing_ok=True)
+        os.link(source, path)  # fails with FileExistsError rather than replace
+    except FileExistsError:
         raise
+    except OSError:  # a file system without hard links
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "appeared while writing", str(path)) from None
+        os.rename(source, path)
 
 
 def _count(number: int, noun: str) -> str:

@@ -12,7 +12,8 @@ folder nor ``PYTHONPATH`` is on its ``sys.path``, so an ``onnxruntime.py``, ``nu
 
 The child uses the CPU provider with ``intra_op_num_threads=THREADS`` and basic graph
 optimizations. ``CONVLINT_TEST_RUNTIME_FAULT=hang|crash`` in the environment makes the child
-hang or abort on its next request: a test hook for the timeout and crash paths.
+hang or abort on its next request (``hang:N``, ``crash:N``: on its N-th request, from 1): a test
+hook for the timeout, crash and interruption paths.
 
 Verification means something only on finite, varying inputs: ``--inputs`` holding NaN or
 infinities, or a float input that is constant over every sample (all zeros: a conv net's output
@@ -264,15 +265,16 @@ def serve() -> None:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     out.write("ready\n")
     out.flush()
-    for line in sys.stdin:
+    fault, _, at = os.environ.get(FAULT_ENV, "").partition(":")
+    for request, line in enumerate(sys.stdin, start=1):
         folder = Path(line.strip())
         if not line.strip():
             break
-        fault = os.environ.get(FAULT_ENV, "")
-        if fault == "hang":
-            signal.pause()
-        if fault == "crash":
-            os.abort()
+        if not at or int(at) == request:
+            if fault == "hang":
+                signal.pause()
+            if fault == "crash":
+                os.abort()
         try:
             with open(folder / "request.pkl", "rb") as handle:
                 model_path, feeds, names = pickle.load(handle)
@@ -310,18 +312,23 @@ class Runtime:
             )
             self._answer(None)
         except BaseException:  # no `with` block owns the folder yet: remove it here
-            self.close()
+            self.close(kill=True)
             raise
 
     def __enter__(self) -> Runtime:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # Leaving on an exception (Ctrl-C, SIGTERM, a timeout) the child may be busy with a
+        # request: stop it at once rather than wait for it to read the request to quit.
+        self.close(kill=exc_type is not None)
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None:
+        if proc is not None and kill:
+            proc.kill()
+            proc.wait()
+        elif proc is not None:
             try:
                 assert proc.stdin is not None
                 proc.stdin.write("\n")
