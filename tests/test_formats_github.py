@@ -12,7 +12,7 @@ from convlint import fixtures
 from convlint.engine import ModelReport
 from convlint.findings import Finding, Severity
 from convlint.registry import load_registry
-from convlint.report_github import escape_data, escape_property, render_github
+from convlint.reporters.github import escape_data, escape_property, render_github
 
 CLI = Callable[..., tuple[int, str, str]]
 COMMAND = re.compile(r"^::(error|warning|notice) file=([^,:]*),title=([^,:]*)::(.*)$")

@@ -12,7 +12,7 @@ from convlint import fixtures
 from convlint.engine import ModelReport
 from convlint.findings import Finding, Severity
 from convlint.registry import load_registry
-from convlint.report_junit import render_junit
+from convlint.reporters.junit import render_junit
 
 CLI = Callable[..., tuple[int, str, str]]
 

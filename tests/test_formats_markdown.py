@@ -13,7 +13,7 @@ from convlint import fixtures
 from convlint.engine import ModelReport, Settings, analyze
 from convlint.findings import Finding, Severity
 from convlint.registry import load_registry
-from convlint.report_markdown import mermaid, render_markdown
+from convlint.reporters.markdown import mermaid, render_markdown
 from convlint.sketch import Neighbourhood, Sketch, SketchNode
 
 CLI = Callable[..., tuple[int, str, str]]

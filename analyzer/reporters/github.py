@@ -13,7 +13,7 @@ from convlint.engine import ModelReport
 from convlint.findings import Finding, Severity
 from convlint.paths import display_path
 from convlint.registry import Registry
-from convlint.reporters import describe_estimate
+from convlint.reporters.common import describe_estimate
 
 COMMANDS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from convlint.engine import ModelReport
 from convlint.findings import Finding
 from convlint.registry import Registry
-from convlint.reporters import describe_estimate
+from convlint.reporters.common import describe_estimate
 
 READ_CASE = "read model"
 # Characters XML 1.0 cannot carry at all, even escaped (ONNX names are arbitrary strings).

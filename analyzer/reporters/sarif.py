@@ -23,7 +23,7 @@ from convlint.engine import ModelReport
 from convlint.findings import Finding, Severity
 from convlint.paths import artifact_uri
 from convlint.registry import Registry, Rule
-from convlint.reporters import describe_estimate
+from convlint.reporters.common import describe_estimate
 
 SCHEMA_URI = (
     "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"

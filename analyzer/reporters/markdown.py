@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from convlint.engine import ModelReport
 from convlint.findings import Finding
 from convlint.registry import Registry
-from convlint.reporters import describe_estimate, fmt_int
+from convlint.reporters.common import describe_estimate, fmt_int, plural
 from convlint.sketch import Sketch, SketchNode
 
 STYLES = (
@@ -21,10 +21,6 @@ STYLES = (
     "classDef related fill:#fff8c5,stroke:#9a6700",
     "classDef suggested fill:#dafbe1,stroke:#1a7f37,stroke-width:2px,stroke-dasharray:5 3",
 )
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _cell(text: str) -> str:
@@ -70,7 +66,7 @@ def mermaid(sketch: Sketch) -> list[str]:
         lines.append(f"  {ids[node.key]}{shape}")
     lines.extend(f"  {ids[u]} --> {ids[v]}" for u, v in sketch.edges if u in ids and v in ids)
     if sketch.omitted:
-        lines.append(f'  more["… {_plural(sketch.omitted, "more neighbour")}"]')
+        lines.append(f'  more["… {plural(sketch.omitted, "more neighbour")}"]')
     for role in ("flagged", "related", "suggested"):
         members = [ids[n.key] for n in sketch.nodes if n.role == role]
         if members:
@@ -156,11 +152,11 @@ def render_markdown(reports: Sequence[ModelReport], registry: Registry) -> str:
     new = sum(len(r.findings) for r in reports)
     known = sum(len(r.baselined or []) for r in reports)
     errors = sum(1 for r in reports if r.error)
-    totals = f"{_plural(len(reports), 'model')} checked: {_plural(new, 'finding')}"
+    totals = f"{plural(len(reports), 'model')} checked: {plural(new, 'finding')}"
     if known:
         totals += f", {known} known in the baseline"
     if errors:
-        totals += f", {_plural(errors, 'model')} could not be read"
+        totals += f", {plural(errors, 'model')} could not be read"
     lines = ["# convlint report", "", totals + ".", ""]
     for report in reports:
         lines += _model(report)

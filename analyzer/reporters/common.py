@@ -1,0 +1,53 @@
+"""What every reporter shares: numbers as people read them, a finding's estimate in one line,
+the summary counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from convlint.engine import ModelReport
+from convlint.findings import Finding
+
+
+def fmt_int(value: int | float | None) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.2f}"
+    return f"{int(value):,}"
+
+
+def describe_estimate(finding: Finding) -> str | None:
+    est = finding.estimate
+    if est is None:
+        return None
+    parts = [f"params {fmt_int(est.params_before)} -> {fmt_int(est.params_after)}"]
+    if est.macs_before is not None and est.macs_after is not None:
+        parts.append(f"MACs {fmt_int(est.macs_before)} -> {fmt_int(est.macs_after)}")
+        if est.macs_after and est.macs_before > est.macs_after:
+            parts[-1] += f" ({est.macs_before / est.macs_after:.1f}x fewer)"
+    elif est.macs_per_output_pixel is not None:
+        before, after = est.macs_per_output_pixel, est.macs_per_output_pixel_after
+        parts.append(f"MACs per output pixel {fmt_int(before)} -> {fmt_int(after)}")
+    if "channels_before" in est.extra:
+        parts.insert(
+            0,
+            f"concat channels {est.extra['channels_before']} -> {est.extra['channels_after']}",
+        )
+    return ", ".join(parts)
+
+
+def summary(reports: Sequence[ModelReport]) -> dict[str, Any]:
+    by_code = Counter(f.code for r in reports for f in r.findings)
+    return {
+        "models": len(reports),
+        "findings": sum(by_code.values()),
+        "by_code": dict(sorted(by_code.items())),
+        "errors": sum(1 for r in reports if r.error),
+    }
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
