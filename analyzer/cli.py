@@ -48,11 +48,45 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"convlint: error: {self.prog}: {message} (see --help)\n")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help (unless it has none or says it), the epilog as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default in (None, False, [], argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+EXIT_CODES = {
+    "check": "0 no finding at or above --fail-on; 1 findings at or above it",
+    "fix": "0 OUT written and verified; 1 verification failed (OUT not written)",
+    "stats": "0 the table was written",
+}
+
+
+def _epilog(command: str | None = None) -> str:
+    lines = ["exit codes:"]
+    for name, meaning in EXIT_CODES.items():
+        if command in (None, name):
+            lines.append(f"  {name}: {meaning}" if command is None else f"  {meaning}")
+    lines.append("  2 usage error, unreadable or invalid model, or an internal failure")
+    if command in (None, "fix"):
+        lines.append("  130, 143 interrupted (Ctrl-C, SIGTERM; fix and demo clean up first)")
+    return "\n".join(lines)
+
+
 def _common(
     parser: argparse.ArgumentParser, lint: bool = True, formats: Sequence[str] = FORMATS
 ) -> None:
     parser.add_argument("--format", choices=formats, default="text", help="report format")
-    parser.add_argument("--output", metavar="FILE", help="write the report to FILE (atomically)")
+    parser.add_argument(
+        "--output", metavar="FILE", help="write the report to FILE (atomically; default: stdout)"
+    )
     parser.add_argument("--config", metavar="FILE", help="configuration file to use")
     parser.add_argument(
         "--input-shape",
@@ -62,11 +96,19 @@ def _common(
         default=[],
         help="bind an input's symbolic dims (repeatable)",
     )
-    parser.add_argument("--quiet", action="store_true", help="print findings only, no summary")
-    parser.add_argument("--verbose", action="store_true", help="notes and why rules passed over")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="print findings only, no summary"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="notes and why rules passed over"
+    )
     if lint:
         _selectors(parser, "run", "skip")
-        parser.add_argument("--fail-on", choices=FAIL_ON, help="lowest severity that fails")
+        parser.add_argument(
+            "--fail-on",
+            choices=FAIL_ON,
+            help="lowest severity that fails (default: the configuration's fail-on, or warning)",
+        )
         parser.add_argument("--exit-zero", action="store_true", help="exit 0 even with findings")
         parser.add_argument("--baseline", metavar="FILE", help="known findings that do not fail")
         parser.add_argument("--write-baseline", metavar="FILE", help="record findings as known")
@@ -77,27 +119,50 @@ def _selectors(parser: argparse.ArgumentParser, verb: str, opposite: str) -> Non
     # Repeated flags accumulate, as ruff's do.
     for flag, what in (("--select", verb), ("--ignore", opposite)):
         parser.add_argument(
-            flag, type=_codes_arg, action="extend", help=f"rule codes or prefixes to {what}"
+            flag,
+            type=_codes_arg,
+            action="extend",
+            metavar="CODES",
+            help=f"comma-separated rule codes or prefixes to {what}",
         )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="convlint", description="Lint the convolutions of ONNX models.")
+    parser = Parser(
+        prog="convlint",
+        description="Lint the convolutions of ONNX models.",
+        epilog=_epilog(),
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"convlint {__version__}")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
 
-    check = commands.add_parser("check", help="lint ONNX models and report findings")
+    check = commands.add_parser(
+        "check",
+        help="lint ONNX models and report findings",
+        epilog=_epilog("check"),
+        formatter_class=HelpFormatter,
+    )
     check.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files or folders")
     _common(check)
 
-    stats = commands.add_parser("stats", help="per-node params, MACs and output shapes")
+    stats = commands.add_parser(
+        "stats",
+        help="per-node params, MACs and output shapes",
+        epilog=_epilog("stats"),
+        formatter_class=HelpFormatter,
+    )
     stats.add_argument("model", metavar="MODEL")
     _common(stats, lint=False, formats=("text", "json"))
 
     fix = commands.add_parser(
-        "fix", help="rewrite the findings, verify with onnxruntime, write OUT", allow_abbrev=False
+        "fix",
+        help="rewrite the findings, verify with onnxruntime, write OUT",
+        allow_abbrev=False,
+        epilog=_epilog("fix"),
+        formatter_class=HelpFormatter,
     )
     fix.add_argument("model", metavar="MODEL")
     _common(fix, lint=False, formats=("text", "json"))
@@ -111,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("code", metavar="CODE")
 
     demo = commands.add_parser("demo", help="the whole pipeline on a built-in Inception 3a block")
-    demo.add_argument("--format", choices=("text", "json"), default="text")
+    demo.add_argument("--format", choices=("text", "json"), default="text", help="report format")
     return parser
 
 
