@@ -36,6 +36,10 @@ class Settings:
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     verbose: bool = False
+    # Input shapes from a configuration file (bound where the model has the input, else a
+    # note) and the file and key they came from, for messages.
+    configured_input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    configured_source: str = "configuration"
 
 
 @dataclass
@@ -214,7 +218,13 @@ def analyze(
     """Load, cost and lint one model; errors in the model become the report's ``error``."""
     report = ModelReport(path=str(path))
     try:
-        lint(report, loader.load(path, settings.input_shapes), registry, settings, rules)
+        loaded = loader.load(
+            path,
+            settings.input_shapes,
+            settings.configured_input_shapes,
+            settings.configured_source,
+        )
+        lint(report, loaded, registry, settings, rules)
     except ModelError as exc:
         report.error = exc.problem
     return report

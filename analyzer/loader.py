@@ -198,27 +198,47 @@ def clear_negative_dims(model: onnx.ModelProto) -> list[str]:
     return [f"read dims stored as -1 as unknown ({', '.join(cleared)})"]
 
 
-def bind_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes, path: Path) -> list[str]:
-    """Write user-given shapes into the graph inputs; returns notes for --verbose."""
+def bind_input_shapes(
+    model: onnx.ModelProto,
+    input_shapes: InputShapes,
+    path: Path,
+    configured: InputShapes | None = None,
+    source: str = "configuration",
+) -> list[str]:
+    """Write user-given shapes into the graph inputs; returns notes for --verbose.
+
+    ``configured`` shapes come from a configuration file (``source`` names it and the key):
+    one for an input this model does not have is skipped with a note, as a repository's
+    configuration covers several models; ``input_shapes`` (the command line's) override them
+    and must name an input.
+    """
     notes: list[str] = []
     zero_bound = False
     inputs = {value.name: value for value in model.graph.input}
+    valid = ", ".join(sorted(inputs)) or "none"
+    chosen: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, shape in (configured or {}).items():
+        if name in inputs:
+            chosen[name] = (source, tuple(shape))
+        else:
+            notes.append(f"{source}: no input {name!r} in this model (inputs: {valid}); skipped")
     for name, shape in input_shapes.items():
         if name not in inputs:
-            valid = ", ".join(sorted(inputs)) or "none"
             raise ModelError(path, f"--input-shape names unknown input {name!r} (inputs: {valid})")
+        chosen[name] = ("--input-shape", tuple(shape))
+    for name, (given_by, shape) in chosen.items():
         tensor_type = inputs[name].type.tensor_type
         dims = tensor_type.shape.dim
         if tensor_type.HasField("shape") and len(dims) != len(shape):
             raise ModelError(
                 path,
-                f"--input-shape {name}: rank {len(shape)} given, the input has rank {len(dims)}",
+                f"{given_by} {name}: rank {len(shape)} given, the input has rank {len(dims)}",
             )
         for dim, value in zip(dims, shape, strict=True):
             # A stored 0 or -1 is bound like a symbol: exporters write them for a dynamic dim.
             if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != value:
                 raise ModelError(
-                    path, f"--input-shape {name}: dim {dim.dim_value} is fixed, {value} given"
+                    path, f"{given_by} {name}: dim {dim.dim_value} is fixed, {value} given"
                 )
             zero_bound = zero_bound or (dim.HasField("dim_value") and dim.dim_value == 0)
         del dims[:]
@@ -582,19 +602,30 @@ def validate(
             )
 
 
-def load(path: str | Path, input_shapes: InputShapes | None = None) -> LoadedModel:
-    """Read, check and shape-infer a model file; never reads weight data."""
+def load(
+    path: str | Path,
+    input_shapes: InputShapes | None = None,
+    configured: InputShapes | None = None,
+    source: str = "configuration",
+) -> LoadedModel:
+    """Read, check and shape-infer a model file; never reads weight data.
+
+    ``configured`` input shapes (from ``source``, a configuration file and key) bind only the
+    inputs the model has; ``input_shapes`` must name inputs it has.
+    """
     path = Path(path)
     model, serialized = _read_model(path)
     graphs = walk_graphs(model)
     check_external_locations(model, path, graphs)
     validate(model, path, graphs)
     notes = clear_negative_dims(model)
-    notes += bind_input_shapes(model, input_shapes or {}, path)
-    # Inference takes the model serialized. Unless a dim was changed (each change has a note)
-    # the file's bytes are that already, and serializing a model with inline weights again
-    # costs as much as parsing it.
-    unchanged = serialized if serialized is not None and not notes else None
+    bound = bind_input_shapes(model, input_shapes or {}, path, configured, source)
+    changed = bool(notes) or any(note.startswith("bound ") for note in bound)
+    notes += bound
+    # Inference takes the model serialized. Unless a dim was changed the file's bytes are
+    # that already, and serializing a model with inline weights again costs as much as
+    # parsing it.
+    unchanged = serialized if serialized is not None and not changed else None
     inferred = infer_shapes(unchanged if unchanged is not None else model, path, notes)
     return LoadedModel(path=str(path), model=inferred, notes=notes)
 
