@@ -13,19 +13,29 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from convlint import __version__
 from convlint.atomic import write_atomic, write_target
 from convlint.baseline import load_baseline, write_baseline
-from convlint.config import FAIL_ON, find_config, read_config, validate_config
-from convlint.engine import ModelReport, Settings, analyze, iter_model_paths
+from convlint.config import FAIL_ON, ConfigFinder
+from convlint.engine import (
+    ModelReport,
+    Settings,
+    analyze,
+    enabled_rules,
+    iter_model_paths,
+    rule_options,
+)
 from convlint.errors import ConvlintError, UsageError
 from convlint.findings import Severity
 from convlint.loader import parse_input_shape, read_model
 from convlint.paths import external_data_files
 from convlint.registry import Registry, load_registry
 from convlint.reporters import RENDERERS, render_text
+
+if TYPE_CHECKING:
+    from convlint.api import Resolved
 
 FORMATS = ("text", "json", "sarif", "junit", "markdown", "github")
 
@@ -113,11 +123,16 @@ def _common(
         parser.add_argument("--baseline", metavar="FILE", help="known findings that do not fail")
         parser.add_argument("--write-baseline", metavar="FILE", help="record findings as known")
         parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel processes")
+        parser.add_argument(
+            "--show-settings",
+            action="store_true",
+            help="print each model's resolved settings and the file they came from, then exit",
+        )
 
 
 def _selectors(parser: argparse.ArgumentParser, verb: str, opposite: str) -> None:
     # Repeated flags accumulate, as ruff's do.
-    for flag, what in (("--select", verb), ("--ignore", opposite)):
+    for flag, what in (("--select", verb), ("--ignore", opposite), ("--extend-select", "add")):
         parser.add_argument(
             flag,
             type=_codes_arg,
@@ -180,31 +195,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_settings(args: argparse.Namespace, registry: Registry) -> tuple[Settings, str]:
-    """Command line over configuration over defaults; returns settings and fail-on."""
-    config_path = Path(args.config) if args.config else find_config(Path.cwd())
-    table: dict[str, Any] = {}
-    if config_path is not None:
-        table = validate_config(read_config(config_path), registry, str(config_path))
-    settings = Settings(
-        select=table.get("select", ["ALL"]),
-        ignore=table.get("ignore", []),
-        per_node_ignores=table.get("per-node-ignores", {}),
-        rule_options=table.get("rules", {}),
-        input_shapes=dict(table.get("input-shape", {})),
-        verbose=getattr(args, "verbose", False),
-    )
-    registry.known_selectors(getattr(args, "select", None) or [], "--select")
-    registry.known_selectors(getattr(args, "ignore", None) or [], "--ignore")
-    # As in ruff, --select on the command line replaces the configured selection (config
-    # ignores included); --ignore adds to what is ignored.
-    if getattr(args, "select", None):
-        settings.select, settings.ignore = args.select, []
-    if getattr(args, "ignore", None):
-        settings.ignore = [*settings.ignore, *args.ignore]
-    settings.input_shapes.update(dict(args.input_shape))
-    fail_on = getattr(args, "fail_on", None) or table.get("fail-on", "warning")
-    return settings, fail_on
+def resolve_settings(
+    args: argparse.Namespace, registry: Registry, model: str | None = None
+) -> tuple[Settings, str]:
+    """Command line over the model's configuration over defaults; returns settings and
+    fail-on (through the API's resolution, so both resolve alike)."""
+    from convlint.api import resolve
+
+    finder = ConfigFinder(registry, Path(args.config) if args.config else None)
+    resolved = resolve(Path(model or args.model), registry, finder, **_overrides(args))
+    return resolved.settings, resolved.fail_on
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "select": getattr(args, "select", None),
+        "ignore": getattr(args, "ignore", None),
+        "extend_select": getattr(args, "extend_select", None),
+        "fail_on": getattr(args, "fail_on", None),
+        "input_shapes": dict(getattr(args, "input_shape", None) or []),
+        "verbose": getattr(args, "verbose", False),
+    }
 
 
 def emit(text: str, output: str | None) -> None:
@@ -288,12 +299,53 @@ def _analyze_one(path: str, settings: Settings) -> ModelReport:
 
 
 def check_models(
-    paths: Sequence[str], registry: Registry, settings: Settings, jobs: int = 1
+    paths: Sequence[str], registry: Registry, settings: Sequence[Settings], jobs: int = 1
 ) -> list[ModelReport]:
+    """Analyze each model with its own settings (its configuration may differ)."""
     if jobs > 1 and len(paths) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            return list(pool.map(_analyze_one, paths, [settings] * len(paths)))
-    return [analyze(path, registry, settings) for path in paths]
+        with ProcessPoolExecutor(max_workers=min(jobs, len(paths))) as pool:
+            return list(pool.map(_analyze_one, paths, settings))
+    return [analyze(path, registry, one) for path, one in zip(paths, settings, strict=True)]
+
+
+def model_paths(args: argparse.Namespace, finder: ConfigFinder) -> list[str]:
+    """The models to check: files as given, and the ``*.onnx`` files of folders that their
+    configuration's ``exclude``/``extend-exclude`` do not name (as ruff, a file named on the
+    command line is checked even so)."""
+    named = {str(Path(target)) for target in args.models if not Path(target).is_dir()}
+    return [
+        str(path)
+        for path in iter_model_paths(args.models)
+        if str(path) in named or not finder.for_model(path).excluded(path)
+    ]
+
+
+def show_settings(path: str, resolved: Resolved, registry: Registry) -> str:
+    """``check --show-settings``: the resolved settings of one model and their source."""
+    settings = resolved.settings
+    source = str(resolved.config.path) if resolved.config.path else "none (defaults)"
+    rules = [rule.code for rule in enabled_rules(registry, settings)]
+    lines = [
+        f"Settings for {path}",
+        f"  configuration: {source}",
+        f"  select: {', '.join(settings.select)}",
+        f"  ignore: {', '.join(settings.ignore) or '(none)'}",
+        f"  rules run: {', '.join(rules) or '(none)'}",
+        f"  fail-on: {resolved.fail_on}",
+    ]
+    for pattern, codes in settings.per_node_ignores.items():
+        lines.append(f"  per-node-ignores: {pattern} = {', '.join(codes)}")
+    for rule in registry:
+        options, severity = rule_options(rule, settings)
+        shown = ", ".join(f"{key} = {value!r}" for key, value in options.items())
+        lines.append(
+            f"  {rule.code}: severity = {severity.value}" + (f", {shown}" if shown else "")
+        )
+    shapes = {**settings.configured_input_shapes, **settings.input_shapes}
+    for name, shape in shapes.items():
+        given = "--input-shape" if name in settings.input_shapes else settings.configured_source
+        lines.append(f"  input shape: {name} = {'x'.join(map(str, shape))} ({given})")
+    return "\n".join(lines) + "\n"
 
 
 def failing(reports: Sequence[ModelReport], fail_on: str) -> int:
@@ -304,12 +356,19 @@ def failing(reports: Sequence[ModelReport], fail_on: str) -> int:
 
 
 def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
-    settings, fail_on = resolve_settings(args, registry)
+    from convlint.api import resolve
+
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    paths = [str(p) for p in iter_model_paths(args.models)]
+    finder = ConfigFinder(registry, Path(args.config) if args.config else None)
+    paths = model_paths(args, finder)
     if not paths:
         raise UsageError(f"no .onnx files found in {', '.join(args.models)}")
+    resolved = [resolve(Path(path), registry, finder, **_overrides(args)) for path in paths]
+    if args.show_settings:
+        for path, one in zip(paths, resolved, strict=True):
+            emit(show_settings(path, one, registry), args.output)
+        return 0
     refuse_overwriting_inputs(
         [("--output", args.output), ("--write-baseline", args.write_baseline)],
         [
@@ -323,7 +382,7 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
             [("--output", args.output)], [(f"--baseline {args.baseline}", args.baseline)]
         )
     known = load_baseline(args.baseline) if args.baseline else None  # bad file: exit 2 early
-    reports = check_models(paths, registry, settings, args.jobs)
+    reports = check_models(paths, registry, [one.settings for one in resolved], args.jobs)
     if args.write_baseline:
         count = write_baseline(args.write_baseline, reports)
         print(f"convlint: recorded {count} findings in {args.write_baseline}", file=sys.stderr)
@@ -343,7 +402,10 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
         return 2
     if args.exit_zero or args.write_baseline:
         return 0
-    return 1 if failing(reports, fail_on) else 0
+    failed = sum(
+        failing([report], one.fail_on) for report, one in zip(reports, resolved, strict=True)
+    )
+    return 1 if failed else 0
 
 
 def cmd_stats(args: argparse.Namespace, registry: Registry) -> int:

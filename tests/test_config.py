@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,10 +15,10 @@ def naive(model_file: Callable[..., Path]) -> Path:
 
 
 def codes(out: str) -> set[str]:
-    return {line.split(": ")[1].split()[0] for line in out.splitlines() if ": CL" in line}
+    return set(re.findall(r": (?:\w+: )?(CL\d+)", out))
 
 
-def test_pyproject_is_found_from_the_working_directory(
+def test_pyproject_is_found_from_the_models_folder_not_the_working_directory(
     naive: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -28,11 +29,17 @@ def test_pyproject_is_found_from_the_working_directory(
     (project / "pyproject.toml").write_text(
         '[tool.convlint]\nselect = ["CL002"]\n\n[tool.convlint.rules.CL002]\nprojection-channels = 32\n'
     )
-    monkeypatch.chdir(project / "sub")
-    code, out, _ = cli("check", str(naive))
+    model = project / "sub" / "naive.onnx"
+    model.write_bytes(naive.read_bytes())
+    monkeypatch.chdir(tmp_path)  # no configuration here: the model's own folder decides
+    code, out, _ = cli("check", str(model))
     assert code == 1
     assert codes(out) == {"CL002"}
     assert "concat channels 416 -> 256" in out
+    # The same model outside the project gets the defaults, whatever the working directory.
+    monkeypatch.chdir(project / "sub")
+    code, out, _ = cli("check", str(naive))
+    assert codes(out) == {"CL001", "CL002"}
 
 
 def test_convlint_toml_and_explicit_config(

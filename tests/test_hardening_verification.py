@@ -140,7 +140,9 @@ def test_nan_output_of_the_original_fails_verification(
 def test_nan_output_of_the_rewrite_fails_verification(
     planted: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import convlint.fix as fix_module
+    import importlib
+
+    fix_module = importlib.import_module("convlint.fix")
 
     fill = fix_module.fill_output_types
 
