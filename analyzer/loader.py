@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper, serialization
 from convlint.errors import ModelError
 
 InputShapes = Mapping[str, tuple[int, ...]]
+GIT_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 @dataclass
@@ -155,9 +156,15 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, bytes | None]:
     try:
         if file_format in (None, "protobuf"):
             serialized = path.read_bytes()
+            if serialized.startswith(GIT_LFS_POINTER):
+                raise ModelError(
+                    path, "is a Git LFS pointer, not the model: run `git lfs pull` to fetch it"
+                )
             model = onnx.load_model_from_string(serialized)
         else:
             model = onnx.load(str(path), load_external_data=False)
+    except ModelError:
+        raise
     except DecodeError:
         raise ModelError(
             path, "not an ONNX model (protobuf parse failed: truncated or corrupt)"
@@ -262,7 +269,11 @@ def _run_inference(
     model: onnx.ModelProto | bytes, path: str | Path, strict: bool = True
 ) -> onnx.ModelProto:
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
+        # check_type: a weight of another element type than its input (float64 weights on
+        # a float32 input) is invalid, as onnxruntime and the full checker say.
+        return onnx.shape_inference.infer_shapes(
+            model, strict_mode=strict, data_prop=True, check_type=True
+        )
     except Exception as exc:
         raise InferenceFailed(path, str(exc).strip() or type(exc).__name__) from None
 

@@ -303,3 +303,30 @@ def test_computed_shapes_are_evaluated_only_when_inference_left_them_unknown(
         [sys.executable, "-c", script, str(plain)], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_git_lfs_pointer_and_mismatched_weight_type_are_named(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    pointer = tmp_path / "resnet.onnx"
+    pointer.write_text(
+        "version https://git-lfs.github.com/spec/v1\n"
+        "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+        "size 102502400\n"
+    )
+    code, _, err = cli("check", str(pointer))
+    assert code == 2
+    assert err == (
+        f"convlint: error: {pointer}: is a Git LFS pointer, not the model: run `git lfs pull` "
+        "to fetch it\n"
+    )
+    import numpy as np
+    from onnx import numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((4, 3, 3, 3), np.float64), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    path = save_graph(tmp_path / "float64.onnx", [node], {"x": [1, 3, 8, 8]}, "y", [weight])
+    code, _, err = cli("check", str(path))
+    assert code == 2
+    assert f"{path}: shape inference failed:" in err
+    assert "W has inconsistent type tensor(double)" in err
