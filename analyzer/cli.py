@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import mmap
 import os
 import signal
@@ -32,7 +33,7 @@ from convlint.findings import Severity
 from convlint.loader import parse_input_shape, read_model
 from convlint.paths import external_data_files
 from convlint.registry import Registry, load_registry
-from convlint.reporters import RENDERERS, render_text
+from convlint.reporters import RENDERERS, render_text, use_color
 
 if TYPE_CHECKING:
     from convlint.api import Resolved
@@ -169,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog("stats"),
         formatter_class=HelpFormatter,
     )
-    stats.add_argument("model", metavar="MODEL")
+    stats.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files or folders")
+    stats.add_argument(
+        "--diff", action="store_true", help="compare two models, MODEL and OUT: what changed"
+    )
     _common(stats, lint=False, formats=("text", "json"))
 
     fix = commands.add_parser(
@@ -389,11 +393,12 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
     if known is not None:
         known.apply(reports)
     if args.format == "text":
-        text = render_text(reports, registry, verbose=args.verbose)
+        color = not args.output and use_color(sys.stdout)
+        text = render_text(reports, registry, verbose=args.verbose, color=color)
         if args.quiet:
             text = "".join(line + "\n" for line in text.splitlines()[:-1])
     else:
-        text = RENDERERS[args.format](reports, registry)
+        text = RENDERERS[args.format](reports, registry, verbose=args.verbose)
     emit(text, args.output)
     for report in reports:
         if report.error:
@@ -409,24 +414,9 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, registry: Registry) -> int:
-    from convlint import loader
-    from convlint.engine import check_conv_channels
-    from convlint.graph import build_graph
-    from convlint.stats import render_stats_json, render_stats_text, stats_rows
+    from convlint.stats import run_stats
 
-    settings, _ = resolve_settings(args, registry)
-    refuse_overwriting_inputs(
-        [("--output", args.output)],
-        [(f"the model {args.model}", args.model), (f"--config {args.config}", args.config)],
-        [args.model],
-    )
-    loaded = loader.load(args.model, settings.input_shapes)
-    graph = build_graph(loaded.model)
-    check_conv_channels(graph, loaded.path)  # the same models are invalid for stats and check
-    data = stats_rows(graph)
-    render = render_stats_json if args.format == "json" else render_stats_text
-    emit(render(args.model, data), args.output)
-    return 0
+    return run_stats(args, registry)
 
 
 def cmd_rules(args: argparse.Namespace, registry: Registry) -> int:
@@ -509,7 +499,44 @@ COMMANDS = {
 }
 
 
+# What reports print beyond ASCII, and how a terminal that cannot show it reads it.
+ASCII_FALLBACK = {
+    "×": "x",
+    "→": "->",
+    "≥": ">=",
+    "≤": "<=",
+    "·": "*",
+    "²": "^2",
+    "—": "-",
+    "§": "s.",
+}
+
+
+def _ascii_fallback(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start : error.end]
+    return "".join(ASCII_FALLBACK.get(char, "?") for char in text), error.end
+
+
+codecs.register_error("convlint-ascii", _ascii_fallback)
+
+
+def _fit_streams_to_their_encoding() -> None:
+    """A stdout that cannot encode ``×`` or ``→`` (LANG=C, a Windows code page) gets their
+    ASCII spelling instead of an encoding error."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        try:
+            "×→≥".encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(errors="convlint-ascii")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _fit_streams_to_their_encoding()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

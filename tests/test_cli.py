@@ -241,3 +241,23 @@ def test_folder_search_skips_hidden_folders_and_repeats(
     code, out, _ = cli("check", str(tmp_path), str(visible), "--format", "json")
     report = json.loads(out)
     assert [m["path"] for m in report["models"]] == [str(visible)]
+
+
+def test_a_stdout_that_cannot_encode_the_report_gets_ascii(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from convlint import fixtures
+
+    path = fixtures.save(fixtures.conv3x3(), tmp_path / "conv3x3.onnx")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "LC_ALL": "C", "LANG": "C"}
+    result = subprocess.run(
+        [sys.executable, "-m", "convlint", "check", str(path)],
+        capture_output=True,
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr
+    out = result.stdout.decode("ascii")
+    assert "3x3 conv reads 256 channels with no 1x1 reduction" in out
+    assert "internal error" not in result.stderr.decode("ascii")
