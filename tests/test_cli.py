@@ -245,8 +245,6 @@ def test_folder_search_skips_hidden_folders_and_repeats(
 
 def test_a_stdout_that_cannot_encode_the_report_gets_ascii(tmp_path: Path) -> None:
     import os
-    import subprocess
-    import sys
 
     from convlint import fixtures
 
