@@ -145,7 +145,7 @@ def stats(
 ) -> dict[str, Any]:
     """Per-node params, MACs and output shapes, and the totals (the stats JSON's content)."""
     from convlint import loader
-    from convlint.engine import check_conv_channels
+    from convlint.engine import validate_graph
     from convlint.graph import build_graph
     from convlint.stats import stats_rows
 
@@ -161,7 +161,7 @@ def stats(
             settings.configured_source,
         )
         graph = build_graph(loaded.model)
-        check_conv_channels(graph, loaded.path)
+        validate_graph(graph, loaded.path)
         return stats_rows(graph)
 
 

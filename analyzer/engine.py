@@ -230,9 +230,13 @@ def analyze(
     return report
 
 
-def check_conv_channels(graph: ModelGraph, path: str) -> None:
-    """A conv whose weight does not fit its input's channels: ONNX shape inference lets it
-    pass, onnxruntime refuses it, and every cost computed for it would be wrong."""
+def validate_graph(graph: ModelGraph, path: str) -> None:
+    """What ONNX shape inference lets pass and onnxruntime refuses: a cycle (rules would walk
+    it forever), a conv whose weight does not fit its input's channels (every cost computed
+    for it would be wrong)."""
+    cycle = graph.find_cycle()
+    if cycle:
+        raise loader.cycle_error(path, cycle)
     for sub in graph.all_graphs():
         for conv in sub.of_type("Conv"):
             weight = sub.shape(conv.inputs[1]) if len(conv.inputs) > 1 else None
@@ -269,7 +273,7 @@ def lint(
     gc.disable()
     try:
         graph = build_graph(loaded.model)
-        check_conv_channels(graph, loaded.path)
+        validate_graph(graph, loaded.path)
         report.opset = loaded.opset
         report.nodes = sum(len(g.nodes) for g in graph.all_graphs())
         report.cost = model_cost(graph)

@@ -232,6 +232,11 @@ class ModelGraph:
         self.data_inputs = [name for name in self.graph_inputs if name not in self.constants]
 
         nodes, producer, consumers = self.nodes, self.producer, self.consumers
+        # Tensors read before any node produced them: graph inputs and weights, or (in a
+        # main graph; a subgraph reads its outer graphs' tensors) a forward reference, which a
+        # cycle needs (see ``find_cycle``).
+        unproduced: list[str] = []
+        main = outer is None
         for index, proto in enumerate(graph.node):
             # Every read of a protobuf field builds a new Python object: read each one once.
             op_type = proto.op_type
@@ -242,15 +247,17 @@ class ModelGraph:
                 name = f"{name}_{index}"
             node = Node(name, op_type, proto.domain, inputs, outputs, index, opset, proto)
             nodes[name] = node
-            for tensor in outputs:
-                if tensor:
-                    producer[tensor] = name
             for tensor in inputs:
                 if tensor:
                     if tensor in consumers:
                         consumers[tensor].append(name)
                     else:
                         consumers[tensor] = [name]
+                        if main and tensor not in producer:
+                            unproduced.append(tensor)
+            for tensor in outputs:
+                if tensor:
+                    producer[tensor] = name
             if op_type == "Constant":
                 self._add_constant(proto)
             elif inputs and inputs[0] in self.constants and outputs:
@@ -269,6 +276,9 @@ class ModelGraph:
                             )
                         )
         self.memo: dict[tuple[str, str], Any] = {}  # per-node facts rules derive, e.g. geometry
+        # Tensors a node reads before the node that produces them (ONNX requires topological
+        # order; only a cycle makes one unavoidable).
+        self.forward_references = [t for t in unproduced if t in producer]
 
     @cached_property
     def nx(self) -> nx.DiGraph:
@@ -317,6 +327,17 @@ class ModelGraph:
         self.shapes[output] = shape
         if op_type in VALUE_PRESERVING:
             self.aliases[output] = self.aliases.get(inputs[0], inputs[0])
+
+    def find_cycle(self) -> list[str]:
+        """The nodes of one cycle, in order ([] when the graph has none). Only graphs with a
+        forward reference can have one, so others pay nothing."""
+        if not self.forward_references:
+            return []
+        try:
+            edges = nx.find_cycle(self.nx)
+        except nx.NetworkXNoCycle:
+            return []
+        return [source for source, _ in edges]
 
     # -- queries rules use -------------------------------------------------------------------
 

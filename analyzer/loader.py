@@ -544,6 +544,23 @@ def _resolve_computed_shapes(
     return inferred
 
 
+def raise_if_cyclic(model: onnx.ModelProto | bytes, path: str | Path) -> None:
+    """A ModelError naming the nodes of a cycle in the main graph, if it has one."""
+    from convlint.graph import build_graph
+
+    if isinstance(model, bytes):
+        model = onnx.load_model_from_string(model)
+    cycle = build_graph(model).find_cycle()
+    if cycle:
+        raise cycle_error(path, cycle)
+
+
+def cycle_error(path: str | Path, cycle: list[str]) -> ModelError:
+    return ModelError(
+        path, f"invalid model: the graph has a cycle: {' -> '.join([*cycle, cycle[0]])}"
+    )
+
+
 def infer_shapes(
     model: onnx.ModelProto | bytes, path: str | Path, notes: list[str] | None = None
 ) -> onnx.ModelProto:
@@ -557,6 +574,7 @@ def infer_shapes(
         inferred = _run_inference(model, path)
     except InferenceFailed as failure:
         if not _fails_in_subgraph(model, failure):
+            raise_if_cyclic(model, path)  # a cycle says more than the inference error it causes
             raise
         strict = False
         inferred = _run_inference(model, path, strict)

@@ -330,3 +330,40 @@ def test_git_lfs_pointer_and_mismatched_weight_type_are_named(
     assert code == 2
     assert f"{path}: shape inference failed:" in err
     assert "W has inconsistent type tensor(double)" in err
+
+
+@pytest.mark.parametrize(
+    ("nodes", "cycle"),
+    [
+        (
+            [
+                helper.make_node("Add", ["x", "y"], ["s"], name="add"),
+                helper.make_node("Conv", ["s", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+            ],
+            "add -> conv -> add",
+        ),
+        (
+            [
+                helper.make_node("Relu", ["b"], ["a"], name="r1"),
+                helper.make_node("Relu", ["a"], ["b"], name="r2"),
+                helper.make_node("Conv", ["b", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+            ],
+            "r1 -> r2 -> r1",
+        ),
+    ],
+)
+def test_a_cyclic_graph_is_invalid_and_named(
+    tmp_path: Path,
+    cli: Callable[..., tuple[int, str, str]],
+    nodes: list[onnx.NodeProto],
+    cycle: str,
+) -> None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((3, 3, 3, 3), np.float32), "w")
+    path = save_graph(tmp_path / "cycle.onnx", nodes, {"x": [1, 3, 8, 8]}, "y", [weight])
+    for command in ("check", "stats"):
+        code, _, err = cli(command, str(path))
+        assert code == 2
+        assert err == f"convlint: error: {path}: invalid model: the graph has a cycle: {cycle}\n"
