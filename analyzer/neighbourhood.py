@@ -2,7 +2,9 @@
 
 The sketch holds the flagged node, its related nodes and the span a suggestion replaces (the
 core), the immediate producers and consumers of the core, and the graph inputs and outputs the
-core touches. The "after" sketch puts the rule's suggested chain in place of the replaced span.
+core touches. The "after" sketch puts the rule's suggested chain in place of the replaced span
+(or after the node it is inserted after), gives resized nodes their new shapes, and marks only
+what changes: kept nodes are context there, unless the suggestion changes them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Iterable
 
 from convlint.findings import Finding
 from convlint.graph import ModelGraph, Shape
-from convlint.sketch import Neighbourhood, Sketch, SketchNode
+from convlint.sketch import Neighbourhood, Sketch, SketchNode, Suggestion
 
 MAX_NEIGHBOURS = 12  # producers and consumers shown around the core; the rest are counted
 
@@ -108,36 +110,84 @@ def _before(graph: ModelGraph, finding: Finding, core: list[str]) -> Sketch:
     return Sketch(all_nodes, _dedupe([*input_edges, *edges]), max(0, omitted))
 
 
-def _after(before: Sketch, span_keys: set[str], chain: tuple[str, ...]) -> Sketch:
-    """``before`` with the span replaced by the chain: edges into the span enter the chain's
-    head, edges out of it leave from its tail."""
+def _after(
+    before: Sketch,
+    span_keys: set[str],
+    chain: tuple[str, ...],
+    changes: dict[str, str | None],
+    insert_after: str | None = None,
+) -> Sketch:
+    """``before`` with the span replaced by the chain (edges into the span enter the chain's
+    head, edges out of it leave from its tail), or with the chain inserted after the node keyed
+    ``insert_after``. ``changes`` maps the keys of kept nodes the suggestion changes to their
+    new detail (None: the detail stays)."""
     suggested = [SketchNode(f"s{i}", "", "", label, "suggested") for i, label in enumerate(chain)]
     head, tail = suggested[0].key, suggested[-1].key
     nodes: list[SketchNode] = []
     for node in before.nodes:
-        if node.key not in span_keys:
-            nodes.append(node)
-        elif not any(n.role == "suggested" for n in nodes):
-            nodes.extend(suggested)  # the chain sits where the span began
+        if node.key in span_keys:
+            if not any(n.role == "suggested" for n in nodes):
+                nodes.extend(suggested)  # the chain sits where the span began
+            continue
+        role = "changed" if node.key in changes else "context"
+        detail = changes.get(node.key) or node.detail
+        nodes.append(SketchNode(node.key, node.name, node.op_type, detail, role))
+        if node.key == insert_after:
+            nodes.extend(suggested)
     edges: list[tuple[str, str]] = []
     for u, v in before.edges:
-        if u in span_keys and v in span_keys:
+        if u == insert_after:
+            edges.append((tail, v))
+        elif u in span_keys and v in span_keys:
             continue
-        edges.append((tail if u in span_keys else u, head if v in span_keys else v))
+        else:
+            edges.append((tail if u in span_keys else u, head if v in span_keys else v))
+    if insert_after is not None:
+        edges.append((insert_after, head))
     edges.extend((a.key, b.key) for a, b in zip(suggested, suggested[1:], strict=False))
     return Sketch(tuple(nodes), _dedupe(edges), before.omitted)
+
+
+def _changes(graph: ModelGraph, suggestion: Suggestion) -> dict[str, str | None]:
+    """Sketch keys of the kept nodes a suggestion changes, with the new output shape of those
+    it resizes (and of the graph outputs they write)."""
+    changes: dict[str, str | None] = {}
+    for name in suggestion.changed:
+        if name in graph.nodes:
+            changes[f"n{graph.nodes[name].index}"] = None
+    for name, axis, size in suggestion.resized:
+        node = graph.nodes.get(name)
+        if node is None or not node.outputs:
+            continue
+        shape = graph.shape(node.outputs[0])
+        detail = None
+        if shape is not None and -len(shape) <= axis < len(shape):
+            resized = list(shape)
+            resized[axis] = size
+            detail = shape_text(tuple(resized))
+        changes[f"n{node.index}"] = detail
+        changes[f"out:{node.outputs[0]}"] = detail
+    return changes
 
 
 def neighbourhood(graph: ModelGraph, finding: Finding) -> Neighbourhood | None:
     """The sketch of a finding's neighbourhood, or None when its node is not in ``graph``."""
     if finding.node not in graph.nodes:
         return None
-    span = replaced_span(graph, finding)
+    suggestion = finding.suggestion
+    inserting = suggestion is not None and suggestion.insert_after in graph.nodes
+    span = [] if inserting else replaced_span(graph, finding)
     core = list(dict.fromkeys([finding.node, *span, *finding.related]))
     core = [name for name in core if name in graph.nodes]
     before = _before(graph, finding, core)
     after = None
-    if finding.suggestion is not None and finding.suggestion.chain:
+    if suggestion is not None and suggestion.chain:
         span_keys = {f"n{graph.nodes[name].index}" for name in span}
-        after = _after(before, span_keys, finding.suggestion.chain)
+        insert_key = (
+            f"n{graph.nodes[suggestion.insert_after].index}"
+            if inserting and suggestion.insert_after is not None
+            else None
+        )
+        changes = _changes(graph, suggestion)
+        after = _after(before, span_keys, suggestion.chain, changes, insert_key)
     return Neighbourhood(before, after)

@@ -186,7 +186,23 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                 + ("" if all_convs else " (a consumer is nonlinear: changes the function)"),
             ),
             related=(concat.name, *(s.name for s in siblings)),
-            suggestion=Suggestion((pool.op_type, f"Conv 1×1 {channels}→{projected} (projection)")),
+            suggestion=Suggestion(
+                (f"Conv 1×1 {channels}→{projected} (projection)",),
+                insert_after=pool.name,
+                # The concat narrows; the convs reading it lose the pooled channels' weights.
+                resized=(
+                    (
+                        concat.name,
+                        view.channel_axis(concat.outputs[0]),
+                        total - channels + projected,
+                    ),
+                ),
+                changed=tuple(
+                    user.name
+                    for user, _ in view.users_of(concat.outputs[0], through=CHANNEL_PRESERVING)
+                    if view.geometry(user) is not None
+                ),
+            ),
         )
 
 

@@ -58,7 +58,7 @@ def test_known_findings_pass_and_are_marked(repo: Path, cli: CLI) -> None:
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == (
-        "models/chain.onnx:expand: CL003 Conv -> BatchNormalization -> Conv: no nonlinearity "
+        "models/chain.onnx:expand: CL003 info: Conv -> BatchNormalization -> Conv: no nonlinearity "
         "between the convs, so they are one linear map (64->64 channels); fold them or add an "
         "activation (baseline)"
     )
@@ -72,10 +72,12 @@ def test_a_new_finding_fails_the_gate(repo: Path, cli: CLI) -> None:
     code, out, _ = cli("check", "models", "--baseline", "baseline.json")
     assert code == 1
     lines = out.splitlines()
-    assert lines[0].startswith("models/chain.onnx:expand: CL003 [*] Conv")
-    assert lines[2].startswith("models/conv.onnx:conv: CL001 [*] 3×3 conv reads 256 channels")
+    assert lines[0].startswith("models/chain.onnx:expand: CL003 [*] info: Conv")
+    assert lines[2].startswith(
+        "models/conv.onnx:conv: CL001 [*] warning: 3×3 conv reads 256 channels"
+    )
     assert lines[-1] == (
-        "Found 2 findings in 3 models (2 fixable with `convlint fix`); 3 known in the baseline."
+        "Found 2 findings in 3 models ([*] 2 fixable with `convlint fix`); 3 known in the baseline."
     )
     # The info finding of chain.onnx is new too, but below the default --fail-on warning.
     code, _, _ = cli("check", "models/chain.onnx", "--baseline", "baseline.json")
@@ -128,14 +130,20 @@ def test_other_formats_mark_known_findings(repo: Path, cli: CLI) -> None:
 
     _, out, _ = cli(*argv, "junit")
     root = ET.fromstring(out)
-    assert root.get("failures") == "1"
+    assert (root.get("failures"), root.get("skipped")) == ("1", "3")
     naive = root.findall("testsuite")[1]
-    out_text = naive.findtext("testcase/system-out") or ""
-    assert out_text.startswith("known (baseline): inception_3a/3x3: 3×3 conv reads")
+    known = [case for case in naive.findall("testcase") if case.find("skipped") is not None]
+    assert [case.get("name") for case in known][0] == (
+        "CL001 wide-conv-without-reduction: inception_3a/3x3"
+    )
+    skipped = known[0].find("skipped")
+    assert skipped is not None and skipped.get("message") == "known (baseline)"
+    assert "node: inception_3a/3x3 (Conv)" in (skipped.text or "")
 
+    # Only the new finding is annotated: the baseline's are not brought up again.
     _, out, _ = cli(*argv, "github")
-    assert [line.split(" ", 1)[0] for line in out.splitlines()] == ["::notice"] * 4
-    assert out.count("(baseline)::") == 3
+    assert [line.split(" ", 1)[0] for line in out.splitlines()] == ["::notice"]
+    assert "CL003" in out and "baseline" not in out
 
     _, out, _ = cli(*argv, "markdown")
     assert "2 models checked: 1 finding, 3 known in the baseline." in out

@@ -1,4 +1,5 @@
-"""`--format junit`: a testsuite per model, a testcase per rule checked, a failure per finding."""
+"""`--format junit`: a testsuite per model; a testcase per finding, with its one failure, and
+one per rule checked that found nothing."""
 
 from __future__ import annotations
 
@@ -40,30 +41,26 @@ def test_flagged_model(models: Path, cli: CLI) -> None:
     assert suite.get("name") == "naive.onnx"
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == [
-        "CL001 wide-conv-without-reduction",
-        "CL002 pool-branch-inflates-concat",
+        "CL001 wide-conv-without-reduction: inception_3a/3x3",
+        "CL001 wide-conv-without-reduction: inception_3a/5x5",
+        "CL002 pool-branch-inflates-concat: inception_3a/pool",
         "CL003 linear-conv-chain",
         "CL004 dense-head-on-feature-map",
         "CL005 wide-expansion-by-spatial-conv",
     ]
     assert {c.get("classname") for c in cases} == {"naive.onnx"}
-    failures = cases[0].findall("failure")
-    assert [f.get("message", "").split(":")[0] for f in failures] == [
-        "inception_3a/3x3",
-        "inception_3a/5x5",
-    ]
-    assert failures[0].get("type") == "warning"
-    assert failures[0].text is not None
-    assert "node: inception_3a/3x3 (Conv)" in failures[0].text
-    assert "estimate: params 221,184 -> 36,096" in failures[0].text
-    assert len(cases[1].findall("failure")) == 1
-    assert all(not c.findall("failure") for c in cases[2:])
+    # One <failure> per testcase: JUnit readers show no more than one.
+    assert [len(c.findall("failure")) for c in cases] == [1, 1, 1, 0, 0, 0]
+    failure = cases[0].find("failure")
+    assert failure is not None
+    assert failure.get("message", "").startswith("inception_3a/3x3: 3×3 conv reads 192")
+    assert failure.get("type") == "warning"
+    assert failure.text is not None
+    assert "node: inception_3a/3x3 (Conv)" in failure.text
+    assert "estimate: params 221,184 -> 36,096" in failure.text
     for element in (suite, root):
-        assert (element.get("tests"), element.get("failures"), element.get("errors")) == (
-            "5",
-            "2",
-            "0",
-        )
+        counts = [element.get(key) for key in ("tests", "failures", "errors", "skipped")]
+        assert counts == ["6", "3", "0", "0"]
 
 
 def test_select_limits_the_testcases(models: Path, cli: CLI) -> None:
@@ -87,7 +84,7 @@ def test_unreadable_model_is_an_error_testcase(models: Path, cli: CLI) -> None:
     assert error is not None
     assert error.get("message", "").startswith("not an ONNX model")
     assert (broken.get("tests"), broken.get("errors")) == ("1", "1")
-    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("11", "2", "1")
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("12", "3", "1")
 
 
 def test_names_xml_cannot_carry_are_replaced() -> None:

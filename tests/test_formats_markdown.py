@@ -84,15 +84,26 @@ def test_context_sketches_the_neighbourhood(tmp_path: Path) -> None:
     assert (keys["inception_3a/pool"], keys["inception_3a/output"]) in before.edges
     after = pool.context.after
     assert after is not None
-    assert "inception_3a/pool" not in labels(after)
+    # The projection is inserted after the pool, which stays as it is; the concat narrows
+    # from 416 to 256 channels, and so does the model output it writes.
     assert labels(after)[-4:] == [
-        "MaxPool",
+        "inception_3a/pool",
         "Conv 1×1 192→32 (projection)",
         "inception_3a/output",
         "output",
     ]
-    assert ("s1", keys["inception_3a/output"]) in after.edges
-    assert (keys["input"], "s0") in after.edges
+    assert (keys["inception_3a/pool"], "s0") in after.edges
+    assert ("s0", keys["inception_3a/output"]) in after.edges
+    assert (keys["inception_3a/pool"], keys["inception_3a/output"]) not in after.edges
+    details = {node.name or node.detail: node.detail for node in after.nodes}
+    assert details["inception_3a/output"] == details["output"] == "1×256×28×28"
+    # Only what changes is marked: the new conv, the narrower concat and output.
+    marked = {node.name or node.detail: node.role for node in after.nodes if node.role != "context"}
+    assert marked == {
+        "Conv 1×1 192→32 (projection)": "suggested",
+        "inception_3a/output": "changed",
+        "output": "changed",
+    }
 
 
 def test_a_replaced_span_includes_the_nodes_between(tmp_path: Path) -> None:

@@ -7,24 +7,32 @@ formats. The formats other than text and JSON are imported when first used.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import import_module
+from typing import Protocol
 
 from convlint.engine import ModelReport
 from convlint.registry import Registry
-from convlint.reporters.common import describe_estimate, fmt_int, plural, summary
+from convlint.reporters.common import SCHEMA_VERSION, describe_estimate, fmt_int, plural, summary
 from convlint.reporters.json_report import render_json
-from convlint.reporters.text import render_text
+from convlint.reporters.text import render_text, use_color
 
-Renderer = Callable[[Sequence[ModelReport], Registry], str]
+
+class Renderer(Protocol):
+    """A format: the reports in, the document out. ``verbose`` adds notes and what the rules
+    passed over where the format has a place for them."""
+
+    def __call__(
+        self, reports: Sequence[ModelReport], registry: Registry, verbose: bool = False
+    ) -> str: ...
 
 
 def _lazy(module: str, function: str) -> Renderer:
     """A renderer from its own module (``reporters/<format>.py``), imported when first used."""
 
-    def render(reports: Sequence[ModelReport], registry: Registry) -> str:
+    def render(reports: Sequence[ModelReport], registry: Registry, verbose: bool = False) -> str:
         renderer: Renderer = getattr(import_module(f"convlint.reporters.{module}"), function)
-        return renderer(reports, registry)
+        return renderer(reports, registry, verbose=verbose)
 
     return render
 
@@ -41,6 +49,7 @@ RENDERERS: dict[str, Renderer] = {
 
 __all__ = [
     "RENDERERS",
+    "SCHEMA_VERSION",
     "Renderer",
     "describe_estimate",
     "fmt_int",
@@ -48,4 +57,5 @@ __all__ = [
     "render_json",
     "render_text",
     "summary",
+    "use_color",
 ]

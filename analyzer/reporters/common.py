@@ -10,6 +10,10 @@ from typing import Any
 from convlint.engine import ModelReport
 from convlint.findings import Finding
 
+# The ``schema_version`` of every JSON report (check, fix, stats): raised on any incompatible
+# change to one of them; adding a field is compatible.
+SCHEMA_VERSION = 1
+
 
 def fmt_int(value: int | float | None) -> str:
     if value is None:

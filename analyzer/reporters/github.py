@@ -1,8 +1,11 @@
 """GitHub Actions workflow commands (`--format github`): one annotation per finding.
 
 ``::warning file=PATH,title=CL001 wide-conv-without-reduction::message``; errors and unreadable
-models are ``::error``, info findings and findings a baseline knew are ``::notice``. Escaping is
-the runner's: ``%``, CR and LF in messages; also ``:`` and ``,`` in properties.
+models are ``::error``, info findings ``::notice``. Findings a baseline knew are not annotated:
+an annotation asks for attention on a pull request, and the baseline says they have had it (the
+other formats still list them). With ``--verbose``, notes and candidates passed over are
+``::debug`` lines (shown when the run has step debug logging on). Escaping is the runner's:
+``%``, CR and LF in messages; also ``:`` and ``,`` in properties.
 """
 
 from __future__ import annotations
@@ -32,17 +35,16 @@ def command(name: str, message: str, **properties: str) -> str:
     return f"{head}::{escape_data(message)}"
 
 
-def _annotation(path: str, finding: Finding, known: bool) -> str:
+def _annotation(path: str, finding: Finding) -> str:
     message = f"{finding.node} ({finding.op_type}): {finding.message}"
     estimate = describe_estimate(finding)
     if estimate:
         message += f"\n{estimate}"
-    title = f"{finding.code} {finding.rule}" + (" (baseline)" if known else "")
-    name = "notice" if known else COMMANDS[finding.severity]
-    return command(name, message, file=path, title=title)
+    title = f"{finding.code} {finding.rule}"
+    return command(COMMANDS[finding.severity], message, file=path, title=title)
 
 
-def render_github(reports: Sequence[ModelReport], registry: Registry) -> str:
+def render_github(reports: Sequence[ModelReport], registry: Registry, verbose: bool = False) -> str:
     lines: list[str] = []
     for report in reports:
         path = display_path(report.path)
@@ -51,6 +53,11 @@ def render_github(reports: Sequence[ModelReport], registry: Registry) -> str:
                 command("error", report.error, file=path, title="convlint: model not readable")
             )
             continue
-        lines.extend(_annotation(path, f, known=False) for f in report.findings)
-        lines.extend(_annotation(path, f, known=True) for f in report.baselined or [])
+        lines.extend(_annotation(path, f) for f in report.findings)
+        if verbose:  # shown when the run has step debug logging on
+            lines.extend(command("debug", f"{path}: note: {note}") for note in report.notes)
+            lines.extend(
+                command("debug", f"{path}:{s.node}: {s.code} passed over: {s.reason}")
+                for s in report.skips
+            )
     return "".join(line + "\n" for line in lines)

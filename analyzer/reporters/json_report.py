@@ -1,20 +1,41 @@
-"""The JSON report (`--format json`): the stable document of the contract."""
+"""The JSON report (`--format json`): the stable document of the contract.
+
+Every JSON report convlint writes (``check``, ``fix``, ``stats``) carries ``schema_version``
+at the top level, raised on any incompatible change; ``schemas/`` in the repository holds the
+JSON Schema of each, and the tests validate real output against them.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from convlint import __version__
 from convlint.engine import ModelReport
 from convlint.registry import Registry
-from convlint.reporters.common import summary
+from convlint.reporters.common import SCHEMA_VERSION, summary
 
 
-def render_json(reports: Sequence[ModelReport], registry: Registry) -> str:
-    document = {
+def model_dict(report: ModelReport, verbose: bool = False) -> dict[str, Any]:
+    """A model object; with ``verbose``, also what the rules passed over and the notes."""
+    data = report.as_dict()
+    if verbose:
+        data["skipped"] = [
+            {"code": skip.code, "node": skip.node, "reason": skip.reason} for skip in report.skips
+        ]
+        data["notes"] = list(report.notes)
+    return data
+
+
+def check_document(reports: Sequence[ModelReport], verbose: bool = False) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
         "tool": {"name": "convlint", "version": __version__},
-        "models": [r.as_dict() for r in reports],
+        "models": [model_dict(r, verbose) for r in reports],
         "summary": summary(reports),
     }
-    return json.dumps(document, indent=2) + "\n"
+
+
+def render_json(reports: Sequence[ModelReport], registry: Registry, verbose: bool = False) -> str:
+    return json.dumps(check_document(reports, verbose), indent=2) + "\n"

@@ -1,10 +1,12 @@
 """JUnit XML for CI test views (`--format junit`).
 
-A ``<testsuite>`` per model (named by its path), a ``<testcase>`` per rule checked on it
-(classname = model path, name = "CL001 wide-conv-without-reduction") with a ``<failure>`` per
-finding. A model that could not be read is one testcase with an ``<error>``. Counts follow the
-usual meaning: ``failures`` and ``errors`` count testcases, not findings. Findings a baseline
-knew are no failures; they are listed in the testcase's ``<system-out>``.
+A ``<testsuite>`` per model (named by its path). Each finding is a testcase of its own with one
+``<failure>`` (classname = model path, name = "CL001 wide-conv-without-reduction: <node>"), as
+JUnit readers (GitLab, Jenkins, test-report actions) show one failure per testcase; a rule
+checked that found nothing new is one passing testcase ("CL001 wide-conv-without-reduction").
+A finding a baseline knew is a ``<skipped>`` testcase (known, not failing). A model that could
+not be read is one testcase with an ``<error>``. Counts follow the usual meaning: ``tests``,
+``failures``, ``errors`` and ``skipped`` count testcases.
 """
 
 from __future__ import annotations
@@ -37,21 +39,26 @@ def _details(finding: Finding) -> str:
     return _xml("\n".join(lines))
 
 
-def _suite(report: ModelReport, registry: Registry) -> ET.Element:
+def _case(suite: ET.Element, path: str, name: str) -> ET.Element:
+    return ET.SubElement(suite, "testcase", classname=path, name=_xml(name))
+
+
+def _suite(report: ModelReport, registry: Registry, verbose: bool = False) -> ET.Element:
     path = _xml(report.path)
     suite = ET.Element("testsuite", name=path)
-    failures = errors = 0
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if report.error:
-        case = ET.SubElement(suite, "testcase", classname=path, name=READ_CASE)
+        case = _case(suite, path, READ_CASE)
         error = ET.SubElement(case, "error", message=_xml(report.error), type="ModelError")
         error.text = _xml(f"{report.path}: {report.error}")
-        errors = 1
+        counts["tests"] += 1
+        counts["errors"] += 1
     for code in report.checked:
         rule = registry.get(code)
-        name = f"{code} {rule.name}" if rule else code
-        case = ET.SubElement(suite, "testcase", classname=path, name=name)
+        title = f"{code} {rule.name}" if rule else code
         found = [f for f in report.findings if f.code == code]
         for finding in found:
+            case = _case(suite, path, f"{title}: {finding.node}")
             failure = ET.SubElement(
                 case,
                 "failure",
@@ -60,23 +67,35 @@ def _suite(report: ModelReport, registry: Registry) -> ET.Element:
             )
             failure.text = _details(finding)
         known = [f for f in report.baselined or [] if f.code == code]
-        if known:
-            out = ET.SubElement(case, "system-out")
-            out.text = _xml("\n".join(f"known (baseline): {f.node}: {f.message}" for f in known))
-        failures += bool(found)
-    tests = len(report.checked) + (1 if report.error else 0)
-    suite.attrib.update(tests=str(tests), failures=str(failures), errors=str(errors), skipped="0")
+        for finding in known:
+            case = _case(suite, path, f"{title}: {finding.node}")
+            skipped = ET.SubElement(case, "skipped", message="known (baseline)")
+            skipped.text = _details(finding)
+        if not found and not known:
+            case = _case(suite, path, title)
+            if verbose:
+                passed = [s for s in report.skips if s.code == code]
+                if passed:
+                    out = ET.SubElement(case, "system-out")
+                    out.text = _xml("\n".join(f"passed over: {s.node}: {s.reason}" for s in passed))
+        counts["tests"] += len(found) + len(known) + (not found and not known)
+        counts["failures"] += len(found)
+        counts["skipped"] += len(known)
+    if verbose and report.notes:
+        notes = ET.SubElement(suite, "system-out")
+        notes.text = _xml("\n".join(f"note: {note}" for note in report.notes))
+    suite.attrib.update({key: str(value) for key, value in counts.items()})
     return suite
 
 
-def render_junit(reports: Sequence[ModelReport], registry: Registry) -> str:
+def render_junit(reports: Sequence[ModelReport], registry: Registry, verbose: bool = False) -> str:
     root = ET.Element("testsuites", name="convlint")
-    totals = {"tests": 0, "failures": 0, "errors": 0}
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for report in reports:
-        suite = _suite(report, registry)
+        suite = _suite(report, registry, verbose)
         root.append(suite)
         for key in totals:
             totals[key] += int(suite.attrib[key])
-    root.attrib.update({key: str(value) for key, value in totals.items()}, skipped="0")
+    root.attrib.update({key: str(value) for key, value in totals.items()})
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

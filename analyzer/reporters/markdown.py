@@ -2,13 +2,20 @@
 
 Per model: a table of params, MACs, findings and potential savings (the sum over findings of
 before - after; findings can overlap, so it is an upper bound), the findings, and for each new
-finding two Mermaid flowcharts of its neighbourhood, as it is and as suggested. The sketches
-come with the findings (``Finding.context``); this module only draws them.
+finding two Mermaid flowcharts of its neighbourhood, as it is and as suggested (new nodes
+green, kept nodes the suggestion changes blue, with their new shapes). The sketches come with
+the findings (``Finding.context``); this module only draws them.
+
+On a big folder the report stays usable: diagrams are drawn for the first ``MAX_DIAGRAMS`` new
+findings, and the whole is kept within ``MAX_CHARS`` characters, a pull-request comment's
+limit (diagrams go first, then ``--verbose`` notes, then the end of the report); a line under
+the totals says what was left out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from convlint.engine import ModelReport
 from convlint.findings import Finding
@@ -16,10 +23,15 @@ from convlint.registry import Registry
 from convlint.reporters.common import describe_estimate, fmt_int, plural
 from convlint.sketch import Sketch, SketchNode
 
+MAX_DIAGRAMS = 25  # findings drawn; Mermaid renders each chart on the page, slowly past a few dozen
+MAX_CHARS = 65_536  # a GitHub pull-request comment's limit (a step summary's is 1 MiB)
+NOTICE_RESERVE = 512  # room kept for the lines that say what was left out
+
 STYLES = (
     "classDef flagged fill:#ffebe9,stroke:#cf222e,stroke-width:2px",
     "classDef related fill:#fff8c5,stroke:#9a6700",
     "classDef suggested fill:#dafbe1,stroke:#1a7f37,stroke-width:2px,stroke-dasharray:5 3",
+    "classDef changed fill:#ddf4ff,stroke:#0969da,stroke-width:2px",
 )
 
 
@@ -67,7 +79,7 @@ def mermaid(sketch: Sketch) -> list[str]:
     lines.extend(f"  {ids[u]} --> {ids[v]}" for u, v in sketch.edges if u in ids and v in ids)
     if sketch.omitted:
         lines.append(f'  more["… {plural(sketch.omitted, "more neighbour")}"]')
-    for role in ("flagged", "related", "suggested"):
+    for role in ("flagged", "related", "suggested", "changed"):
         members = [ids[n.key] for n in sketch.nodes if n.role == role]
         if members:
             lines.append(f"  class {','.join(members)} {role}")
@@ -106,15 +118,32 @@ def _macs_text(report: ModelReport) -> str:
     return fmt_int(cost.macs)
 
 
-def _model(report: ModelReport) -> list[str]:
-    lines = [f"## {_code(report.path)}", ""]
+@dataclass
+class _Block:
+    """Consecutive lines of the report, and what they hold (for the size cap's tally)."""
+
+    text: str
+    kind: str  # "head", "row" (a finding), "diagram", "notes"
+    model: int
+
+
+def _lines(*lines: str) -> str:
+    return "".join(line + "\n" for line in lines)
+
+
+def _model(index: int, report: ModelReport, verbose: bool) -> list[_Block]:
+    head = [f"## {_code(report.path)}", ""]
     if report.error:
-        return [*lines, f"**Could not be read:** {_cell(report.error)}", ""]
+        return [
+            _Block(
+                _lines(*head, f"**Could not be read:** {_cell(report.error)}", ""), "head", index
+            )
+        ]
     known = report.baselined or []
     params = report.cost.params if report.cost else None
     macs = report.cost.macs if report.cost else None
     count = str(len(report.findings)) + (f" (+{len(known)} in baseline)" if known else "")
-    lines += [
+    head += [
         "| params | MACs | findings | potential savings |",
         "|---:|---:|---:|---|",
         f"| {fmt_int(params)} | {_macs_text(report)} | {count} "
@@ -122,18 +151,44 @@ def _model(report: ModelReport) -> list[str]:
         "",
     ]
     if not report.findings and not known:
-        return [*lines, "No findings.", ""]
-    lines += ["| code | node | finding | estimate |", "|---|---|---|---|"]
-    for finding, is_known in [*((f, False) for f in report.findings), *((f, True) for f in known)]:
-        code = f"{finding.code} (baseline)" if is_known else finding.code
-        estimate = describe_estimate(finding) or ""
-        lines.append(
-            f"| {code} | {_code(finding.node)} | {_cell(finding.message)} | {_cell(estimate)} |"
+        head += ["No findings.", ""]
+        blocks = [_Block(_lines(*head), "head", index)]
+    else:
+        head += ["| code | node | finding | estimate |", "|---|---|---|---|"]
+        blocks = [_Block(_lines(*head), "head", index)]
+        for finding, is_known in [
+            *((f, False) for f in report.findings),
+            *((f, True) for f in known),
+        ]:
+            code = f"{finding.code} (baseline)" if is_known else finding.code
+            estimate = describe_estimate(finding) or ""
+            row = (
+                f"| {code} | {_code(finding.node)} | {_cell(finding.message)} | {_cell(estimate)} |"
+            )
+            blocks.append(_Block(_lines(row), "row", index))
+        blocks.append(_Block("\n", "head", index))
+        blocks += [
+            _Block(_lines(*diagram), "diagram", index)
+            for finding in report.findings
+            if (diagram := _diagrams(finding))
+        ]
+    if verbose and (report.notes or report.skips):
+        notes = [f"- note: {_cell(note)}" for note in report.notes]
+        notes += [
+            f"- {skip.code} passed over {_code(skip.node)}: {_cell(skip.reason)}"
+            for skip in report.skips
+        ]
+        text = _lines(
+            "<details>",
+            "<summary>Notes and candidates passed over</summary>",
+            "",
+            *notes,
+            "",
+            "</details>",
+            "",
         )
-    lines.append("")
-    for finding in report.findings:
-        lines += _diagrams(finding)
-    return lines
+        blocks.append(_Block(text, "notes", index))
+    return blocks
 
 
 def _diagrams(finding: Finding) -> list[str]:
@@ -143,12 +198,44 @@ def _diagrams(finding: Finding) -> list[str]:
     lines = ["<details>", f"<summary>{summary}</summary>", "", "As it is:", ""]
     lines += mermaid(finding.context.before)
     if finding.context.after is not None:
-        lines += ["", "As suggested:", ""]
+        lines += ["", "As suggested (new nodes green, changed ones blue):", ""]
         lines += mermaid(finding.context.after)
     return [*lines, "", "</details>", ""]
 
 
-def render_markdown(reports: Sequence[ModelReport], registry: Registry) -> str:
+def _fit(blocks: list[_Block], budget: int) -> tuple[list[_Block], list[_Block]]:
+    """Drop diagrams, then notes, from the end until the blocks fit ``budget`` characters; if
+    they still do not, cut the report after the last block that fits. Returns (kept, cut)."""
+    size = sum(len(b.text) for b in blocks)
+    kept = list(blocks)
+    for kind in ("diagram", "notes"):
+        for i in reversed(range(len(kept))):
+            if size <= budget:
+                break
+            if kept[i].kind == kind:
+                size -= len(kept[i].text)
+                kept[i] = _Block("", "dropped-" + kind, kept[i].model)
+    cut: list[_Block] = [b for b in kept if b.kind.startswith("dropped-")]
+    kept = [b for b in kept if not b.kind.startswith("dropped-")]
+    if size <= budget:
+        return kept, cut
+    used = 0
+    for i, block in enumerate(kept):
+        if used + len(block.text) > budget:
+            return kept[:i], cut + kept[i:]
+        used += len(block.text)
+    return kept, cut
+
+
+def render_markdown(
+    reports: Sequence[ModelReport],
+    registry: Registry,
+    verbose: bool = False,
+    max_diagrams: int = MAX_DIAGRAMS,
+    max_chars: int = MAX_CHARS,
+) -> str:
+    """The report; at most ``max_diagrams`` findings get diagrams, and the whole stays within
+    ``max_chars`` characters (a pull-request comment's limit), saying what was left out."""
     new = sum(len(r.findings) for r in reports)
     known = sum(len(r.baselined or []) for r in reports)
     errors = sum(1 for r in reports if r.error)
@@ -157,7 +244,41 @@ def render_markdown(reports: Sequence[ModelReport], registry: Registry) -> str:
         totals += f", {known} known in the baseline"
     if errors:
         totals += f", {plural(errors, 'model')} could not be read"
-    lines = ["# convlint report", "", totals + ".", ""]
-    for report in reports:
-        lines += _model(report)
-    return "\n".join(lines).rstrip("\n") + "\n"
+    head = _lines("# convlint report", "", totals + ".", "")
+
+    blocks = [block for i, report in enumerate(reports) for block in _model(i, report, verbose)]
+    drawable = [b for b in blocks if b.kind == "diagram"]
+    over_cap = drawable[max_diagrams:] if max_diagrams >= 0 else []
+    blocks = [b for b in blocks if not any(b is o for o in over_cap)]
+    kept, cut = _fit(blocks, max_chars - len(head) - NOTICE_RESERVE)
+
+    notices = []
+    drawn = sum(1 for b in kept if b.kind == "diagram")
+    if drawn < len(drawable):
+        why = []
+        if over_cap:
+            why.append(f"the cap is {max_diagrams}")
+        if len(drawable) - len(over_cap) > drawn:
+            why.append("the rest did not fit the size limit")
+        notices.append(
+            f"Diagrams are drawn for {drawn} of {plural(len(drawable), 'finding')} "
+            f"({'; '.join(why)})."
+        )
+    rows_cut = sum(1 for b in cut if b.kind == "row")
+    models_cut = len({b.model for b in cut if b.kind in ("head", "row")})
+    notes_cut = sum(1 for b in cut if b.kind in ("notes", "dropped-notes"))
+    if rows_cut or models_cut or notes_cut:
+        parts = []
+        if models_cut:
+            parts.append(f"{plural(models_cut, 'model')} not shown in full")
+        if rows_cut:
+            parts.append(f"{plural(rows_cut, 'finding')} left out of the tables")
+        if notes_cut:
+            parts.append(f"the verbose notes of {plural(notes_cut, 'model')}")
+        notices.append(
+            f"The report is cut to {max_chars:,} characters (a pull-request comment's limit): "
+            f"{', '.join(parts)}. `--format json`, `sarif` or `text` lists everything."
+        )
+    notice = _lines(*(f"> {text}" for text in notices), "") if notices else ""
+    text = head + notice + "".join(b.text for b in kept)
+    return text.rstrip("\n") + "\n"

@@ -4,7 +4,9 @@ One run; every rule of the registry is a ``reportingDescriptor`` whose descripti
 come from the rule's documentation. A finding is a result located in the model file (GitHub
 requires a region, so line 1) and, logically, at the ONNX node. ``partialFingerprints`` carries
 a hash of code and node, so code scanning tracks an alert by node, not by the bytes of the file.
-A model that could not be read is a ``toolExecutionNotifications`` entry of a failed invocation.
+A model that could not be read is a ``toolExecutionNotifications`` entry of a failed invocation;
+with ``--verbose``, the notes and every candidate a rule passed over (and why) are ``note``
+notifications too (``associatedRule`` names the rule), which leave the invocation successful.
 With ``--baseline``, every result has a ``baselineState`` (``new`` or ``unchanged``) and known
 ones an external, accepted suppression (GitHub still lists them as alerts; its PR check flags
 only alerts a change introduces).
@@ -115,11 +117,38 @@ def _result(
     return result
 
 
-def render_sarif(reports: Sequence[ModelReport], registry: Registry) -> str:
+def _verbose_notifications(report: ModelReport, index: dict[str, int]) -> list[dict[str, Any]]:
+    notes: list[dict[str, Any]] = [
+        {
+            "level": "note",
+            "message": {"text": f"{report.path}: {note}"},
+            "locations": [_location(report.path, None)],
+            "descriptor": {"id": "note"},
+        }
+        for note in report.notes
+    ]
+    for skip in report.skips:
+        rule: dict[str, Any] = {"id": skip.code}
+        if skip.code in index:
+            rule["index"] = index[skip.code]
+        notes.append(
+            {
+                "level": "note",
+                "message": {"text": f"{skip.node}: {skip.code} passed over: {skip.reason}"},
+                "locations": [_location(report.path, skip.node)],
+                "descriptor": {"id": "passed-over"},
+                "associatedRule": rule,
+            }
+        )
+    return notes
+
+
+def render_sarif(reports: Sequence[ModelReport], registry: Registry, verbose: bool = False) -> str:
     rules = list(registry)
     index = {rule.code: i for i, rule in enumerate(rules)}
     results: list[dict[str, Any]] = []
     notifications: list[dict[str, Any]] = []
+    failed = False
     for report in reports:
         if report.error:
             notifications.append(
@@ -130,11 +159,14 @@ def render_sarif(reports: Sequence[ModelReport], registry: Registry) -> str:
                     "descriptor": {"id": "model-error"},
                 }
             )
+            failed = True
             continue
+        if verbose:
+            notifications.extend(_verbose_notifications(report, index))
         new_state = "new" if report.baselined is not None else None
         results.extend(_result(report, f, index, new_state) for f in report.findings)
         results.extend(_result(report, f, index, "unchanged") for f in report.baselined or [])
-    invocation: dict[str, Any] = {"executionSuccessful": not notifications}
+    invocation: dict[str, Any] = {"executionSuccessful": not failed}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications
     log = {

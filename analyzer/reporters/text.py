@@ -1,28 +1,85 @@
 """The text report (`--format text`): a line per finding, its estimate and fix indented, a
-summary line."""
+summary line.
+
+A finding reads ``path:node: CODE [*] severity: message``: ruff's ``location: CODE`` first
+(scripts that read the code after the location keep working), its ``[*]`` for a finding
+`convlint fix` rewrites safely, then the compilers' ``severity: message``. Colour
+only on a terminal, as ruff and CPython decide it: ``NO_COLOR`` (non-empty) turns it off,
+``FORCE_COLOR`` (non-empty) on even when the output is not a terminal, ``TERM=dumb`` off.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from typing import TextIO
 
 from convlint.engine import ModelReport
-from convlint.findings import Applicability
+from convlint.findings import Applicability, Finding, Severity
 from convlint.registry import Registry
 from convlint.reporters.common import describe_estimate, plural, summary
 
+FIXABLE = "[*]"
 
-def render_text(reports: Sequence[ModelReport], registry: Registry, verbose: bool = False) -> str:
+# SGR codes: bold, dim, red, yellow, cyan (ruff's palette: codes red, fixable cyan).
+BOLD, DIM, RED, YELLOW, CYAN = "1", "2", "31", "33", "36"
+SEVERITY_COLOURS = {Severity.ERROR: RED, Severity.WARNING: YELLOW, Severity.INFO: CYAN}
+
+
+def use_color(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether to colour what goes to ``stream``: NO_COLOR, then FORCE_COLOR, then a TTY."""
+    env = os.environ if environ is None else environ
+    if env.get("NO_COLOR"):
+        return False
+    if env.get("FORCE_COLOR"):
+        return True
+    if env.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
+
+class _Paint:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str, *codes: str) -> str:
+        if not self.enabled or not codes or not text:
+            return text
+        return f"\x1b[{';'.join(codes)}m{text}\x1b[0m"
+
+
+def _is_fixable(finding: Finding) -> bool:
+    return finding.fix is not None and finding.fix.applicability is Applicability.SAFE
+
+
+def _finding_line(path: str, finding: Finding, paint: _Paint, known: bool = False) -> str:
+    severity = finding.severity
+    location = paint(f"{path}:{finding.node}:", BOLD)
+    level = paint(f"{severity.value}:", SEVERITY_COLOURS[severity])
+    code = paint(finding.code, BOLD, RED)
+    marker = f" {paint(FIXABLE, CYAN)}" if _is_fixable(finding) and not known else ""
+    line = f"{location} {code}{marker} {level} {finding.message}"
+    return line + (f" {paint('(baseline)', DIM)}" if known else "")
+
+
+def render_text(
+    reports: Sequence[ModelReport],
+    registry: Registry,
+    verbose: bool = False,
+    color: bool = False,
+) -> str:
+    paint = _Paint(color)
     lines: list[str] = []
     for report in reports:
         if report.error:
             continue  # errors go to stderr, one line each (see cli)
         if verbose:
-            lines.extend(f"{report.path}: note: {note}" for note in report.notes)
+            lines.extend(f"{report.path}: {paint('note:', DIM)} {note}" for note in report.notes)
         for finding in report.findings:
-            marker = (
-                " [*]" if finding.fix and finding.fix.applicability is Applicability.SAFE else ""
-            )
-            lines.append(f"{report.path}:{finding.node}: {finding.code}{marker} {finding.message}")
+            lines.append(_finding_line(report.path, finding, paint))
             estimate = describe_estimate(finding)
             if estimate:
                 lines.append(f"    = {estimate}")
@@ -31,20 +88,22 @@ def render_text(reports: Sequence[ModelReport], registry: Registry, verbose: boo
                     f"    fix ({finding.fix.applicability.value}): {finding.fix.description}"
                 )
         for finding in report.baselined or []:
-            lines.append(
-                f"{report.path}:{finding.node}: {finding.code} {finding.message} (baseline)"
-            )
+            lines.append(_finding_line(report.path, finding, paint, known=True))
         if verbose:
             for skip in report.skips:
-                lines.append(f"{report.path}:{skip.node}: {skip.code} passed over: {skip.reason}")
-    lines.append(_summary_line(reports))
+                lines.append(
+                    f"{report.path}:{skip.node}: {skip.code} {paint('passed over:', DIM)} "
+                    f"{skip.reason}"
+                )
+    lines.append(paint(summary_line(reports), BOLD))
     return "\n".join(lines) + "\n"
 
 
-def _summary_line(reports: Sequence[ModelReport]) -> str:
+def summary_line(reports: Sequence[ModelReport]) -> str:
+    """One line; it explains ``[*]`` where the findings above carry it."""
     counts = summary(reports)
     findings = [f for r in reports for f in r.findings]
-    fixable = sum(1 for f in findings if f.fix and f.fix.applicability is Applicability.SAFE)
+    fixable = sum(1 for f in findings if _is_fixable(f))
     errors = counts["errors"]
     known = sum(len(r.baselined or []) for r in reports)
     models = plural(counts["models"], "model")
@@ -57,5 +116,5 @@ def _summary_line(reports: Sequence[ModelReport]) -> str:
         return f"All checks passed! ({models}{notes})"
     text = f"Found {plural(len(findings), 'finding')} in {models}"
     if fixable:
-        text += f" ({fixable} fixable with `convlint fix`)"
+        text += f" ({FIXABLE} {fixable} fixable with `convlint fix`)"
     return text + notes + "."
