@@ -20,9 +20,9 @@ def test_check_text_output_in_the_manner_of_ruff(model_file: Callable[..., Path]
     code, out, err = cli("check", str(path))
     assert code == 1 and err == ""
     lines = out.splitlines()
-    assert lines[0].startswith(f"{path}:conv: CL001 [*] 3×3 conv reads 256 channels")
+    assert lines[0].startswith(f"{path}:conv: CL001 [*] warning: 3×3 conv reads 256 channels")
     assert lines[1] == "    = params 589,824 -> 69,632, MACs 115,605,504 -> 13,647,872 (8.5x fewer)"
-    assert lines[-1] == "Found 1 finding in 1 model (1 fixable with `convlint fix`)."
+    assert lines[-1] == "Found 1 finding in 1 model ([*] 1 fixable with `convlint fix`)."
 
 
 def test_check_json_contract_fields(model_file: Callable[..., Path], cli: CLI) -> None:
@@ -127,9 +127,14 @@ def test_stats_json(model_file: Callable[..., Path], cli: CLI) -> None:
             "output_shapes": [[1, 256, 14, 14]],
             "params": 589_824,
             "macs": 589_824 * 196,
+            "macs_per_output_pixel": 589_824,
         }
     ]
-    assert data["total"] == {"params": 589_824, "macs": 589_824 * 196}
+    assert data["total"] == {
+        "params": 589_824,
+        "macs": 589_824 * 196,
+        "macs_per_input_pixel": None,
+    }
 
 
 def test_stats_json_symbolic_dims_keep_their_names(
