@@ -17,7 +17,7 @@ from convlint import __version__
 from convlint.engine import ModelReport, Settings
 from convlint.errors import ModelError, UsageError
 from convlint.registry import Registry
-from convlint.reporters import fmt_int, summary
+from convlint.reporters import SCHEMA_VERSION, fmt_int, summary
 
 if TYPE_CHECKING:
     from convlint.fix import FixResult
@@ -160,6 +160,7 @@ def render_json(result: FixResult) -> str:
     beside ``summary``, so that one parser reads `check` and `fix` reports alike."""
     model = result_dict(result)
     document = {
+        "schema_version": SCHEMA_VERSION,
         "tool": {"name": "convlint", "version": __version__},
         **model,
         "models": [model],
