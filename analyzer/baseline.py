@@ -83,6 +83,9 @@ class Baseline:
 def load_baseline(path: str | os.PathLike[str]) -> Baseline:
     """Read a baseline file; anything wrong with it is a one-line usage error."""
     where = f"--baseline {path}"
+    if Path(path).exists() and not Path(path).is_file():
+        # A FIFO or a device would block or never end: only a regular file is read.
+        raise UsageError(f"{where}: not a regular file")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -94,6 +97,8 @@ def load_baseline(path: str | os.PathLike[str]) -> Baseline:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{where}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise UsageError(f"{where}: not a baseline (JSON nested too deeply)") from None
     if not isinstance(data, list):
         raise UsageError(f"{where}: expected a JSON list of {{path, code, node}} objects")
     known = set()

@@ -229,7 +229,16 @@ def emit(text: str, output: str | None) -> None:
         except OSError as exc:
             raise UsageError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
     else:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `convlint check ... | head`: the reader left, not an error
+            _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -307,9 +316,25 @@ def check_models(
 ) -> list[ModelReport]:
     """Analyze each model with its own settings (its configuration may differ)."""
     if jobs > 1 and len(paths) > 1:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(paths))) as pool:
+        # Workers leave Ctrl-C to this process, which stops them: no traceback per worker.
+        pool = ProcessPoolExecutor(
+            max_workers=min(jobs, len(paths)), initializer=_ignore_interrupts
+        )
+        try:
             return list(pool.map(_analyze_one, paths, settings))
+        except KeyboardInterrupt:
+            workers = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in workers:
+                process.terminate()
+            raise
+        finally:
+            pool.shutdown(wait=False)
     return [analyze(path, registry, one) for path, one in zip(paths, settings, strict=True)]
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def model_paths(args: argparse.Namespace, finder: ConfigFinder) -> list[str]:
@@ -552,13 +577,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"convlint: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("convlint: interrupted", file=sys.stderr)
         return 130
     except Terminated:
         return 128 + signal.SIGTERM
-    except BrokenPipeError:  # `convlint ... | head`: the reader left; nothing more to say
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
+    except BrokenPipeError:  # `convlint demo | head`: the reader left, which is not an error
+        _silence_stdout()
+        return 0
     except Exception as exc:  # an internal failure is still one line and exit 2
         print(f"convlint: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
