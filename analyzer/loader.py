@@ -1,7 +1,8 @@
 """Stage 1: read an ONNX file safely, bind symbolic dims, run shape inference.
 
-Weights are never read here: models are loaded without their external data, and every
-external-data location is checked to stay inside the model's folder before anything opens it.
+Weights are never read here: models are loaded without their external data (every
+external-data location is checked to stay inside the model's folder before anything opens it),
+and the values of weights stored inside the file are left out (:mod:`convlint.skeleton`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper, serialization
 
+from convlint import skeleton
 from convlint.errors import ModelError
 
 InputShapes = Mapping[str, tuple[int, ...]]
@@ -138,8 +140,12 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     return _read_model(Path(path))[0]
 
 
-def _read_model(path: Path) -> tuple[onnx.ModelProto, bytes | None]:
-    """The model, and the file's bytes when they are its protobuf encoding (not a text format)."""
+def _read_model(path: Path, weights: bool = True) -> tuple[onnx.ModelProto, bytes | None]:
+    """The model, and the file's bytes when they are its protobuf encoding (not a text format).
+
+    Without ``weights``, a large file's weights are not read (see :mod:`convlint.skeleton`):
+    the bytes returned are then the encoding of the model without them.
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -154,8 +160,10 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, bytes | None]:
     file_format = serialization.registry.get_format_from_file_extension(os.path.splitext(path)[1])
     serialized = None
     try:
+        if file_format in (None, "protobuf") and not weights and size >= skeleton.WIRE_READ_BYTES:
+            serialized = skeleton.read_without_weights(path)
         if file_format in (None, "protobuf"):
-            serialized = path.read_bytes()
+            serialized = serialized or path.read_bytes()
             if serialized.startswith(GIT_LFS_POINTER):
                 raise ModelError(
                     path, "is a Git LFS pointer, not the model: run `git lfs pull` to fetch it"
@@ -639,11 +647,16 @@ def load(
 ) -> LoadedModel:
     """Read, check and shape-infer a model file; never reads weight data.
 
+    The model returned keeps its weights' dims and types, not their values (see
+    :mod:`convlint.skeleton`), whether they were stored in the file or beside it.
+
     ``configured`` input shapes (from ``source``, a configuration file and key) bind only the
     inputs the model has; ``input_shapes`` must name inputs it has.
     """
     path = Path(path)
-    model, serialized = _read_model(path)
+    model, serialized = _read_model(path, weights=False)
+    if skeleton.strip_weights(model):  # analysis reads no weight values: hold none
+        serialized = None
     graphs = walk_graphs(model)
     check_external_locations(model, path, graphs)
     validate(model, path, graphs)
@@ -651,9 +664,8 @@ def load(
     bound = bind_input_shapes(model, input_shapes or {}, path, configured, source)
     changed = bool(notes) or any(note.startswith("bound ") for note in bound)
     notes += bound
-    # Inference takes the model serialized. Unless a dim was changed the file's bytes are
-    # that already, and serializing a model with inline weights again costs as much as
-    # parsing it.
+    # Inference takes the model serialized. Unless a dim was changed or weights were dropped,
+    # the bytes read are that already.
     unchanged = serialized if serialized is not None and not changed else None
     inferred = infer_shapes(unchanged if unchanged is not None else model, path, notes)
     return LoadedModel(path=str(path), model=inferred, notes=notes)

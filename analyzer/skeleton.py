@@ -1,0 +1,226 @@
+"""Read an ONNX model without the values of its weights: the graph, shapes and types only.
+
+Analysis needs a weight's dims and element type, never its values (costs count elements; the
+canonical view reads constants of at most 64 elements; shape inference reads integer tensors and
+a Resize's few scales). A model that keeps hundreds of megabytes of weights inside the .onnx file
+would otherwise be held two or three times over: the file's bytes, the parsed model, and the
+copy shape inference makes.
+
+Which tensors lose their values (:func:`is_weight`): the main graph's initializers of at least
+:data:`WEIGHT_ELEMENTS` elements and an element type that cannot be a shape (not int32, int64 or
+string). They keep everything else (name, dims, type, external-data fields). Subgraphs (If, Loop
+and Scan bodies) are kept whole: their weights are rare and small.
+
+Two ways to the same model:
+
+- :func:`strip_weights` clears those values in a parsed model (upb parses a file at memory speed,
+  so for files up to :data:`WIRE_READ_BYTES` this is the quickest);
+- :func:`read_without_weights` never reads them: it maps the file and walks the protobuf
+  encoding of the model and its graph, copying every field except those values; it returns the
+  encoding of the stripped model, for protobuf to parse and shape inference to read. A file it
+  cannot walk (damaged, or an encoding it does not expect) gives None, and the caller parses the
+  file as a whole, which names what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+# More than any reader of values asks for (at most 64 elements: MAX_READ_ELEMENTS in the view,
+# MAX_SHAPE_VALUES in the loader).
+WEIGHT_ELEMENTS = 256
+# Element types a shape computation reads (shape inference parses their values), kept always.
+KEPT_TYPES = frozenset(
+    {
+        onnx.TensorProto.UNDEFINED,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.STRING,
+    }
+)
+WIRE_READ_BYTES = 64 << 20  # files from this size on are walked, not parsed whole
+
+_OTHER_VALUE_FIELDS = (
+    "float_data",
+    "int32_data",
+    "string_data",
+    "int64_data",
+    "double_data",
+    "uint64_data",
+)
+
+
+def _number(message: Any, name: str) -> int:
+    return int(message.DESCRIPTOR.fields_by_name[name].number)
+
+
+_MODEL_GRAPH = _number(onnx.ModelProto, "graph")
+_GRAPH_INITIALIZER = _number(onnx.GraphProto, "initializer")
+_TENSOR_DIMS = _number(onnx.TensorProto, "dims")
+_TENSOR_DATA_TYPE = _number(onnx.TensorProto, "data_type")
+_TENSOR_VALUES = frozenset(
+    _number(onnx.TensorProto, name) for name in ("raw_data", *_OTHER_VALUE_FIELDS)
+)
+# The smallest encoding a weight can have: WEIGHT_ELEMENTS values of 4 bits. Smaller tensors
+# are copied without a look inside.
+_WEIGHT_BYTES = WEIGHT_ELEMENTS // 2
+
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+DROP = b""  # what a rewrite returns to leave a field out (a message it rewrites is never empty)
+# A rewrite of a message's fields: (data, field number, wire type, value start, end) -> the
+# field's new value (length-delimited fields only), DROP, or None to keep the field as it is.
+_Rewrite = Callable[[mmap.mmap, int, int, int, int], "bytes | None"]
+
+
+def is_weight(data_type: int, dims: list[int] | tuple[int, ...]) -> bool:
+    return data_type not in KEPT_TYPES and math.prod(dims) >= WEIGHT_ELEMENTS
+
+
+def strip_weights(model: onnx.ModelProto) -> bool:
+    """Clear the values of ``model``'s weights; returns whether any had values."""
+    stripped = False
+    for tensor in model.graph.initializer:
+        if tensor.data_type in KEPT_TYPES or math.prod(tensor.dims) < WEIGHT_ELEMENTS:
+            continue
+        if tensor.HasField("raw_data"):  # reading raw_data would copy it: ask, then clear
+            tensor.ClearField("raw_data")
+            stripped = True
+        for name in _OTHER_VALUE_FIELDS:
+            if len(getattr(tensor, name)):
+                tensor.ClearField(name)
+                stripped = True
+    return stripped
+
+
+def read_without_weights(path: Path) -> bytes | None:
+    """The encoding of the model in ``path`` with the weights' values left out, or None when
+    the file is not a model this walk can read (the caller then parses it whole)."""
+    try:
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+        ):
+            return _message(data, 0, len(data), _model_field)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# -- the protobuf encoding ---------------------------------------------------------------------
+
+
+def _varint(data: mmap.mmap, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, start of the field, start of its value, end) of each field of
+    the message encoded in ``data[start:end]``."""
+    pos = start
+    while pos < end:
+        first = pos
+        tag, pos = _varint(data, pos)
+        wire = tag & 7
+        if wire == _LENGTH:
+            length, pos = _varint(data, pos)
+            value, pos = pos, pos + length
+        elif wire == _VARINT:
+            value = pos
+            _, pos = _varint(data, pos)
+        elif wire == _FIXED64:
+            value, pos = pos, pos + 8
+        elif wire == _FIXED32:
+            value, pos = pos, pos + 4
+        else:  # groups: not in ONNX's schema
+            raise ValueError(f"wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated")
+        yield tag >> 3, wire, first, value, pos
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _message(data: mmap.mmap, start: int, end: int, rewrite: _Rewrite) -> bytes | None:
+    """The message in ``data[start:end]`` with the fields ``rewrite`` replaces replaced (None
+    when it replaces none): runs of other fields are copied as they are."""
+    pieces: list[bytes] = []
+    copied = start
+    for number, wire, first, value, after in _fields(data, start, end):
+        replaced = rewrite(data, number, wire, value, after)
+        if replaced is None:
+            continue
+        pieces.append(data[copied:first])
+        if replaced is not DROP:
+            pieces.append(_encode_varint(number << 3 | _LENGTH))
+            pieces.append(_encode_varint(len(replaced)))
+            pieces.append(replaced)
+        copied = after
+    if not pieces:
+        return None
+    pieces.append(data[copied:end])
+    return b"".join(pieces)
+
+
+def _model_field(data: mmap.mmap, number: int, wire: int, start: int, end: int) -> bytes | None:
+    if number == _MODEL_GRAPH and wire == _LENGTH:
+        return _message(data, start, end, _graph_field)
+    return None
+
+
+def _graph_field(data: mmap.mmap, number: int, wire: int, start: int, end: int) -> bytes | None:
+    if number == _GRAPH_INITIALIZER and wire == _LENGTH and end - start >= _WEIGHT_BYTES:
+        return _tensor(data, start, end)
+    return None
+
+
+def _tensor(data: mmap.mmap, start: int, end: int) -> bytes | None:
+    """A TensorProto without its values if it is a weight, else None (kept as it is)."""
+    data_type = 0
+    dims: list[int] = []
+    values = False
+    for number, wire, _, value, after in _fields(data, start, end):
+        if number == _TENSOR_DATA_TYPE and wire == _VARINT:
+            data_type = _varint(data, value)[0]
+        elif number == _TENSOR_DIMS:
+            if wire == _VARINT:
+                dims.append(_varint(data, value)[0])
+            elif wire == _LENGTH:  # packed
+                pos = value
+                while pos < after:
+                    dim, pos = _varint(data, pos)
+                    dims.append(dim)
+        elif number in _TENSOR_VALUES:
+            values = True
+    if not values or not is_weight(data_type, [_signed(d) for d in dims]):
+        return None
+    return _message(data, start, end, _drop_values)
+
+
+def _signed(value: int) -> int:
+    """An int64 from its varint (negative values take ten bytes, two's complement)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _drop_values(data: mmap.mmap, number: int, wire: int, start: int, end: int) -> bytes | None:
+    return DROP if number in _TENSOR_VALUES else None
