@@ -324,6 +324,9 @@ def check_models(
             return list(pool.map(_analyze_one, paths, settings))
         except KeyboardInterrupt:
             workers = list((getattr(pool, "_processes", None) or {}).values())
+            # The pool's manager thread complains about the futures it can no longer
+            # complete; the run is over, so that is not worth a traceback.
+            threading.excepthook = lambda _args: None
             pool.shutdown(wait=False, cancel_futures=True)
             for process in workers:
                 process.terminate()
