@@ -295,7 +295,8 @@ def render_diff_text(diff: dict[str, Any]) -> str:
     total = diff["total"]
     lines = [f"{diff['before']} -> {diff['after']}"]
     if rows:
-        headers = ["node", "op", "change", "output shape", "params", "after", "MACs", "after"]
+        headers = ["node", "op", "change", "output shape"]
+        headers += ["params before", "params after", "MACs before", "MACs after"]
         rows.append(
             [
                 "total",
@@ -344,7 +345,16 @@ def run_stats(args: argparse.Namespace, registry: Registry) -> int:
     def one(path: str) -> dict[str, Any]:
         return model_stats(path, registry, resolve_settings(args, registry, path)[0])
 
-    paths = model_paths(args, ConfigFinder(registry, Path(args.config) if args.config else None))
+    if args.diff:  # two files as given (the same one twice compares it with itself)
+        paths = [str(model) for model in args.models]
+        if len(paths) != 2 or any(Path(path).is_dir() for path in paths):
+            raise UsageError(
+                f"--diff compares two model files, MODEL and OUT, not {' '.join(paths)} "
+                "(e.g. convlint stats --diff model.onnx fixed.onnx)"
+            )
+    else:
+        finder = ConfigFinder(registry, Path(args.config) if args.config else None)
+        paths = model_paths(args, finder)
     if not paths:
         raise UsageError(f"no .onnx files found in {', '.join(args.models)}")
     refuse_overwriting_inputs(
@@ -357,11 +367,6 @@ def run_stats(args: argparse.Namespace, registry: Registry) -> int:
     )
     as_json = args.format == "json"
     if args.diff:
-        if len(paths) != 2:
-            raise UsageError(
-                f"--diff compares two models, MODEL and OUT, not {len(paths)} "
-                "(e.g. convlint stats --diff model.onnx fixed.onnx)"
-            )
         before, after = (one(path) for path in paths)
         diff = diff_stats(before, after)
         emit(render_diff_json(diff) if as_json else render_diff_text(diff), args.output)

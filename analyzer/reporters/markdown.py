@@ -222,6 +222,9 @@ def _fit(blocks: list[_Block], budget: int) -> tuple[list[_Block], list[_Block]]
     used = 0
     for i, block in enumerate(kept):
         if used + len(block.text) > budget:
+            # A model's heading and table header without a row of it would read as empty.
+            while i > 0 and kept[i - 1].kind == "head" and kept[i - 1].model == block.model:
+                i -= 1
             return kept[:i], cut + kept[i:]
         used += len(block.text)
     return kept, cut
