@@ -119,7 +119,7 @@ def _binding_hint(data: dict[str, Any]) -> list[str]:
     lines = []
     if any(n["macs"] is None and n.get("macs_per_output_pixel") for n in data["nodes"]):
         lines.append(
-            "MACs shown as N/px are per pixel of the node's output (spatial dims are symbolic)."
+            "MACs ending in /px are per pixel of the node's output (its spatial dims are symbolic)."
         )
     if total.get("macs_per_input_pixel") is not None:
         lines.append(f"total MACs = {fmt_int(total['macs_per_input_pixel'])} × H × W of the input.")
