@@ -182,8 +182,9 @@ def run_rules(
                     f"rule {rule.code} ({rule.origin}) failed: {type(exc).__name__}: {exc}"
                 ) from exc
             skips.extend(ctx.skips)
-    order = {name: i for i, name in enumerate(n.name for g in graph.all_graphs() for n in g)}
-    findings.sort(key=lambda f: (order.get(f.node, len(order)), f.code))
+    if findings:  # in graph order (a large graph without findings need not be listed)
+        order = {name: i for i, name in enumerate(n.name for g in graph.all_graphs() for n in g)}
+        findings.sort(key=lambda f: (order.get(f.node, len(order)), f.code))
     return findings, skips
 
 
@@ -239,14 +240,15 @@ def validate_graph(graph: ModelGraph, path: str) -> None:
         raise loader.cycle_error(path, cycle)
     for sub in graph.all_graphs():
         for conv in sub.of_type("Conv"):
-            weight = sub.shape(conv.inputs[1]) if len(conv.inputs) > 1 else None
-            channels = sub.channels(conv.inputs[0])
-            if weight is None or len(weight) < 2 or channels is None:
+            inputs = conv.inputs
+            weight = sub.shape(inputs[1]) if len(inputs) > 1 else None
+            if weight is None or len(weight) < 2 or not isinstance(weight[1], int):
                 continue
-            expected = (
-                weight[1] * int(conv.attr("group", 1)) if isinstance(weight[1], int) else None
-            )
-            if expected is not None and expected != channels:
+            channels = sub.channels(inputs[0])
+            if channels is None:
+                continue
+            expected = weight[1] * int(conv.attr("group", 1))
+            if expected != channels:
                 raise ModelError(
                     path,
                     f"invalid model: conv {conv.name!r} reads {channels} channels, its weight "

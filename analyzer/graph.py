@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from functools import cache, cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import onnx
 from onnx import helper
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
@@ -72,6 +74,7 @@ class Node:
         "opset",
         "proto",
         "_attrs",
+        "_set",
     )
 
     def __init__(
@@ -94,6 +97,7 @@ class Node:
         self.opset = opset
         self.proto = proto
         self._attrs: dict[str, Any] | None = None
+        self._set: dict[str, onnx.AttributeProto] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -110,10 +114,13 @@ class Node:
         """One attribute's value, without parsing the rest (the default if absent)."""
         if self._attrs is not None:
             return self._attrs.get(name, default)
-        for attr in self.proto.attribute:
-            if attr.name == name:
-                return _attribute_value(attr)
-        return default
+        found = self._set
+        if found is None:  # rules ask a conv for several attributes: read the list once
+            found = self._set = {}
+            for attr in self.proto.attribute:
+                found.setdefault(attr.name, attr)
+        attr = found.get(name)
+        return _attribute_value(attr) if attr is not None else default
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -164,6 +171,18 @@ def _attribute_values(node: onnx.NodeProto, opset: int) -> dict[str, Any]:
     return values
 
 
+def _type_facts(
+    value_type: onnx.TypeProto, known: dict[bytes, tuple[Shape | None, int]]
+) -> tuple[Shape | None, int]:
+    """``_shape_of``, through ``known``: a graph's tensors share few distinct types, and one
+    serialization and lookup costs a quarter of reading a shape's dims from protobuf."""
+    key = value_type.SerializeToString()
+    facts = known.get(key)
+    if facts is None:
+        facts = known[key] = _shape_of(value_type)
+    return facts
+
+
 def _shape_of(value_type: onnx.TypeProto) -> tuple[Shape | None, int]:
     if not value_type.HasField("tensor_type"):
         return None, 0
@@ -212,15 +231,17 @@ class ModelGraph:
         # A subgraph reads the enclosing graphs' tensors by name (PyTorch exports keep the weights
         # of an If branch in the main graph): their constants are constants here too.
         self.outer = outer
+        self._types: dict[bytes, tuple[Shape | None, int]] = {} if outer is None else outer._types
         if outer is not None:
             self.constants.update(outer.constants)
             self.dtypes.update(outer.dtypes)
             self.aliases.update(outer.aliases)
 
+        constants, dtypes = self.constants, self.dtypes
         for init in graph.initializer:
             name = init.name
-            self.constants[name] = tuple(init.dims)
-            self.dtypes[name] = init.data_type
+            constants[name] = tuple(init.dims)
+            dtypes[name] = init.data_type
         # Shapes are parsed on first use: most value_info entries of a large graph are never asked.
         self._value_info: dict[str, onnx.ValueInfoProto] = {}
         for value in [*graph.input, *graph.value_info, *graph.output]:
@@ -238,19 +259,24 @@ class ModelGraph:
         unproduced: list[str] = []
         main = outer is None
         for index, proto in enumerate(graph.node):
-            # Every read of a protobuf field builds a new Python object: read each one once.
+            # Every read of a protobuf field builds a new Python object: read each one once
+            # (a slice of a repeated field is the quickest copy of it).
             op_type = proto.op_type
-            inputs = list(proto.input)
-            outputs = list(proto.output)
-            name = prefix + (proto.name or f"{op_type}_{index}")
+            inputs = proto.input[:]
+            outputs = proto.output[:]
+            name = proto.name or f"{op_type}_{index}"
+            if prefix:
+                name = prefix + name
             if name in nodes:
                 name = f"{name}_{index}"
-            node = Node(name, op_type, proto.domain, inputs, outputs, index, opset, proto)
-            nodes[name] = node
+            nodes[name] = node = Node(
+                name, op_type, proto.domain, inputs, outputs, index, opset, proto
+            )
             for tensor in inputs:
                 if tensor:
-                    if tensor in consumers:
-                        consumers[tensor].append(name)
+                    readers = consumers.get(tensor)
+                    if readers is not None:
+                        readers.append(name)
                     else:
                         consumers[tensor] = [name]
                         if main and tensor not in producer:
@@ -260,9 +286,11 @@ class ModelGraph:
                     producer[tensor] = name
             if op_type == "Constant":
                 self._add_constant(proto)
-            elif inputs and inputs[0] in self.constants and outputs:
+            elif inputs and inputs[0] in constants and outputs:
                 self._add_computed_constant(op_type, inputs, outputs[0])
-            for attr in proto.attribute if op_type in SUBGRAPH_OPS else ():
+            if op_type not in SUBGRAPH_OPS:
+                continue
+            for attr in proto.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     self.subgraphs.append(
                         (node.name, ModelGraph(attr.g, opset, f"{node.name}/{attr.name}/", self))
@@ -282,8 +310,11 @@ class ModelGraph:
 
     @cached_property
     def nx(self) -> nx.DiGraph:
-        """The networkx view: one graph node per ONNX node, edges along tensors (built on use)."""
-        graph = nx.DiGraph()
+        """The networkx view: one graph node per ONNX node, edges along tensors (built on use;
+        networkx is imported then, as it costs a fifth of a run's start-up)."""
+        import networkx
+
+        graph = networkx.DiGraph()
         graph.add_nodes_from(self.nodes)
         for tensor, consumers in self.consumers.items():
             source = self.producer.get(tensor)
@@ -333,11 +364,31 @@ class ModelGraph:
         forward reference can have one, so others pay nothing."""
         if not self.forward_references:
             return []
+        import networkx
+
         try:
-            edges = nx.find_cycle(self.nx)
-        except nx.NetworkXNoCycle:
+            edges = networkx.find_cycle(self.nx)
+        except networkx.NetworkXNoCycle:
             return []
         return [source for source, _ in edges]
+
+    def has_path(self, source: str, target: str) -> bool:
+        """Whether tensors lead from node ``source`` to node ``target`` (networkx's
+        ``has_path`` on :attr:`nx`, without building it)."""
+        seen, stack = {source}, [source]
+        producer, consumers = self.producer, self.consumers
+        while stack:
+            name = stack.pop()
+            if name == target:
+                return True
+            for tensor in self.nodes[name].outputs:
+                if producer.get(tensor) != name:  # an edge runs from a tensor's producer only
+                    continue
+                for consumer in consumers.get(tensor, ()):
+                    if consumer not in seen:
+                        seen.add(consumer)
+                        stack.append(consumer)
+        return False
 
     # -- queries rules use -------------------------------------------------------------------
 
@@ -373,7 +424,7 @@ class ModelGraph:
         value = self._value_info.get(tensor)
         if value is None and self.outer is not None and tensor not in self.producer:
             return self.outer.shape(tensor)  # a tensor of an enclosing graph
-        shape = _shape_of(value.type)[0] if value is not None else None
+        shape = _type_facts(value.type, self._types)[0] if value is not None else None
         self.shapes[tensor] = shape
         return shape
 
@@ -384,7 +435,7 @@ class ModelGraph:
         value = self._value_info.get(tensor)
         if value is None and self.outer is not None and tensor not in self.producer:
             return self.outer.dtype(tensor)
-        return _shape_of(value.type)[1] if value is not None else 0
+        return _type_facts(value.type, self._types)[1] if value is not None else 0
 
     def is_constant(self, tensor: str) -> bool:
         return tensor in self.constants

@@ -32,13 +32,13 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from convlint.cost import spatial_pixels
+from convlint.cost import numel, spatial_pixels
 from convlint.graph import CONV_INPUTS, ModelGraph, Node, Shape
 
 ELEMENTWISE_NONLINEAR = frozenset(
@@ -135,6 +135,7 @@ class View:
         self._roles: dict[str, str] = {}
         self._axes: dict[str, int] = {}
         self._geometry: dict[str, ConvGeometry | None] = {}
+        self._by_role: dict[str, list[Node]] = {}
 
     # -- what a node is -----------------------------------------------------------------------
 
@@ -182,8 +183,12 @@ class View:
         return "other"
 
     def nodes(self, role: str) -> list[Node]:
-        """Nodes of a role, in graph order."""
-        return [node for node in self._candidates(role) if self.role(node) == role]
+        """Nodes of a role, in graph order (every rule asks for the convs: listed once)."""
+        found = self._by_role.get(role)
+        if found is None:
+            found = [node for node in self._candidates(role) if self.role(node) == role]
+            self._by_role[role] = found
+        return list(found)
 
     def _candidates(self, role: str) -> Iterable[Node]:
         # Most roles belong to a few op types: ask the graph's index rather than every node.
@@ -259,23 +264,26 @@ class View:
 
     def geometry(self, node: Node) -> ConvGeometry | None:
         """The geometry of a conv-role node with a known weight shape (memoized)."""
-        if node.name not in self._geometry:
-            self._geometry[node.name] = (
-                self._conv_geometry(node) if self.role(node) == "conv" else None
-            )
-        return self._geometry[node.name]
+        known = self._geometry
+        name = node.name
+        if name in known:
+            return known[name]
+        geometry = known[name] = self._conv_geometry(node) if self.role(node) == "conv" else None
+        return geometry
 
     def _conv_geometry(self, node: Node) -> ConvGeometry | None:
         weight_tensor = self.conv_weight(node)
         weight = self.graph.shape(weight_tensor) if weight_tensor else None
-        if weight is None or len(weight) < 3 or not all(isinstance(d, int) for d in weight):
+        # numel is None exactly when a dim is not an int (and is memoized per shape).
+        if weight is None or len(weight) < 3 or numel(weight) is None:
             return None
+        dims = cast(tuple[int, ...], weight)  # ints, as just checked
         group = int(node.attr("group", 1))
-        kernel = tuple(int(d) for d in weight[2:])  # type: ignore[arg-type]
+        kernel = dims[2:]
         strides = tuple(node.attr("strides") or [1] * len(kernel))
         return ConvGeometry(
-            cin=int(weight[1]) * group,  # type: ignore[arg-type]
-            cout=int(weight[0]),  # type: ignore[arg-type]
+            cin=dims[1] * group,
+            cout=dims[0],
             kernel=kernel,
             group=group,
             strides=strides,

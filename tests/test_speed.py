@@ -1,0 +1,109 @@
+"""What keeps check cheap: imports a run does not need are not made, memoized answers are the
+answers, and the queries that replace networkx agree with it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+from convlint import fixtures, loader
+from convlint.cost import NodeCost, model_cost, node_cost, numel
+from convlint.graph import build_graph
+from convlint.view import View
+
+NETWORKS = [
+    "inception_3a",
+    "resnet_bottleneck",
+    "densenet_block",
+    "squeezenet_fire",
+    "yolov8_c2f_sppf",
+    "with_if_subgraph",
+]
+
+
+def test_the_analysis_modules_do_not_import_networkx(model_file: Callable[..., Path]) -> None:
+    script = (
+        "import sys\n"
+        "from convlint import engine, loader, graph, cost, view\n"
+        "from convlint.engine import Settings, lint, ModelReport\n"
+        "from convlint.registry import Registry\n"
+        "lint(ModelReport(sys.argv[1]), loader.load(sys.argv[1]), Registry(), Settings())\n"
+        "print('networkx' in sys.modules)\n"
+    )
+    path = model_file("inception_3a")
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_has_path_is_networkx_has_path(name: str, model_file: Callable[..., Path]) -> None:
+    graph = build_graph(loader.load(model_file(name)).model)
+    for sub in graph.all_graphs():
+        names = list(sub.nodes)
+        for source in names:
+            for target in names:
+                assert sub.has_path(source, target) == nx.has_path(sub.nx, source, target)
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_memoized_answers_are_the_answers(name: str, model_file: Callable[..., Path]) -> None:
+    model = loader.load(model_file(name)).model
+    graph, fresh = build_graph(model), build_graph(model)
+    for sub, other in zip(graph.all_graphs(), fresh.all_graphs(), strict=True):
+        tensors = {t for node in sub for t in [*node.inputs, *node.outputs] if t}
+        for tensor in sorted(tensors):  # twice: parsed, then from the memo
+            assert sub.shape(tensor) == sub.shape(tensor) == other.shape(tensor)
+            assert sub.dtype(tensor) == other.dtype(tensor)
+        for node in sub:
+            asked = [node.attr(a.name) for a in node.proto.attribute]
+            assert asked == [node.attr(a.name) for a in node.proto.attribute]
+            assert node.attr("no-such-attribute", 7) == 7
+        view, again = View(sub), View(other)
+        for role in ("conv", "pool", "concat", "dense", "activation"):
+            names = [n.name for n in again.nodes(role)]
+            assert (
+                view.nodes(role) == view.nodes(role) and [n.name for n in view.nodes(role)] == names
+            )
+            assert view.nodes(role) is not view.nodes(role)  # each caller gets its own list
+    costs = model_cost(graph).nodes
+    for sub in graph.all_graphs():
+        for node in sub:
+            if not any(node.name == owner for owner, _ in sub.subgraphs):
+                assert costs[node.name] == node_cost(sub, node)
+
+
+def test_node_costs_read_as_before() -> None:
+    cost = NodeCost(10, None, 4, ("w",))
+    assert (cost.params, cost.macs, cost.macs_per_output_pixel, cost.param_tensors) == (
+        10,
+        None,
+        4,
+        ("w",),
+    )
+    assert NodeCost(0, 0) == NodeCost(0, 0, None, ())
+    assert repr(cost) == (
+        "NodeCost(params=10, macs=None, macs_per_output_pixel=4, param_tensors=('w',))"
+    )
+    for shape in [(1, 64, 56, 56), (1, "N", 3), (), (2, None), [3, 4]]:
+        expected = None
+        if all(isinstance(d, int) for d in shape):
+            expected = 1
+            for d in shape:
+                expected *= d  # type: ignore[operator]
+        assert numel(shape) == expected  # type: ignore[arg-type]
+    assert numel(None) is None
+
+
+def test_big_graph_builds_without_networkx(tmp_path: Path) -> None:
+    path = fixtures.save(fixtures.big_chain(nodes=400), tmp_path / "chain.onnx")
+    graph = build_graph(loader.load(path).model)
+    first, last = "block0.conv", "block199.relu"
+    assert graph.has_path(first, last) and not graph.has_path(last, first)
+    assert graph.find_cycle() == []
