@@ -143,26 +143,15 @@ def stats(
     input_shapes: InputShapes | None = None,
     config: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Per-node params, MACs and output shapes, and the totals (the stats JSON's content)."""
-    from convlint import loader
-    from convlint.engine import validate_graph
-    from convlint.graph import build_graph
-    from convlint.stats import stats_rows
+    """The stats JSON object of one model: ``path``, ``inputs``, per-node ``nodes`` (params,
+    MACs, output shapes), ``total`` and ``notes``."""
+    from convlint.stats import model_stats
 
     registry = load_registry()
     finder = ConfigFinder(registry, Path(config) if config is not None else None)
     with _as_path(model) as path:
         resolved = resolve(path, registry, finder, input_shapes=input_shapes)
-        settings = resolved.settings
-        loaded = loader.load(
-            path,
-            settings.input_shapes,
-            settings.configured_input_shapes,
-            settings.configured_source,
-        )
-        graph = build_graph(loaded.model)
-        validate_graph(graph, loaded.path)
-        return stats_rows(graph)
+        return model_stats(path, registry, resolved.settings)
 
 
 def fix(

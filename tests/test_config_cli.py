@@ -106,7 +106,12 @@ def test_api_check_fix_and_stats(repo: Path, tmp_path: Path) -> None:
     assert report.path == "<ModelProto conv3x3>"
     assert [(f.code, f.node) for f in report.findings] == [("CL001", "conv")]
     table = convlint.stats(proto)
-    assert table["total"] == {"params": 589_824, "macs": 589_824 * 14 * 14}
+    assert table["total"] == {
+        "params": 589_824,
+        "macs": 589_824 * 14 * 14,
+        "macs_per_input_pixel": None,  # spatial dims are static: the total is exact
+    }
+    assert table["inputs"] == [{"name": "input", "shape": [1, 256, 14, 14]}]
     result = convlint.fix(
         fixtures.linear_conv_chain_bad(), str(tmp_path / "folded.onnx"), samples=2
     )
