@@ -63,30 +63,31 @@ class GraphNodes(NamedTuple):
     graph: onnx.GraphProto
     domains: set[str]
     constants: list[onnx.NodeProto]
+    op_types: frozenset[str] = frozenset()
 
 
 def walk_graphs(model: onnx.ModelProto) -> list[GraphNodes]:
     """The main graph and the subgraphs of its If/Loop/Scan nodes, recursively.
 
-    Each graph's nodes are read once for every check (reading a protobuf field from Python
-    builds an object, which adds up on large graphs).
+    Each graph's nodes are read once for every check, in comprehensions (reading a protobuf
+    field from Python builds an object, which adds up on large graphs); the nodes of the few
+    op types that need a closer look are read again.
     """
     graphs, stack = [], [model.graph]
     while stack:
         graph = stack.pop()
-        domains: set[str] = set()
-        constants: list[onnx.NodeProto] = []
-        for node in graph.node:
-            domains.add(node.domain)
-            op_type = node.op_type
-            if op_type == "Constant":
-                constants.append(node)
-            elif op_type in ("If", "Loop", "Scan"):
-                for attr in node.attribute:
-                    if attr.type == onnx.AttributeProto.GRAPH:
-                        stack.append(attr.g)
-                    stack.extend(attr.graphs)
-        graphs.append(GraphNodes(graph, domains, constants))
+        nodes = list(graph.node)  # a list is quicker to iterate than the repeated field
+        op_types = frozenset([node.op_type for node in nodes])
+        domains = {node.domain for node in nodes}
+        constants = [n for n in nodes if n.op_type == "Constant"] if "Constant" in op_types else []
+        if not op_types.isdisjoint(SUBGRAPH_OPS):
+            for node in nodes:
+                if node.op_type in SUBGRAPH_OPS:
+                    for attr in node.attribute:
+                        if attr.type == onnx.AttributeProto.GRAPH:
+                            stack.append(attr.g)
+                        stack.extend(attr.graphs)
+        graphs.append(GraphNodes(graph, domains, constants, op_types))
     return graphs
 
 
@@ -570,12 +571,16 @@ def cycle_error(path: str | Path, cycle: list[str]) -> ModelError:
 
 
 def infer_shapes(
-    model: onnx.ModelProto | bytes, path: str | Path, notes: list[str] | None = None
+    model: onnx.ModelProto | bytes,
+    path: str | Path,
+    notes: list[str] | None = None,
+    op_types: frozenset[str] | None = None,
 ) -> onnx.ModelProto:
     """Strict shape inference with data propagation; notes for --verbose go to ``notes``.
 
     A model whose subgraphs fail strict inference is inferred non-strictly (with a note), as
-    onnxruntime loads it; every other failure is a ModelError.
+    onnxruntime loads it; every other failure is a ModelError. ``op_types`` are those of the
+    main graph's nodes when the caller knows them already.
     """
     strict = True
     try:
@@ -594,7 +599,8 @@ def infer_shapes(
                 f"strict shape inference failed in a subgraph{owner} ({reason}); shapes are "
                 "from non-strict inference, as onnxruntime reads the model"
             )
-    op_types = {node.op_type for node in inferred.graph.node}  # one pass over a large graph
+    if op_types is None:  # one pass over a large graph
+        op_types = frozenset([node.op_type for node in inferred.graph.node])
     if "Slice" in op_types and _refine_slices(inferred):
         inferred = _run_inference(inferred, path, strict)
     if not op_types.isdisjoint(SHAPE_OF):
@@ -667,7 +673,9 @@ def load(
     # Inference takes the model serialized. Unless a dim was changed or weights were dropped,
     # the bytes read are that already.
     unchanged = serialized if serialized is not None and not changed else None
-    inferred = infer_shapes(unchanged if unchanged is not None else model, path, notes)
+    inferred = infer_shapes(
+        unchanged if unchanged is not None else model, path, notes, graphs[0].op_types
+    )
     return LoadedModel(path=str(path), model=inferred, notes=notes)
 
 

@@ -91,6 +91,7 @@ def strip_weights(model: onnx.ModelProto) -> bool:
         if tensor.HasField("raw_data"):  # reading raw_data would copy it: ask, then clear
             tensor.ClearField("raw_data")
             stripped = True
+            continue  # a tensor holds its values in one field
         for name in _OTHER_VALUE_FIELDS:
             if len(getattr(tensor, name)):
                 tensor.ClearField(name)
