@@ -34,6 +34,7 @@ from convlint.loader import parse_input_shape, read_model
 from convlint.paths import external_data_files
 from convlint.registry import Registry, load_registry
 from convlint.reporters import RENDERERS, render_text, use_color
+from convlint.reporters.common import printable
 
 if TYPE_CHECKING:
     from convlint.api import Resolved
@@ -430,7 +431,7 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
     emit(text, args.output)
     for report in reports:
         if report.error:
-            print(f"convlint: error: {report.path}: {report.error}", file=sys.stderr)
+            print(printable(f"convlint: error: {report.path}: {report.error}"), file=sys.stderr)
     if any(r.error for r in reports):
         return 2
     if args.exit_zero or args.write_baseline:
@@ -577,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return COMMANDS[args.command](args, registry)
         return COMMANDS[args.command](args, registry)
     except ConvlintError as exc:
-        print(f"convlint: error: {exc}", file=sys.stderr)
+        print(printable(f"convlint: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convlint: interrupted", file=sys.stderr)

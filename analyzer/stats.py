@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from convlint import __version__
 from convlint.cost import ModelCost, model_cost
 from convlint.graph import Dim, ModelGraph, Shape
-from convlint.reporters.common import SCHEMA_VERSION, fmt_int
+from convlint.reporters.common import SCHEMA_VERSION, fmt_int, printable
 
 if TYPE_CHECKING:
     import argparse
@@ -393,5 +393,5 @@ def run_stats(args: argparse.Namespace, registry: Registry) -> int:
     emit(text, args.output)
     failed = [data for data in results if data["error"] is not None]
     for data in failed:
-        print(f"convlint: error: {data['path']}: {data['error']}", file=sys.stderr)
+        print(printable(f"convlint: error: {data['path']}: {data['error']}"), file=sys.stderr)
     return 2 if failed else 0

@@ -3,6 +3,7 @@ the summary counts."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,18 @@ from convlint.findings import Finding
 # The ``schema_version`` of every JSON report (check, fix, stats): raised on any incompatible
 # change to one of them; adding a field is compatible.
 SCHEMA_VERSION = 1
+
+
+# Characters a terminal or a Markdown block acts on: C0/C1 controls (newlines, escape codes),
+# DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped as Python writes them (``\\n``, ``\\x1b``): a
+    model's names cannot start a line of their own or recolour a terminal, so no model can
+    print a fake "All checks passed!"."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 def fmt_int(value: int | float | None) -> str:

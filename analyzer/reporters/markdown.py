@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from convlint.engine import ModelReport
 from convlint.findings import Finding
 from convlint.registry import Registry
-from convlint.reporters.common import describe_estimate, fmt_int, plural
+from convlint.reporters.common import describe_estimate, fmt_int, plural, printable
 from convlint.sketch import Sketch, SketchNode
 
 MAX_DIAGRAMS = 25  # findings drawn; Mermaid renders each chart on the page, slowly past a few dozen
@@ -37,13 +37,13 @@ STYLES = (
 
 def _cell(text: str) -> str:
     """Text safe in a GFM table cell."""
-    text = " ".join(text.split())
+    text = " ".join(printable(text).split())
     return text.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
 
 
 def _code(text: str) -> str:
     """A code span in a table cell (pipes still need escaping inside code spans in GFM)."""
-    text = " ".join(text.split()).replace("|", "\\|")
+    text = " ".join(printable(text).split()).replace("|", "\\|")
     fence = "``" if "`" in text else "`"
     pad = " " if fence == "``" else ""
     return f"{fence}{pad}{text}{pad}{fence}"
@@ -51,7 +51,8 @@ def _code(text: str) -> str:
 
 def _mermaid_text(text: str) -> str:
     return (
-        text.replace("&", "#amp;")
+        printable(text)
+        .replace("&", "#amp;")
         .replace('"', "#quot;")
         .replace("<", "#lt;")
         .replace(">", "#gt;")

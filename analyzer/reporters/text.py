@@ -17,7 +17,7 @@ from typing import TextIO
 from convlint.engine import ModelReport
 from convlint.findings import Applicability, Finding, Severity
 from convlint.registry import Registry
-from convlint.reporters.common import describe_estimate, plural, summary
+from convlint.reporters.common import describe_estimate, plural, printable, summary
 
 FIXABLE = "[*]"
 
@@ -57,11 +57,11 @@ def _is_fixable(finding: Finding) -> bool:
 
 def _finding_line(path: str, finding: Finding, paint: _Paint, known: bool = False) -> str:
     severity = finding.severity
-    location = paint(f"{path}:{finding.node}:", BOLD)
+    location = paint(printable(f"{path}:{finding.node}:"), BOLD)
     level = paint(f"{severity.value}:", SEVERITY_COLOURS[severity])
     code = paint(finding.code, BOLD, RED)
     marker = f" {paint(FIXABLE, CYAN)}" if _is_fixable(finding) and not known else ""
-    line = f"{location} {code}{marker} {level} {finding.message}"
+    line = f"{location} {code}{marker} {level} {printable(finding.message)}"
     return line + (f" {paint('(baseline)', DIM)}" if known else "")
 
 
@@ -77,7 +77,10 @@ def render_text(
         if report.error:
             continue  # errors go to stderr, one line each (see cli)
         if verbose:
-            lines.extend(f"{report.path}: {paint('note:', DIM)} {note}" for note in report.notes)
+            lines.extend(
+                printable(f"{report.path}: ") + f"{paint('note:', DIM)} {printable(note)}"
+                for note in report.notes
+            )
         for finding in report.findings:
             lines.append(_finding_line(report.path, finding, paint))
             estimate = describe_estimate(finding)
@@ -85,15 +88,16 @@ def render_text(
                 lines.append(f"    = {estimate}")
             if finding.fix and finding.fix.applicability is not Applicability.SAFE:
                 lines.append(
-                    f"    fix ({finding.fix.applicability.value}): {finding.fix.description}"
+                    f"    fix ({finding.fix.applicability.value}): "
+                    + printable(finding.fix.description)
                 )
         for finding in report.baselined or []:
             lines.append(_finding_line(report.path, finding, paint, known=True))
         if verbose:
             for skip in report.skips:
                 lines.append(
-                    f"{report.path}:{skip.node}: {skip.code} {paint('passed over:', DIM)} "
-                    f"{skip.reason}"
+                    printable(f"{report.path}:{skip.node}: {skip.code} ")
+                    + f"{paint('passed over:', DIM)} {printable(skip.reason)}"
                 )
     lines.append(paint(summary_line(reports), BOLD))
     return "\n".join(lines) + "\n"
