@@ -1,0 +1,236 @@
+"""Stage 5: check many models, in parallel, with each model's results shown as they come.
+
+Models are analyzed by a pool of worker processes created once per run (``fork`` on Linux, so a
+worker starts with everything this process imported and the registry it loaded; chunks of a few
+models per message). Reports come back in any order and are handed on in the order of the paths
+given: each as soon as it and every model before it are done, so what is printed is the same
+bytes whatever ``jobs`` is. ``text`` and ``github`` reports are printed that way, model by model;
+the other formats are documents (``json``, ``sarif``, ``junit``, ``markdown``), rendered whole at
+the end. On a terminal, a progress line on stderr counts the models done.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import TextIO
+
+from convlint.baseline import Baseline
+from convlint.engine import ModelReport, Settings, analyze
+from convlint.errors import ConvlintError
+from convlint.registry import Registry, load_registry
+from convlint.reporters import RENDERERS, render_text
+
+STREAMED_FORMATS = ("text", "github")
+MAX_CHUNK = 8  # models per message to a worker: fewer messages, and results still come soon
+
+
+def default_jobs() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_and_render(
+    paths: Sequence[str],
+    registry: Registry,
+    settings: Sequence[Settings],
+    *,
+    jobs: int | None = None,
+    format: str = "text",
+    verbose: bool = False,
+    quiet: bool = False,
+    color: bool = False,
+    known: Baseline | None = None,
+    stream: TextIO | None = None,
+    progress: TextIO | None = None,
+) -> tuple[list[ModelReport], str]:
+    """Check ``paths`` (each with its own settings) in ``jobs`` processes (default: the number
+    of cores) and render the report in ``format``.
+
+    With a ``stream``, a text or github report is written to it model by model as the models
+    are done, and what is returned is the rest (the summary line); otherwise all of it is
+    returned. ``known`` findings (a baseline) are applied to each report as it comes. A
+    ``progress`` stream that is a terminal shows how many models are done (not with ``quiet``).
+    """
+    streaming = stream is not None and format in STREAMED_FORMATS
+    shown = _Progress(progress if not quiet else None, len(paths))
+    printed: list[str] = []
+    reports: list[ModelReport] = []
+    for report in iter_reports(paths, registry, settings, jobs, shown.advance):
+        if known is not None:
+            known.apply([report])
+        reports.append(report)
+        if streaming:
+            assert stream is not None
+            chunk = _report_lines(report, registry, format, verbose, color, quiet)
+            if chunk:
+                printed.append(chunk)
+                shown.clear()
+                stream = _write(stream, chunk)
+                shown.draw()
+    shown.clear()
+    text = _render(reports, registry, format, verbose, color, quiet)
+    done = "".join(printed)
+    if not text.startswith(done):  # every streamed format renders model by model
+        raise ConvlintError(f"internal error: the {format} report differs when printed as it comes")
+    return reports, text[len(done) :]
+
+
+def iter_reports(
+    paths: Sequence[str],
+    registry: Registry,
+    settings: Sequence[Settings],
+    jobs: int | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> Iterator[ModelReport]:
+    """The reports of ``paths`` in their order, each as soon as it and every one before it are
+    done; ``on_done`` is called whenever a model is done (in any order)."""
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise ConvlintError("--jobs must be at least 1")
+    if len(settings) != len(paths):
+        raise ValueError("one Settings per path")
+    workers = min(jobs, len(paths))
+    if workers <= 1:
+        for path, one in zip(paths, settings, strict=True):
+            report = analyze(path, registry, one)
+            if on_done is not None:
+                on_done()
+            yield report
+        return
+    method = "fork" if _can_fork() else "spawn"
+    context = multiprocessing.get_context(method)
+    chunk = max(1, min(MAX_CHUNK, len(paths) // (workers * 4)))
+    tasks = [(i, path, one) for i, (path, one) in enumerate(zip(paths, settings, strict=True))]
+    # Objects that exist now are left out of the cyclic GC's passes, so that a forked worker's
+    # collections do not touch (and copy) every page it shares with this process.
+    gc.freeze()
+    try:
+        # A forked worker inherits the registry; a spawned one loads its own (plugins too).
+        with context.Pool(
+            workers, initializer=_start_worker, initargs=(registry if method == "fork" else None,)
+        ) as pool:
+            waiting: dict[int, ModelReport] = {}
+            following = 0
+            for index, report in pool.imap_unordered(_analyze_task, tasks, chunksize=chunk):
+                if on_done is not None:
+                    on_done()
+                waiting[index] = report
+                while following in waiting:
+                    yield waiting.pop(following)
+                    following += 1
+    finally:
+        gc.unfreeze()
+
+
+def _can_fork() -> bool:
+    # macOS system libraries are not fork-safe; elsewhere fork is the Unix default.
+    return "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
+
+
+_REGISTRY: Registry | None = None
+
+
+def _start_worker(registry: Registry | None) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the pool, and
+    # workers stay quiet (no traceback each).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    global _REGISTRY
+    _REGISTRY = registry if registry is not None else load_registry()
+
+
+def _analyze_task(task: tuple[int, str, Settings]) -> tuple[int, ModelReport]:
+    index, path, settings = task
+    assert _REGISTRY is not None
+    return index, analyze(path, _REGISTRY, settings)
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _render(
+    reports: Sequence[ModelReport],
+    registry: Registry,
+    format: str,
+    verbose: bool,
+    color: bool,
+    quiet: bool,
+) -> str:
+    """The whole report, as the command line prints it."""
+    if format != "text":
+        return RENDERERS[format](reports, registry, verbose=verbose)
+    text = render_text(reports, registry, verbose=verbose, color=color)
+    if quiet:  # findings only: the summary line left out
+        text = "".join(line + "\n" for line in text.splitlines()[:-1])
+    return text
+
+
+def _report_lines(
+    report: ModelReport, registry: Registry, format: str, verbose: bool, color: bool, quiet: bool
+) -> str:
+    """What a report of this one model prints before the summary line."""
+    text = _render([report], registry, format, verbose, color, quiet=False)
+    if format == "text":  # the last line is a summary of this model alone
+        text = text[: text.rstrip("\n").rfind("\n") + 1]
+        if quiet:
+            text = "".join(line + "\n" for line in text.splitlines())
+    return text
+
+
+def _write(stream: TextIO, text: str) -> TextIO:
+    """Write and flush; a reader that went away (``| head``) gets nothing more, and the run
+    goes on so that its findings decide the exit code. Returns the stream to write to next."""
+    try:
+        stream.write(text)
+        stream.flush()
+        return stream
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+        return stream
+
+
+class _Progress:
+    """``convlint: 12/40 models checked`` on one line of a terminal, redrawn as models finish."""
+
+    def __init__(self, stream: TextIO | None, total: int) -> None:
+        self.stream = stream if total > 1 and stream is not None and _is_terminal(stream) else None
+        self.total = total
+        self.done = 0
+        self.shown = 0  # characters on the line now
+
+    def advance(self) -> None:
+        self.done += 1
+        self.draw()
+
+    def draw(self) -> None:
+        if self.stream is None:
+            return
+        line = f"convlint: {self.done}/{self.total} models checked"
+        self.stream.write("\r" + line)
+        self.stream.flush()
+        self.shown = len(line)
+
+    def clear(self) -> None:
+        if self.stream is None or not self.shown:
+            return
+        self.stream.write("\r" + " " * self.shown + "\r")
+        self.stream.flush()
+        self.shown = 0
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,168 @@
+"""Many models: in parallel or not, results come in the order of the paths as soon as they can,
+and what is printed as it comes is byte for byte what one render of every report prints."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from convlint import fixtures, runner
+from convlint.baseline import Baseline, model_key
+from convlint.engine import ModelReport, Settings, analyze, iter_model_paths
+from convlint.registry import load_registry
+from convlint.reporters import RENDERERS, render_text
+
+MODELS = [
+    "inception_3a_naive",
+    "vgg_stack",
+    "resnet_bottleneck",
+    "squeezenet_fire",
+    "dense_head_bad",
+    "linear_conv_chain_bad",
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    root = tmp_path_factory.mktemp("models")
+    for index, name in enumerate(MODELS):
+        fixtures.save(fixtures.BUILDERS[name](), root / f"{index}_{name}.onnx")
+    (root / "9_broken.onnx").write_bytes(b"not a model")
+    return [str(path) for path in iter_model_paths([str(root)])]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _serial(paths: list[str], verbose: bool = False) -> list[ModelReport]:
+    registry = load_registry()
+    return [analyze(path, registry, Settings(verbose=verbose)) for path in paths]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize(
+    ("fmt", "verbose", "quiet", "color"),
+    [
+        ("text", False, False, False),
+        ("text", True, False, True),
+        ("text", False, True, False),
+        ("text", True, True, True),
+        ("github", True, False, False),
+        ("json", False, False, False),
+        ("markdown", True, False, False),
+    ],
+)
+def test_printed_as_it_comes_is_the_whole_report(
+    folder: list[str], jobs: int, fmt: str, verbose: bool, quiet: bool, color: bool
+) -> None:
+    registry = load_registry()
+    stream = io.StringIO()
+    reports, rest = runner.check_and_render(
+        folder,
+        registry,
+        [Settings(verbose=verbose)] * len(folder),
+        jobs=jobs,
+        format=fmt,
+        verbose=verbose,
+        quiet=quiet,
+        color=color,
+        stream=stream,
+    )
+    expected = _serial(folder, verbose)
+    if fmt == "text":
+        whole = render_text(expected, registry, verbose=verbose, color=color)
+        if quiet:
+            whole = "".join(line + "\n" for line in whole.splitlines()[:-1])
+    else:
+        whole = RENDERERS[fmt](expected, registry, verbose=verbose)
+    assert stream.getvalue() + rest == whole
+    if fmt in runner.STREAMED_FORMATS:
+        assert stream.getvalue() and len(rest) < 200  # the summary line at most
+    else:
+        assert stream.getvalue() == ""  # a document is written once, whole
+    assert [r.path for r in reports] == folder
+    assert [r.as_dict() for r in reports] == [r.as_dict() for r in expected]
+
+
+def test_known_findings_are_applied_to_each_report_as_it_comes(folder: list[str]) -> None:
+    registry = load_registry()
+    expected = _serial(folder)
+    known = Baseline(
+        str(Path(folder[0]).parent / "baseline.json"),
+        frozenset(
+            (model_key(r.path, str(Path(folder[0]).parent)), f.code, f.node)
+            for r in expected[:2]
+            for f in r.findings
+        ),
+    )
+    stream = io.StringIO()
+    reports, rest = runner.check_and_render(
+        folder, registry, [Settings()] * len(folder), jobs=2, known=known, stream=stream
+    )
+    known.apply(expected)
+    assert stream.getvalue() + rest == render_text(expected, registry)
+    assert "(baseline)" in stream.getvalue()
+    assert [len(r.baselined or []) for r in reports] == [len(r.baselined or []) for r in expected]
+
+
+def _slow_for_early_models(path: str, registry: object, settings: Settings) -> ModelReport:
+    # The first models take longest: later ones finish first and must wait their turn.
+    index = int(Path(path).name.split("_")[0])
+    time.sleep(0.05 * max(0, len(MODELS) - index))
+    return ModelReport(path=path, opset=index, notes=[f"pid {os.getpid()}"])
+
+
+def test_reports_keep_the_order_of_the_paths_and_progress_counts_every_model(
+    folder: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "analyze", _slow_for_early_models)
+    done: list[int] = []
+    reports = list(
+        runner.iter_reports(
+            folder, load_registry(), [Settings()] * len(folder), 3, lambda: done.append(1)
+        )
+    )
+    assert [r.path for r in reports] == folder
+    assert len(done) == len(folder)
+    assert len({r.notes[0] for r in reports}) > 1  # more than one worker did the work
+
+
+def test_progress_line_on_a_terminal_only(folder: list[str]) -> None:
+    registry = load_registry()
+    terminal, pipe = Terminal(), io.StringIO()
+    for progress in (terminal, pipe):
+        runner.check_and_render(
+            folder[:3], registry, [Settings()] * 3, jobs=1, stream=io.StringIO(), progress=progress
+        )
+    shown = terminal.getvalue()
+    assert "\rconvlint: 1/3 models checked" in shown and "3/3 models checked" in shown
+    assert shown.endswith("\r")  # the line is cleared at the end
+    assert pipe.getvalue() == ""
+    quiet = Terminal()
+    runner.check_and_render(
+        folder[:3], registry, [Settings()] * 3, jobs=1, quiet=True, progress=quiet
+    )
+    assert quiet.getvalue() == ""
+
+
+def test_a_reader_that_goes_away_stops_the_printing_not_the_run(folder: list[str]) -> None:
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w", closefd=False) as stream:
+        reports, _ = runner.check_and_render(
+            folder, load_registry(), [Settings()] * len(folder), jobs=1, stream=stream
+        )
+    os.close(write)
+    assert len(reports) == len(folder) and any(r.findings for r in reports)
+
+
+def test_jobs_default_to_the_cores_and_must_be_positive(folder: list[str]) -> None:
+    assert runner.default_jobs() >= 1
+    with pytest.raises(runner.ConvlintError, match="at least 1"):
+        list(runner.iter_reports(folder, load_registry(), [Settings()] * len(folder), 0))
