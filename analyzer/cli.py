@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -23,7 +22,6 @@ from convlint.config import FAIL_ON, ConfigFinder
 from convlint.engine import (
     ModelReport,
     Settings,
-    analyze,
     enabled_rules,
     iter_model_paths,
     rule_options,
@@ -33,8 +31,9 @@ from convlint.findings import Severity
 from convlint.loader import parse_input_shape, read_model
 from convlint.paths import external_data_files
 from convlint.registry import Registry, load_registry
-from convlint.reporters import RENDERERS, render_text, use_color
+from convlint.reporters import use_color
 from convlint.reporters.common import printable
+from convlint.runner import check_and_render
 
 if TYPE_CHECKING:
     from convlint.api import Resolved
@@ -124,7 +123,12 @@ def _common(
         parser.add_argument("--exit-zero", action="store_true", help="exit 0 even with findings")
         parser.add_argument("--baseline", metavar="FILE", help="known findings that do not fail")
         parser.add_argument("--write-baseline", metavar="FILE", help="record findings as known")
-        parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel processes")
+        parser.add_argument(
+            "--jobs",
+            type=int,
+            metavar="N",
+            help="parallel processes (default: the number of cores)",
+        )
         parser.add_argument(
             "--show-settings",
             action="store_true",
@@ -308,39 +312,6 @@ def refuse_overwriting_inputs(
             )
 
 
-def _analyze_one(path: str, settings: Settings) -> ModelReport:
-    return analyze(path, load_registry(), settings)
-
-
-def check_models(
-    paths: Sequence[str], registry: Registry, settings: Sequence[Settings], jobs: int = 1
-) -> list[ModelReport]:
-    """Analyze each model with its own settings (its configuration may differ)."""
-    if jobs > 1 and len(paths) > 1:
-        # Workers leave Ctrl-C to this process, which stops them: no traceback per worker.
-        pool = ProcessPoolExecutor(
-            max_workers=min(jobs, len(paths)), initializer=_ignore_interrupts
-        )
-        try:
-            return list(pool.map(_analyze_one, paths, settings))
-        except KeyboardInterrupt:
-            workers = list((getattr(pool, "_processes", None) or {}).values())
-            # The pool's manager thread complains about the futures it can no longer
-            # complete; the run is over, so that is not worth a traceback.
-            threading.excepthook = lambda _args: None
-            pool.shutdown(wait=False, cancel_futures=True)
-            for process in workers:
-                process.terminate()
-            raise
-        finally:
-            pool.shutdown(wait=False)
-    return [analyze(path, registry, one) for path, one in zip(paths, settings, strict=True)]
-
-
-def _ignore_interrupts() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def model_paths(args: argparse.Namespace, finder: ConfigFinder) -> list[str]:
     """The models to check: files as given, and the ``*.onnx`` files of folders that their
     configuration's ``exclude``/``extend-exclude`` do not name (as ruff, a file named on the
@@ -391,7 +362,7 @@ def failing(reports: Sequence[ModelReport], fail_on: str) -> int:
 def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
     from convlint.api import resolve
 
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     finder = ConfigFinder(registry, Path(args.config) if args.config else None)
     paths = model_paths(args, finder)
@@ -415,19 +386,25 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
             [("--output", args.output)], [(f"--baseline {args.baseline}", args.baseline)]
         )
     known = load_baseline(args.baseline) if args.baseline else None  # bad file: exit 2 early
-    reports = check_models(paths, registry, [one.settings for one in resolved], args.jobs)
-    if args.write_baseline:
+    # Findings are printed as the models are done, unless the report goes to a file or the
+    # baseline must be written (and may fail) first.
+    streamed = not args.output and not args.write_baseline
+    reports, text = check_and_render(
+        paths,
+        registry,
+        [one.settings for one in resolved],
+        jobs=args.jobs,
+        format=args.format,
+        verbose=args.verbose,
+        quiet=args.quiet,
+        color=args.format == "text" and not args.output and use_color(sys.stdout),
+        known=known,
+        stream=sys.stdout if streamed else None,
+        progress=sys.stderr,
+    )
+    if args.write_baseline:  # every finding, the known ones too
         count = write_baseline(args.write_baseline, reports)
         print(f"convlint: recorded {count} findings in {args.write_baseline}", file=sys.stderr)
-    if known is not None:
-        known.apply(reports)
-    if args.format == "text":
-        color = not args.output and use_color(sys.stdout)
-        text = render_text(reports, registry, verbose=args.verbose, color=color)
-        if args.quiet:
-            text = "".join(line + "\n" for line in text.splitlines()[:-1])
-    else:
-        text = RENDERERS[args.format](reports, registry, verbose=args.verbose)
     emit(text, args.output)
     for report in reports:
         if report.error:

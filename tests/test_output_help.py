@@ -29,7 +29,7 @@ def test_help_of_check_and_fix_name_their_exit_codes(cli: CLI) -> None:
     _, check, _ = cli("check", "--help")
     flat = " ".join(check.split())
     assert "1 findings at or above it" in flat
-    assert "parallel processes (default: 1)" in flat
+    assert "parallel processes (default: the number of cores)" in flat
     assert "(default: the configuration's fail-on, or warning)" in flat
     _, fix, _ = cli("fix", "--help")
     assert "1 verification failed (OUT not written)" in " ".join(fix.split())
