@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
@@ -27,6 +28,8 @@ from convlint.reporters import RENDERERS, render_text
 
 STREAMED_FORMATS = ("text", "github")
 MAX_CHUNK = 8  # models per message to a worker: fewer messages, and results still come soon
+# Checking this much in this process costs less than starting workers (fork, first messages).
+SERIAL_SECONDS = 0.25
 
 
 def default_jobs() -> int:
@@ -97,18 +100,36 @@ def iter_reports(
         raise ConvlintError("--jobs must be at least 1")
     if len(settings) != len(paths):
         raise ValueError("one Settings per path")
-    workers = min(jobs, len(paths))
-    if workers <= 1:
-        for path, one in zip(paths, settings, strict=True):
-            report = analyze(path, registry, one)
-            if on_done is not None:
-                on_done()
-            yield report
-        return
+    # Models are checked here, in order, while those left would take less time than starting
+    # workers costs (a folder of small models is done before a pool would be up); the rest go
+    # to the pool.
+    started, first = time.perf_counter(), 0
+    while first < len(paths):
+        spent = time.perf_counter() - started
+        if jobs > 1 and first and spent / first * (len(paths) - first) > SERIAL_SECONDS:
+            break
+        report = analyze(paths[first], registry, settings[first])
+        first += 1
+        if on_done is not None:
+            on_done()
+        yield report
+    if first < len(paths):
+        yield from _pooled(paths, registry, settings, first, min(jobs, len(paths) - first), on_done)
+
+
+def _pooled(
+    paths: Sequence[str],
+    registry: Registry,
+    settings: Sequence[Settings],
+    first: int,
+    workers: int,
+    on_done: Callable[[], None] | None,
+) -> Iterator[ModelReport]:
+    """The reports of ``paths[first:]`` from a pool of ``workers`` processes, in order."""
     method = "fork" if _can_fork() else "spawn"
     context = multiprocessing.get_context(method)
-    chunk = max(1, min(MAX_CHUNK, len(paths) // (workers * 4)))
-    tasks = [(i, path, one) for i, (path, one) in enumerate(zip(paths, settings, strict=True))]
+    tasks = [(i, paths[i], settings[i]) for i in range(first, len(paths))]
+    chunk = max(1, min(MAX_CHUNK, len(tasks) // (workers * 4)))
     # Objects that exist now are left out of the cyclic GC's passes, so that a forked worker's
     # collections do not touch (and copy) every page it shares with this process.
     gc.freeze()
@@ -118,7 +139,7 @@ def iter_reports(
             workers, initializer=_start_worker, initargs=(registry if method == "fork" else None,)
         ) as pool:
             waiting: dict[int, ModelReport] = {}
-            following = 0
+            following = first
             for index, report in pool.imap_unordered(_analyze_task, tasks, chunksize=chunk):
                 if on_done is not None:
                     on_done()

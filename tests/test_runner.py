@@ -59,8 +59,15 @@ def _serial(paths: list[str], verbose: bool = False) -> list[ModelReport]:
     ],
 )
 def test_printed_as_it_comes_is_the_whole_report(
-    folder: list[str], jobs: int, fmt: str, verbose: bool, quiet: bool, color: bool
+    folder: list[str],
+    jobs: int,
+    fmt: str,
+    verbose: bool,
+    quiet: bool,
+    color: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(runner, "SERIAL_SECONDS", 0.0)  # to the pool after the first model
     registry = load_registry()
     stream = io.StringIO()
     reports, rest = runner.check_and_render(
@@ -122,6 +129,7 @@ def test_reports_keep_the_order_of_the_paths_and_progress_counts_every_model(
     folder: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runner, "analyze", _slow_for_early_models)
+    monkeypatch.setattr(runner, "SERIAL_SECONDS", 0.0)
     done: list[int] = []
     reports = list(
         runner.iter_reports(
@@ -160,6 +168,16 @@ def test_a_reader_that_goes_away_stops_the_printing_not_the_run(folder: list[str
         )
     os.close(write)
     assert len(reports) == len(folder) and any(r.findings for r in reports)
+
+
+def test_small_folders_are_checked_without_a_pool(
+    folder: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "analyze", _slow_for_early_models)
+    monkeypatch.setattr(runner, "SERIAL_SECONDS", 60.0)
+    reports = list(runner.iter_reports(folder, load_registry(), [Settings()] * len(folder), 2))
+    assert [r.path for r in reports] == folder
+    assert {r.notes[0] for r in reports} == {f"pid {os.getpid()}"}
 
 
 def test_jobs_default_to_the_cores_and_must_be_positive(folder: list[str]) -> None:
