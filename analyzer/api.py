@@ -93,6 +93,14 @@ def resolve(
     return Resolved(settings, fail_on or table.get("fail-on", "warning"), config)
 
 
+def _resolve_one(
+    path: Path, registry: Registry, config: str | os.PathLike[str] | None, **overrides: Any
+) -> Resolved:
+    """``resolve`` for one model, with ``config`` or the model's own configuration."""
+    finder = ConfigFinder(registry, Path(config) if config is not None else None)
+    return resolve(path, registry, finder, **overrides)
+
+
 @contextmanager
 def _as_path(model: ModelLike) -> Iterator[Path]:
     """A path for ``model``: itself, or a temporary file holding a ModelProto."""
@@ -119,12 +127,11 @@ def check(
 ) -> ModelReport:
     """Lint one model; a model that cannot be read gives a report with ``error`` set."""
     registry = registry or load_registry()
-    finder = ConfigFinder(registry, Path(config) if config is not None else None)
     with _as_path(model) as path:
-        resolved = resolve(
+        resolved = _resolve_one(
             path,
             registry,
-            finder,
+            config,
             select=select,
             ignore=ignore,
             extend_select=extend_select,
@@ -148,9 +155,8 @@ def stats(
     from convlint.stats import model_stats
 
     registry = load_registry()
-    finder = ConfigFinder(registry, Path(config) if config is not None else None)
     with _as_path(model) as path:
-        resolved = resolve(path, registry, finder, input_shapes=input_shapes)
+        resolved = _resolve_one(path, registry, config, input_shapes=input_shapes)
         return model_stats(path, registry, resolved.settings)
 
 
@@ -177,14 +183,13 @@ def fix(
     if isinstance(model, onnx.ModelProto) and output is None:
         raise TypeError("fix(ModelProto) needs an output path")
     registry = load_registry()
-    finder = ConfigFinder(registry, Path(config) if config is not None else None)
     if "inputs" in options and options["inputs"] is not None:
         options["inputs"] = Path(options["inputs"])
     with _as_path(model) as path:
-        resolved = resolve(
+        resolved = _resolve_one(
             path,
             registry,
-            finder,
+            config,
             select=select,
             ignore=ignore,
             input_shapes=input_shapes,

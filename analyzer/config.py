@@ -127,26 +127,16 @@ def validate_config(table: Mapping[str, Any], registry: Registry, source: str) -
             settings[key] = registry.known_selectors(_codes(value, where), where)
         elif key in ("exclude", "extend-exclude"):
             settings[key] = _globs(value, where)
-        elif key == "per-file-ignores":
-            if not isinstance(value, dict):
-                raise UsageError(f"{where}: expected a table of path glob = [codes]")
-            settings[key] = {
-                glob: registry.known_selectors(_codes(codes, f"{where}.{glob}"), f"{where}.{glob}")
-                for glob, codes in value.items()
-            }
+        elif key in ("per-file-ignores", "per-node-ignores"):
+            settings[key] = _glob_codes(value, registry, where, key.split("-")[1])
         elif key == "input-shapes":
             settings[key] = _input_shape_tables(value, where)
         elif key == "fail-on":
             if value not in FAIL_ON:
                 raise UsageError(f"{where}: {value!r} is not one of {', '.join(FAIL_ON)}")
             settings[key] = value
-        elif key == "per-node-ignores":
-            if not isinstance(value, dict):
-                raise UsageError(f"{where}: expected a table of node-name glob = [codes]")
-            settings[key] = {
-                glob: registry.known_selectors(_codes(codes, f"{where}.{glob}"), f"{where}.{glob}")
-                for glob, codes in value.items()
-            }
+        elif key in ("per-file-ignores", "per-node-ignores"):
+            settings[key] = _glob_codes(value, registry, where, key.split("-")[1])
         elif key == "input-shape":
             if not isinstance(value, dict):
                 raise UsageError(f'{where}: expected a table of input name = "1x3x224x224"')
@@ -157,6 +147,17 @@ def validate_config(table: Mapping[str, Any], registry: Registry, source: str) -
         elif key == "rules":
             settings[key] = _rule_tables(value, registry, source)
     return settings
+
+
+def _glob_codes(value: Any, registry: Registry, where: str, what: str) -> dict[str, list[str]]:
+    """A table of glob = [codes] (``what``: "file" for path globs, "node" for node names)."""
+    if not isinstance(value, dict):
+        glob = "path glob" if what == "file" else "node-name glob"
+        raise UsageError(f"{where}: expected a table of {glob} = [codes]")
+    return {
+        glob: registry.known_selectors(_codes(codes, f"{where}.{glob}"), f"{where}.{glob}")
+        for glob, codes in value.items()
+    }
 
 
 def _globs(value: Any, where: str) -> list[str]:
