@@ -142,9 +142,12 @@ def _conv(graph: ModelGraph, node: Node) -> NodeCost:
     data, weight_at, bias_at = CONV_INPUTS[node.op_type]
     inputs = node.inputs
     count = len(inputs)
-    weights = [inputs[i] for i in (weight_at, bias_at) if i is not None and i < count]
-    weight = graph.shape(inputs[weight_at]) if weight_at < count else None
-    per_pixel = numel(weight)
+    if weight_at >= count:
+        return _cost(graph, [], None)
+    weights = [inputs[weight_at]]
+    if bias_at is not None and bias_at < count:
+        weights.append(inputs[bias_at])
+    per_pixel = numel(graph.shape(weights[0]))
     if per_pixel is None:
         return _cost(graph, weights, None)
     if node.op_type == "ConvTranspose":  # each input pixel is spread over the kernel

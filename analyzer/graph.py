@@ -33,6 +33,7 @@ LINEAR_PASSTHROUGH = frozenset({"BatchNormalization", "Identity", "Dropout", "Ca
 TRANSPARENT = ACTIVATIONS | LINEAR_PASSTHROUGH
 
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+STANDARD_DOMAINS = ("", "ai.onnx")
 
 # Where a convolution keeps its operands: (data, weight, bias) input indices. Quantized convs
 # count as convs for costs and rules (a QDQ or QOperator export gets its float twin's verdict).
@@ -108,7 +109,7 @@ class Node:
 
     @property
     def is_standard(self) -> bool:
-        return self.domain in ("", "ai.onnx")
+        return self.domain in STANDARD_DOMAINS
 
     def attr(self, name: str, default: Any = None) -> Any:
         """One attribute's value, without parsing the rest (the default if absent)."""
@@ -258,6 +259,9 @@ class ModelGraph:
         # cycle needs (see ``find_cycle``).
         unproduced: list[str] = []
         main = outer is None
+        # Standard-domain nodes by op type, in graph order: every rule asks ``of_type``.
+        self._standard_by_type: dict[str, list[Node]] = {}
+        by_type = self._standard_by_type
         for index, proto in enumerate(graph.node):
             # Every read of a protobuf field builds a new Python object: read each one once
             # (a slice of a repeated field is the quickest copy of it).
@@ -269,9 +273,13 @@ class ModelGraph:
                 name = prefix + name
             if name in nodes:
                 name = f"{name}_{index}"
-            nodes[name] = node = Node(
-                name, op_type, proto.domain, inputs, outputs, index, opset, proto
-            )
+            domain = proto.domain
+            nodes[name] = node = Node(name, op_type, domain, inputs, outputs, index, opset, proto)
+            if domain in STANDARD_DOMAINS:
+                if op_type in by_type:
+                    by_type[op_type].append(node)
+                else:
+                    by_type[op_type] = [node]
             for tensor in inputs:
                 if tensor:
                     readers = consumers.get(tensor)
@@ -394,16 +402,6 @@ class ModelGraph:
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes.values())
-
-    @cached_property
-    def _standard_by_type(self) -> dict[str, list[Node]]:
-        """Standard-domain nodes by op type, in graph order: every rule asks ``of_type``, and
-        one pass over a large graph is cheaper than a scan per question."""
-        by_type: dict[str, list[Node]] = {}
-        for node in self.nodes.values():
-            if node.is_standard:
-                by_type.setdefault(node.op_type, []).append(node)
-        return by_type
 
     def of_type(self, *op_types: str) -> list[Node]:
         """Standard-domain nodes of the given op types, in graph order."""
