@@ -12,7 +12,6 @@ the end. On a terminal, a progress line on stderr counts the models done.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
 import signal
 import sys
@@ -126,7 +125,9 @@ def _pooled(
     on_done: Callable[[], None] | None,
 ) -> Iterator[ModelReport]:
     """The reports of ``paths[first:]`` from a pool of ``workers`` processes, in order."""
-    method = "fork" if _can_fork() else "spawn"
+    import multiprocessing  # only runs that start workers pay for importing it
+
+    method = "fork" if _can_fork(multiprocessing.get_all_start_methods()) else "spawn"
     context = multiprocessing.get_context(method)
     tasks = [(i, paths[i], settings[i]) for i in range(first, len(paths))]
     chunk = max(1, min(MAX_CHUNK, len(tasks) // (workers * 4)))
@@ -151,9 +152,9 @@ def _pooled(
         gc.unfreeze()
 
 
-def _can_fork() -> bool:
+def _can_fork(methods: Sequence[str]) -> bool:
     # macOS system libraries are not fork-safe; elsewhere fork is the Unix default.
-    return "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
+    return "fork" in methods and sys.platform != "darwin"
 
 
 _REGISTRY: Registry | None = None
