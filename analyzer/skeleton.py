@@ -15,11 +15,12 @@ Two ways to the same model:
 
 - :func:`strip_weights` clears those values in a parsed model (upb parses a file at memory speed,
   so for files up to :data:`WIRE_READ_BYTES` this is the quickest);
-- :func:`read_without_weights` never reads them: it maps the file and walks the protobuf
-  encoding of the model and its graph, copying every field except those values; it returns the
-  encoding of the stripped model, for protobuf to parse and shape inference to read. A file it
-  cannot walk (damaged, or an encoding it does not expect) gives None, and the caller parses the
-  file as a whole, which names what is wrong.
+- :func:`read_without_weights` never reads the large ones: it maps the file and walks the
+  protobuf encoding of the model and its graph, copying every field except the values of
+  weights of :data:`LARGE_TENSOR_BYTES` or more (decoding a tensor costs Python time, reading
+  a small one costs protobuf next to nothing); it returns that encoding, for protobuf to parse
+  and :func:`strip_weights` to finish. A file it cannot walk (damaged, or an encoding it does
+  not expect) gives None, and the caller parses the file as a whole, which names what is wrong.
 """
 
 from __future__ import annotations
@@ -67,9 +68,7 @@ _TENSOR_DATA_TYPE = _number(onnx.TensorProto, "data_type")
 _TENSOR_VALUES = frozenset(
     _number(onnx.TensorProto, name) for name in ("raw_data", *_OTHER_VALUE_FIELDS)
 )
-# The smallest encoding a weight can have: WEIGHT_ELEMENTS values of 4 bits. Smaller tensors
-# are copied without a look inside.
-_WEIGHT_BYTES = WEIGHT_ELEMENTS // 2
+LARGE_TENSOR_BYTES = 64 << 10  # the walk looks inside initializers from this size on
 
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 DROP = b""  # what a rewrite returns to leave a field out (a message it rewrites is never empty)
@@ -100,8 +99,9 @@ def strip_weights(model: onnx.ModelProto) -> bool:
 
 
 def read_without_weights(path: Path) -> bytes | None:
-    """The encoding of the model in ``path`` with the weights' values left out, or None when
-    the file is not a model this walk can read (the caller then parses it whole)."""
+    """The encoding of the model in ``path`` with the large weights' values left out, or None
+    when it has none or the file is not a model this walk can read (the caller then parses it
+    whole)."""
     try:
         with (
             open(path, "rb") as handle,
@@ -190,7 +190,7 @@ def _model_field(data: mmap.mmap, number: int, wire: int, start: int, end: int) 
 
 
 def _graph_field(data: mmap.mmap, number: int, wire: int, start: int, end: int) -> bytes | None:
-    if number == _GRAPH_INITIALIZER and wire == _LENGTH and end - start >= _WEIGHT_BYTES:
+    if number == _GRAPH_INITIALIZER and wire == _LENGTH and end - start >= LARGE_TENSOR_BYTES:
         return _tensor(data, start, end)
     return None
 
