@@ -10,10 +10,22 @@ child. The child starts isolated (``-I``): neither the working directory nor the
 folder nor ``PYTHONPATH`` is on its ``sys.path``, so an ``onnxruntime.py``, ``numpy.py`` or
 ``pickle.py`` in the folder where ``convlint fix`` runs is never imported.
 
+Requests: run a model on feeds (its outputs come back); accumulate channel second moments of
+named tensors sample by sample (only channels × channels matrices come back, never the
+activations); time models on one feed, interleaved (``_serve_time``: the latency `fix`
+reports); run ``onnx.checker``'s full check on a file (it holds the file twice over in memory,
+so it runs here, beside the sessions, not in `fix`'s process). Each request's sessions are
+freed before the next, so the child holds one model at a time (two small ones when timing).
+
 The child uses the CPU provider with ``intra_op_num_threads=THREADS`` and basic graph
-optimizations. ``CONVLINT_TEST_RUNTIME_FAULT=hang|crash`` in the environment makes the child
-hang or abort on its next request (``hang:N``, ``crash:N``: on its N-th request, from 1): a test
+optimizations to run and verify; timing uses every optimization and the threads it is given.
+``CONVLINT_TEST_RUNTIME_FAULT=hang|crash`` in the environment makes the child hang or abort on
+its next request (``hang:N``, ``crash:N``: on its N-th request, from 1): a test
 hook for the timeout, crash and interruption paths.
+
+Errors compare every output over all samples; an output that looks like class scores
+(``class_rows``) also gets its top-1 agreement, which ``min_top1`` bounds as ``tolerance``
+bounds the relative L2 error.
 
 Verification means something only on finite, varying inputs: ``--inputs`` holding NaN or
 infinities, or a float input that is constant over every sample (all zeros: a conv net's output
@@ -36,7 +48,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -45,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
+from convlint.calibration import non_finite_values
 from convlint.errors import ConvlintError
 from convlint.loader import move_to_external_data
 
@@ -52,6 +65,9 @@ Feed = dict[str, npt.NDArray[Any]]
 Outputs = list[npt.NDArray[Any]]  # one array per model output, in the model's order
 
 THREADS = 2
+WARMUP_RUNS = 2  # untimed runs of each session before timing
+MAX_TIMED_RUNS = 1000
+TIME_BLOCKS = 4  # alternating blocks when the models are timed one session at a time
 DEFAULT_BATCH = 1
 DEFAULT_SPATIAL = 224
 FAULT_ENV = "CONVLINT_TEST_RUNTIME_FAULT"
@@ -83,6 +99,9 @@ class Errors:
     rel_l2_error: float  # worst output's ||y' - y|| / ||y||
     ok: bool
     problem: str = ""  # why the outputs cannot be compared (a NaN output), else empty
+    # Share of rows whose arg-max class is unchanged, worst output that looks like class scores
+    # (see ``class_rows``); None when no output does.
+    top1_agreement: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         def finite(value: float) -> float | None:
@@ -93,6 +112,8 @@ class Errors:
             "rel_l2_error": finite(self.rel_l2_error),
             "ok": self.ok,
         }
+        if self.top1_agreement is not None:
+            data["top1_agreement"] = self.top1_agreement
         if self.problem:
             data["problem"] = self.problem
         return data
@@ -114,18 +135,10 @@ def not_finite(
                 math.inf,
                 math.inf,
                 False,
-                f"{whose}'s output {name!r} holds {_non_finite_values(nan, inf)} on the "
+                f"{whose}'s output {name!r} holds {non_finite_values(nan, inf)} on the "
                 "verification inputs",
             )
     return None
-
-
-def _non_finite_values(nan: int, inf: int) -> str:
-    """``3 NaN values``, ``1 NaN and 2 infinite values``."""
-    counts = " and ".join(
-        text for count, text in ((nan, f"{nan} NaN"), (inf, f"{inf} infinite")) if count
-    )
-    return f"{counts} value{'' if nan + inf == 1 else 's'}"
 
 
 def bind_dims(dims: Sequence[int | str | None], given: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -158,65 +171,62 @@ def random_feeds(specs: Sequence[InputSpec], samples: int, seed: int) -> list[Fe
 
 
 def load_feeds(path: str | Path, specs: Sequence[InputSpec]) -> list[Feed]:
-    """Samples from an .npz holding one array per input: the input's shape (one sample) or
-    that shape with a leading samples axis."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        raise ConvlintError(f"{path}: no such inputs file") from None
-    except (OSError, ValueError) as exc:
-        raise ConvlintError(f"{path}: not a readable .npz file ({exc})") from None
-    counts = set()
-    for spec in specs:
-        if spec.name not in arrays:
-            raise ConvlintError(
-                f"{path}: no array for input {spec.name!r} (arrays: {', '.join(arrays) or 'none'})"
-            )
-        array = arrays[spec.name]
-        if array.shape == spec.shape:
-            arrays[spec.name] = array[None]
-        elif array.shape[1:] != spec.shape:
-            raise ConvlintError(
-                f"{path}: array {spec.name!r} has shape {list(array.shape)}, expected "
-                f"{list(spec.shape)} or [samples, {', '.join(map(str, spec.shape))}]"
-            )
-        # Same kind only: numpy's "same_kind" casting lets int64 into float32 silently.
-        if array.dtype.kind != spec.dtype.kind or not np.can_cast(
-            array.dtype, spec.dtype, "same_kind"
-        ):
-            raise ConvlintError(
-                f"{path}: array {spec.name!r} has dtype {array.dtype}, expected {spec.dtype} "
-                f"for input {spec.name!r} (or a dtype of the same kind)"
-            )
-        _check_values(path, spec.name, arrays[spec.name])
-        counts.add(arrays[spec.name].shape[0])
-    if len(counts) != 1 or 0 in counts:
-        raise ConvlintError(f"{path}: the arrays hold different or zero numbers of samples")
-    samples = counts.pop()
-    return [
-        {s.name: np.ascontiguousarray(arrays[s.name][i], dtype=s.dtype) for s in specs}
-        for i in range(samples)
-    ]
+    """Samples from an .npz holding one array per input (or an .npy for a single input): the
+    input's shape (one sample) or that shape with a leading samples axis (see
+    ``calibration``)."""
+    from convlint.calibration import read_samples
+
+    names = [s.name for s in specs]
+    samples = read_samples(
+        Path(path),
+        names,
+        {s.name: s.shape for s in specs},
+        {s.name: s.dtype for s in specs},
+        {},
+        None,
+    )
+    return samples.feeds
 
 
-def _check_values(path: str | Path, name: str, array: npt.NDArray[Any]) -> None:
-    """Refuse float inputs that cannot verify anything: non-finite, or one value repeated."""
-    if array.dtype.kind not in "fc":
-        return  # integer and bool inputs are indices and flags: a constant one is normal
-    nan = int(np.count_nonzero(np.isnan(array)))
-    inf = int(np.count_nonzero(np.isinf(array)))
-    if nan or inf:
-        raise ConvlintError(
-            f"{path}: input {name!r} holds {_non_finite_values(nan, inf)}; "
-            "verification needs finite inputs"
-        )
-    flat = array.ravel()
-    if flat.size > 1 and np.all(flat == flat[0]):
-        raise ConvlintError(
-            f"{path}: input {name!r} is constant (every value is {flat[0].item():g}): "
-            "zero variance is too degenerate to verify a rewrite on"
-        )
+def class_rows(output: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
+    """One sample's output as (rows, classes) when it looks like class scores, else None.
+
+    Class scores: a float output with one axis of at least 2 entries after the first (batch)
+    axis and every other axis of size 1: (N, K) as most classifiers end, (N, K, 1, 1) as a
+    fully convolutional one does, or a plain (K,) vector. Each of the N rows is one prediction.
+    """
+    array = np.asarray(output)
+    if array.dtype.kind != "f" or array.ndim == 0:
+        return None
+    if array.ndim == 1:
+        return array[None] if array.shape[0] >= 2 else None
+    wide = [d for d in array.shape[1:] if d != 1]
+    if len(wide) != 1 or wide[0] < 2:
+        return None
+    return array.reshape(array.shape[0], wide[0])
+
+
+def class_outputs(outputs: Outputs) -> list[int]:
+    """Indices of the outputs that look like class scores (see ``class_rows``)."""
+    return [i for i, output in enumerate(outputs) if class_rows(output) is not None]
+
+
+def top1_agreement(reference: Sequence[Outputs], candidate: Sequence[Outputs]) -> float | None:
+    """The share of rows whose arg-max is the same in both, worst class-score output; None
+    when no output looks like class scores."""
+    worst: float | None = None
+    for index in class_outputs(reference[0]) if reference else []:
+        same = total = 0
+        for ref, new in zip(reference, candidate, strict=True):
+            a, b = class_rows(ref[index]), class_rows(new[index])
+            if a is None or b is None or a.shape != b.shape:
+                return 0.0
+            same += int(np.count_nonzero(a.argmax(axis=1) == b.argmax(axis=1)))
+            total += a.shape[0]
+        if total:
+            share = same / total
+            worst = share if worst is None else min(worst, share)
+    return worst
 
 
 def compare(
@@ -224,9 +234,11 @@ def compare(
     candidate: Sequence[Outputs],
     tolerance: float,
     names: Sequence[str] = (),
+    min_top1: float | None = None,
 ) -> Errors:
-    """Max abs error and the worst output's relative L2 error over all samples. A NaN or an
-    infinity in either side's outputs is a failure: it hides any difference."""
+    """Max abs error and the worst output's relative L2 error over all samples, and the top-1
+    agreement of class-score outputs; ``min_top1`` bounds it as ``tolerance`` bounds the error.
+    A NaN or an infinity in either side's outputs is a failure: it hides any difference."""
     for outputs, whose in ((reference, "the original model"), (candidate, "the rewritten model")):
         failed = not_finite(outputs, names, whose)
         if failed is not None:
@@ -243,10 +255,118 @@ def compare(
         rel = delta / norm if norm > 0 else (0.0 if delta == 0 else math.inf)
         worst_rel = max(worst_rel, rel)
         worst_abs = max(worst_abs, float(np.max(np.abs(diff))) if diff.size else 0.0)
-    return Errors(worst_abs, worst_rel, worst_rel <= tolerance)
+    top1 = top1_agreement(reference, candidate)
+    ok = worst_rel <= tolerance and (min_top1 is None or top1 is None or top1 >= min_top1)
+    return Errors(worst_abs, worst_rel, ok, top1_agreement=top1)
 
 
 # -- the child process ------------------------------------------------------------------
+
+
+def _session_options(ort: Any, threads: int, optimize_all: bool = False) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize_all
+        else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    )
+    return options
+
+
+def _serve_run(ort: Any, model_path: str, feeds: list[Feed], names: Sequence[str]) -> list[Outputs]:
+    session = ort.InferenceSession(
+        model_path, _session_options(ort, THREADS), providers=["CPUExecutionProvider"]
+    )
+    names = list(names) or [o.name for o in session.get_outputs()]
+    return [session.run(names, feed) for feed in feeds]
+
+
+def _serve_moments(
+    ort: Any, model_path: str, feeds: list[Feed], names: Sequence[str]
+) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+    """E[x xᵀ] and E[x] over the channel axis (1) of each named NC... tensor, one sample at a
+    time: the activations never leave the child, only matrices of channels × channels."""
+    session = ort.InferenceSession(
+        model_path, _session_options(ort, THREADS), providers=["CPUExecutionProvider"]
+    )
+    sums: dict[str, list[Any]] = {}
+    for feed in feeds:
+        for name, array in zip(names, session.run(list(names), feed), strict=True):
+            channels = array.shape[1]
+            flat = np.moveaxis(array, 1, 0).reshape(channels, -1).astype(np.float64)
+            if name not in sums:
+                sums[name] = [np.zeros((channels, channels)), np.zeros(channels), 0]
+            sums[name][0] += flat @ flat.T
+            sums[name][1] += flat.sum(axis=1)
+            sums[name][2] += flat.shape[1]
+    return {
+        name: (moment / max(count, 1), total / max(count, 1))
+        for name, (moment, total, count) in sums.items()
+    }
+
+
+def _serve_time(
+    ort: Any,
+    model_paths: list[str],
+    feed: Feed,
+    threads: int,
+    min_runs: int,
+    budget: float,
+    resident: bool,
+) -> list[list[float]]:
+    """Seconds of each timed run of each model, on the same feed, runs interleaved.
+
+    ``resident``: every session loaded at once and the models alternate run by run (ABBA...).
+    Else one session at a time, in ``TIME_BLOCKS`` alternating blocks of runs: a model too
+    large to hold twice is still compared under the same conditions over the same span.
+    Each session's first ``WARMUP_RUNS`` runs (allocations, lazy kernels) are not timed.
+    """
+    import time
+
+    options = _session_options(ort, threads, optimize_all=True)
+
+    def load(path: str) -> Any:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        for _ in range(WARMUP_RUNS):
+            session.run(None, feed)
+        return session
+
+    def timed(session: Any) -> float:
+        start = time.perf_counter()
+        session.run(None, feed)
+        return time.perf_counter() - start
+
+    times: list[list[float]] = [[] for _ in model_paths]
+    count = len(model_paths)
+    if resident:
+        sessions = [load(path) for path in model_paths]
+        start, runs = time.perf_counter(), 0
+        while runs < min_runs or (runs < MAX_TIMED_RUNS and time.perf_counter() - start < budget):
+            order = range(count) if runs % 2 == 0 else reversed(range(count))
+            for k in order:
+                times[k].append(timed(sessions[k]))
+            runs += 1
+        return times
+    per_block = -(-min_runs // TIME_BLOCKS)
+    for block in range(TIME_BLOCKS):
+        order = range(count) if block % 2 == 0 else reversed(range(count))
+        for k in order:
+            session = load(model_paths[k])
+            times[k].extend(timed(session) for _ in range(per_block))
+            del session
+    return times
+
+
+def _serve_check(ort: Any, model_path: str) -> str:
+    """onnx.checker's full check of a model file; the problem in one line, or ""."""
+    try:
+        onnx.checker.check_model(model_path, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError, and what a damaged file raises
+        return " ".join(str(exc).split())[:300]
+    return ""
 
 
 def serve() -> None:
@@ -258,14 +378,15 @@ def serve() -> None:
     sys.stdout = sys.stderr
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     out.write("ready\n")
     out.flush()
     fault, _, at = os.environ.get(FAULT_ENV, "").partition(":")
+    handlers: dict[str, Callable[..., Any]] = {
+        "run": _serve_run,
+        "moments": _serve_moments,
+        "time": _serve_time,
+        "check": _serve_check,
+    }
     for request, line in enumerate(sys.stdin, start=1):
         folder = Path(line.strip())
         if not line.strip():
@@ -277,14 +398,12 @@ def serve() -> None:
                 os.abort()
         try:
             with open(folder / "request.pkl", "rb") as handle:
-                model_path, feeds, names = pickle.load(handle)
-            session = ort.InferenceSession(
-                str(model_path), options, providers=["CPUExecutionProvider"]
-            )
-            names = list(names) or [o.name for o in session.get_outputs()]
-            results = [session.run(names, feed) for feed in feeds]
+                kind, *arguments = pickle.load(handle)
+            # Each handler's sessions are freed when it returns: one model at a time.
+            results = handlers[kind](ort, *arguments)
             with open(folder / "response.pkl", "wb") as handle:
                 pickle.dump(results, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            del results
             out.write("ok\n")
         except Exception as exc:
             message = " ".join(str(exc).split())[:300]
@@ -378,28 +497,50 @@ class Runtime:
         move_to_external_data(light, self._folder / WEIGHTS_FILE, threshold)
         return light
 
-    def run(
-        self,
-        model: onnx.ModelProto | str | Path,
-        feeds: Sequence[Mapping[str, npt.NDArray[Any]]],
-        outputs: Sequence[str] = (),
-        what: str = "running the model",
-    ) -> list[Outputs]:
-        """Outputs of ``model`` for every feed (``outputs`` names them; default: all)."""
+    def check(self, path: Path, what: str = "checking the written model") -> str:
+        """onnx.checker's full check of ``path``, run here because it holds the whole file in
+        memory twice over; the problem found, or ""."""
+        problem: str = self._request(what, "check", str(Path(path).resolve()))
+        return problem
+
+    def save(self, model: onnx.ModelProto, name: str) -> Path:
+        """Write ``model`` into the runtime's folder (where its staged weights are)."""
+        path = self._folder / name
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    def peak_memory(self) -> int | None:
+        """The child's peak resident memory in bytes so far (Linux; else None)."""
+        proc = self._proc
+        if proc is None:
+            return None
+        try:
+            with open(f"/proc/{proc.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    @property
+    def folder(self) -> Path:
+        """The runtime's private folder: models sent by path must have their data here."""
+        return self._folder
+
+    def _model_path(self, model: onnx.ModelProto | str | Path, name: str = "model.onnx") -> str:
+        if isinstance(model, onnx.ModelProto):
+            model_path = self._folder / name
+            model_path.write_bytes(model.SerializeToString())
+            return str(model_path)
+        return str(Path(model).resolve())
+
+    def _request(self, what: str, kind: str, *arguments: Any) -> Any:
         proc = self._proc
         if proc is None:
             raise RuntimeFailure(f"onnxruntime is not running (before {what})")
-        if isinstance(model, onnx.ModelProto):
-            model_path = self._folder / "model.onnx"
-            model_path.write_bytes(model.SerializeToString())
-        else:
-            model_path = Path(model).resolve()
         with open(self._folder / "request.pkl", "wb") as handle:
-            pickle.dump(
-                (str(model_path), [dict(f) for f in feeds], list(outputs)),
-                handle,
-                protocol=pickle.HIGHEST_PROTOCOL,
-            )
+            pickle.dump((kind, *arguments), handle, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             assert proc.stdin is not None
             proc.stdin.write(f"{self._folder}\n")
@@ -410,5 +551,49 @@ class Runtime:
         if answer.startswith("error "):
             raise RuntimeFailure(f"onnxruntime failed while {what}: {answer[6:]}")
         with open(self._folder / "response.pkl", "rb") as handle:
-            results: list[Outputs] = pickle.load(handle)
+            return pickle.load(handle)
+
+    def run(
+        self,
+        model: onnx.ModelProto | str | Path,
+        feeds: Sequence[Mapping[str, npt.NDArray[Any]]],
+        outputs: Sequence[str] = (),
+        what: str = "running the model",
+    ) -> list[Outputs]:
+        """Outputs of ``model`` for every feed (``outputs`` names them; default: all)."""
+        path = self._model_path(model)
+        results: list[Outputs] = self._request(
+            what, "run", path, [dict(f) for f in feeds], list(outputs)
+        )
         return results
+
+    def moments(
+        self,
+        model: onnx.ModelProto | str | Path,
+        feeds: Sequence[Mapping[str, npt.NDArray[Any]]],
+        tensors: Sequence[str],
+        what: str = "collecting activation statistics",
+    ) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+        """(E[x xᵀ], E[x]) over the channel axis of each tensor, computed in the child."""
+        path = self._model_path(model)
+        moments: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = self._request(
+            what, "moments", path, [dict(f) for f in feeds], list(tensors)
+        )
+        return moments
+
+    def time(
+        self,
+        models: Sequence[onnx.ModelProto | str | Path],
+        feed: Mapping[str, npt.NDArray[Any]],
+        threads: int,
+        min_runs: int,
+        budget: float,
+        resident: bool,
+        what: str = "timing the models",
+    ) -> list[list[float]]:
+        """Seconds of each timed run of each model, interleaved (see ``_serve_time``)."""
+        paths = [self._model_path(m, f"timed{i}.onnx") for i, m in enumerate(models)]
+        times: list[list[float]] = self._request(
+            what, "time", paths, dict(feed), threads, min_runs, budget, resident
+        )
+        return times
