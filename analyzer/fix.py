@@ -1,27 +1,35 @@
-"""Stage 5: `convlint fix`: findings -> rewrites at chosen ranks -> verified model -> OUT.
+"""Stage 5: `convlint fix`: findings -> rewrites at chosen ranks -> verified, timed model -> OUT.
 
-1. Analysis: the model is read once, with its weights (external data only after its locations
-   were checked), and linted as by ``check`` (symbolic dims bound by ``--input-shape``, else by
-   the verifier's defaults, so MACs are exact; shapes inferred on a copy without the weight
-   values); every selected finding is planned as a target or skipped with a reason
-   (``plan.plan``).
-2. Rank selection, per lossy target, against a share ``T/√n`` of the tolerance (errors of n
+1. Analysis: the model is read without the values of its large weights (``weightstore``: they
+   stay on disk, in the file or its external data, and are read one at a time when a rewrite
+   needs them); external data locations are checked first. Nodes without a name get the name
+   ``check`` reports for them (``Conv_3``), written into OUT, so that a baseline written before
+   `fix` still matches after. The model is linted as by ``check`` (symbolic dims bound by
+   ``--input-shape``, else by the sizes of the ``--inputs`` data, else by the verifier's
+   defaults, so MACs are exact); every selected finding is planned as a target or skipped with
+   a reason (``plan.plan``).
+2. Samples (``calibration``): the user's ``--inputs`` or seeded noise; the data-aware method
+   fits its statistics on the first half and verifies on the other half (held out).
+3. Rank selection, per lossy target, against a share ``T/√n`` of the tolerance (errors of n
    independent rewrites add roughly in quadrature at the outputs): the factorizer proposes the
    form with the fewest MACs whose cheap proxy error fits the budget; onnxruntime confirms it on
    the whole model's outputs; the ratio between measured and proxy error recalibrates the
    proxy budget and the search repeats a few times, keeping the cheapest confirmed choice.
    ``--rank``/``--ratio`` replace the search by a fixed rank.
-3. The combination is verified end to end; while it breaks the tolerance, the rewrite that moved
-   the outputs most gets half its budget (or is dropped).
-4. The model is written beside OUT, checked with ``onnx.checker`` (full check), verified again
-   from the file, and only then moved over OUT. Its external data, if any, goes under a name no
-   file has yet (``OUT.data``, else ``OUT.1.data``, ...), so that the rename of the model is the
-   one step that replaces the old model and its data by the new pair; the old data file is
-   removed after that rename. Replaced files keep their modes; a symlink OUT stays a link and
-   its target is replaced.
-
-The data-aware method fits its statistics on the first half of the inputs and verifies on the
-other half; the weight method verifies on all of them.
+4. Until the set of rewrites is stable: with ``--objective latency`` each rewrite is timed on
+   its own (``latency``) and dropped unless it runs faster; the combination is verified end to
+   end (while it breaks the tolerance, the rewrite that moved the outputs most gets half its
+   budget, or is dropped); the rewritten model is linted again, and a rewrite whose new nodes a
+   rule would flag is tried in another form or dropped, so that ``check OUT`` does not flag
+   what `fix` wrote. Then both whole models are timed (with ``--objective latency``, while the
+   rewritten one is not faster, the rewrite that gained least is dropped).
+5. The model is written beside OUT (weights streamed from the runtime's data file), checked
+   with ``onnx.checker`` (full check), verified again from the file, and only then moved over
+   OUT. Its external data, if any, goes under a name no file has yet (``OUT.data``, else
+   ``OUT.1.data``, ...), so that the rename of the model is the one step that replaces the old
+   model and its data by the new pair; the old data file is removed after that rename.
+   Replaced files keep their modes; a symlink OUT stays a link and its target is replaced.
+   When no rewrite applies, OUT is still written (MODEL with its nodes named as above).
 """
 
 from __future__ import annotations
@@ -44,16 +52,23 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import external_data_helper
 
-from convlint import loader
+from convlint import latency, loader, weightstore
 from convlint.atomic import fsync_file, fsync_folder, new_file_mode, special_kind, write_target
-from convlint.cost import ModelCost, model_cost
+from convlint.calibration import Samples, parse_preprocess, read_samples
+from convlint.cost import ModelCost, model_cost, spatial_pixels
 from convlint.engine import ModelReport, Settings, lint
-from convlint.errors import ModelError, UsageError
-from convlint.factorize import Array, Factors
-from convlint.fixreport import DEFAULT_SAMPLES, METHODS
+from convlint.errors import ConvlintError, ModelError, UsageError
+from convlint.factorize import KINDS, Array, Factors
+from convlint.fixreport import (
+    DEFAULT_OBJECTIVE,
+    DEFAULT_SAMPLES,
+    INPUT_SAMPLES,
+    METHODS,
+    OBJECTIVES,
+)
 from convlint.graph import build_graph
+from convlint.latency import Latency
 from convlint.paths import external_data_files
 from convlint.plan import NotRewritable, plan
 from convlint.registry import Registry
@@ -68,20 +83,25 @@ from convlint.rewrite import (
     apply_edits,
 )
 from convlint.verify import (
+    WEIGHTS_FILE,
     Errors,
     Feed,
     InputSpec,
     Outputs,
     Runtime,
     bind_dims,
+    class_outputs,
     compare,
     not_finite,
+    random_feeds,
 )
 
 MARGIN = 0.8  # aim the proxy below the budget: the proxy is an estimate
 MAX_TRIALS = 4  # onnxruntime confirmations per rewrite during rank selection
+MAX_ROUNDS = 8  # rounds of timing, verifying and re-linting until the rewrites are stable
 NO_SAVING = "no rank within tolerance lowers MACs"
 KIND_ORDER = {"fold": 0, "pool-projection": 1, "factorize": 2}  # exact rewrites claim first
+STAGES = ("analysis", "inputs", "factorization", "onnxruntime", "latency", "writing")
 
 
 @dataclass
@@ -93,10 +113,15 @@ class FixOptions:
     rank: int | None = None
     ratio: float | None = None
     inputs: Path | None = None
-    samples: int = DEFAULT_SAMPLES
+    samples: int | None = None  # None: DEFAULT_SAMPLES of noise, up to INPUT_SAMPLES of --inputs
     timeout: float = 300.0
     unsafe_fixes: bool = False
     seed: int = 0
+    objective: str | None = None  # None: "macs" ("latency" only when asked for)
+    latency: bool = True  # time the models (False: --no-latency)
+    min_top1: float | None = None
+    preprocess: str | None = None
+    threads: int | None = None  # intra-op threads when timing; None: every CPU available
 
 
 @dataclass
@@ -112,11 +137,16 @@ class Rewrite:
     macs_after: int | None
     verified: Errors
     unsafe: bool = False
+    latency: Latency | None = None  # its nodes alone, with --objective latency
 
     def as_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["verified"] = self.verified.as_dict()
         data.pop("unsafe")
+        if self.latency is None:
+            data.pop("latency")
+        else:
+            data["latency"] = self.latency.as_dict()
         return data
 
 
@@ -143,6 +173,11 @@ class FixResult:
     written: bool = False
     inputs: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    objective: str = "macs"
+    latency: Latency | None = None
+    calibration: dict[str, Any] | None = None  # {"source", "fit", "verify"}
+    bound: dict[str, int] = field(default_factory=dict)  # symbolic dims fix bound itself
+    peak_memory: dict[str, int | None] = field(default_factory=dict)  # bytes
 
 
 @dataclass
@@ -152,6 +187,9 @@ class _Choice:
     edit: Edit
     errors: Errors
     budget: float
+    kinds: tuple[str, ...] = KINDS  # the forms it may still take
+    latency: Latency | None = None  # its nodes alone, once timed
+    timed: bool = False
 
 
 Log = Callable[[str], None]
@@ -191,67 +229,6 @@ def resolve_output(model: Path, output: Path | None, in_place: bool) -> Path:
     return output
 
 
-def _read_with_weights(path: Path) -> tuple[onnx.ModelProto, list[Path]]:
-    """The model with every weight in memory, and the external data files it was read from."""
-    model = loader.read_model(path)
-    loader.check_external_locations(model, path)
-    loader.validate(model, path)
-    folder = path.resolve().parent
-    data_files = external_data_files(model, path)
-    for data in data_files:
-        if not data.is_file():
-            raise ModelError(path, f"external data file {data} is missing (or not a file)")
-    if data_files:
-        try:
-            external_data_helper.load_external_data_for_model(model, str(folder))
-        except Exception as exc:  # OSError, ValueError, onnx's ValidationError
-            message = " ".join(str(exc).split())[:300]
-            raise ModelError(path, f"cannot read external data: {message}") from None
-    check_weight_sizes(model, path)
-    return model, data_files
-
-
-_FOUR_BIT = {
-    getattr(onnx.TensorProto, name)
-    for name in ("INT4", "UINT4", "FLOAT4E2M1")
-    if hasattr(onnx.TensorProto, name)
-}
-
-
-def check_weight_sizes(model: onnx.ModelProto, path: Path) -> None:
-    """Every stored tensor holds as many values as its dims say (else numpy fails deep in a
-    rewrite, or onnxruntime refuses the model)."""
-    for tensor in external_data_helper._get_all_tensors(model):
-        if tensor.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
-            continue
-        count = math.prod(tensor.dims)
-        dims = "x".join(map(str, tensor.dims)) or "a scalar"
-        name = tensor.name or "(unnamed)"
-        if tensor.HasField("raw_data"):
-            if tensor.data_type in _FOUR_BIT:
-                expected = (count + 1) // 2
-            else:
-                itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-                expected = count * itemsize
-            if len(tensor.raw_data) != expected:
-                raise ModelError(
-                    path,
-                    f"tensor {name!r} holds {len(tensor.raw_data)} bytes of data, but its "
-                    f"dims ({dims}) need {expected}",
-                )
-            continue
-        field_name = onnx.helper.tensor_dtype_to_field(tensor.data_type)
-        values = len(getattr(tensor, field_name))
-        if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
-            values //= 2
-        elif tensor.data_type in _FOUR_BIT:
-            count = (count + 1) // 2
-        if values != count and not (values == 0 and count == 0):
-            raise ModelError(
-                path, f"tensor {name!r} holds {values} values, but its dims ({dims}) need {count}"
-            )
-
-
 def _refuse_overwriting_data(path: Path, out: Path, data_files: Sequence[Path]) -> None:
     """OUT and OUT.data must not land on MODEL's external data, unless they replace MODEL."""
     if _same_file(out, path):
@@ -260,6 +237,21 @@ def _refuse_overwriting_data(path: Path, out: Path, data_files: Sequence[Path]) 
         for data in data_files:
             if _same_file(written, data):
                 raise UsageError(f"-o {out} would overwrite {data}, the external data of {path}")
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give the main graph's nodes the names ``check`` reports for them, in place: an unnamed
+    node is ``<op_type>_<index>``, a repeated name gets ``_<index>`` (as ``graph.build_graph``
+    names them). With every name written and unique, OUT's untouched nodes keep them even
+    though new nodes shift their indices."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        if name in seen:
+            name = f"{name}_{index}"
+        seen.add(name)
+        if node.name != name:
+            node.name = name
 
 
 def input_specs(
@@ -279,12 +271,32 @@ def input_specs(
     return specs, bound
 
 
+def bound_dims(
+    model: onnx.ModelProto, specs: Sequence[InputSpec], user: dict[str, tuple[int, ...]]
+) -> dict[str, int]:
+    """The symbolic dims `fix` bound itself (not by --input-shape), by name: a dim without a
+    name is called ``<input>[<axis>]``."""
+    declared = {v.name: _dims(v) for v in model.graph.input}
+    bound: dict[str, int] = {}
+    for spec in specs:
+        if spec.name in user:
+            continue
+        for axis, (dim, size) in enumerate(zip(declared[spec.name], spec.shape, strict=True)):
+            if not isinstance(dim, int):
+                bound.setdefault(dim or f"{spec.name}[{axis}]", size)
+    return bound
+
+
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy without large weight values (shapes kept): enough for inference and costs."""
+    """A copy without large weight values (shapes kept): enough for inference and costs.
+    External data references are dropped too, so nothing reads them."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     for tensor in copy.graph.initializer:
-        if math.prod(tensor.dims) > 1024 and tensor.data_type in (1, 10, 11, 16):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            tensor.ClearField("data_location")
+            del tensor.external_data[:]
+        elif math.prod(tensor.dims) > 1024 and tensor.data_type in (1, 10, 11, 16):
             tensor.ClearField("float_data")
             tensor.ClearField("double_data")
             tensor.ClearField("int32_data")
@@ -321,43 +333,36 @@ def recount(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]], path: Pat
     return model_cost(build_graph(loader.infer_shapes(skeleton, path)))
 
 
-def _moments(arrays: Sequence[np.ndarray[Any, Any]]) -> tuple[Array, Array]:
-    """E[x xᵀ] and E[x] over the channel axis (1) of NC... activations."""
-    channels = arrays[0].shape[1]
-    moment, total, count = np.zeros((channels, channels)), np.zeros(channels), 0
-    for array in arrays:
-        flat = np.moveaxis(array, 1, 0).reshape(channels, -1).astype(np.float64)
-        moment += flat @ flat.T
-        total += flat.sum(axis=1)
-        count += flat.shape[1]
-    return moment / max(count, 1), total / max(count, 1)
-
-
 def collect_statistics(
-    runtime: Runtime,
-    model: onnx.ModelProto,
-    tensors: Sequence[str],
-    elem_types: dict[str, int],
-    feeds: Sequence[Feed],
+    runtime: Runtime, model: onnx.ModelProto, tensors: Sequence[str], feeds: Sequence[Feed]
 ) -> dict[str, Array]:
-    """Second moments (and means) of intermediate tensors, run as extra graph outputs."""
+    """Second moments (and means) of intermediate tensors, run as extra graph outputs; the
+    moments are computed in the runtime's process, one sample at a time."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     outputs = {o.name for o in probe.graph.output}
     for tensor in tensors:
         if tensor not in outputs:
-            probe.graph.output.append(
-                onnx.helper.make_tensor_value_info(tensor, elem_types.get(tensor, 1), None)
-            )
-    results = runtime.run(probe, feeds, list(tensors), what="collecting activation statistics")
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    moments = runtime.moments(probe, feeds, list(tensors))
     stats: dict[str, Array] = {}
-    for index, tensor in enumerate(tensors):
-        stats[tensor], stats[f"{tensor}#mean"] = _moments([r[index] for r in results])
+    for tensor in tensors:
+        stats[tensor], stats[f"{tensor}#mean"] = moments[tensor]
     return stats
 
 
+def peak_rss() -> int | None:
+    """This process's peak resident memory in bytes (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
 class Fixer:
-    """One `fix` run: holds the model, the runtime and the reference outputs."""
+    """One `fix` run: holds the model (without weight values), the runtime, the references."""
 
     def __init__(
         self, path: Path, registry: Registry, settings: Settings, options: FixOptions, log: Log
@@ -369,29 +374,39 @@ class Fixer:
         self.log = log
         self.timings: dict[str, float] = {}
         self.timer = _Timer(self.timings)
+        self.objective = options.objective or DEFAULT_OBJECTIVE
+        self.threads = options.threads or latency.default_threads()
 
     # -- analysis ----------------------------------------------------------------------
     def analyze(self) -> tuple[ModelReport, list[Target], list[Skipped]]:
         with self.timer("analysis"):
-            self.original, data_files = _read_with_weights(self.path)
-            self.data_files = data_files
-            self.external = bool(data_files)
+            self.model, self.store = weightstore.read(self.path)
+            self.data_files = external_data_files(self.model, self.path)
+            self.external = bool(self.data_files)
             assert self.options.output is not None
-            _refuse_overwriting_data(self.path, self.options.output, data_files)
-            self.specs, self.bound = input_specs(self.original, self.settings.input_shapes)
+            _refuse_overwriting_data(self.path, self.options.output, self.data_files)
+            name_nodes(self.model)
+        user = dict(self.settings.input_shapes)
+        self.samples: Samples | None = None
+        if self.options.inputs is not None:
+            with self.timer("inputs"):
+                self.samples = self._read_inputs(user)
+        with self.timer("analysis"):
+            declared = {v.name: _dims(v) for v in self.model.graph.input}
+            data_shapes = {
+                name: shape
+                for name, shape in (self.samples.shapes if self.samples is not None else {}).items()
+                if not all(isinstance(d, int) for d in declared.get(name, []))
+            }
+            self.specs, self.bound = input_specs(self.model, {**data_shapes, **user})
+            self.dims_bound = bound_dims(self.model, self.specs, user)
             # The user's bindings too: one naming no input is an error, as in `check`.
-            shapes = {**self.settings.input_shapes, **self.bound}
-            settings = dataclasses.replace(self.settings, input_shapes=shapes)
-            # Linted as by `check`, on the model read above (weights left out of inference).
-            skeleton = _skeleton(self.original)
-            notes = loader.bind_input_shapes(skeleton, shapes, self.path)
-            inferred = loader.infer_shapes(skeleton, self.path)
-            report = ModelReport(path=str(self.path))
-            loaded = loader.LoadedModel(str(self.path), inferred, notes)
-            self.graph = lint(report, loaded, self.registry, settings)
-            weights = Weights(self.original)
+            shapes = {**user, **self.bound}
+            self.lint_settings = dataclasses.replace(self.settings, input_shapes=shapes)
+            report = self._lint(self.model)
+            weights = Weights(self.model, self.store.array)
             static = not any(
-                isinstance(d, str) or d is None for v in self.original.graph.input for d in _dims(v)
+                isinstance(d, str) or d is None for v in self.model.graph.input for d in _dims(v)
             )
             targets: list[Target] = []
             skipped: list[Skipped] = []
@@ -422,32 +437,89 @@ class Fixer:
                     claimed.update(dict.fromkeys(target.claims, target))
         return report, kept, skipped
 
-    # -- inputs ------------------------------------------------------------------------
-    def feeds(self) -> tuple[list[Feed], list[Feed], str]:
-        """(fit, verify) samples and a description for the report."""
-        from convlint.verify import load_feeds, random_feeds
+    def _lint(self, model: onnx.ModelProto) -> ModelReport:
+        """``check``'s report on ``model`` (weights left out of inference), graph kept."""
+        skeleton = _skeleton(model)
+        notes = loader.bind_input_shapes(skeleton, self.lint_settings.input_shapes, self.path)
+        inferred = loader.infer_shapes(skeleton, self.path)
+        report = ModelReport(path=str(self.path))
+        loaded = loader.LoadedModel(str(self.path), inferred, notes)
+        self.graph = lint(report, loaded, self.registry, self.lint_settings)
+        return report
 
-        if self.options.inputs is not None:
-            samples = load_feeds(self.options.inputs, self.specs)
-            origin = f"{_count(len(samples), 'sample')} from {self.options.inputs}"
+    # -- inputs ------------------------------------------------------------------------
+    def _read_inputs(self, user: dict[str, tuple[int, ...]]) -> Samples:
+        assert self.options.inputs is not None
+        weights = {t.name for t in self.model.graph.initializer}
+        values = [v for v in self.model.graph.input if v.name not in weights]
+        preprocess = (
+            parse_preprocess(self.options.preprocess)
+            if self.options.preprocess is not None
+            else None
+        )
+        path = self.options.inputs
+        if not path.exists():
+            raise ConvlintError(f"{path}: no such inputs file")
+        if path.is_dir() and preprocess is None:
+            preprocess = parse_preprocess("unit")
+        return read_samples(
+            path,
+            [v.name for v in values],
+            {v.name: _dims(v) for v in values},
+            {
+                v.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+                for v in values
+            },
+            user,
+            self.options.samples if self.options.samples is not None else INPUT_SAMPLES,
+            preprocess,
+        )
+
+    def feeds(self) -> tuple[list[Feed], list[Feed], str, dict[str, Any]]:
+        """(fit, verify) samples, a description for the report, and the calibration record."""
+        if self.samples is not None:
+            samples, source = self.samples.feeds, self.samples.source
+            count = len(samples)
+            available = self.samples.available
+            taken = _count(count, "sample") if available == count else f"{count} of {available}"
+            origin = f"{taken} from {self.options.inputs}"
+            if self.samples.preprocess:
+                origin += f" ({self.samples.preprocess})"
         else:
-            samples = random_feeds(self.specs, self.options.samples, self.options.seed)
+            with self.timer("inputs"):
+                count = self.options.samples or DEFAULT_SAMPLES
+                samples = random_feeds(self.specs, count, self.options.seed)
+            source = "noise"
             origin = _count(len(samples), "seeded random sample")
         if self.options.method == "weight":
-            return samples, samples, origin
+            return [], samples, origin, {"source": source, "fit": 0, "verify": len(samples)}
         if len(samples) < 2:
-            return samples, samples, f"{origin}: statistics fitted and verified on the same one"
+            record = {"source": source, "fit": len(samples), "verify": len(samples)}
+            return (
+                samples,
+                samples,
+                f"{origin}: statistics fitted and verified on the same one",
+                record,
+            )
         half = len(samples) // 2
+        record = {"source": source, "fit": half, "verify": len(samples) - half}
         return (
             samples[:half],
             samples[half:],
-            (f"{origin}: statistics fitted on {half}, verified on the other {len(samples) - half}"),
+            f"{origin}: statistics fitted on {half}, verified on the other {len(samples) - half}",
+            record,
         )
 
     def measure(self, model: onnx.ModelProto | Path, what: str) -> Errors:
-        with self.timer("verification"):
+        with self.timer("onnxruntime"):
             outputs = self.runtime.run(model, self.verify_feeds, what=what)
-            return compare(self.reference, outputs, self.options.tolerance, self.output_names)
+            return compare(
+                self.reference,
+                outputs,
+                self.options.tolerance,
+                self.output_names,
+                self.options.min_top1,
+            )
 
     # -- rank selection ----------------------------------------------------------------
     def trial(self, target: Target, factors: Factors | None) -> tuple[Edit, Errors]:
@@ -463,27 +535,32 @@ class Fixer:
         return edit, errors
 
     def _edit(self, target: Target, factors: Factors | None) -> Edit:
-        names = Names(self.original)
+        names = Names(self.light)
         if isinstance(target, FoldTarget):
             return target.edit(names)
         assert isinstance(target, FactorTarget | PoolTarget) and factors is not None
         return target.edit(factors, names)
 
-    def select(self, target: Target, budget: float) -> _Choice | str:
+    def select(
+        self, target: Target, budget: float, kinds: tuple[str, ...] = KINDS
+    ) -> _Choice | str:
         """The cheapest confirmed choice within ``budget``, or why there is none."""
         if isinstance(target, FoldTarget):
             edit, errors = self.trial(target, None)
             return _Choice(target, None, edit, errors, budget)
         assert isinstance(target, FactorTarget | PoolTarget)
         with self.timer("factorization"):
-            search = target.search(self.stats)
+            if isinstance(target, FactorTarget):
+                search: Any = target.search(self.stats, kinds)
+            else:
+                search = target.search(self.stats)
         if self.options.rank is not None or self.options.ratio is not None:
             with self.timer("factorization"):
                 fixed = search.fixed(self.options.rank, self.options.ratio)
             if fixed is None:
                 return "the rank given by --rank/--ratio does not lower MACs"
             edit, errors = self.trial(target, fixed)
-            return _Choice(target, fixed, edit, errors, budget)
+            return _Choice(target, fixed, edit, errors, budget, kinds)
         best: _Choice | None = None
         closest = math.inf
         tried: set[Any] = set()
@@ -499,7 +576,7 @@ class Fixer:
             closest = min(closest, measured)
             if errors.ok and measured <= budget:
                 if best is None or factors.macs < best.factors.macs:  # type: ignore[union-attr]
-                    best = _Choice(target, factors, edit, errors, budget)
+                    best = _Choice(target, factors, edit, errors, budget, kinds)
                 if measured >= budget / 2:
                     break
             if not math.isfinite(measured):
@@ -531,7 +608,11 @@ class Fixer:
                 return dropped
             key, worst = max(choices.items(), key=lambda kv: kv[1].errors.rel_l2_error)
             self.log(f"combined error {errors.rel_l2_error:.2e}: tightening {worst.target.node}")
-            retry = None if worst.factors is None else self.select(worst.target, worst.budget / 2)
+            retry = (
+                None
+                if worst.factors is None
+                else self.select(worst.target, worst.budget / 2, worst.kinds)
+            )
             if (
                 isinstance(retry, _Choice)
                 and retry.factors is not None
@@ -549,55 +630,268 @@ class Fixer:
                 )
         return dropped
 
+    # -- latency -----------------------------------------------------------------------
+    def time_models(
+        self, before: onnx.ModelProto | Path, after: onnx.ModelProto, what: str
+    ) -> Latency:
+        """Both models timed on the first verification sample, interleaved."""
+        before_bytes = latency.weight_bytes(self.light)
+        resident = before_bytes + latency.weight_bytes(after) <= latency.RESIDENT_BYTES
+        with self.timer("latency"):
+            times = self.runtime.time(
+                [before, after],
+                self.verify_feeds[0],
+                self.threads,
+                latency.MIN_RUNS,
+                latency.BUDGET,
+                resident,
+                what=what,
+            )
+        result = latency.summarize(times, self.threads, resident)
+        self.log(f"{what}: {result.text()}")
+        return result
+
+    def time_rewrite(self, choice: _Choice) -> Latency | None:
+        """The nodes a rewrite replaces against those it writes, cut out of the model; None
+        when the region's inputs have no known static shape."""
+        light = self.light
+        indices = sorted(choice.target.claims)
+        before_nodes = [light.graph.node[i] for i in indices]
+        after_nodes = [
+            n for i in indices for n in choice.edit.replace.get(i, [light.graph.node[i]])
+        ]
+        outputs = latency.boundary_outputs(light, indices, self.output_names)
+        weights = {t.name for t in light.graph.initializer}
+        inputs: dict[str, latency.InputInfo] = {}
+        produced = {out for node in before_nodes for out in node.output}
+        for node in before_nodes:
+            for tensor in node.input:
+                if not tensor or tensor in weights or tensor in inputs or tensor in produced:
+                    continue
+                if tensor in self.graph.constants or tensor in self.graph.aliases:
+                    continue  # a Constant (or an Identity of a weight): the region takes it along
+                shape = self.graph.shape(tensor)
+                if shape is None or not all(isinstance(d, int) for d in shape):
+                    return None
+                dtype = self.graph.dtype(tensor) or onnx.TensorProto.FLOAT
+                inputs[tensor] = latency.InputInfo(tuple(int(d or 0) for d in shape), dtype)
+        types = {o: self.graph.dtype(o) or onnx.TensorProto.FLOAT for o in outputs}
+        before = latency.region(light, before_nodes, outputs, inputs, types)
+        after = latency.region(light, after_nodes, outputs, inputs, types, choice.edit.initializers)
+        if before is None or after is None:
+            return None
+        with self.timer("latency"):
+            times = self.runtime.time(
+                [before, after],
+                latency.random_feed(inputs, self.options.seed),
+                self.threads,
+                latency.MIN_RUNS,
+                latency.REWRITE_BUDGET,
+                True,
+                what=f"timing the rewrite of {choice.target.node!r}",
+            )
+        result = latency.summarize(times, self.threads, True)
+        self.log(f"{choice.target.code} {choice.target.node}: alone, {result.text()}")
+        return result
+
+    def keep_faster(self, choices: dict[str, _Choice], report: ModelReport) -> list[Skipped]:
+        """--objective latency: time each rewrite not timed yet; drop those not faster."""
+        dropped: list[Skipped] = []
+        for key, choice in list(choices.items()):
+            if choice.timed:
+                continue
+            choice.latency, choice.timed = self.time_rewrite(choice), True
+            measured = choice.latency
+            if measured is None or measured.ratio < latency.FASTER:
+                continue
+            del choices[key]
+            macs = self._macs_text(choice, report)
+            dropped.append(
+                Skipped(
+                    choice.target.code,
+                    choice.target.node,
+                    f"dropped (--objective latency): {macs}, but its nodes run no faster in "
+                    f"onnxruntime: {measured.short()} (median of {measured.runs} runs each)",
+                )
+            )
+        return dropped
+
+    def _macs_text(self, choice: _Choice, report: ModelReport) -> str:
+        before = report.cost
+        assert before is not None
+        old = _sum_macs([before.nodes[n] for n in choice.target.replaced_nodes()])
+        new: int | None = None
+        if choice.factors is not None:
+            new = choice.factors.macs
+        elif isinstance(choice.target, FoldTarget):
+            pixels = spatial_pixels(self.graph, choice.target.second.outputs[0])
+            if pixels is not None:
+                new = int(np.prod(choice.target.weight.shape)) * pixels
+        if old is None or new is None:
+            return "it lowers MACs"
+        return f"it lowers MACs {old:,} -> {new:,}"
+
+    # -- closing the loop --------------------------------------------------------------
+    def recheck(self, choices: dict[str, _Choice], report: ModelReport) -> list[Skipped]:
+        """Lint the rewritten model; a rewrite whose new nodes a rule flags is tried in the
+        other factored forms, else dropped. Returns the drops; replaced choices are untimed."""
+        dropped: list[Skipped] = []
+        if not choices:
+            return dropped
+        with self.timer("analysis"):
+            combined = apply_edits(self.light, [c.edit for c in choices.values()])
+            graph = self.graph
+            after = self._lint(combined)
+            self.graph = graph  # the original's, for shapes of the original tensors
+        owner = {name: key for key, c in choices.items() for name in c.edit.new_nodes}
+        flagged: dict[str, list[Any]] = {}
+        for finding in after.findings:
+            if finding.node in owner:
+                flagged.setdefault(owner[finding.node], []).append(finding)
+        before = {(f.code, f.node) for f in report.findings}
+        for finding in after.findings:
+            if finding.node not in owner and (finding.code, finding.node) not in before:
+                self.log(
+                    f"after the rewrites {finding.code} flags {finding.node}: {finding.message}"
+                )
+        for key, findings in flagged.items():
+            choice = choices[key]
+            first = findings[0]
+            self.log(
+                f"{choice.target.code} {choice.target.node}: {first.code} would flag "
+                f"{first.node} ({first.message})"
+            )
+            kind = choice.factors.kind if choice.factors is not None else None
+            remaining = tuple(k for k in choice.kinds if k != kind)
+            if isinstance(choice.target, FactorTarget) and remaining:
+                retry = self.select(choice.target, choice.budget, remaining)
+                if isinstance(retry, _Choice):
+                    choices[key] = retry
+                    continue
+            del choices[key]
+            dropped.append(
+                Skipped(
+                    choice.target.code,
+                    choice.target.node,
+                    f"dropped: `convlint check` would flag what it writes ({first.code} on "
+                    f"{first.node!r}: {first.message})",
+                )
+            )
+        return dropped
+
     # -- the run -------------------------------------------------------------------------
     def run(self, progress: Callable[[Sequence[Target]], Any] | None = None) -> FixResult:
         options = self.options
         report, targets, skipped = self.analyze()
         result = FixResult(
-            report, str(options.output), options.tolerance, options.method, skipped=skipped
+            report,
+            str(options.output),
+            options.tolerance,
+            options.method,
+            skipped=skipped,
+            objective=self.objective,
+            bound=dict(self.dims_bound),
         )
-        fit, self.verify_feeds, result.inputs = self.feeds()
-        with Runtime(options.timeout) as self.runtime:
-            with self.timer("verification"):
-                self.light = self.runtime.externalize(self.original)
-                self.reference: list[Outputs] = self.runtime.run(
-                    self.light, self.verify_feeds, what="running the original model"
-                )
-            self.output_names = [o.name for o in self.original.graph.output]
-            # A NaN or an infinity in the reference hides any difference: nothing to verify.
-            broken = not_finite(self.reference, self.output_names, "the original model")
-            if broken is not None:
-                result.verification = broken
-                result.timings = dict(self.timings)
-                return result
-            self.stats = None
-            lossy = [t for t in targets if t.lossy]
-            if options.method == "data-aware" and lossy:
-                tensors = list(dict.fromkeys(t for target in lossy for t in target.stat_tensors()))
-                with self.timer("verification"):
-                    types = {t: self.graph.dtype(t) or 1 for t in tensors}
-                    self.stats = collect_statistics(self.runtime, self.light, tensors, types, fit)
-            budget = options.tolerance / math.sqrt(max(len(lossy), 1))
-            choices: dict[str, _Choice] = {}
-            for target in progress(targets) if progress else targets:
-                choice = self.select(target, budget)
-                if isinstance(choice, _Choice):
-                    choices[f"{target.code}:{target.node}"] = choice
-                else:
-                    reason = choice
-                    if choice == NO_SAVING:
-                        reason += _retrained_hint(report, target)
-                    result.skipped.append(Skipped(target.code, target.node, reason))
-            result.skipped.extend(self.combine(choices))
-            with self.timer("factorization"):
-                combined = apply_edits(self.original, [c.edit for c in choices.values()])
-            result.cost_after = recount(combined, self.bound, self.path)
-            result.rewrites = [
-                self._rewrite(c, report, result.cost_after) for c in choices.values()
-            ]
-            result.verification, result.written = self.write(combined)
-        result.timings = dict(self.timings)
+        fit, self.verify_feeds, result.inputs, result.calibration = self.feeds()
+        try:
+            with Runtime(options.timeout) as self.runtime:
+                self._run(result, report, targets, fit, progress)
+                result.peak_memory["onnxruntime"] = self.runtime.peak_memory()
+        finally:
+            result.timings = dict(self.timings)
+            result.peak_memory["fix"] = peak_rss()
         return result
+
+    def _run(
+        self,
+        result: FixResult,
+        report: ModelReport,
+        targets: list[Target],
+        fit: list[Feed],
+        progress: Callable[[Sequence[Target]], Any] | None,
+    ) -> None:
+        options = self.options
+        with self.timer("onnxruntime"):
+            # Every large weight moves to the runtime's folder, once: from here on the model
+            # in memory is the graph alone ("light"), and requests carry only what changed.
+            weightstore.stage(self.model, self.store, self.runtime.folder / WEIGHTS_FILE)
+            self.light = self.model
+            self.original = self.runtime.save(self.light, "original.onnx")
+            self.reference: list[Outputs] = self.runtime.run(
+                self.original, self.verify_feeds, what="running the original model"
+            )
+        self.output_names = [o.name for o in self.light.graph.output]
+        if options.min_top1 is not None and not class_outputs(self.reference[0]):
+            raise UsageError(
+                "--min-top1: no output of the model looks like class scores (a float output "
+                "of shape (N, K), K >= 2, one row per sample)"
+            )
+        # A NaN or an infinity in the reference hides any difference: nothing to verify.
+        broken = not_finite(self.reference, self.output_names, "the original model")
+        if broken is not None:
+            result.verification = broken
+            return
+        self.stats = None
+        lossy = [t for t in targets if t.lossy]
+        if options.method == "data-aware" and lossy:
+            tensors = list(dict.fromkeys(t for target in lossy for t in target.stat_tensors()))
+            with self.timer("onnxruntime"):
+                self.stats = collect_statistics(self.runtime, self.light, tensors, fit)
+        budget = options.tolerance / math.sqrt(max(len(lossy), 1))
+        choices: dict[str, _Choice] = {}
+        for target in progress(targets) if progress else targets:
+            choice = self.select(target, budget)
+            if isinstance(choice, _Choice):
+                choices[f"{target.code}:{target.node}"] = choice
+            else:
+                reason = choice
+                if choice == NO_SAVING:
+                    reason += _retrained_hint(report, target)
+                result.skipped.append(Skipped(target.code, target.node, reason))
+        result.latency = self.settle(choices, result, report)
+        with self.timer("factorization"):
+            combined = apply_edits(self.light, [c.edit for c in choices.values()])
+        result.cost_after = recount(combined, self.bound, self.path)
+        result.rewrites = [self._rewrite(c, report, result.cost_after) for c in choices.values()]
+        result.verification, result.written = self.write(combined)
+
+    def settle(
+        self, choices: dict[str, _Choice], result: FixResult, report: ModelReport
+    ) -> Latency | None:
+        """Time, verify and re-lint until the set of rewrites is stable; the whole models'
+        latency at the end (None with --no-latency or no rewrite)."""
+        by_latency = self.objective == "latency"
+        measured: Latency | None = None
+        for _ in range(MAX_ROUNDS + len(choices)):
+            if by_latency:
+                result.skipped.extend(self.keep_faster(choices, report))
+            result.skipped.extend(self.combine(choices))
+            before = {key: id(choice) for key, choice in choices.items()}
+            result.skipped.extend(self.recheck(choices, report))
+            if {key: id(choice) for key, choice in choices.items()} != before:
+                continue  # a rewrite changed form or was dropped: time and verify again
+            if not choices or not self.options.latency:
+                return None
+            with self.timer("factorization"):
+                combined = apply_edits(self.light, [c.edit for c in choices.values()])
+            measured = self.time_models(self.original, combined, "timing the models")
+            if not by_latency or measured.ratio < latency.FASTER:
+                return measured
+            # Not faster as a whole: drop the rewrite that gained least on its own.
+            key, least = max(
+                choices.items(),
+                key=lambda kv: kv[1].latency.ratio if kv[1].latency is not None else 1.0,
+            )
+            del choices[key]
+            result.skipped.append(
+                Skipped(
+                    least.target.code,
+                    least.target.node,
+                    f"dropped (--objective latency): the rewritten model ran no faster "
+                    f"({measured.short()}); this rewrite gained least on its own",
+                )
+            )
+        return measured
 
     def _rewrite(self, choice: _Choice, report: ModelReport, after: ModelCost) -> Rewrite:
         before = report.cost
@@ -618,6 +912,7 @@ class Fixer:
             macs_after=_sum_macs(new),
             verified=choice.errors,
             unsafe=choice.target.unsafe,
+            latency=choice.latency,
         )
 
     def write(self, model: onnx.ModelProto) -> tuple[Errors, bool]:
@@ -636,23 +931,22 @@ class Fixer:
             with self.timer("writing"):
                 fill_output_types(model, self.path)
                 try:
+                    weightstore.save(model, staged, self.runtime.folder, data_name)
                     if data_name is not None:
-                        save_with_external_data(model, staged, data_name)
                         os.chmod(folder / data_name, _mode(previous, target))
                         if (folder / data_name).stat().st_size == 0:
-                            data_name = None  # every weight is small enough to stay inline
-                    else:
-                        onnx.save_model(model, str(staged))
+                            # every weight is small enough to stay inline
+                            (folder / data_name).unlink()
+                            data_name = None
                     os.chmod(staged, new_file_mode(target))
                 except OSError as exc:
                     raise UsageError(f"{out}: cannot write: {exc.strerror or exc}") from None
-                try:
-                    onnx.checker.check_model(str(staged), full_check=True)
-                except Exception as exc:
-                    message = " ".join(str(exc).split())[:300]
+                # In the runtime's process: the checker reads the whole file, twice over.
+                problem = self.runtime.check(staged)
+                if problem:
                     raise ModelError(
-                        self.path, f"the rewritten model fails onnx.checker: {message}"
-                    ) from None
+                        self.path, f"the rewritten model fails onnx.checker: {problem}"
+                    )
             errors = self.measure(staged, "verifying the written model")
             if not errors.ok:
                 return errors, False
@@ -675,7 +969,7 @@ class Fixer:
         if not target.is_file():
             return []
         try:
-            old = loader.read_model(target)
+            old = weightstore.read_graph(target)
         except ModelError:  # not a model: it has no data files to replace
             return []
         return external_data_files(old, target)
@@ -703,15 +997,6 @@ def _mode(previous: Sequence[Path], out: Path) -> int:
         with contextlib.suppress(OSError):
             return data.stat().st_mode & 0o777
     return new_file_mode(out)
-
-
-def save_with_external_data(
-    model: onnx.ModelProto, path: Path, data_name: str, threshold: int = 1024
-) -> None:
-    """Save ``model`` at ``path`` with its large initializers in ``data_name`` beside it.
-    Moves the values out of ``model``'s initializers."""
-    loader.move_to_external_data(model, path.parent / data_name, threshold)
-    onnx.save_model(model, str(path))
 
 
 def _move_into_place(
@@ -816,8 +1101,18 @@ def fix(
         raise UsageError("--rank must be at least 1")
     if options.ratio is not None and not 0 < options.ratio <= 1:
         raise UsageError("--ratio must be in (0, 1]")
-    if options.samples < 1:
+    if options.samples is not None and options.samples < 1:
         raise UsageError("--samples must be at least 1")
+    if options.objective is not None and options.objective not in OBJECTIVES:
+        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
+    if options.objective == "latency" and not options.latency:
+        raise UsageError("--objective latency needs the timing that --no-latency turns off")
+    if options.min_top1 is not None and not 0 <= options.min_top1 <= 1:
+        raise UsageError("--min-top1 must be in [0, 1] (a share of the held-out samples)")
+    if options.threads is not None and options.threads < 1:
+        raise UsageError("threads must be at least 1")
+    if options.preprocess is not None:
+        parse_preprocess(options.preprocess)  # a bad spec is a usage error before any work
     if not 0 < options.timeout < math.inf:
         raise UsageError("--timeout must be a positive number of seconds")
     # Here rather than only in the CLI, so that no caller can overwrite MODEL by accident.
@@ -828,5 +1123,7 @@ def fix(
         if verbose:
             print(f"convlint fix: {message}", file=sys.stderr)
 
+    if not options.latency and options.objective is None:
+        options = dataclasses.replace(options, objective="macs")
     fixer = Fixer(path, registry, settings, options, log)
     return fixer.run(_progress_bar(sys.stderr.isatty() and not verbose))

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from convlint.verify import Errors
 
 METHODS = ("data-aware", "weight")
-DEFAULT_SAMPLES = 8
+OBJECTIVES = ("latency", "macs")
+DEFAULT_OBJECTIVE = "macs"
+DEFAULT_SAMPLES = 8  # seeded random samples without --inputs
+INPUT_SAMPLES = 32  # samples taken from --inputs unless --samples says otherwise
 
 
 def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,13 +50,41 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
     ranks = parser.add_mutually_exclusive_group()
     ranks.add_argument("--rank", type=int, metavar="N", help="factorize at rank N")
     ranks.add_argument("--ratio", type=float, metavar="F", help="keep a fraction F of channels")
-    parser.add_argument("--inputs", metavar="FILE.npz", help="verification inputs, one array each")
+    parser.add_argument(
+        "--inputs",
+        metavar="PATH",
+        help="samples to fit and verify on: an .npz (one array per input), an .npy (one input) "
+        "or a folder of images (with --preprocess)",
+    )
+    parser.add_argument(
+        "--preprocess",
+        metavar="SPEC",
+        help="how images become the input: a preset (imagenet, caffe, inception, unit, raw) "
+        "and/or keys resize=,crop=,scale=,mean=,std=,layout=,order= (default unit)",
+    )
     parser.add_argument(
         "--samples",
         type=int,
-        default=DEFAULT_SAMPLES,
         metavar="N",
-        help=f"seeded random samples without --inputs (default {DEFAULT_SAMPLES})",
+        help=f"samples to use: seeded random ones without --inputs (default {DEFAULT_SAMPLES}), "
+        f"the first N of --inputs (default {INPUT_SAMPLES})",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        help="keep a rewrite when it lowers measured latency, or MACs "
+        f"(default {DEFAULT_OBJECTIVE})",
+    )
+    parser.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="do not time the models (latency is then null, the objective macs)",
+    )
+    parser.add_argument(
+        "--min-top1",
+        type=float,
+        metavar="P",
+        help="bound on the top-1 agreement of class-score outputs on the held-out samples, 0 to 1",
     )
     parser.add_argument(
         "--timeout",
@@ -71,7 +102,45 @@ def _error_text(errors: Errors) -> str:
     rel, worst = errors.rel_l2_error, errors.max_abs_error
     rel_text = f"{rel:.2e}" if math.isfinite(rel) else "inf"
     abs_text = f"{worst:.2e}" if math.isfinite(worst) else "inf"
-    return f"rel L2 {rel_text}, max abs {abs_text} [{'ok' if errors.ok else 'FAIL'}]"
+    top1 = "" if errors.top1_agreement is None else f", top-1 {errors.top1_agreement:.1%}"
+    return f"rel L2 {rel_text}, max abs {abs_text}{top1} [{'ok' if errors.ok else 'FAIL'}]"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if value < 100 else f"{value:.0f} s"
+
+
+def _timings_text(result: FixResult) -> str:
+    from convlint.fix import STAGES
+
+    parts = [
+        f"{stage} {_seconds(result.timings[stage])}" for stage in STAGES if stage in result.timings
+    ]
+    total = sum(result.timings.values())
+    text = f"time: {', '.join(parts)} (total {_seconds(total)})"
+    own, child = result.peak_memory.get("fix"), result.peak_memory.get("onnxruntime")
+    if own is not None:
+        text += f"; peak memory {own / 1e9:.2f} GB"
+        if child is not None:
+            text += f", onnxruntime's process {child / 1e9:.2f} GB"
+    return text
+
+
+def _header(result: FixResult) -> str:
+    setting = (
+        f"tolerance {result.tolerance:g}, method {result.method}, objective {result.objective}"
+    )
+    bound = ""
+    if result.bound:
+        bound = "; bound " + ", ".join(f"{dim}={size}" for dim, size in result.bound.items())
+    return f"{result.report.path} -> {result.output} ({setting}{bound}; {result.inputs})"
+
+
+def _noise_note(result: FixResult) -> str:
+    if not result.calibration or result.calibration.get("source") != "noise":
+        return ""
+    what = "statistics fitted and verified" if result.method == "data-aware" else "verified"
+    return f"; {what} on generated noise (pass --inputs with real samples)"
 
 
 def _change(before: int | None, after: int | None) -> str:
@@ -81,7 +150,11 @@ def _change(before: int | None, after: int | None) -> str:
     return text
 
 
-def render_text(result: FixResult, verbose: bool = False, quiet: bool = False) -> str:
+def render_text(
+    result: FixResult, verbose: bool = False, quiet: bool = False, timings: bool = False
+) -> str:
+    """The report; ``timings``: also where the time and memory went (the command line's last
+    line, left out where the output must be reproducible, as in the demo)."""
     report = result.report
     lines: list[str] = []
     if verbose:
@@ -90,10 +163,7 @@ def render_text(result: FixResult, verbose: bool = False, quiet: bool = False) -
             f"{report.path}:{s.node}: {s.code} passed over: {s.reason}" for s in report.skips
         )
     if not quiet:
-        lines.append(
-            f"{report.path} -> {result.output} (tolerance {result.tolerance:g}, "
-            f"method {result.method}; {result.inputs})"
-        )
+        lines.append(_header(result))
     for rw in result.rewrites:
         rank = (
             ""
@@ -101,15 +171,27 @@ def render_text(result: FixResult, verbose: bool = False, quiet: bool = False) -
             else f" rank {'x'.join(map(str, rw.rank)) if isinstance(rw.rank, list) else rw.rank}"
         )
         unsafe = " (unsafe)" if rw.unsafe else ""
+        alone = "" if rw.latency is None else f"; alone {rw.latency.short()}"
         lines.append(
             f"{report.path}:{rw.node}: {rw.code} {rw.kind}{rank} ({rw.method}){unsafe}: "
             f"params {_change(rw.params_before, rw.params_after)}, "
-            f"MACs {_change(rw.macs_before, rw.macs_after)}; {_error_text(rw.verified)}"
+            f"MACs {_change(rw.macs_before, rw.macs_after)}; {_error_text(rw.verified)}{alone}"
         )
     for skip in result.skipped:
         lines.append(f"{report.path}:{skip.node}: {skip.code} skipped: {skip.reason}")
     before, after = report.cost, result.cost_after
-    if result.verification is not None:
+    if result.verification is not None and result.written and not result.rewrites:
+        findings = len(report.findings)
+        why = (
+            "no findings"
+            if not findings
+            else f"{findings} finding{'s' if findings != 1 else ''}, none rewritten"
+        )
+        lines.append(
+            f"model: no rewrite applies ({why}); wrote {result.output}, the same model"
+            f"{_noise_note(result) if findings else ''}"
+        )
+    elif result.verification is not None:
         totals = ""
         if before is not None and after is not None:
             totals = (
@@ -122,9 +204,13 @@ def render_text(result: FixResult, verbose: bool = False, quiet: bool = False) -
             else f"verification failed, {result.output} not written"
         )
         problem = f": {result.verification.problem}" if result.verification.problem else ""
+        timed = "" if result.latency is None else f"{result.latency.text()}; "
         lines.append(
-            f"model: {totals}verified {_error_text(result.verification)}{problem}; {outcome}"
+            f"model: {totals}{timed}verified {_error_text(result.verification)}{problem}; "
+            f"{outcome}{_noise_note(result)}"
         )
+    if timings and not quiet and result.timings:
+        lines.append(_timings_text(result))
     return "\n".join(lines) + "\n"
 
 
@@ -147,9 +233,15 @@ def result_dict(result: FixResult) -> dict[str, Any]:
         {
             "output": result.output,
             "tolerance": result.tolerance,
+            "objective": result.objective,
+            "bound": dict(result.bound),
+            "calibration": result.calibration,
             "rewrites": [rw.as_dict() for rw in result.rewrites],
             "skipped": [s.as_dict() for s in result.skipped],
             "verification": verification,
+            "latency": None if result.latency is None else result.latency.as_dict(),
+            "timings": {stage: round(seconds, 4) for stage, seconds in result.timings.items()},
+            "peak_memory": dict(result.peak_memory),
         }
     )
     return data
@@ -192,6 +284,10 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
         ratio=args.ratio,
         inputs=Path(args.inputs) if args.inputs else None,
         samples=args.samples,
+        objective=args.objective,
+        latency=not args.no_latency,
+        min_top1=args.min_top1,
+        preprocess=args.preprocess,
         timeout=args.timeout,
         unsafe_fixes=args.unsafe_fixes,
     )
@@ -232,12 +328,13 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
     if args.format == "json":
         text = render_json(result)
     else:
-        text = render_text(result, verbose=args.verbose, quiet=args.quiet)
+        text = render_text(result, verbose=args.verbose, quiet=args.quiet, timings=True)
     emit(text, args.output)
     if result.verification is not None and not result.written:
-        problem = result.verification.problem or (
-            f"rewritten model breaks --tolerance {result.tolerance:g}"
-        )
+        errors = result.verification
+        problem = errors.problem or f"rewritten model breaks --tolerance {result.tolerance:g}"
+        if not errors.problem and errors.rel_l2_error <= result.tolerance:
+            problem = f"rewritten model's top-1 agreement is below --min-top1 {args.min_top1:g}"
         print(f"convlint: error: {model}: {problem}; {result.output} not written", file=sys.stderr)
         return 1
     return 0

@@ -7,8 +7,9 @@ any subset applies to the original model in one pass (:func:`apply_edits`), keep
 original's node order (every new node takes the place of a node it replaces).
 
 - CL001/CL005 (:class:`FactorTarget`): the k×k conv becomes 1×1 + k×k, k×k + 1×1 or
-  1×1 + k×k + 1×1 (see ``factorize``); stride, pads, auto_pad and dilations stay on the k×k
-  conv, the bias on the last conv.
+  1×1 + k×k + 1×1 (see ``factorize``), named ``<node>/reduce``, ``<node>/spatial`` and
+  ``<node>/expand``; stride, pads, auto_pad and dilations stay on the k×k conv, the bias on
+  the last conv.
 - CL002 (:class:`PoolTarget`): a 1×1 projection after the pooling branch, folded into the
   concat's conv consumers (their weight slices for the pooled channels). Skipped when the concat
   is a graph output (the rewrite would change a model output). Consumers behind a parameter-free
@@ -23,7 +24,7 @@ original's node order (every new node takes the place of a node it replaces).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from convlint.factorize import (
+    KINDS,
     Array,
     Consumer,
     ConvFactorizer,
@@ -144,7 +146,12 @@ class Weights:
     initializers, Constant node values, and Identity nodes passing either on (PyTorch shares
     equal biases among convs that way)."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        read: Callable[[onnx.TensorProto], Array] = numpy_helper.to_array,
+    ) -> None:
+        self._read = read  # values of a tensor whose values were left on disk
         self._tensors = {t.name: t for t in model.graph.initializer}
         for node in model.graph.node:
             if node.op_type == "Constant" and node.attribute:
@@ -156,7 +163,7 @@ class Weights:
 
     def get(self, name: str) -> Array | None:
         tensor = self._tensors.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
+        return None if tensor is None else self._read(tensor)
 
     def dtype(self, name: str) -> np.dtype[Any]:
         return np.dtype(helper.tensor_dtype_to_np_dtype(self._tensors[name].data_type))
@@ -201,14 +208,17 @@ class FactorTarget(Target):
     def stat_tensors(self) -> list[str]:
         return [self.conv.inputs[0], self.conv.outputs[0]]
 
-    def search(self, stats: dict[str, Array] | None) -> ConvFactorizer:
+    def search(
+        self, stats: dict[str, Array] | None, kinds: Sequence[str] = KINDS
+    ) -> ConvFactorizer:
         if stats is None:
-            return ConvFactorizer(self.weight, self.site)
+            return ConvFactorizer(self.weight, self.site, kinds=kinds)
         response = stats[self.conv.outputs[0]]
         return ConvFactorizer(
             self.weight,
             self.site,
             Statistics(stats[self.conv.inputs[0]], _minus_bias(response, stats, self)),
+            kinds=kinds,
         )
 
     def edit(self, factors: Factors, names: Names) -> Edit:
@@ -222,23 +232,21 @@ class FactorTarget(Target):
         ]
         w_names = [t.name for t in initializers]
         nodes: list[onnx.NodeProto] = []
+        reduce, expand = f"{conv.name}/reduce", f"{conv.name}/expand"
+        spatial = names.fresh(f"{conv.name}/spatial")
         if factors.kind == "svd-reduce":
             mid = names.fresh(f"{y}/reduced")
-            nodes.append(_conv(names.fresh(f"{conv.name}/reduce"), [x, w_names[0]], mid, pointwise))
-            nodes.append(_conv(conv.name, [mid, w_names[1], *bias], y, self.site.kernel, proto))
+            nodes.append(_conv(names.fresh(reduce), [x, w_names[0]], mid, pointwise))
+            nodes.append(_conv(spatial, [mid, w_names[1], *bias], y, self.site.kernel, proto))
         elif factors.kind == "svd-expand":
             mid = names.fresh(f"{y}/spatial")
-            nodes.append(_conv(conv.name, [x, w_names[0]], mid, self.site.kernel, proto))
-            nodes.append(
-                _conv(names.fresh(f"{conv.name}/expand"), [mid, w_names[1], *bias], y, pointwise)
-            )
+            nodes.append(_conv(spatial, [x, w_names[0]], mid, self.site.kernel, proto))
+            nodes.append(_conv(names.fresh(expand), [mid, w_names[1], *bias], y, pointwise))
         else:
             mid, core = names.fresh(f"{y}/reduced"), names.fresh(f"{y}/core")
-            nodes.append(_conv(names.fresh(f"{conv.name}/reduce"), [x, w_names[0]], mid, pointwise))
-            nodes.append(_conv(conv.name, [mid, w_names[1]], core, self.site.kernel, proto))
-            nodes.append(
-                _conv(names.fresh(f"{conv.name}/expand"), [core, w_names[2], *bias], y, pointwise)
-            )
+            nodes.append(_conv(names.fresh(reduce), [x, w_names[0]], mid, pointwise))
+            nodes.append(_conv(spatial, [mid, w_names[1]], core, self.site.kernel, proto))
+            nodes.append(_conv(names.fresh(expand), [core, w_names[2], *bias], y, pointwise))
         return Edit({conv.index: nodes}, initializers, [n.name for n in nodes])
 
 

@@ -59,7 +59,6 @@ import onnx
 
 from convlint.calibration import non_finite_values
 from convlint.errors import ConvlintError
-from convlint.loader import move_to_external_data
 
 Feed = dict[str, npt.NDArray[Any]]
 Outputs = list[npt.NDArray[Any]]  # one array per model output, in the model's order
@@ -488,14 +487,6 @@ class Runtime:
             doing = "starting" if what is None else what
             raise self._fail(f"onnxruntime crashed while {doing} ({cause}){detail}")
         return line.strip()
-
-    def externalize(self, model: onnx.ModelProto, threshold: int = 4096) -> onnx.ModelProto:
-        """A light copy of ``model`` whose large initializers point into one data file in the
-        runtime's folder, written once: later requests built from it carry only what changed."""
-        light = onnx.ModelProto()
-        light.CopyFrom(model)
-        move_to_external_data(light, self._folder / WEIGHTS_FILE, threshold)
-        return light
 
     def check(self, path: Path, what: str = "checking the written model") -> str:
         """onnx.checker's full check of ``path``, run here because it holds the whole file in

@@ -109,22 +109,27 @@ def test_diff_of_a_verified_rewrite(folder: Path, cli: CLI) -> None:
     diff = document["diff"]
     assert (diff["before"], diff["after"]) == ("naive.onnx", "fixed.onnx")
     rows = [(r["name"], r["change"]) for r in diff["nodes"]]
+    # The contract's names: a factorized conv becomes <node>/reduce and <node>/spatial.
     assert rows == [
+        ("inception_3a/3x3", "removed"),
         ("inception_3a/3x3/reduce", "added"),
-        ("inception_3a/3x3", "changed"),
+        ("inception_3a/3x3/spatial", "added"),
+        ("inception_3a/5x5", "removed"),
         ("inception_3a/5x5/reduce", "added"),
-        ("inception_3a/5x5", "changed"),
+        ("inception_3a/5x5/spatial", "added"),
     ]
-    conv = diff["nodes"][1]
-    assert (conv["params_before"], conv["params_after"]) == (221_184, 24 * 128 * 9)
-    added = diff["nodes"][0]
+    conv = diff["nodes"][0]
+    assert (conv["params_before"], conv["params_after"]) == (221_184, None)
+    spatial = diff["nodes"][2]
+    assert (spatial["params_before"], spatial["params_after"]) == (None, 24 * 128 * 9)
+    added = diff["nodes"][1]
     assert added["params_before"] is None and added["params_after"] == 192 * 24
     assert diff["total"] == {
         "nodes_before": 8,
         "nodes_after": 10,
-        "added": 2,
-        "removed": 0,
-        "changed": 2,
+        "added": 4,
+        "removed": 2,
+        "changed": 0,
         "params_before": 387_072,
         "params_after": 68_352,
         "macs_before": 304_819_200,
@@ -139,11 +144,11 @@ def test_diff_of_a_verified_rewrite(folder: Path, cli: CLI) -> None:
         "node", "op", "change", "output", "shape", "params", "before", "params", "after",
         "MACs", "before", "MACs", "after",
     ]  # fmt: skip
-    assert lines[3].split() == [
+    assert lines[4].split() == [
         "inception_3a/3x3/reduce", "Conv", "added", "1x24x28x28", "-", "4,608", "-", "3,612,672",
     ]  # fmt: skip
     assert lines[-1] == (
-        "nodes 8 -> 10 (2 added, 0 removed, 2 changed); params 387,072 -> 68,352 (5.7x fewer); "
+        "nodes 8 -> 10 (4 added, 2 removed, 0 changed); params 387,072 -> 68,352 (5.7x fewer); "
         "MACs 304,819,200 -> 54,942,720 (5.5x fewer)"
     )
 
