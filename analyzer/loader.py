@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, cast
@@ -24,6 +24,8 @@ from convlint import skeleton
 from convlint.errors import ModelError
 
 InputShapes = Mapping[str, tuple[int, ...]]
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+TENSOR_ATTRIBUTE_OPS = frozenset({"Constant", "ConstantOfShape"})
 GIT_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
@@ -62,6 +64,7 @@ class GraphNodes(NamedTuple):
 
     graph: onnx.GraphProto
     domains: set[str]
+    # Nodes whose attributes may hold tensors: Constant, ConstantOfShape, custom-domain ops.
     constants: list[onnx.NodeProto]
     op_types: frozenset[str] = frozenset()
 
@@ -79,7 +82,16 @@ def walk_graphs(model: onnx.ModelProto) -> list[GraphNodes]:
         nodes = list(graph.node)  # a list is quicker to iterate than the repeated field
         op_types = frozenset([node.op_type for node in nodes])
         domains = {node.domain for node in nodes}
-        constants = [n for n in nodes if n.op_type == "Constant"] if "Constant" in op_types else []
+        custom = bool(domains - STANDARD_DOMAINS)
+        constants = (
+            [
+                n
+                for n in nodes
+                if n.op_type in TENSOR_ATTRIBUTE_OPS or n.domain not in STANDARD_DOMAINS
+            ]
+            if custom or not op_types.isdisjoint(TENSOR_ATTRIBUTE_OPS)
+            else []
+        )
         if not op_types.isdisjoint(SUBGRAPH_OPS):
             for node in nodes:
                 if node.op_type in SUBGRAPH_OPS:
@@ -91,13 +103,53 @@ def walk_graphs(model: onnx.ModelProto) -> list[GraphNodes]:
     return graphs
 
 
-def _stored_tensors(graphs: list[GraphNodes]) -> list[onnx.TensorProto]:
-    """Tensors that can carry external data: initializers and Constant node values."""
+def _stored_tensors(
+    graphs: list[GraphNodes], functions: Sequence[onnx.FunctionProto] = ()
+) -> list[onnx.TensorProto]:
+    """Every tensor that can carry external data, wherever it sits: initializers and sparse
+    initializers of every graph, tensor attributes (Constant's value and sparse_value,
+    ConstantOfShape's value, a custom op's tensors and graphs), and those of model-local
+    functions."""
     tensors: list[onnx.TensorProto] = []
     for walked in graphs:
-        tensors.extend(walked.graph.initializer)
-        for node in walked.constants:
-            tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+        tensors.extend(_graph_tensors(walked.graph, walked.constants))
+    for function in functions:
+        for node in function.node:
+            tensors.extend(_attribute_tensors(node))
+    return tensors
+
+
+def _graph_tensors(
+    graph: onnx.GraphProto, holders: Sequence[onnx.NodeProto] | None = None
+) -> list[onnx.TensorProto]:
+    """A graph's stored tensors; ``holders`` are its nodes that may hold tensor attributes
+    (all nodes when not known)."""
+    tensors = list(graph.initializer)
+    for sparse in graph.sparse_initializer:
+        tensors += [sparse.values, sparse.indices]
+    for node in graph.node if holders is None else holders:
+        tensors.extend(_attribute_tensors(node))
+    return tensors
+
+
+def _attribute_tensors(node: onnx.NodeProto) -> list[onnx.TensorProto]:
+    kinds = onnx.AttributeProto
+    tensors: list[onnx.TensorProto] = []
+    for attr in node.attribute:
+        if attr.type == kinds.TENSOR:
+            tensors.append(attr.t)
+        elif attr.type == kinds.TENSORS:
+            tensors.extend(attr.tensors)
+        elif attr.type == kinds.SPARSE_TENSOR:
+            tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+        elif attr.type == kinds.SPARSE_TENSORS:
+            for sparse in attr.sparse_tensors:
+                tensors += [sparse.values, sparse.indices]
+        elif attr.type == kinds.GRAPH and node.domain not in STANDARD_DOMAINS:
+            tensors.extend(_graph_tensors(attr.g))  # If/Loop/Scan bodies are walked already
+        elif attr.type == kinds.GRAPHS and node.domain not in STANDARD_DOMAINS:
+            for graph in attr.graphs:
+                tensors.extend(_graph_tensors(graph))
     return tensors
 
 
@@ -110,7 +162,8 @@ def check_external_locations(
     """
     base = path.resolve().parent
     checked: set[str] = set()  # thousands of tensors usually share one data file
-    for tensor in _stored_tensors(graphs if graphs is not None else walk_graphs(model)):
+    walked = graphs if graphs is not None else walk_graphs(model)
+    for tensor in _stored_tensors(walked, model.functions):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -367,3 +368,77 @@ def test_a_cyclic_graph_is_invalid_and_named(
         code, _, err = cli(command, str(path))
         assert code == 2
         assert err == f"convlint: error: {path}: invalid model: the graph has a cycle: {cycle}\n"
+
+
+def _escaping_tensor(name: str) -> onnx.TensorProto:
+    tensor = onnx.TensorProto()
+    tensor.name = name
+    tensor.data_type = onnx.TensorProto.FLOAT
+    tensor.dims.append(1)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "../outside.bin"), ("offset", "0"), ("length", "4")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _escaping_models() -> dict[str, onnx.ModelProto]:
+    """A model for each place a tensor with external data can hide."""
+    shape = helper.make_tensor("shape", onnx.TensorProto.INT64, [1], [4])
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])
+    opset = [helper.make_opsetid("", 17)]
+
+    def model(
+        nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], **kw: Any
+    ) -> onnx.ModelProto:
+        graph = helper.make_graph(nodes, "g", [x], [y], initializer=inits)
+        return helper.make_model(graph, opset_imports=kw.pop("opsets", opset), **kw)
+
+    fill = helper.make_node("ConstantOfShape", ["shape"], ["c"], value=_escaping_tensor("v"))
+    add = helper.make_node("Add", ["x", "c"], ["y"])
+    sparse = helper.make_node("Constant", [], ["c"])
+    sparse_attr = sparse.attribute.add()
+    sparse_attr.name, sparse_attr.type = "sparse_value", onnx.AttributeProto.SPARSE_TENSOR
+    sparse_attr.sparse_tensor.values.CopyFrom(_escaping_tensor("sv"))
+    sparse_attr.sparse_tensor.dims.append(4)
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["b"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1])],
+        initializer=[_escaping_tensor("w")],
+    )
+    cond = helper.make_tensor("cond", onnx.TensorProto.BOOL, [], [True])
+    if_node = helper.make_node("If", ["cond"], ["c"], then_branch=branch, else_branch=branch)
+    function = helper.make_function(
+        "local",
+        "F",
+        [],
+        ["out"],
+        [helper.make_node("Constant", [], ["out"], value=_escaping_tensor("fv"))],
+        opset,
+    )
+    call = helper.make_node("F", [], ["c"], domain="local")
+    return {
+        "constant_of_shape": model([fill, add], [shape]),
+        "sparse_value": model([sparse, add], []),
+        "subgraph_initializer": model([if_node, add], [cond]),
+        "function_constant": model(
+            [call, add], [], opsets=[*opset, helper.make_opsetid("local", 1)], functions=[function]
+        ),
+    }
+
+
+@pytest.mark.parametrize("where", sorted(_escaping_models()))
+def test_external_data_escape_is_refused_wherever_the_tensor_sits(
+    where: str, tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 16)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path = folder / f"{where}.onnx"
+    path.write_bytes(_escaping_models()[where].SerializeToString())
+    code, _, err = cli("check", str(path))
+    assert code == 2
+    assert "leaves the model folder: '../outside.bin'" in err, err
