@@ -13,7 +13,7 @@ import onnx
 
 from convlint import loader
 from convlint.cost import ModelCost, NodeCost, model_cost, node_cost
-from convlint.errors import ConvlintError, ModelError
+from convlint.errors import ConvlintError, GraphError, ModelError
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity, Skip
 from convlint.graph import SUBGRAPH_OPS, ModelGraph, Node, build_graph
 from convlint.neighbourhood import neighbourhood
@@ -177,6 +177,8 @@ def run_rules(
                         if sub is not graph and finding.fix is not None:
                             finding = replace(finding, fix=SUBGRAPH_FIX)
                         findings.append(replace(finding, context=neighbourhood(sub, finding)))
+            except GraphError:
+                raise  # the model is invalid, not the rule broken
             except Exception as exc:  # a broken rule must not hide the others' findings
                 raise ConvlintError(
                     f"rule {rule.code} ({rule.origin}) failed: {type(exc).__name__}: {exc}"
@@ -296,6 +298,8 @@ def lint(
         chosen = enabled_rules(registry, settings) if rules is None else rules
         report.checked = [rule.code for rule in chosen]
         report.findings, report.skips = run_rules(graph, loaded.model, chosen, settings)
+    except GraphError as exc:
+        raise ModelError(loaded.path, f"invalid model: {exc}") from None
     finally:
         if gc_was_enabled:
             gc.enable()

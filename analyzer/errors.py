@@ -20,3 +20,8 @@ class ModelError(ConvlintError):
 
 class UsageError(ConvlintError):
     """Bad command-line options or configuration."""
+
+
+class GraphError(ConvlintError):
+    """An invalid model found while reading its graph, before the file is known to the code
+    that finds it; the engine reports it as a ModelError of that file."""

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import onnx
 from onnx import helper
 
+from convlint.errors import GraphError
+
 if TYPE_CHECKING:
     import networkx as nx
 
@@ -121,12 +123,28 @@ class Node:
             for attr in self.proto.attribute:
                 found.setdefault(attr.name, attr)
         attr = found.get(name)
-        return _attribute_value(attr) if attr is not None else default
+        if attr is None:
+            return default
+        self._check_type(attr)
+        return _attribute_value(attr)
+
+    def _check_type(self, attr: onnx.AttributeProto) -> None:
+        """An attribute of another type than its schema's (a FLOAT or STRING ``group``) is an
+        invalid model, as onnxruntime says, not a value to convert."""
+        expected = _schema_types(self.op_type, self.opset, self.domain or "").get(attr.name)
+        if expected is not None and attr.type != expected:
+            raise GraphError(
+                f"node {self.name!r} ({self.op_type}): attribute {attr.name!r} is "
+                f"{_A.AttributeType.Name(attr.type)}, the operator's schema wants "
+                f"{_A.AttributeType.Name(expected)}"
+            )
 
     @property
     def attrs(self) -> dict[str, Any]:
         """Attribute values with the schema's defaults applied (parsed on first use)."""
         if self._attrs is None:
+            for attr in self.proto.attribute:
+                self._check_type(attr)
             self._attrs = _attribute_values(self.proto, self.opset)
         return self._attrs
 
@@ -142,6 +160,19 @@ def _schema_defaults(op_type: str, opset: int, domain: str) -> dict[str, Any]:
         if attr.default_value.name:
             defaults[name] = _attribute_value(attr.default_value)
     return defaults
+
+
+@cache
+def _schema_types(op_type: str, opset: int, domain: str) -> dict[str, int]:
+    """Each attribute's type as the operator's schema declares it (empty for custom ops)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except Exception:
+        return {}
+    return {
+        name: int(attr.type.value)  # type: ignore[attr-defined]
+        for name, attr in schema.attributes.items()
+    }
 
 
 _A = onnx.AttributeProto

@@ -56,6 +56,8 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise ValueError(f"--input-shape {text!r}: dims must be integers joined by 'x'") from None
     if any(d <= 0 for d in shape):
         raise ValueError(f"--input-shape {text!r}: dims must be positive")
+    if any(d >= 2**63 for d in shape):
+        raise ValueError(f"--input-shape {text!r}: dims must fit in 64 bits")
     return name, shape
 
 
@@ -172,6 +174,10 @@ def check_external_locations(
         checked.add(location)
         if not location:
             raise ModelError(path, f"external data of {tensor.name!r} has no location")
+        if "\x00" in location:
+            raise ModelError(
+                path, f"external data of {tensor.name!r} has a location with a NUL byte"
+            )
         if os.path.isabs(location) or Path(location).drive:
             raise ModelError(
                 path, f"external data of {tensor.name!r} has absolute location {location!r}"
@@ -376,7 +382,10 @@ def _small_int_constants(model: onnx.ModelProto) -> dict[str, list[int]]:
         small = len(tensor.dims) <= 1 and (not tensor.dims or tensor.dims[0] <= 8)
         inline = tensor.data_location != onnx.TensorProto.EXTERNAL
         if tensor.data_type in int_types and small and inline:
-            values[name] = [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
+            try:
+                values[name] = [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
+            except ValueError:  # dims that disagree with the data: not a value to use
+                continue
     return values
 
 
@@ -686,7 +695,9 @@ def validate(
             )
     if "" in declared:
         declared.add("ai.onnx")
+    opset = next((int(e.version) for e in model.opset_import if e.domain in STANDARD_DOMAINS), 0)
     for walked in graphs if graphs is not None else walk_graphs(model):
+        _refuse_unknown_operators(walked, opset, path)
         undeclared = walked.domains - declared
         if undeclared:
             domain = sorted(undeclared)[0]
@@ -695,6 +706,22 @@ def validate(
                 path,
                 f"invalid model: node {node.name or node.op_type!r} uses domain "
                 f"{domain!r}, which opset_import does not declare",
+            )
+
+
+def _refuse_unknown_operators(walked: GraphNodes, opset: int, path: str | Path) -> None:
+    """A standard-domain op type that ONNX does not define (strict inference passes over it;
+    onnxruntime refuses it). One lookup per distinct op type."""
+    standard = walked.op_types
+    if not walked.domains <= STANDARD_DOMAINS:  # some nodes are custom: look at the others
+        standard = frozenset(n.op_type for n in walked.graph.node if n.domain in STANDARD_DOMAINS)
+    for op_type in standard:
+        if not onnx.defs.has(op_type):
+            node = next(n for n in walked.graph.node if n.op_type == op_type)
+            raise ModelError(
+                path,
+                f"invalid model: node {node.name or op_type!r} has op type {op_type!r}, which "
+                f"is no ONNX operator (opset {opset})",
             )
 
 

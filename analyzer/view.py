@@ -498,7 +498,10 @@ class View:
             return None
         if math.prod(proto.dims) > MAX_READ_ELEMENTS:
             return None
-        return numpy_helper.to_array(proto)
+        try:
+            return numpy_helper.to_array(proto)
+        except ValueError:  # dims that disagree with the data: no value to read
+            return None
 
     @cached_property
     def _initializers(self) -> dict[str, onnx.TensorProto]:
