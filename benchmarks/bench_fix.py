@@ -1,42 +1,56 @@
-"""Time `convlint fix` on full-size networks, split into its stages.
+"""What `convlint fix` costs and what it buys, on full-size networks with planted low-rank weights.
 
-- analysis: reading the model with its weights, linting, planning the rewrites;
-- factorization: SVD / Tucker-2 searches, building the rewritten graphs;
-- verification: onnxruntime runs (reference, activation statistics, every confirmation, the
-  combined model, the written file) in the child process;
-- writing: saving OUT and ``onnx.checker`` (full check).
+For each model, `convlint fix MODEL -o OUT --format json` runs as a user runs it, in its own
+process, and the script reports:
 
-ResNet-50 (``fixtures.resnet50(weights="random")``, 25.6 M params) has no findings: its 3×3
-convs already sit behind 1×1 reductions, so its row is the fixed cost of `fix` on a clean
-network. With ``--vgg``, VGG-16 (138 M params) with its ten flagged 3×3 convs planted at rank
-C_in/8 shows the factorization at work. Rerun with:
+- wall time, and where it went (the report's ``timings``: analysis, inputs, factorization,
+  onnxruntime, latency, writing);
+- peak memory: the largest resident set in `fix`'s process tree as the OS counts it
+  (``wait4``, what ``/usr/bin/time`` prints), and the report's own figures for `fix`'s process
+  and onnxruntime's;
+- the MACs ratio after/before, and the latency ratio after/before that `fix` measured.
 
-    python benchmarks/bench_fix.py [--method weight|data-aware] [--samples 4] [--vgg]
+Models (random weights, every 3×3 conv reading >= 128 channels planted at rank C_in/8):
+
+- VGG-16 (138 M params, 553 MB of weights in the file): ten of its 3×3 convs are flagged (CL001)
+  and factorized;
+- ResNet-50 (25.6 M params, 102 MB): its 3×3 convs already sit behind 1×1 reductions, so no rule
+  flags them and `fix` rewrites nothing, planted ranks or not: its row is the fixed cost of a
+  `fix` run on a clean network.
+
+    python benchmarks/bench_fix.py [--method data-aware|weight] [--samples 4]
+        [--objective macs|latency] [--only vgg16|resnet50]
+
+``--fixtures RUNS`` measures instead what chose the default objective: on small fixtures with
+planted ranks, the MACs ratio of each rewrite against the latency ratio `fix` measures, over
+RUNS runs (``python benchmarks/bench_fix.py --fixtures 5``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from convlint import fixtures
-from convlint.engine import Settings
-from convlint.fix import FixOptions, FixResult, fix
 from convlint.fixtures._builder import low_rank_conv_weight
-from convlint.registry import load_registry
 
-STAGES = ("analysis", "factorization", "verification", "writing")
+STAGES = ("analysis", "inputs", "factorization", "onnxruntime", "latency", "writing")
 
 
-def planted_vgg16() -> onnx.ModelProto:
-    """VGG-16 with random weights; every 3×3 conv reading >= 128 channels at rank C_in/8."""
-    model = fixtures.vgg16(weights="random")
+def plant(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every 3×3 conv weight reading >= 128 channels replaced by one of rank C_in/8."""
     rng = np.random.default_rng(0)
     for tensor in model.graph.initializer:
         shape = tuple(tensor.dims)
@@ -47,45 +61,179 @@ def planted_vgg16() -> onnx.ModelProto:
     return model
 
 
-def run(path: Path, method: str, samples: int) -> tuple[FixResult, float]:
-    options = FixOptions(output=path.with_name("fixed.onnx"), method=method, samples=samples)
-    start = time.perf_counter()
-    result = fix(path, load_registry(), Settings(), options)
-    return result, time.perf_counter() - start
+MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
+    "vgg16": lambda: plant(fixtures.vgg16(weights="random")),
+    "resnet50": lambda: plant(fixtures.resnet50(weights="random")),
+}
+
+
+def run_fix(path: Path, argv: list[str]) -> tuple[dict[str, Any], float, int]:
+    """The JSON report, the wall time and the peak resident memory of `fix`'s process tree
+    (``wait4``: `fix` and the onnxruntime process it waited for)."""
+    out = path.with_name("fixed.onnx")
+    command = [sys.executable, "-m", "convlint", "fix", str(path), "-o", str(out), *argv]
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        if proc.returncode not in (0, 1):
+            raise SystemExit(f"fix failed ({proc.returncode}): {stderr.read().decode()[-2000:]}")
+        report: dict[str, Any] = json.loads(stdout.read())
+    return report, wall, int(usage.ru_maxrss) * 1024
+
+
+def build(name: str, path: Path) -> None:
+    """Build and save one model (in its own process: the bench's stays small, so that the
+    `fix` it starts does not inherit a large high-water mark)."""
+    model = MODELS[name]()
+    weights = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    fixtures.save(model, path)
+    path.with_suffix(".bytes").write_text(str(weights))
+
+
+def measure(name: str, argv: list[str]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-fix-") as tmp:
+        path = Path(tmp) / f"{name}.onnx"
+        subprocess.run([sys.executable, __file__, "--build", name, str(path)], check=True)
+        weights = int(path.with_suffix(".bytes").read_text())
+        report, wall, peak = run_fix(path, argv)
+    return {"name": name, "weights": weights, "report": report, "wall": wall, "peak": peak}
+
+
+def _planted_expansion() -> onnx.ModelProto:
+    """CL005's widening 3×3 conv (64 -> 256 at 56×56) with its weight planted at rank 8."""
+    model = fixtures.spatial_expansion_bad()
+    rng = np.random.default_rng(0)
+    for tensor in model.graph.initializer:
+        if len(tensor.dims) == 4 and tensor.dims[0] == 256 and tensor.dims[2] == 3:
+            cout, cin = tensor.dims[:2]
+            weight = low_rank_conv_weight(rng, cout, cin, 3, 3, 8, 1 / np.sqrt(cin * 9))
+            tensor.CopyFrom(numpy_helper.from_array(weight, tensor.name))
+    return model
+
+
+FIXTURES: dict[str, Callable[[], onnx.ModelProto]] = {
+    "conv3x3 256->256 7x7, rank 48": lambda: fixtures.conv3x3(planted_rank=48, hw=7),
+    "conv3x3 256->256 14x14, rank 48": lambda: fixtures.conv3x3(planted_rank=48, hw=14),
+    "conv3x3 256->256 28x28, rank 48": lambda: fixtures.conv3x3(planted_rank=48, hw=28),
+    "conv3x3 256->256 7x7, rank 192": lambda: fixtures.conv3x3(planted_rank=192, hw=7),
+    "conv3x3 256->256 7x7, rank 224": lambda: fixtures.conv3x3(planted_rank=224, hw=7),
+    "conv3x3 256->256 14x14, rank 224": lambda: fixtures.conv3x3(planted_rank=224, hw=14),
+    "inception_3a_naive, rank 24": lambda: fixtures.inception_3a_naive(planted_rank=24),
+    "spatial_expansion_bad, rank 8": _planted_expansion,
+    "linear_conv_chain_bad (fold)": fixtures.linear_conv_chain_bad,
+}
+
+
+def fixture_table(repeat: int) -> None:
+    """Per fixture: the MACs ratio of the rewrites --objective macs keeps, the latency ratio
+    `fix` measured (median over ``repeat`` runs, and their range), and how often
+    --objective latency kept those rewrites over as many runs."""
+    from convlint.engine import Settings
+    from convlint.fix import FixOptions, fix
+    from convlint.registry import load_registry
+
+    registry = load_registry()
+    print(f"fixtures, --method weight, {repeat} runs each, {os.cpu_count()} CPUs")
+    header = [
+        "fixture", "rewrites", "MACs ratio", "latency ratio (median, range)",
+        "kept by --objective latency",
+    ]  # fmt: skip
+    rows = [header]
+    for label, build_model in FIXTURES.items():
+        with tempfile.TemporaryDirectory(prefix="bench-fix-") as tmp:
+            path = fixtures.save(build_model(), Path(tmp) / "model.onnx")
+            ratios, kept, macs, count = [], 0, "-", 0
+            for _ in range(repeat):
+                out = Path(tmp) / "out.onnx"
+                by_macs = fix(path, registry, Settings(), FixOptions(out, method="weight"))
+                count = len(by_macs.rewrites)
+                if by_macs.latency is not None:
+                    ratios.append(by_macs.latency.ratio)
+                before, after = by_macs.report.cost, by_macs.cost_after
+                if by_macs.rewrites and before and after and before.macs and after.macs:
+                    macs = f"{after.macs / before.macs:.2f}"
+                options = FixOptions(out, method="weight", objective="latency")
+                kept += len(fix(path, registry, Settings(), options).rewrites)
+        latency = (
+            f"{float(np.median(ratios)):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            if ratios
+            else "- (dropped)"
+        )
+        rows.append([label, str(count), macs, latency, f"{kept}/{repeat * count}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for line in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+def _ratio(before: float | None, after: float | None) -> str:
+    return "-" if not before or after is None else f"{after / before:.2f}"
+
+
+def row(result: dict[str, Any]) -> list[str]:
+    report = result["report"]
+    cost_before = report["cost"] or {}
+    verification = report.get("verification") or {}
+    latency = report.get("latency")
+    memory = report.get("peak_memory") or {}
+    timings = report.get("timings") or {}
+    gb = 1e9
+    return [
+        result["name"],
+        f"{result['weights'] / 1e6:,.0f} MB",
+        str(len(report["rewrites"])),
+        f"{result['wall']:.1f}",
+        f"{result['peak'] / gb:.2f}",
+        f"{(memory.get('fix') or 0) / gb:.2f} / {(memory.get('onnxruntime') or 0) / gb:.2f}",
+        _ratio(cost_before.get("macs"), verification.get("macs_after")),
+        "- (no rewrite)"
+        if latency is None
+        else f"{latency['ratio']:.2f} ({latency['before'] * 1e3:.0f} -> "
+        f"{latency['after'] * 1e3:.0f} ms)",
+        " / ".join(f"{timings.get(stage, 0.0):.1f}" for stage in STAGES),
+        f"{verification.get('rel_l2_error') or 0:.1e}",
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--method", choices=("data-aware", "weight"), default="data-aware")
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--vgg", action="store_true", help="also VGG-16 with planted ranks")
+    parser.add_argument("--objective", choices=("macs", "latency"), default="macs")
+    parser.add_argument("--only", choices=tuple(MODELS), help="one model")
+    parser.add_argument(
+        "--fixtures",
+        type=int,
+        metavar="RUNS",
+        help="instead: latency against MACs on small planted fixtures, RUNS runs of fix each",
+    )
+    parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)  # internal: NAME PATH
     args = parser.parse_args()
-    builders = {"resnet50 (random weights)": lambda: fixtures.resnet50(weights="random")}
-    if args.vgg:
-        builders["vgg16 (planted rank C_in/8)"] = planted_vgg16
-    header = ["model", "params", "MACs", "rewrites", *STAGES, "total s", "rel L2"]
-    rows = []
-    for label, build in builders.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            path = fixtures.save(build(), Path(tmp) / "model.onnx")
-            result, total = run(path, args.method, args.samples)
-        before, after = result.report.cost, result.cost_after
-        assert before is not None and after is not None and result.verification is not None
-        rows.append(
-            [
-                label,
-                f"{before.params:,} -> {after.params:,}",
-                f"{before.macs or 0:,} -> {after.macs or 0:,}",
-                str(len(result.rewrites)),
-                *(f"{result.timings.get(stage, 0.0):.2f}" for stage in STAGES),
-                f"{total:.2f}",
-                f"{result.verification.rel_l2_error:.1e}",
-            ]
-        )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"convlint fix, --method {args.method}, {args.samples} samples, times in seconds")
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if args.fixtures:
+        fixture_table(args.fixtures)
+        return
+    if args.build:
+        build(args.build[0], Path(args.build[1]))
+        return
+    argv = ["--method", args.method, "--samples", str(args.samples)]
+    argv += ["--objective", args.objective, "--format", "json"]
+    results = [measure(name, argv) for name in ([args.only] if args.only else list(MODELS))]
+    header = [
+        "model", "weights", "rewrites", "wall s", "peak GB", "fix / ort GB", "MACs ratio",
+        "latency ratio", " / ".join(STAGES) + " (s)", "rel L2",
+    ]  # fmt: skip
+    rows = [header, *(row(r) for r in results)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    print(
+        f"convlint fix --method {args.method} --samples {args.samples} "
+        f"--objective {args.objective}, {os.cpu_count()} CPUs"
+    )
+    for line in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
 if __name__ == "__main__":
