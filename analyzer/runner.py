@@ -1,6 +1,7 @@
 """Stage 5: check many models, in parallel, with each model's results shown as they come.
 
-Models are analyzed by a pool of worker processes created once per run (``fork`` on Linux, so a
+Models are checked in this process while those left would take less time than starting workers
+costs; the rest go to a pool of worker processes created once per run (``fork`` on Linux, so a
 worker starts with everything this process imported and the registry it loaded; chunks of a few
 models per message). Reports come back in any order and are handed on in the order of the paths
 given: each as soon as it and every model before it are done, so what is printed is the same
@@ -75,7 +76,7 @@ def check_and_render(
             if chunk:
                 printed.append(chunk)
                 shown.clear()
-                stream = _write(stream, chunk)
+                _write(stream, chunk)
                 shown.draw()
     shown.clear()
     text = _render(reports, registry, format, verbose, color, quiet)
@@ -206,20 +207,19 @@ def _report_lines(
     return text
 
 
-def _write(stream: TextIO, text: str) -> TextIO:
-    """Write and flush; a reader that went away (``| head``) gets nothing more, and the run
-    goes on so that its findings decide the exit code. Returns the stream to write to next."""
+def _write(stream: TextIO, text: str) -> None:
+    """Write and flush; a reader that went away (``| head``) gets nothing more (the stream
+    writes to the null device from then on), and the run goes on so that its findings decide
+    the exit code."""
     try:
         stream.write(text)
         stream.flush()
-        return stream
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(devnull, stream.fileno())
         finally:
             os.close(devnull)
-        return stream
 
 
 class _Progress:
