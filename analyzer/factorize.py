@@ -359,9 +359,9 @@ class ConvFactorizer:
                 if new_error >= error:
                     break
                 a, u_out, error = a_new, u_new, new_error
-            reduced = np.einsum("oc...,rc->or...", w, a)
+            reduced = np.einsum("oc...,rc->or...", w, a, optimize=True)
             proxy = error
-        core = np.einsum("or...,ot->tr...", reduced, u_out)
+        core = np.einsum("or...,ot->tr...", reduced, u_out, optimize=True)
         weights = [
             a.reshape(r1, s.cin, *pointwise),
             core,
@@ -370,17 +370,18 @@ class ConvFactorizer:
         return weights, proxy
 
     def _tucker_error(self, a: Array, u_out: Array) -> float:
-        core = np.einsum("oc...,rc,ot->tr...", self.weight, a, u_out)
+        core = np.einsum("oc...,rc,ot->tr...", self.weight, a, u_out, optimize=True)
         total = float(np.sum(self.weight**2))
         return math.sqrt(max(total - float(np.sum(core**2)), 0.0) / max(total, 1e-300))
 
     def _hooi_sweep(self, a: Array, u_out: Array, r1: int, r2: int) -> tuple[Array, Array]:
         """One HOOI sweep: each channel factor re-fitted with the other held."""
         cin = self.site.cin
-        projected_out = np.einsum("oc...,ot->tc...", self.weight, u_out)
+        projected_out = np.einsum("oc...,ot->tc...", self.weight, u_out, optimize=True)
         unfolded = unfold_in(projected_out)
         a = _principal(unfolded.T @ unfolded)[1][:, :r1].T
-        projected_in = np.einsum("oc...,rc->or...", self.weight, a).reshape(self.site.cout, -1)
+        projected_in = np.einsum("oc...,rc->or...", self.weight, a, optimize=True)
+        projected_in = projected_in.reshape(self.site.cout, -1)
         u = _principal(projected_in @ projected_in.T)[1]
         assert a.shape[1] == cin
         return a, u[:, :r2]
@@ -472,12 +473,12 @@ class PoolProjection:
 
 def compose_pointwise_first(first: Array, second: Array) -> Array:
     """W[o, i, k] = Σ_m second[o, m, k] · first[m, i]: a 1×1 conv, then ``second``."""
-    return np.einsum("om...,mi->oi...", second, first.reshape(first.shape[0], -1))
+    return np.einsum("om...,mi->oi...", second, first.reshape(first.shape[0], -1), optimize=True)
 
 
 def compose_pointwise_second(first: Array, second: Array) -> Array:
     """W[o, i, k] = Σ_m second[o, m] · first[m, i, k]: ``first``, then a 1×1 conv."""
-    return np.einsum("om,mi...->oi...", second.reshape(second.shape[0], -1), first)
+    return np.einsum("om,mi...->oi...", second.reshape(second.shape[0], -1), first, optimize=True)
 
 
 def window_mask(
