@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 
 MIN_RUNS = 10
-BUDGET = 0.3  # seconds of further timed runs for models that run fast
-REWRITE_BUDGET = 0.1  # the same, for one rewrite's nodes
+BUDGET = 0.1  # seconds of further timed runs for models that run fast
+REWRITE_BUDGET = 0.05  # the same, for one rewrite's nodes
 RESIDENT_BYTES = 256 << 20
 FASTER = 0.99  # ratio after/before below which a rewrite counts as faster
 
