@@ -89,6 +89,7 @@ from convlint.verify import (
     InputSpec,
     Outputs,
     Runtime,
+    RuntimeFailure,
     bind_dims,
     class_outputs,
     compare,
@@ -376,6 +377,7 @@ class Fixer:
         self.timer = _Timer(self.timings)
         self.objective = options.objective or DEFAULT_OBJECTIVE
         self.threads = options.threads or latency.default_threads()
+        self.notes: list[str] = []  # for the report's notes (--verbose)
 
     # -- analysis ----------------------------------------------------------------------
     def analyze(self) -> tuple[ModelReport, list[Target], list[Skipped]]:
@@ -631,22 +633,32 @@ class Fixer:
         return dropped
 
     # -- latency -----------------------------------------------------------------------
+    def _time(self, models: list[Any], feed: Feed, budget: float, resident: bool, what: str) -> Any:
+        """The runtime's timings, or None when it refused a model (a kernel that only the
+        timing's full graph optimization meets): latency is a report, never a reason to fail.
+        A runtime that crashed or hung is another matter: that still ends the run."""
+        with self.timer("latency"):
+            try:
+                return self.runtime.time(
+                    models, feed, self.threads, latency.MIN_RUNS, budget, resident, what=what
+                )
+            except RuntimeFailure as exc:
+                if not self.runtime.alive:
+                    raise
+                self.notes.append(f"latency not measured: {exc}")
+                self.log(f"latency not measured: {exc}")
+                return None
+
     def time_models(
         self, before: onnx.ModelProto | Path, after: onnx.ModelProto, what: str
-    ) -> Latency:
+    ) -> Latency | None:
         """Both models timed on the first verification sample, interleaved."""
         before_bytes = latency.weight_bytes(self.light)
         resident = before_bytes + latency.weight_bytes(after) <= latency.RESIDENT_BYTES
-        with self.timer("latency"):
-            times = self.runtime.time(
-                [before, after],
-                self.verify_feeds[0],
-                self.threads,
-                latency.MIN_RUNS,
-                latency.BUDGET,
-                resident,
-                what=what,
-            )
+        feed = self.verify_feeds[0]
+        times = self._time([before, after], feed, latency.BUDGET, resident, what)
+        if times is None:
+            return None
         result = latency.summarize(times, self.threads, resident)
         self.log(f"{what}: {result.text()}")
         return result
@@ -680,16 +692,11 @@ class Fixer:
         after = latency.region(light, after_nodes, outputs, inputs, types, choice.edit.initializers)
         if before is None or after is None:
             return None
-        with self.timer("latency"):
-            times = self.runtime.time(
-                [before, after],
-                latency.random_feed(inputs, self.options.seed),
-                self.threads,
-                latency.MIN_RUNS,
-                latency.REWRITE_BUDGET,
-                True,
-                what=f"timing the rewrite of {choice.target.node!r}",
-            )
+        feed = latency.random_feed(inputs, self.options.seed)
+        what = f"timing the rewrite of {choice.target.node!r}"
+        times = self._time([before, after], feed, latency.REWRITE_BUDGET, True, what)
+        if times is None:
+            return None
         result = latency.summarize(times, self.threads, True)
         self.log(f"{choice.target.code} {choice.target.node}: alone, {result.text()}")
         return result
@@ -800,6 +807,7 @@ class Fixer:
         finally:
             result.timings = dict(self.timings)
             result.peak_memory["fix"] = peak_rss()
+            report.notes.extend(self.notes)
         return result
 
     def _run(
@@ -875,7 +883,7 @@ class Fixer:
             with self.timer("factorization"):
                 combined = apply_edits(self.light, [c.edit for c in choices.values()])
             measured = self.time_models(self.original, combined, "timing the models")
-            if not by_latency or measured.ratio < latency.FASTER:
+            if measured is None or not by_latency or measured.ratio < latency.FASTER:
                 return measured
             # Not faster as a whole: drop the rewrite that gained least on its own.
             key, least = max(

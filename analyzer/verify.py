@@ -515,6 +515,11 @@ class Runtime:
         return None
 
     @property
+    def alive(self) -> bool:
+        """False once the child crashed, hung past the time limit, or was closed."""
+        return self._proc is not None
+
+    @property
     def folder(self) -> Path:
         """The runtime's private folder: models sent by path must have their data here."""
         return self._folder

@@ -165,3 +165,22 @@ def test_region_cuts_out_a_rewrite_with_its_weights() -> None:
     assert {t.name for t in cut.graph.initializer} == {t for t in nodes[0].input[1:] if t}
     (outputs,) = ort_run(cut, [random_feed(inputs)])
     assert outputs[0].shape == (1, 256, 14, 14)
+
+
+def test_a_model_the_timing_session_refuses_still_gets_fixed(
+    planted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timing runs with every graph optimization; a model only that session refuses gets
+    no latency (a note says why), not a failed fix."""
+    from convlint.verify import RuntimeFailure
+
+    def refuse(self: Runtime, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeFailure("onnxruntime failed while timing the models: planted")
+
+    monkeypatch.setattr(Runtime, "time", refuse)
+    out = planted.with_name("out.onnx")
+    result = fix(planted, load_registry(), Settings(), FixOptions(out, method="weight", samples=2))
+    assert result.written and len(result.rewrites) == 1 and result.latency is None
+    assert "latency not measured: onnxruntime failed while timing the models: planted" in (
+        result.report.notes
+    )
