@@ -41,7 +41,10 @@ usually does). Convs below `min-channels` (default 128) are left alone: early la
 in channels and their cost is resolution, which a reduction does not touch. Convs whose stride
 equals their kernel (non-overlapping patches: ConvNeXt's 2×2/2 downsampling layers, patch
 embeddings) are left alone too: they read each input pixel once, so they already cost what a
-1×1 conv over the space-to-depth map would. A conv for which the bottleneck would save less
+1×1 conv over the space-to-depth map would. A k×k conv that narrows to r channels which a 1×1
+conv widens back with nothing nonlinear between (k×k C_in->r, 1×1 r->C_out: how `convlint fix`
+writes a weight of low rank on its output side) is already a low-rank conv and is passed over.
+A conv for which the bottleneck would save less
 than 10% of its MACs is not flagged (`--verbose` says so): a conv that already narrows its
 width, such as a 1×3 conv 480->60, gains nothing from it. Pooling ops stop the walk back, so a
 reduction followed by pooling does not count. The message names the conv's actual input and,
@@ -72,7 +75,7 @@ from convlint.graph import Node
 from convlint.registry import Rule
 from convlint.rules._conv import MIN_SAVING, rewrite_fix, saving, scale
 from convlint.sketch import Suggestion
-from convlint.view import WIDTH_SOURCE, ConvGeometry, View
+from convlint.view import LINEAR, WIDTH_SOURCE, ConvGeometry, View
 
 
 class _Walk:
@@ -139,6 +142,15 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         if reduction is not None:
             ctx.skip(node, f"input width set by 1×1 conv {reduction.name!r}")
             continue
+        widening = _widened_back(view, node, geometry)
+        if widening is not None:
+            ctx.skip(
+                node,
+                f"narrows to {geometry.cout} channels that 1×1 conv {widening.name!r} widens "
+                "back with nothing nonlinear between: already a low-rank factorization "
+                "(k×k to rank r, then 1×1)",
+            )
+            continue
         estimate = _estimate(ctx, node, geometry, ratio)
         saved = saving(estimate)
         if saved < MIN_SAVING:
@@ -166,6 +178,21 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             ),
             suggestion=_suggestion(geometry, ratio),
         )
+
+
+def _widened_back(view: View, node: Node, g: ConvGeometry) -> Node | None:
+    """The 1×1 conv that linearly widens this narrowing conv's output again, if any: the pair
+    is one low-rank conv (as `convlint fix` writes a weight of low rank on its output side)."""
+    if g.cout >= g.cin:
+        return None
+    users = view.users_of(node.outputs[0], through=LINEAR)
+    if len(users) != 1:
+        return None
+    user, _ = users[0]
+    after = view.geometry(user)
+    if after is not None and after.is_pointwise and after.group == 1 and after.cout > g.cout:
+        return user
+    return None
 
 
 def _mid(g: ConvGeometry, ratio: int) -> int:

@@ -126,11 +126,11 @@ def test_no_findings_at_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert f"model: no rewrite applies (no findings); wrote {out}, the same model\n" in text
 
 
-def test_a_rewrite_check_would_flag_is_tried_in_another_form_or_dropped(tmp_path: Path) -> None:
+def test_an_output_side_low_rank_conv_is_factorized_and_check_passes_out(tmp_path: Path) -> None:
     """A 3×3 256->256 conv whose weight is low-rank on its output side only: the cheapest
-    form, k×k 256->48 then 1×1 48->256, leaves a 3×3 conv reading 256 channels with no 1×1
-    before it, which CL001 flags; Tucker-2 keeps all 256 input channels, and the 1×1 256->256
-    in front of the 3×3 is a linear chain CL003 flags. `fix` writes neither and says why."""
+    form, k×k 256->48 then 1×1 48->256 with nothing between, is one low-rank conv, which CL001
+    passes over (it narrows to 48 channels that the 1×1 widens back): fix writes it, and
+    `convlint check OUT` flags nothing."""
     model = fixtures.conv3x3(hw=14)
     rng = np.random.default_rng(0)
     weight = model.graph.initializer[0]
@@ -140,9 +140,12 @@ def test_a_rewrite_check_would_flag_is_tried_in_another_form_or_dropped(tmp_path
     path = fixtures.save(model, tmp_path / "expand.onnx")
     out = tmp_path / "out.onnx"
     result = fix(path, load_registry(), Settings(), FixOptions(out, method="weight", samples=2))
-    assert not result.rewrites and result.written
-    (skip,) = result.skipped
-    assert skip.reason.startswith(
-        "dropped: `convlint check` would flag what it writes (CL003 on 'conv/reduce': "
+    assert result.written
+    assert [(r.code, r.node, r.kind, r.rank) for r in result.rewrites] == [
+        ("CL001", "conv", "svd-expand", 48)
+    ]
+    assert (result.rewrites[0].macs_before, result.rewrites[0].macs_after) == (
+        256 * 256 * 9 * 14 * 14,
+        (256 * 48 * 9 + 48 * 256) * 14 * 14,
     )
-    assert [(f.code, f.node) for f in findings_of(out)] == [("CL001", "conv")]
+    assert findings_of(out) == []
