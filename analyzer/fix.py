@@ -97,6 +97,9 @@ from convlint.verify import (
     random_feeds,
 )
 
+# Each sample is held in memory and run through both models: a bound keeps a typo
+# (--samples 100000000) from exhausting memory.
+MAX_SAMPLES = 4096
 MARGIN = 0.8  # aim the proxy below the budget: the proxy is an estimate
 MAX_TRIALS = 4  # onnxruntime confirmations per rewrite during rank selection
 MAX_ROUNDS = 8  # rounds of timing, verifying and re-linting until the rewrites are stable
@@ -1103,14 +1106,14 @@ def fix(
     path = Path(path)
     if options.method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}")
-    if not options.tolerance > 0:
-        raise UsageError("--tolerance must be positive")
+    if not 0 < options.tolerance < math.inf:
+        raise UsageError("--tolerance must be a finite positive number")
     if options.rank is not None and options.rank < 1:
         raise UsageError("--rank must be at least 1")
     if options.ratio is not None and not 0 < options.ratio <= 1:
         raise UsageError("--ratio must be in (0, 1]")
-    if options.samples is not None and options.samples < 1:
-        raise UsageError("--samples must be at least 1")
+    if options.samples is not None and not 1 <= options.samples <= MAX_SAMPLES:
+        raise UsageError(f"--samples must be from 1 to {MAX_SAMPLES:,}")
     if options.objective is not None and options.objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
     if options.objective == "latency" and not options.latency:

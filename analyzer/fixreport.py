@@ -7,7 +7,6 @@ The parser of every command is built at start-up, so this module imports the fix
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from convlint.engine import ModelReport, Settings
 from convlint.errors import ModelError, UsageError
 from convlint.registry import Registry
 from convlint.reporters import SCHEMA_VERSION, fmt_int, summary
+from convlint.reporters.common import json_text
 
 if TYPE_CHECKING:
     from convlint.fix import FixResult
@@ -258,7 +258,7 @@ def render_json(result: FixResult) -> str:
         "models": [model],
         "summary": summary([result.report]),
     }
-    return json.dumps(document, indent=2) + "\n"
+    return json_text(document)
 
 
 def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) -> int:

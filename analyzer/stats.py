@@ -9,7 +9,6 @@ reports. The text table shows them and says how to bind the dims (``--input-shap
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from difflib import SequenceMatcher
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from convlint import __version__
 from convlint.cost import ModelCost, model_cost
 from convlint.graph import Dim, ModelGraph, Shape
-from convlint.reporters.common import SCHEMA_VERSION, fmt_int, printable
+from convlint.reporters.common import SCHEMA_VERSION, fmt_int, json_text, printable
 
 if TYPE_CHECKING:
     import argparse
@@ -192,7 +191,7 @@ def stats_document(models: Sequence[dict[str, Any]], verbose: bool = False) -> d
 
 
 def render_stats_json(path: str, data: dict[str, Any], verbose: bool = False) -> str:
-    return json.dumps(stats_document([{"path": path, **data}], verbose), indent=2) + "\n"
+    return json_text(stats_document([{"path": path, **data}], verbose))
 
 
 # --- stats --diff MODEL OUT ---------------------------------------------------------------
@@ -328,7 +327,7 @@ def render_diff_text(diff: dict[str, Any]) -> str:
 
 def render_diff_json(diff: dict[str, Any]) -> str:
     head = {"schema_version": SCHEMA_VERSION, "tool": {"name": "convlint", "version": __version__}}
-    return json.dumps({**head, "diff": diff}, indent=2) + "\n"
+    return json_text({**head, "diff": diff})
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -378,7 +377,7 @@ def run_stats(args: argparse.Namespace, registry: Registry) -> int:
         except ModelError as exc:
             results.append({"path": path, "error": exc.problem})
     if as_json:
-        text = json.dumps(stats_document(results, args.verbose), indent=2) + "\n"
+        text = json_text(stats_document(results, args.verbose))
     else:
         tables = []
         for data in results:

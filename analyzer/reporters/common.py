@@ -3,6 +3,8 @@ the summary counts."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +28,22 @@ def printable(text: str) -> str:
     model's names cannot start a line of their own or recolour a terminal, so no model can
     print a fake "All checks passed!"."""
     return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def json_text(document: Any, **options: Any) -> str:
+    """A report as standard JSON: a non-finite number (an infinite error) is written null,
+    never the ``Infinity`` or ``NaN`` that strict parsers refuse."""
+    return json.dumps(_finite(document), allow_nan=False, indent=2, **options) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def fmt_int(value: int | float | None) -> str:

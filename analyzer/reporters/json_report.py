@@ -7,14 +7,13 @@ JSON Schema of each, and the tests validate real output against them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from convlint import __version__
 from convlint.engine import ModelReport
 from convlint.registry import Registry
-from convlint.reporters.common import SCHEMA_VERSION, summary
+from convlint.reporters.common import SCHEMA_VERSION, json_text, summary
 
 
 def model_dict(report: ModelReport, verbose: bool = False) -> dict[str, Any]:
@@ -38,4 +37,4 @@ def check_document(reports: Sequence[ModelReport], verbose: bool = False) -> dic
 
 
 def render_json(reports: Sequence[ModelReport], registry: Registry, verbose: bool = False) -> str:
-    return json.dumps(check_document(reports, verbose), indent=2) + "\n"
+    return json_text(check_document(reports, verbose))

@@ -15,7 +15,6 @@ only alerts a change introduces).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from convlint.engine import ModelReport
 from convlint.findings import Finding, Severity
 from convlint.paths import artifact_uri
 from convlint.registry import Registry, Rule
-from convlint.reporters.common import describe_estimate
+from convlint.reporters.common import describe_estimate, json_text
 
 SCHEMA_URI = (
     "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -188,4 +187,4 @@ def render_sarif(reports: Sequence[ModelReport], registry: Registry, verbose: bo
             }
         ],
     }
-    return json.dumps(log, indent=2, ensure_ascii=False) + "\n"
+    return json_text(log, ensure_ascii=False)
