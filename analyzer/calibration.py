@@ -255,6 +255,9 @@ def read_samples(
 
 def _read_arrays(path: Path, names: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
     npy = path.suffix.lower() == ".npy"
+    if path.exists() and not path.is_file():
+        # A FIFO or a device would block or never end: only a regular file is read.
+        raise ConvlintError(f"{path}: not a regular file, cannot hold --inputs")
     try:
         loaded = np.load(path, allow_pickle=False)
     except FileNotFoundError:

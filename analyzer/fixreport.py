@@ -312,7 +312,14 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
             "refusing to write the report there"
         )
     try:
-        result = fix(model, registry, settings, options, verbose=args.verbose)
+        try:
+            result = fix(model, registry, settings, options, verbose=args.verbose)
+        except MemoryError:
+            raise ModelError(
+                model,
+                "too large to rewrite and verify here: out of memory (bind smaller symbolic "
+                "dims with --input-shape, or use fewer --samples)",
+            ) from None
     except (ModelError, RuntimeFailure) as exc:
         # As `check --format json`: a document with the model's `error`, then the stderr line.
         problem = exc.problem if isinstance(exc, ModelError) else str(exc)

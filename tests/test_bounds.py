@@ -41,3 +41,31 @@ def test_json_reports_are_standard_json() -> None:
         raise ValueError(f"non-standard JSON constant {constant}")
 
     assert json.loads(text, parse_constant=refuse) == {"rel_l2_error": None, "errors": [None, 0.5]}
+
+
+def test_inputs_that_are_not_a_regular_file_are_refused(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    import os
+
+    model = fixtures.save(fixtures.linear_conv_chain_bad(), tmp_path / "chain.onnx")
+    fifo = tmp_path / "inputs.npz"
+    os.mkfifo(fifo)
+    code, _, err = cli("fix", str(model), "-o", str(tmp_path / "o.onnx"), "--inputs", str(fifo))
+    assert code == 2
+    assert err == f"convlint: error: {fifo}: not a regular file, cannot hold --inputs\n"
+
+
+def test_a_model_too_large_to_verify_is_a_named_error(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    model = fixtures.conv3x3()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = 100_000  # 10^10 pixels × 256 channels a sample
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    path = fixtures.save(model, tmp_path / "huge.onnx")
+    code, _, err = cli("fix", str(path), "-o", str(tmp_path / "o.onnx"), "--no-latency")
+    assert code == 2
+    assert err.startswith(f"convlint: error: {path}: too large to rewrite and verify here")
