@@ -20,6 +20,7 @@ biases); integer and bool inputs are indices and flags, so a constant one is nor
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +32,8 @@ import numpy.typing as npt
 from convlint.errors import ConvlintError, UsageError
 
 Feed = dict[str, npt.NDArray[Any]]
+# What --inputs may hold in all (declared sizes, checked before any array is read).
+MAX_INPUT_BYTES = 2 * 2**30
 Dims = Sequence[int | str | None]  # an input's declared dims: sizes, names of symbolic dims
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -253,16 +256,53 @@ def read_samples(
     return Samples(feeds, source, available, shapes, described)
 
 
+def _declared(handle: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """The shape and dtype an .npy stream declares in its header (nothing else is read)."""
+    version = np.lib.format.read_magic(handle)
+    reader = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, _, dtype = reader(handle)
+    return tuple(int(d) for d in shape), dtype
+
+
+def _refuse_oversized(path: Path, npy: bool) -> None:
+    """Refuse arrays whose declared sizes exceed MAX_INPUT_BYTES before reading any (a small
+    compressed .npz can declare gigabytes of zeros)."""
+    headers: list[tuple[str, tuple[tuple[int, ...], np.dtype[Any]]]] = []
+    if npy:
+        with open(path, "rb") as handle:
+            headers.append((path.stem, _declared(handle)))
+    else:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".npy"):
+                    with archive.open(info) as handle:
+                        headers.append((info.filename[:-4], _declared(handle)))
+    total = 0
+    for name, (shape, dtype) in headers:
+        size = math.prod(shape) * dtype.itemsize
+        total += size
+        if total > MAX_INPUT_BYTES:
+            raise ConvlintError(
+                f"{path}: array {name!r} declares {'x'.join(map(str, shape))} {dtype} "
+                f"({size:,} bytes): the inputs may hold at most {MAX_INPUT_BYTES:,} bytes"
+            )
+
+
 def _read_arrays(path: Path, names: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
     npy = path.suffix.lower() == ".npy"
     if path.exists() and not path.is_file():
         # A FIFO or a device would block or never end: only a regular file is read.
         raise ConvlintError(f"{path}: not a regular file, cannot hold --inputs")
     try:
+        _refuse_oversized(path, npy)
         loaded = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise ConvlintError(f"{path}: no such inputs file") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         kind = ".npy" if npy else ".npz"
         raise ConvlintError(f"{path}: not a readable {kind} file ({exc})") from None
     if isinstance(loaded, np.ndarray):

@@ -69,3 +69,37 @@ def test_a_model_too_large_to_verify_is_a_named_error(
     code, _, err = cli("fix", str(path), "-o", str(tmp_path / "o.onnx"), "--no-latency")
     assert code == 2
     assert err.startswith(f"convlint: error: {path}: too large to rewrite and verify here")
+
+
+def test_inputs_declaring_more_than_the_bound_are_refused_before_reading(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    import zipfile
+
+    import numpy as np
+
+    from convlint.calibration import MAX_INPUT_BYTES
+
+    model = fixtures.save(fixtures.linear_conv_chain_bad(), tmp_path / "chain.onnx")
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w") as archive, archive.open("input.npy", "w") as handle:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (4000, 64, 14, 14)}
+        np.lib.format.write_array_header_1_0(handle, header)  # 200 MB declared, none stored
+        handle.write(b"\0" * 16)
+    declared = 4000 * 64 * 14 * 14 * 4
+    assert declared < MAX_INPUT_BYTES  # the limit is the whole archive's, so add arrays
+    with zipfile.ZipFile(bomb, "a") as archive:
+        for index in range(12):
+            with archive.open(f"extra{index}.npy", "w") as handle:
+                np.lib.format.write_array_header_1_0(handle, header)
+    code, _, err = cli("fix", str(model), "-o", str(tmp_path / "o.onnx"), "--inputs", str(bomb))
+    assert code == 2
+    assert "declares 4000x64x14x14 float32 (200,704,000 bytes): the inputs may hold at most" in err
+    for content, problem in (
+        (b"", "not a readable .npz file"),
+        (b"not a zip", "not a readable .npz file"),
+    ):
+        bad = tmp_path / "bad.npz"
+        bad.write_bytes(content)
+        code, _, err = cli("fix", str(model), "-o", str(tmp_path / "o.onnx"), "--inputs", str(bad))
+        assert code == 2 and problem in err, err
