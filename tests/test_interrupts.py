@@ -14,9 +14,9 @@ from convlint import fixtures
 
 
 def test_ctrl_c_during_parallel_check_is_one_line_and_130(tmp_path: Path) -> None:
-    model = fixtures.big_chain()
-    for index in range(8):
-        fixtures.save(model, tmp_path / f"chain{index}.onnx")
+    data = fixtures.big_chain().SerializeToString()
+    for index in range(60):  # about 20 s of work on 2 cores: still running when interrupted
+        (tmp_path / f"chain{index:02}.onnx").write_bytes(data)
     process = subprocess.Popen(
         [sys.executable, "-m", "convlint", "check", "--jobs", "2", str(tmp_path)],
         stdout=subprocess.PIPE,
@@ -24,6 +24,7 @@ def test_ctrl_c_during_parallel_check_is_one_line_and_130(tmp_path: Path) -> Non
         start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches
     )
     time.sleep(1.5)
+    assert process.poll() is None, "finished before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
