@@ -59,8 +59,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import networkx as nx
-
 from convlint.cost import spatial_pixels
 from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
@@ -110,7 +108,7 @@ def _siblings(view: View, pool: Node, concat: Node) -> list[Node]:
         for user, _ in view.users_of(shared, through=LAYOUT_ONLY)
         if user.name not in (pool.name, concat.name)
         and view.role(user) != "pool"
-        and nx.has_path(view.graph.nx, user.name, concat.name)
+        and view.graph.has_path(user.name, concat.name)
     ]
 
 
