@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import mmap
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +32,9 @@ from onnx import external_data_helper, numpy_helper, serialization
 
 from convlint import loader
 from convlint.errors import ModelError
+
+# One reader of the protobuf encoding: the skeleton loader's.
+from convlint.skeleton import _fields
 
 WALK_BYTES = 16 << 20  # model files from this size on are walked; smaller ones parsed whole
 WEIGHT_BYTES = 1024  # values of at least this many bytes stay on disk
@@ -244,43 +246,6 @@ def check_weight_sizes(model: onnx.ModelProto, path: Path, spans: dict[str, Span
 
 
 # -- the protobuf encoding -----------------------------------------------------------------
-
-
-def _varint(data: mmap.mmap, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
-    """(field number, wire type, field start, value start, end) of each field in data[start:end]."""
-    pos = start
-    while pos < end:
-        first = pos
-        tag, pos = _varint(data, pos)
-        wire = tag & 7
-        if wire == _LENGTH:
-            length, pos = _varint(data, pos)
-            value, pos = pos, pos + length
-        elif wire == 0:
-            value = pos
-            _, pos = _varint(data, pos)
-        elif wire == 1:
-            value, pos = pos, pos + 8
-        elif wire == 5:
-            value, pos = pos, pos + 4
-        else:
-            raise ValueError(f"wire type {wire}")
-        if pos > end:
-            raise ValueError("truncated")
-        yield tag >> 3, wire, first, value, pos
 
 
 def encode_varint(value: int) -> bytes:
