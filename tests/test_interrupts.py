@@ -22,6 +22,9 @@ def test_ctrl_c_during_parallel_check_is_one_line_and_130(tmp_path: Path) -> Non
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches
+        # A shell starts background jobs with SIGINT ignored, and children inherit that: give
+        # the child the default a terminal gives it, wherever the suite runs.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(1.5)
     assert process.poll() is None, "finished before it could be interrupted"
