@@ -225,6 +225,13 @@ def resolve_output(model: Path, output: Path | None, in_place: bool) -> Path:
         raise UsageError(f"-o {output} is the input model; pass --in-place to overwrite it")
     if not output.parent.is_dir():
         raise UsageError(f"-o {output}: no such folder {str(output.parent)!r}")
+    try:  # before any work: a folder that cannot be written fails now, not after it
+        with tempfile.TemporaryFile(dir=output.parent):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"-o {output}: cannot write in {str(output.parent)!r}: {exc.strerror or exc}"
+        ) from None
     if output.is_dir():
         raise UsageError(f"-o {output} is a folder; give the file to write")
     kind = special_kind(write_target(output))

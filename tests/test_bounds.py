@@ -103,3 +103,13 @@ def test_inputs_declaring_more_than_the_bound_are_refused_before_reading(
         bad.write_bytes(content)
         code, _, err = cli("fix", str(model), "-o", str(tmp_path / "o.onnx"), "--inputs", str(bad))
         assert code == 2 and problem in err, err
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_any_work(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    model = fixtures.save(fixtures.linear_conv_chain_bad(), tmp_path / "chain.onnx")
+    code, out, err = cli("fix", str(model), "-o", "/proc/out.onnx", "--no-latency")
+    assert code == 2
+    assert err.startswith("convlint: error: -o /proc/out.onnx: cannot write in '/proc': ")
+    assert out == ""  # nothing was analyzed or verified first
