@@ -34,7 +34,7 @@ from convlint import loader
 from convlint.errors import ModelError
 
 # One reader of the protobuf encoding: the skeleton loader's.
-from convlint.skeleton import _fields
+from convlint.skeleton import _encode_varint, _fields
 
 WALK_BYTES = 16 << 20  # model files from this size on are walked; smaller ones parsed whole
 WEIGHT_BYTES = 1024  # values of at least this many bytes stay on disk
@@ -248,17 +248,8 @@ def check_weight_sizes(model: onnx.ModelProto, path: Path, spans: dict[str, Span
 # -- the protobuf encoding -----------------------------------------------------------------
 
 
-def encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _length_field(number: int, payload_length: int) -> bytes:
-    return encode_varint(number << 3 | _LENGTH) + encode_varint(payload_length)
+    return _encode_varint(number << 3 | _LENGTH) + _encode_varint(payload_length)
 
 
 def _walk(path: Path) -> tuple[bytes, dict[str, Span]] | None:
