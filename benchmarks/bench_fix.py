@@ -104,18 +104,6 @@ def measure(name: str, argv: list[str]) -> dict[str, Any]:
     return {"name": name, "weights": weights, "report": report, "wall": wall, "peak": peak}
 
 
-def _planted_expansion() -> onnx.ModelProto:
-    """CL005's widening 3×3 conv (64 -> 256 at 56×56) with its weight planted at rank 8."""
-    model = fixtures.spatial_expansion_bad()
-    rng = np.random.default_rng(0)
-    for tensor in model.graph.initializer:
-        if len(tensor.dims) == 4 and tensor.dims[0] == 256 and tensor.dims[2] == 3:
-            cout, cin = tensor.dims[:2]
-            weight = low_rank_conv_weight(rng, cout, cin, 3, 3, 8, 1 / np.sqrt(cin * 9))
-            tensor.CopyFrom(numpy_helper.from_array(weight, tensor.name))
-    return model
-
-
 FIXTURES: dict[str, Callable[[], onnx.ModelProto]] = {
     "conv3x3 256->256 7x7, rank 48": lambda: fixtures.conv3x3(planted_rank=48, hw=7),
     "conv3x3 256->256 14x14, rank 48": lambda: fixtures.conv3x3(planted_rank=48, hw=14),
@@ -124,7 +112,7 @@ FIXTURES: dict[str, Callable[[], onnx.ModelProto]] = {
     "conv3x3 256->256 7x7, rank 224": lambda: fixtures.conv3x3(planted_rank=224, hw=7),
     "conv3x3 256->256 14x14, rank 224": lambda: fixtures.conv3x3(planted_rank=224, hw=14),
     "inception_3a_naive, rank 24": lambda: fixtures.inception_3a_naive(planted_rank=24),
-    "spatial_expansion_bad, rank 8": _planted_expansion,
+    "spatial_expansion_bad, rank 8": lambda: fixtures.spatial_expansion_bad(planted_rank=8),
     "linear_conv_chain_bad (fold)": fixtures.linear_conv_chain_bad,
 }
 

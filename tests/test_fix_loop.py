@@ -19,29 +19,16 @@ from convlint import fixtures
 from convlint.cli import main
 from convlint.engine import Settings
 from convlint.fix import FixOptions, fix
-from convlint.fixtures._builder import low_rank_conv_weight
 from convlint.registry import load_registry
 
 FAST = ["--method", "weight", "--samples", "2", "--no-latency"]
-
-
-def _planted_expansion() -> onnx.ModelProto:
-    """CL005's widening 3×3 conv (64 -> 256) with its weight planted at rank 8."""
-    model = fixtures.spatial_expansion_bad()
-    rng = np.random.default_rng(0)
-    for tensor in model.graph.initializer:
-        if len(tensor.dims) == 4 and tensor.dims[0] == 256 and tensor.dims[2] == 3:
-            cout, cin = tensor.dims[:2]
-            weight = low_rank_conv_weight(rng, cout, cin, 3, 3, 8, 1 / np.sqrt(cin * 9))
-            tensor.CopyFrom(numpy_helper.from_array(weight, tensor.name))
-    return model
 
 
 MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "conv3x3 (CL001)": lambda: fixtures.conv3x3(planted_rank=48, hw=6),
     "inception_3a_naive (CL001 twice)": lambda: fixtures.inception_3a_naive(planted_rank=24),
     "linear_conv_chain_bad (CL003 fold)": fixtures.linear_conv_chain_bad,
-    "spatial_expansion_bad (CL005)": _planted_expansion,
+    "spatial_expansion_bad (CL005)": lambda: fixtures.spatial_expansion_bad(planted_rank=8),
     "pool branch (CL002 projection)": lambda: pool_model(nonlinear=False, rank=3),
 }
 
