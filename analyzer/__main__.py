@@ -1,3 +1,3 @@
-from convlint.cli import run
+from convlint.entry import run
 
 run()

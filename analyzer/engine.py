@@ -159,12 +159,23 @@ def _node_ignored(node: str, code: str, per_node_ignores: Mapping[str, Sequence[
     return False
 
 
+def graph_views(graph: ModelGraph) -> list[tuple[ModelGraph, View]]:
+    """Each graph (the main one, then its subgraphs) with its canonical view, built once and
+    shared by validation and every rule."""
+    return [(sub, View(sub)) for sub in graph.all_graphs()]
+
+
 def run_rules(
-    graph: ModelGraph, model: onnx.ModelProto, rules: Sequence[Rule], settings: Settings
+    graph: ModelGraph,
+    model: onnx.ModelProto,
+    rules: Sequence[Rule],
+    settings: Settings,
+    views: Sequence[tuple[ModelGraph, View]] | None = None,
 ) -> tuple[list[Finding], list[Skip]]:
     findings: list[Finding] = []
     skips: list[Skip] = []
-    views = [(sub, View(sub)) for sub in graph.all_graphs()]
+    if views is None:
+        views = graph_views(graph)
     for rule in rules:
         options, severity = rule_options(rule, settings)
         for sub, view in views:
@@ -233,30 +244,38 @@ def analyze(
     return report
 
 
-def validate_graph(graph: ModelGraph, path: str) -> None:
+def validate_graph(
+    graph: ModelGraph, path: str, views: Sequence[tuple[ModelGraph, View]] | None = None
+) -> None:
     """What ONNX shape inference lets pass and onnxruntime refuses: a cycle (rules would walk
     it forever), a conv whose weight does not fit its input's channels (every cost computed
-    for it would be wrong)."""
+    for it would be wrong). A conv's geometry is read here through the view the rules then
+    use, so that its weight and attributes are read once."""
     cycle = graph.find_cycle()
     if cycle:
         raise loader.cycle_error(path, cycle)
-    for sub in graph.all_graphs():
+    for sub, view in views if views is not None else graph_views(graph):
         for conv in sub.of_type("Conv"):
             inputs = conv.inputs
-            weight = sub.shape(inputs[1]) if len(inputs) > 1 else None
-            if weight is None or len(weight) < 2 or not isinstance(weight[1], int):
-                continue
+            geometry = view.geometry(conv)
+            if geometry is not None:
+                expected: int = geometry.cin
+            else:  # a weight with a symbolic dim: its channels may still be known
+                weight = sub.shape(inputs[1]) if len(inputs) > 1 else None
+                if weight is None or len(weight) < 2 or not isinstance(weight[1], int):
+                    continue
+                expected = weight[1] * int(conv.attr("group", 1))
             channels = sub.channels(inputs[0])
-            if channels is None:
+            if channels is None or expected == channels:
                 continue
-            expected = weight[1] * int(conv.attr("group", 1))
-            if expected != channels:
-                raise ModelError(
-                    path,
-                    f"invalid model: conv {conv.name!r} reads {channels} channels, its weight "
-                    f"{'x'.join(map(str, weight))} with group {conv.attr('group', 1)} expects "
-                    f"{expected}",
-                )
+            weight = sub.shape(inputs[1])
+            assert weight is not None  # the expected channels came from it
+            raise ModelError(
+                path,
+                f"invalid model: conv {conv.name!r} reads {channels} channels, its weight "
+                f"{'x'.join(map(str, weight))} with group {conv.attr('group', 1)} expects "
+                f"{expected}",
+            )
 
 
 def lint(
@@ -277,7 +296,8 @@ def lint(
     gc.disable()
     try:
         graph = build_graph(loaded.model)
-        validate_graph(graph, loaded.path)
+        views = graph_views(graph)
+        validate_graph(graph, loaded.path, views)
         report.opset = loaded.opset
         report.nodes = sum(len(g.nodes) for g in graph.all_graphs())
         report.cost = model_cost(graph)
@@ -297,7 +317,7 @@ def lint(
             report.notes.append(f"analyzed subgraph of {sub_owner}")
         chosen = enabled_rules(registry, settings) if rules is None else rules
         report.checked = [rule.code for rule in chosen]
-        report.findings, report.skips = run_rules(graph, loaded.model, chosen, settings)
+        report.findings, report.skips = run_rules(graph, loaded.model, chosen, settings, views)
     except GraphError as exc:
         raise ModelError(loaded.path, f"invalid model: {exc}") from None
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from functools import cache, cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import onnx
 from onnx import helper
@@ -62,6 +62,21 @@ NONDETERMINISTIC = frozenset(
 )  # fmt: skip
 
 
+_ABSENT = object()  # an attribute a node does not set
+# Nodes whose attributes can hold a graph or a tensor (and custom ops, which may): too large
+# to compare, and few.
+UNSHARED_ATTRIBUTES = frozenset({"Constant", "ConstantOfShape", *SUBGRAPH_OPS})
+_SCRATCH = onnx.NodeProto()  # where ``Node._attributes`` takes a node's identity off
+
+
+class _Attributes(NamedTuple):
+    """The attributes a node sets, by name, and the values read of them so far (``_ABSENT``
+    for a name it does not set)."""
+
+    protos: dict[str, onnx.AttributeProto]
+    values: dict[str, Any]
+
+
 class Node:
     """One ONNX node, with attributes (defaults applied) and the shapes of its tensors."""
 
@@ -77,7 +92,8 @@ class Node:
         "opset",
         "proto",
         "_attrs",
-        "_set",
+        "_read",
+        "_shared",
     )
 
     def __init__(
@@ -90,6 +106,7 @@ class Node:
         index: int,
         opset: int,
         proto: onnx.NodeProto,
+        shared: dict[bytes, _Attributes] | None = None,
     ) -> None:
         self.name = name
         self.op_type = op_type
@@ -100,7 +117,8 @@ class Node:
         self.opset = opset
         self.proto = proto
         self._attrs: dict[str, Any] | None = None
-        self._set: dict[str, onnx.AttributeProto] | None = None
+        self._read: _Attributes | None = None
+        self._shared = shared
 
     def __repr__(self) -> str:
         return (
@@ -117,16 +135,49 @@ class Node:
         """One attribute's value, without parsing the rest (the default if absent)."""
         if self._attrs is not None:
             return self._attrs.get(name, default)
-        found = self._set
-        if found is None:  # rules ask a conv for several attributes: read the list once
-            found = self._set = {}
-            for attr in self.proto.attribute:
-                found.setdefault(attr.name, attr)
-        attr = found.get(name)
-        if attr is None:
+        read = self._read
+        if read is None:
+            read = self._read = self._attributes()
+        values = read.values
+        if name in values:  # validation, costs and rules ask a conv for its group in turn
+            value = values[name]
+        else:
+            found = read.protos.get(name)
+            if found is None:
+                value = _ABSENT
+            else:
+                self._check_type(found)
+                value = _attribute_value(found)
+            values[name] = value
+        if value is _ABSENT:
             return default
-        self._check_type(attr)
-        return _attribute_value(attr)
+        return value[:] if type(value) is list else value  # a copy a caller may change
+
+    def _attributes(self) -> _Attributes:
+        """This node's attributes, shared with every node of the graph that sets the same ones
+        (a network's thousands of convs have a few distinct attribute lists, so each value is
+        parsed and checked once per list, not once per node)."""
+        shared = self._shared
+        key = b""
+        if shared is not None:
+            _SCRATCH.CopyFrom(self.proto)  # the node less its name and tensors: what it sets
+            _SCRATCH.ClearField("input")
+            _SCRATCH.ClearField("output")
+            _SCRATCH.ClearField("name")
+            key = _SCRATCH.SerializeToString()
+            known = shared.get(key)
+            if known is not None:
+                return known
+        attributes = self.proto.attribute
+        protos = {attr.name: attr for attr in attributes}
+        if len(protos) != len(attributes):  # a name set twice: the first one counts
+            protos = {}
+            for attr in attributes:
+                protos.setdefault(attr.name, attr)
+        made = _Attributes(protos, {})
+        if shared is not None:
+            shared[key] = made
+        return made
 
     def _check_type(self, attr: onnx.AttributeProto) -> None:
         """An attribute of another type than its schema's (a FLOAT or STRING ``group``) is an
@@ -272,7 +323,7 @@ class ModelGraph:
         constants, dtypes = self.constants, self.dtypes
         for init in graph.initializer:
             name = init.name
-            constants[name] = tuple(init.dims)
+            constants[name] = tuple(init.dims[:])  # a slice first: quicker than iterating
             dtypes[name] = init.data_type
         # Shapes are parsed on first use: most value_info entries of a large graph are never asked.
         self._value_info: dict[str, onnx.ValueInfoProto] = {}
@@ -293,6 +344,9 @@ class ModelGraph:
         # Standard-domain nodes by op type, in graph order: every rule asks ``of_type``.
         self._standard_by_type: dict[str, list[Node]] = {}
         by_type = self._standard_by_type
+        # Nodes that set the same attributes share what is read of them (see Node._attributes).
+        shared: dict[bytes, _Attributes] = {} if outer is None else outer._attribute_sets
+        self._attribute_sets: dict[bytes, _Attributes] = shared
         for index, proto in enumerate(graph.node):
             # Every read of a protobuf field builds a new Python object: read each one once
             # (a slice of a repeated field is the quickest copy of it).
@@ -305,7 +359,19 @@ class ModelGraph:
             if name in nodes:
                 name = f"{name}_{index}"
             domain = proto.domain
-            nodes[name] = node = Node(name, op_type, domain, inputs, outputs, index, opset, proto)
+            nodes[name] = node = Node(
+                name,
+                op_type,
+                domain,
+                inputs,
+                outputs,
+                index,
+                opset,
+                proto,
+                shared
+                if domain in STANDARD_DOMAINS and op_type not in UNSHARED_ATTRIBUTES
+                else None,
+            )
             if domain in STANDARD_DOMAINS:
                 if op_type in by_type:
                     by_type[op_type].append(node)

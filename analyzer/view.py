@@ -32,7 +32,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -272,23 +272,26 @@ class View:
         return geometry
 
     def _conv_geometry(self, node: Node) -> ConvGeometry | None:
-        weight_tensor = self.conv_weight(node)
-        weight = self.graph.shape(weight_tensor) if weight_tensor else None
+        # Called once for every conv of the graph: the weight and bias are found by position
+        # rather than through ``conv_weight`` and ``conv_bias``.
+        inputs = node.inputs
+        _, weight_at, bias_at = CONV_INPUTS[node.op_type]
+        graph = self.graph
+        weight = graph.shape(inputs[weight_at]) if len(inputs) > weight_at else None
         # numel is None exactly when a dim is not an int (and is memoized per shape).
         if weight is None or len(weight) < 3 or numel(weight) is None:
             return None
-        dims = cast(tuple[int, ...], weight)  # ints, as just checked
         group = int(node.attr("group", 1))
-        kernel = dims[2:]
-        strides = tuple(node.attr("strides") or [1] * len(kernel))
+        kernel: tuple[int, ...] = weight[2:]  # type: ignore[assignment]  # ints, as checked
+        strides = node.attr("strides")
         return ConvGeometry(
-            cin=dims[1] * group,
-            cout=dims[0],
-            kernel=kernel,
-            group=group,
-            strides=strides,
-            has_bias=self.conv_bias(node) is not None,
-            out_pixels=spatial_pixels(self.graph, node.outputs[0]),
+            weight[1] * group,  # type: ignore[operator]
+            weight[0],  # type: ignore[arg-type]
+            kernel,
+            group,
+            tuple(strides) if strides else (1,) * len(kernel),
+            bias_at is not None and len(inputs) > bias_at and bool(inputs[bias_at]),
+            spatial_pixels(graph, node.outputs[0]),
         )
 
     def is_float_conv(self, node: Node) -> bool:
