@@ -514,8 +514,9 @@ class ModelGraph:
             yield from sub.all_graphs()
 
     def shape(self, tensor: str) -> Shape | None:
-        if tensor in self.shapes:
-            return self.shapes[tensor]
+        known = self.shapes.get(tensor, _ABSENT)
+        if known is not _ABSENT:
+            return known  # type: ignore[return-value]
         value = self._value_info.get(tensor)
         if value is None and self.outer is not None and tensor not in self.producer:
             return self.outer.shape(tensor)  # a tensor of an enclosing graph
