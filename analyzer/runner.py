@@ -2,8 +2,10 @@
 
 Models are checked in this process while those left would take less time than starting workers
 costs; the rest go to a pool of worker processes created once per run (``fork`` on Linux, so a
-worker starts with everything this process imported and the registry it loaded; chunks of a few
-models per message). Reports come back in any order and are handed on in the order of the paths
+worker starts with everything this process imported and the registry it loaded; one model per
+message, or chunks of a few when each takes under 10 ms). Reports come back without per-node
+costs, and without the rules' reasons for passing nodes over unless ``--verbose``: no format
+shows them otherwise. They come back in any order and are handed on in the order of the paths
 given: each as soon as it and every model before it are done, so what is printed is the same
 bytes whatever ``jobs`` is. ``text`` and ``github`` reports are printed that way, model by model;
 the other formats are documents (``json``, ``sarif``, ``junit``, ``markdown``), rendered whole at
@@ -30,6 +32,7 @@ STREAMED_FORMATS = ("text", "github")
 MAX_CHUNK = 8  # models per message to a worker: fewer messages, and results still come soon
 # Checking this much in this process costs less than starting workers (fork, first messages).
 SERIAL_SECONDS = 0.25
+SOLO_SECONDS = 0.01  # models that take this long each are sent to workers one by one
 
 
 def default_jobs() -> int:
@@ -108,13 +111,30 @@ def iter_reports(
         spent = time.perf_counter() - started
         if jobs > 1 and first and spent / first * (len(paths) - first) > SERIAL_SECONDS:
             break
-        report = analyze(paths[first], registry, settings[first])
+        report = _for_rendering(analyze(paths[first], registry, settings[first]), settings[first])
         first += 1
         if on_done is not None:
             on_done()
         yield report
     if first < len(paths):
-        yield from _pooled(paths, registry, settings, first, min(jobs, len(paths) - first), on_done)
+        # Models that take a while each go to the workers one at a time, so that no worker
+        # is left idle at the end while another finishes a chunk.
+        spent = time.perf_counter() - started
+        chunk = 1 if spent / max(first, 1) >= SOLO_SECONDS else None
+        yield from _pooled(
+            paths, registry, settings, first, min(jobs, len(paths) - first), on_done, chunk
+        )
+
+
+def _for_rendering(report: ModelReport, settings: Settings) -> ModelReport:
+    """The report less what no format the command line renders shows: the cost of each node
+    (reports show the model's totals) and, without ``--verbose``, why rules passed nodes over.
+    A worker sends back a tenth of what it would on a large graph."""
+    if report.cost is not None:
+        report.cost.nodes = {}
+    if not settings.verbose:
+        report.skips = []
+    return report
 
 
 def _pooled(
@@ -124,6 +144,7 @@ def _pooled(
     first: int,
     workers: int,
     on_done: Callable[[], None] | None,
+    chunk: int | None = None,
 ) -> Iterator[ModelReport]:
     """The reports of ``paths[first:]`` from a pool of ``workers`` processes, in order."""
     import multiprocessing  # only runs that start workers pay for importing it
@@ -131,7 +152,8 @@ def _pooled(
     method = "fork" if _can_fork(multiprocessing.get_all_start_methods()) else "spawn"
     context = multiprocessing.get_context(method)
     tasks = [(i, paths[i], settings[i]) for i in range(first, len(paths))]
-    chunk = max(1, min(MAX_CHUNK, len(tasks) // (workers * 4)))
+    if chunk is None:
+        chunk = max(1, min(MAX_CHUNK, len(tasks) // (workers * 4)))
     # Objects that exist now are left out of the cyclic GC's passes, so that a forked worker's
     # collections do not touch (and copy) every page it shares with this process.
     gc.freeze()
@@ -172,7 +194,7 @@ def _start_worker(registry: Registry | None) -> None:
 def _analyze_task(task: tuple[int, str, Settings]) -> tuple[int, ModelReport]:
     index, path, settings = task
     assert _REGISTRY is not None
-    return index, analyze(path, _REGISTRY, settings)
+    return index, _for_rendering(analyze(path, _REGISTRY, settings), settings)
 
 
 # -- rendering ------------------------------------------------------------------------------
