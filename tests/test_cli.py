@@ -188,6 +188,27 @@ def test_console_script_runs(model_file: Callable[..., Path]) -> None:
     assert result.stdout.strip() == "All checks passed! (1 model)"
 
 
+def test_the_process_exits_with_main_s_code_once_its_output_is_written(
+    model_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    # convlint.entry ends the process with os._exit: what was printed must be out by then.
+    paths = [str(model_file(name)) for name in ("inception_3a_naive", "vgg_stack", "conv3x3")]
+    result = subprocess.run(
+        [sys.executable, "-m", "convlint", "check", *paths, "--format", "sarif"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1, result.stderr
+    assert len(json.loads(result.stdout)["runs"][0]["results"]) >= 2
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    result = subprocess.run(
+        [sys.executable, "-m", "convlint", "check", str(broken)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(f"convlint: error: {broken}: not an ONNX")
+
+
 def test_repeated_select_and_ignore_accumulate(model_file: Callable[..., Path], cli: CLI) -> None:
     path = str(model_file("inception_3a_naive"))
     code, out, _ = cli("check", path, "--ignore", "CL001", "--ignore", "CL002")

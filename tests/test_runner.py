@@ -184,3 +184,22 @@ def test_jobs_default_to_the_cores_and_must_be_positive(folder: list[str]) -> No
     assert runner.default_jobs() >= 1
     with pytest.raises(runner.ConvlintError, match="at least 1"):
         list(runner.iter_reports(folder, load_registry(), [Settings()] * len(folder), 0))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("verbose", [False, True])
+def test_reports_carry_what_the_command_line_renders(
+    folder: list[str], jobs: int, verbose: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "SERIAL_SECONDS", 0.0)  # jobs=2: the pool checks all but one
+    settings = [Settings(verbose=verbose)] * len(folder)
+    reports = list(runner.iter_reports(folder, load_registry(), settings, jobs))
+    whole = _serial(folder, verbose)
+    assert [r.cost.nodes for r in reports if r.cost] == [{}] * sum(1 for r in whole if r.cost)
+    assert [r.cost.as_dict() if r.cost else None for r in reports] == [
+        r.cost.as_dict() if r.cost else None for r in whole
+    ]
+    assert [r.findings for r in reports] == [r.findings for r in whole]
+    expected_skips = [r.skips for r in whole] if verbose else [[] for _ in whole]
+    assert [r.skips for r in reports] == expected_skips
+    assert any(expected_skips) == verbose

@@ -9,11 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import networkx as nx
+import onnx
 import pytest
+from onnx.helper import make_attribute
 
 from convlint import fixtures, loader
 from convlint.cost import NodeCost, model_cost, node_cost, numel
-from convlint.graph import build_graph
+from convlint.engine import validate_graph
+from convlint.errors import GraphError, ModelError
+from convlint.graph import ModelGraph, build_graph
 from convlint.view import View
 
 NETWORKS = [
@@ -107,3 +111,72 @@ def test_big_graph_builds_without_networkx(tmp_path: Path) -> None:
     first, last = "block0.conv", "block199.relu"
     assert graph.has_path(first, last) and not graph.has_path(last, first)
     assert graph.find_cycle() == []
+
+
+def _conv_node(name: str, attributes: list[onnx.AttributeProto]) -> onnx.NodeProto:
+    node = onnx.helper.make_node("Conv", ["x", "w"], [f"{name}_out"], name=name)
+    node.attribute.extend(attributes)
+    return node
+
+
+def _graph_of(*nodes: onnx.NodeProto) -> ModelGraph:
+    graph = onnx.helper.make_graph(list(nodes), "g", [], [])
+    return ModelGraph(graph, 17)
+
+
+def test_nodes_setting_the_same_attributes_share_what_is_read_of_them() -> None:
+    group, strides = make_attribute("group", 2), make_attribute("strides", [2, 2])
+    graph = _graph_of(
+        _conv_node("a", [group, strides]),
+        _conv_node("b", [group, strides]),
+        _conv_node("c", [make_attribute("group", 4), strides]),
+    )
+    a, b, c = (graph.nodes[name] for name in "abc")
+    assert (a.attr("group"), b.attr("group"), c.attr("group")) == (2, 2, 4)
+    assert a._attributes() is b._attributes() is not c._attributes()
+    # Values are shared, lists handed out are the caller's own.
+    mine = a.attr("strides")
+    mine.append(9)
+    assert b.attr("strides") == a.attr("strides") == [2, 2]
+    assert a.attr("dilations", [1, 1]) == [1, 1] and b.attr("pads") is None
+
+
+def test_an_attribute_set_twice_reads_as_its_first_value() -> None:
+    graph = _graph_of(_conv_node("a", [make_attribute("group", 2), make_attribute("group", 3)]))
+    assert graph.nodes["a"].attr("group") == 2
+
+
+def test_an_attribute_of_the_wrong_type_is_named_on_every_node_that_reads_it() -> None:
+    wrong = make_attribute("group", 2.0)  # FLOAT where the schema wants INT
+    graph = _graph_of(_conv_node("a", [wrong]), _conv_node("b", [wrong]))
+    for name in "ab":
+        with pytest.raises(
+            GraphError, match=f"node '{name}' \\(Conv\\): attribute 'group' is FLOAT"
+        ):
+            graph.nodes[name].attr("group")
+
+
+def test_a_weight_of_symbolic_dims_is_still_checked_against_its_input() -> None:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 6, 6])
+    w = onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, ["O", 4, 3, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([node], "g", [x, w], [y]),
+        opset_imports=[onnx.helper.make_opsetid("", 17)],
+    )
+    with pytest.raises(ModelError, match="reads 8 channels, its weight Ox4x3x3 with group 1"):
+        validate_graph(build_graph(model), "m.onnx")
+
+
+def test_a_model_that_cannot_be_mapped_is_read(
+    model_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = model_file("inception_3a")
+    expected = loader.load(path).model
+
+    def unmappable(*args: object, **kwargs: object) -> None:
+        raise OSError("no mapping here")
+
+    monkeypatch.setattr(loader.mmap, "mmap", unmappable)
+    assert loader.load(path).model == expected
