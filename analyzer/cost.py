@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
-from convlint.graph import CONV_INPUTS, ModelGraph, Node, Shape
+from convlint.graph import CONV_INPUTS, STANDARD_DOMAINS, ModelGraph, Node, Shape
 
 NORMALIZATIONS = frozenset(
     {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
@@ -337,7 +337,11 @@ def _graph_cost(
             nc = _control_flow_cost(owners[node.name], cost, counted, scope)
         else:
             cost_of = COST_BY_OP.get(node.op_type)  # node_cost, inlined: once per node
-            nc = FREE if cost_of is None or not node.is_standard else cost_of(graph, node)
+            nc = (
+                FREE
+                if cost_of is None or node.domain not in STANDARD_DOMAINS
+                else cost_of(graph, node)
+            )
         nodes[node.name] = nc
         if nc is FREE:
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from convlint.sketch import Neighbourhood, Suggestion
 
@@ -91,9 +91,12 @@ class Finding:
         }
 
 
-@dataclass(frozen=True)
-class Skip:
-    """A candidate a rule looked at and passed over, and why (shown by --verbose)."""
+class Skip(NamedTuple):
+    """A candidate a rule looked at and passed over, and why (shown by --verbose).
+
+    A NamedTuple rather than a frozen dataclass: as immutable, and three times quicker to
+    create, which counts when a rule passes over each of a large graph's thousands of convs.
+    """
 
     code: str
     node: str
