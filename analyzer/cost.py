@@ -117,7 +117,16 @@ def per_sample(shape: Shape | None) -> int | None:
 def spatial_pixels(graph: ModelGraph, tensor: str) -> int | None:
     """H·W (·D) of an N×C×spatial tensor, if static."""
     shape = graph.shape(tensor)
-    return numel(shape[2:]) if shape is not None and len(shape) > 2 else None
+    if shape is None:
+        return None
+    if type(shape) is tuple:
+        return _spatial(shape)
+    return _count(shape[2:]) if len(shape) > 2 else None
+
+
+@lru_cache(maxsize=1 << 14)
+def _spatial(shape: Shape) -> int | None:
+    return _count(shape[2:]) if len(shape) > 2 else None
 
 
 def _const_size(graph: ModelGraph, tensor: str) -> int:

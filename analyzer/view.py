@@ -70,6 +70,7 @@ FOLDABLE = frozenset({"affine", "passthrough"})  # what `convlint fix` folds bet
 
 # Names of activations in messages.
 ACTIVATION_NAMES = {"Relu": "ReLU", "Gelu": "GELU", "HardSwish": "HardSwish", "Mish": "Mish"}
+_UNKNOWN = object()  # not computed yet
 MAX_READ_ELEMENTS = 64  # the view reads small constants only (axes, clip bounds)
 MAX_COMPOSITE_NODES = 12  # the longest composite activation (GELU's tanh form) has 9
 
@@ -264,11 +265,11 @@ class View:
 
     def geometry(self, node: Node) -> ConvGeometry | None:
         """The geometry of a conv-role node with a known weight shape (memoized)."""
-        known = self._geometry
-        name = node.name
-        if name in known:
-            return known[name]
-        geometry = known[name] = self._conv_geometry(node) if self.role(node) == "conv" else None
+        known = self._geometry.get(node.name, _UNKNOWN)
+        if known is not _UNKNOWN:  # rules ask every conv's, several times each
+            return known  # type: ignore[return-value]
+        geometry = self._conv_geometry(node) if self.role(node) == "conv" else None
+        self._geometry[node.name] = geometry
         return geometry
 
     def _conv_geometry(self, node: Node) -> ConvGeometry | None:
