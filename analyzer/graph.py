@@ -66,7 +66,6 @@ _ABSENT = object()  # an attribute a node does not set
 # Nodes whose attributes can hold a graph or a tensor (and custom ops, which may): too large
 # to compare, and few.
 UNSHARED_ATTRIBUTES = frozenset({"Constant", "ConstantOfShape", *SUBGRAPH_OPS})
-_SCRATCH = onnx.NodeProto()  # where ``Node._attributes`` takes a node's identity off
 
 
 class _Attributes(NamedTuple):
@@ -160,11 +159,14 @@ class Node:
         shared = self._shared
         key = b""
         if shared is not None:
-            _SCRATCH.CopyFrom(self.proto)  # the node less its name and tensors: what it sets
-            _SCRATCH.ClearField("input")
-            _SCRATCH.ClearField("output")
-            _SCRATCH.ClearField("name")
-            key = _SCRATCH.SerializeToString()
+            # The node less its name and tensors: what it sets. A copy of its own each time
+            # (not one kept for reuse), so that graphs analyzed in threads cannot mix keys.
+            bare = onnx.NodeProto()
+            bare.CopyFrom(self.proto)
+            bare.ClearField("input")
+            bare.ClearField("output")
+            bare.ClearField("name")
+            key = bare.SerializeToString()
             known = shared.get(key)
             if known is not None:
                 return known
