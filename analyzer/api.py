@@ -2,9 +2,9 @@
 
 Each takes a model as a path (``str`` or ``os.PathLike``) or an ``onnx.ModelProto`` and returns
 the objects the JSON reports are made from: a :class:`~convlint.engine.ModelReport` (its
-``as_dict()`` is the JSON model object), a :class:`~convlint.fix.FixResult`, and the stats
-dictionary. Settings resolve as on the command line, which is a thin layer over this module:
-keyword arguments over the configuration found from the model's folder upwards (or
+``as_dict()`` is the JSON model object), a :class:`~convlint.rewrite.pipeline.FixResult`, and
+the stats dictionary. Settings resolve as on the command line, which is a thin layer over this
+module: keyword arguments over the configuration found from the model's folder upwards (or
 ``config=``) over defaults. Bad input raises :class:`~convlint.errors.ConvlintError` (the
 command line's exit 2), with the file named.
 
@@ -32,7 +32,7 @@ from convlint.engine import ModelReport, Settings, analyze
 from convlint.registry import Registry, load_registry
 
 if TYPE_CHECKING:
-    from convlint.fix import FixResult
+    from convlint.rewrite.pipeline import FixResult
 
 ModelLike = str | os.PathLike[str] | onnx.ModelProto
 InputShapes = Mapping[str, Sequence[int]]
@@ -152,7 +152,7 @@ def stats(
 ) -> dict[str, Any]:
     """The stats JSON object of one model: ``path``, ``inputs``, per-node ``nodes`` (params,
     MACs, output shapes), ``total`` and ``notes``."""
-    from convlint.stats import model_stats
+    from convlint.nodestats import model_stats
 
     registry = load_registry()
     with _as_path(model) as path:
@@ -177,8 +177,8 @@ def fix(
     ``method``, ``rank``, ``ratio``, ``inputs`` (a path), ``samples``, ``timeout``,
     ``unsafe_fixes``...; the result's ``written`` says whether OUT was written.
     """
-    from convlint.fix import FixOptions
-    from convlint.fix import fix as run_fix
+    from convlint.rewrite.pipeline import FixOptions
+    from convlint.rewrite.pipeline import fix as run_fix
 
     if isinstance(model, onnx.ModelProto) and output is None:
         raise TypeError("fix(ModelProto) needs an output path")

@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     fix.add_argument("model", metavar="MODEL")
     _common(fix, lint=False, formats=("text", "json"))
     _selectors(fix, "fix", "leave")
-    from convlint.fixreport import add_fix_arguments
+    from convlint.rewrite.report import add_fix_arguments
 
     add_fix_arguments(fix)
 
@@ -420,13 +420,13 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, registry: Registry) -> int:
-    from convlint.stats import run_stats
+    from convlint.nodestats import run_stats
 
     return run_stats(args, registry)
 
 
 def cmd_rules(args: argparse.Namespace, registry: Registry) -> int:
-    from convlint.stats import table
+    from convlint.nodestats import table
 
     rows = [[r.code, r.name, r.severity.value, r.fix, r.summary] for r in registry]
     sys.stdout.write(table(["code", "name", "severity", "fix", "summary"], rows, set()) + "\n")
@@ -450,7 +450,7 @@ def cmd_rule(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_fix(args: argparse.Namespace, registry: Registry) -> int:
-    from convlint.fixreport import cmd_fix as run_fix
+    from convlint.rewrite.report import cmd_fix as run_fix
 
     settings, _ = resolve_settings(args, registry)
     return run_fix(args, registry, settings)

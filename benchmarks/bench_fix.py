@@ -122,8 +122,8 @@ def fixture_table(repeat: int) -> None:
     `fix` measured (median over ``repeat`` runs, and their range), and how often
     --objective latency kept those rewrites over as many runs."""
     from convlint.engine import Settings
-    from convlint.fix import FixOptions, fix
     from convlint.registry import load_registry
+    from convlint.rewrite.pipeline import FixOptions, fix
 
     registry = load_registry()
     print(f"fixtures, --method weight, {repeat} runs each, {os.cpu_count()} CPUs")

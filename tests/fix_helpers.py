@@ -12,9 +12,9 @@ import onnx
 from convlint.engine import Settings, analyze
 from convlint.findings import Finding, Severity
 from convlint.graph import ModelGraph, build_graph
-from convlint.plan import plan
 from convlint.registry import load_registry
-from convlint.rewrite import Target, Weights
+from convlint.rewrite.edit import Target, Weights
+from convlint.rewrite.plan import plan
 
 
 def ort_run(model: onnx.ModelProto | str | Path, feeds: list[dict[str, Any]]) -> list[list[Any]]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from convlint import fixtures
-from convlint.fix import MAX_SAMPLES
 from convlint.reporters.common import json_text
+from convlint.rewrite.pipeline import MAX_SAMPLES
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_inputs_declaring_more_than_the_bound_are_refused_before_reading(
 
     import numpy as np
 
-    from convlint.calibration import MAX_INPUT_BYTES
+    from convlint.rewrite.calibration import MAX_INPUT_BYTES
 
     model = fixtures.save(fixtures.linear_conv_chain_bad(), tmp_path / "chain.onnx")
     bomb = tmp_path / "bomb.npz"

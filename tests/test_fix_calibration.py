@@ -14,10 +14,10 @@ import onnx
 import pytest
 
 from convlint import fixtures
-from convlint.calibration import PRESETS, parse_preprocess, read_samples
 from convlint.cli import main
 from convlint.errors import ConvlintError, UsageError
 from convlint.fixtures._builder import GraphBuilder
+from convlint.rewrite.calibration import PRESETS, parse_preprocess, read_samples
 
 FAST = ["--method", "weight", "--no-latency"]
 SHAPE = (1, 256, 6, 6)
@@ -372,7 +372,7 @@ def test_min_top1_without_class_scores_exits_2(
 
 
 def test_class_rows_shapes() -> None:
-    from convlint.verify import class_rows
+    from convlint.rewrite.verify import class_rows
 
     assert class_rows(np.zeros((1, 1000), np.float32)).shape == (1, 1000)  # type: ignore[union-attr]
     assert class_rows(np.zeros((2, 10, 1, 1), np.float32)).shape == (2, 10)  # type: ignore[union-attr]

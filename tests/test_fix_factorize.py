@@ -8,9 +8,9 @@ import onnx
 import pytest
 from fix_helpers import max_abs_diff, random_inputs, target_for
 
-from convlint.factorize import ConvFactorizer, ConvSite, Statistics
 from convlint.fixtures import GraphBuilder
-from convlint.rewrite import FactorTarget, Names, apply_edits
+from convlint.rewrite.edit import FactorTarget, Names, apply_edits
+from convlint.rewrite.factorize import ConvFactorizer, ConvSite, Statistics
 
 # (kernel, stride, dilation, pads (top, left, bottom, right) or auto_pad, input h×w)
 GEOMETRIES = [

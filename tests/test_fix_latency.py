@@ -16,10 +16,10 @@ from fix_helpers import ort_run
 from convlint import fixtures
 from convlint.cli import main
 from convlint.engine import Settings
-from convlint.fix import Fixer, FixOptions, fix
-from convlint.latency import MIN_RUNS, Latency, region, summarize
 from convlint.registry import load_registry
-from convlint.verify import TIME_BLOCKS, Runtime
+from convlint.rewrite.latency import MIN_RUNS, Latency, region, summarize
+from convlint.rewrite.pipeline import Fixer, FixOptions, fix
+from convlint.rewrite.verify import TIME_BLOCKS, Runtime
 
 LATENCY_FIELDS = {
     "before", "after", "ratio", "runs", "threads", "before_iqr", "after_iqr", "interleaving",
@@ -157,7 +157,7 @@ def test_region_cuts_out_a_rewrite_with_its_weights() -> None:
     nodes = [n for n in model.graph.node if n.op_type == "Conv"][:1]
     cut = region(model, nodes, [nodes[0].output[0]], {}, {})
     assert cut is None  # its input has no shape given: not timed
-    from convlint.latency import InputInfo, random_feed
+    from convlint.rewrite.latency import InputInfo, random_feed
 
     inputs = {nodes[0].input[0]: InputInfo((1, 64, 14, 14), onnx.TensorProto.FLOAT)}
     cut = region(model, nodes, [nodes[0].output[0]], inputs, {})
@@ -172,7 +172,7 @@ def test_a_model_the_timing_session_refuses_still_gets_fixed(
 ) -> None:
     """Timing runs with every graph optimization; a model only that session refuses gets
     no latency (a note says why), not a failed fix."""
-    from convlint.verify import RuntimeFailure
+    from convlint.rewrite.verify import RuntimeFailure
 
     def refuse(self: Runtime, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeFailure("onnxruntime failed while timing the models: planted")

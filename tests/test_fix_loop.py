@@ -18,8 +18,8 @@ from test_fix_rewrites import pool_model
 from convlint import fixtures
 from convlint.cli import main
 from convlint.engine import Settings
-from convlint.fix import FixOptions, fix
 from convlint.registry import load_registry
+from convlint.rewrite.pipeline import FixOptions, fix
 
 FAST = ["--method", "weight", "--samples", "2", "--no-latency"]
 

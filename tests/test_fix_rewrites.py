@@ -12,10 +12,10 @@ from fix_helpers import findings_of, max_abs_diff, random_inputs, rel_l2, target
 
 from convlint import fixtures
 from convlint.engine import Settings
-from convlint.fix import FixOptions, fix
 from convlint.fixtures import GraphBuilder
 from convlint.registry import load_registry
-from convlint.rewrite import FoldTarget, Names, PoolTarget, apply_edits
+from convlint.rewrite.edit import FoldTarget, Names, PoolTarget, apply_edits
+from convlint.rewrite.pipeline import FixOptions, fix
 
 
 def run_fix(path: Path, **options):  # type: ignore[no-untyped-def]
@@ -242,8 +242,8 @@ def test_a_combination_that_breaks_the_tolerance_drops_the_worst_rewrite(
 ) -> None:
     """Each rewrite passes alone; the combined model is made to fail once: the rewrite that
     moved the outputs most cannot be tightened (its rank is already exact), so it is dropped."""
-    from convlint.fix import Fixer
-    from convlint.verify import Errors
+    from convlint.rewrite.pipeline import Fixer
+    from convlint.rewrite.verify import Errors
 
     measure = Fixer.measure
     failed: list[str] = []

@@ -44,7 +44,7 @@ def test_output_declared_without_shape_is_given_the_inferred_one(tmp_path: Path)
 def test_checker_failure_names_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from convlint.verify import Runtime
+    from convlint.rewrite.verify import Runtime
 
     path = fixtures.save(_planted(), tmp_path / "conv.onnx")
 
@@ -201,7 +201,7 @@ def test_seeded_inputs_for_scalar_inputs_are_arrays() -> None:
     import numpy as np
     import onnx
 
-    from convlint.verify import InputSpec, random_feeds
+    from convlint.rewrite.verify import InputSpec, random_feeds
 
     specs = [
         InputSpec("cond", (), onnx.TensorProto.BOOL),

@@ -13,8 +13,9 @@ import pytest
 from fix_helpers import max_abs_diff, random_inputs
 from onnx import numpy_helper
 
-from convlint import fixtures, weightstore
+from convlint import fixtures
 from convlint.errors import ModelError
+from convlint.rewrite import weightstore
 
 
 @pytest.fixture(params=["walked", "parsed"])

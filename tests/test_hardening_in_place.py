@@ -105,7 +105,7 @@ def test_interrupted_between_data_and_model_leaves_the_old_pair(
 def test_interrupted_while_verifying_the_written_model_leaves_nothing(
     tmp_path: Path, temp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from convlint.verify import Runtime
+    from convlint.rewrite.verify import Runtime
 
     folder = tmp_path / "models"
     folder.mkdir()

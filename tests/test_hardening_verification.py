@@ -20,7 +20,7 @@ import pytest
 from onnx import numpy_helper
 
 from convlint import fixtures
-from convlint.verify import InputSpec, compare, load_feeds
+from convlint.rewrite.verify import InputSpec, compare, load_feeds
 
 FAST = ["--method", "weight", "--samples", "2", "--quiet"]
 SHAPE = (1, 256, 6, 6)
@@ -140,11 +140,9 @@ def test_nan_output_of_the_original_fails_verification(
 def test_nan_output_of_the_rewrite_fails_verification(
     planted: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib
+    from convlint.rewrite import pipeline
 
-    fix_module = importlib.import_module("convlint.fix")
-
-    fill = fix_module.fill_output_types
+    fill = pipeline.fill_output_types
 
     def poison(model: onnx.ModelProto, path: Path) -> None:
         fill(model, path)
@@ -153,7 +151,7 @@ def test_nan_output_of_the_rewrite_fails_verification(
         values.flat[0] = np.nan
         weight.CopyFrom(numpy_helper.from_array(values, weight.name))
 
-    monkeypatch.setattr(fix_module, "fill_output_types", poison)
+    monkeypatch.setattr(pipeline, "fill_output_types", poison)
     out = tmp_path / "out.onnx"
     code, stdout, err = cli("fix", str(planted), "-o", str(out), *FAST[:-1])
     assert code == 1

@@ -53,26 +53,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from convlint import latency, loader, weightstore
+from convlint import loader
 from convlint.atomic import fsync_file, fsync_folder, new_file_mode, special_kind, write_target
-from convlint.calibration import Samples, parse_preprocess, read_samples
 from convlint.cost import ModelCost, model_cost, spatial_pixels
 from convlint.engine import ModelReport, Settings, lint
 from convlint.errors import ConvlintError, ModelError, UsageError
-from convlint.factorize import KINDS, Array, Factors
-from convlint.fixreport import (
-    DEFAULT_OBJECTIVE,
-    DEFAULT_SAMPLES,
-    INPUT_SAMPLES,
-    METHODS,
-    OBJECTIVES,
-)
 from convlint.graph import build_graph
-from convlint.latency import Latency
 from convlint.paths import external_data_files
-from convlint.plan import NotRewritable, plan
 from convlint.registry import Registry
-from convlint.rewrite import (
+from convlint.rewrite import latency, weightstore
+from convlint.rewrite.calibration import Samples, parse_preprocess, read_samples
+from convlint.rewrite.edit import (
     Edit,
     FactorTarget,
     FoldTarget,
@@ -82,7 +73,17 @@ from convlint.rewrite import (
     Weights,
     apply_edits,
 )
-from convlint.verify import (
+from convlint.rewrite.factorize import KINDS, Array, Factors
+from convlint.rewrite.latency import Latency
+from convlint.rewrite.plan import NotRewritable, plan
+from convlint.rewrite.report import (
+    DEFAULT_OBJECTIVE,
+    DEFAULT_SAMPLES,
+    INPUT_SAMPLES,
+    METHODS,
+    OBJECTIVES,
+)
+from convlint.rewrite.verify import (
     WEIGHTS_FILE,
     Errors,
     Feed,

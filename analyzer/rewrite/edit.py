@@ -32,7 +32,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from convlint.factorize import (
+from convlint.graph import Node
+from convlint.rewrite.factorize import (
     KINDS,
     Array,
     Consumer,
@@ -42,7 +43,6 @@ from convlint.factorize import (
     PoolProjection,
     Statistics,
 )
-from convlint.graph import Node
 
 
 @dataclass

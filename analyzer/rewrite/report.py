@@ -20,8 +20,8 @@ from convlint.reporters import SCHEMA_VERSION, fmt_int, summary
 from convlint.reporters.common import json_text
 
 if TYPE_CHECKING:
-    from convlint.fix import FixResult
-    from convlint.verify import Errors
+    from convlint.rewrite.pipeline import FixResult
+    from convlint.rewrite.verify import Errors
 
 METHODS = ("data-aware", "weight")
 OBJECTIVES = ("latency", "macs")
@@ -111,7 +111,7 @@ def _seconds(value: float) -> str:
 
 
 def _timings_text(result: FixResult) -> str:
-    from convlint.fix import STAGES
+    from convlint.rewrite.pipeline import STAGES
 
     parts = [
         f"{stage} {_seconds(result.timings[stage])}" for stage in STAGES if stage in result.timings
@@ -265,8 +265,8 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
     """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
     from convlint.atomic import write_target
     from convlint.cli import emit, refuse_overwriting_inputs
-    from convlint.fix import FixOptions, FixResult, fix, named_after
-    from convlint.verify import RuntimeFailure
+    from convlint.rewrite.pipeline import FixOptions, FixResult, fix, named_after
+    from convlint.rewrite.verify import RuntimeFailure
 
     if args.format not in ("text", "json"):
         raise UsageError(f"fix supports --format text or json, not {args.format}")

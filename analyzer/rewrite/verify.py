@@ -57,8 +57,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from convlint.calibration import non_finite_values
 from convlint.errors import ConvlintError
+from convlint.rewrite.calibration import non_finite_values
 
 Feed = dict[str, npt.NDArray[Any]]
 Outputs = list[npt.NDArray[Any]]  # one array per model output, in the model's order
@@ -173,7 +173,7 @@ def load_feeds(path: str | Path, specs: Sequence[InputSpec]) -> list[Feed]:
     """Samples from an .npz holding one array per input (or an .npy for a single input): the
     input's shape (one sample) or that shape with a leading samples axis (see
     ``calibration``)."""
-    from convlint.calibration import read_samples
+    from convlint.rewrite.calibration import read_samples
 
     names = [s.name for s in specs]
     samples = read_samples(
@@ -422,7 +422,7 @@ class Runtime:
             self._stderr = open(self._folder / "stderr.log", "wb")  # noqa: SIM115
             # -I: no working directory, user site or PYTHONPATH on the child's sys.path.
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", "from convlint.verify import serve; serve()"],
+                [sys.executable, "-I", "-c", "from convlint.rewrite.verify import serve; serve()"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,

@@ -1,7 +1,7 @@
 """Stage 5a: plan the rewrite of each finding, or say plainly why it cannot be rewritten.
 
 ``plan(finding, graph, weights, static_spatial)`` reads the flagged neighbourhood and the
-weights it needs and returns a target of ``rewrite`` (``FactorTarget``, ``PoolTarget``,
+weights it needs and returns a target of ``edit`` (``FactorTarget``, ``PoolTarget``,
 ``FoldTarget``), or raises :class:`NotRewritable` with the reason the report shows under
 ``skipped``. Nothing here edits the model.
 """
@@ -13,16 +13,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from convlint.cost import spatial_pixels
-from convlint.factorize import (
+from convlint.findings import Finding
+from convlint.graph import ACTIVATIONS, ModelGraph, Node
+from convlint.rewrite.edit import FactorTarget, FoldTarget, PoolTarget, Target, Weights
+from convlint.rewrite.factorize import (
     Array,
     ConvSite,
     compose_pointwise_first,
     compose_pointwise_second,
     constant_response,
 )
-from convlint.findings import Finding
-from convlint.graph import ACTIVATIONS, ModelGraph, Node
-from convlint.rewrite import FactorTarget, FoldTarget, PoolTarget, Target, Weights
 from convlint.view import FOLDABLE, View
 
 FACTORIZED = ("CL001", "CL005")

@@ -1,0 +1,17 @@
+"""Stage 5: `convlint fix`: findings -> rewrites at chosen ranks -> verified, timed model -> OUT.
+
+One module per step, in the order a run goes through them (``pipeline.fix`` drives them):
+
+- ``report``: the command's options; at the end, its text and JSON reports and its exit code.
+- ``weightstore``: the model read without its weights' values; weights staged and streamed.
+- ``calibration``: the samples, ``--inputs`` (.npz, .npy, images with ``--preprocess``) or noise.
+- ``plan``: a finding -> a rewrite target, or the plain reason it cannot be rewritten.
+- ``factorize``: SVD / Tucker-2 factorizations (weight and data-aware), the fold algebra.
+- ``edit``: the targets' edits of the model with its weights, applied in one pass.
+- ``verify``: onnxruntime in a child process under a time limit; the error measures.
+- ``latency``: timing summaries; one rewrite's nodes cut out to time them alone.
+- ``pipeline``: rank selection, end-to-end verification, timing, re-lint, the atomic write.
+
+Nothing is imported here: the command line's parser imports ``report`` alone, the other
+modules are imported when `fix` runs. The Python API's ``convlint.fix`` calls ``pipeline.fix``.
+"""
