@@ -2,12 +2,13 @@
 
 The Python API is ``convlint.check``, ``convlint.fix`` and ``convlint.stats`` (see
 ``convlint.api``); it is imported on first call, so that ``import convlint`` stays cheap.
+No module of the package is named ``check``, ``fix`` or ``stats`` (the fix pipeline is
+``convlint.rewrite``, the stats command ``convlint.nodestats``): importing a submodule binds
+its name on the package, and must never replace these functions.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -37,17 +38,3 @@ else:
         "convlint.api.fix: rewrite, verify and write a model.",
         "convlint.api.stats: per-node params, MACs and output shapes.",
     )
-
-
-class _Package(types.ModuleType):
-    """The package keeps ``fix`` and ``stats`` as the API's functions: importing the stage
-    modules of the same names (``convlint.fix``, ``convlint.stats``, reachable as ever through
-    ``from convlint.fix import ...`` and ``sys.modules``) would otherwise rebind them."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in __all__ and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

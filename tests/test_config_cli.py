@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,3 +122,21 @@ def test_api_check_fix_and_stats(repo: Path, tmp_path: Path) -> None:
     assert onnx.load(str(tmp_path / "folded.onnx")).graph.node[0].op_type == "Conv"
     with pytest.raises(TypeError, match="needs an output path"):
         convlint.fix(proto)
+
+
+def test_api_names_stay_functions_after_every_module_is_imported() -> None:
+    """Importing a submodule binds its name on the package: no module may be called `check`,
+    `fix` or `stats` (the fix pipeline is convlint.rewrite, the stats command convlint.nodestats),
+    or importing it would replace the API function of that name."""
+    modules = [
+        info.name
+        for info in pkgutil.walk_packages(convlint.__path__, "convlint.")
+        if info.name != "convlint.__main__"  # runs the command line
+    ]
+    assert {"convlint.rewrite.pipeline", "convlint.nodestats"} <= set(modules)
+    for name in modules:
+        importlib.import_module(name)
+    for name in ("check", "fix", "stats"):
+        function = getattr(convlint, name)
+        assert isinstance(function, types.FunctionType), name
+        assert function.__module__ == "convlint" and function.__doc__.startswith("convlint.api.")
