@@ -1,4 +1,4 @@
-"""Stage 5: the `convlint` process itself: start-up and exit around ``cli.main``.
+"""The `convlint` process itself, around every stage: start-up and exit around ``cli.main``.
 
 A run of ``convlint check`` on one large model is mostly start-up, one pass of analysis and
 exit, so the process pays for neither of two things Python does by default:

@@ -1,4 +1,4 @@
-"""Stage 2: the model as a networkx graph, with shapes, constants and look-through queries.
+"""Stage 2: the model as a graph (networkx on demand), with shapes, constants and queries.
 
 One graph node per ONNX node (subgraphs of If/Loop/Scan are analyzed as their own graphs, which
 see the shapes and constants of the graphs enclosing them); edges run along tensors. Attributes

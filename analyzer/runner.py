@@ -1,4 +1,4 @@
-"""Stage 5: check many models, in parallel, with each model's results shown as they come.
+"""Stage 4 over many models: check them in parallel, each model's results shown as they come.
 
 Models are checked in this process while those left would take less time than starting workers
 costs; the rest go to a pool of worker processes created once per run (``fork`` on Linux, so a
