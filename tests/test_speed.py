@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import networkx as nx
@@ -13,6 +14,7 @@ import onnx
 import pytest
 from onnx.helper import make_attribute
 
+import convlint
 from convlint import fixtures, loader
 from convlint.cost import NodeCost, model_cost, node_cost, numel
 from convlint.engine import validate_graph
@@ -180,3 +182,20 @@ def test_a_model_that_cannot_be_mapped_is_read(
 
     monkeypatch.setattr(loader.mmap, "mmap", unmappable)
     assert loader.load(path).model == expected
+
+
+def test_models_checked_in_threads_at_once_get_their_own_results(
+    model_file: Callable[..., Path],
+) -> None:
+    # Attribute reads are shared between a graph's nodes: never between graphs in threads.
+    names = ["inception_3a_naive", "vgg_stack", "resnet_bottleneck", "spatial_expansion_bad"]
+    paths = [model_file(name) for name in names] * 3
+
+    def summary(path: Path) -> tuple[object, ...]:
+        report = convlint.check(path)
+        return report.cost.as_dict(), [f.as_dict() for f in report.findings]
+
+    expected = [summary(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(summary, paths)) == expected
+    assert any(findings for _, findings in expected)
