@@ -19,8 +19,10 @@ Conventions (documented in the README):
   leading dim of the output counts (a sequence-first T×N×K by K×M is T·N·K·M), except the
   model's batch symbol (the symbolic dim 0 of a data input, counted as 1; a static batch of 1
   is 1 anyway); another symbolic leading dim makes MACs None. A 1-D MatMul operand is one row
-  or one column, as in numpy. Pooling: one MAC per window element read. Normalizations: one
-  MAC per output element (a folded scale and shift), and so is a Mul or Div by a constant of
+  or one column, as in numpy. Pooling: one MAC per window element read, and so do global
+  pools and reductions of a float tensor (ReduceMean, ReduceMax...: the dynamo exporter's
+  ``mean`` over H and W costs what GlobalAveragePool does). Normalizations: one MAC per
+  output element (a folded scale and shift), and so is a Mul or Div by a constant of
   more than one element (a per-channel scale: Caffe's Scale, TensorFlow's batch norm), so that
   a network costs the same however its batch norm was exported. Activations, other
   elementwise arithmetic and shape ops: zero (they are not multiply-accumulates).
@@ -55,6 +57,12 @@ NORMALIZATIONS = frozenset(
 )
 WINDOW_POOLS = frozenset({"MaxPool", "AveragePool", "LpPool"})
 GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+REDUCTIONS = frozenset(
+    {
+        "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2",
+        "ReduceLogSumExp", "ReduceSumSquare",
+    }
+)  # fmt: skip
 ELEMENTWISE_WITH_WEIGHTS = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
@@ -256,6 +264,12 @@ def _global_pool(graph: ModelGraph, node: Node) -> NodeCost:
     return NodeCost(0, per_sample(graph.shape(node.inputs[0])))
 
 
+def _reduction(graph: ModelGraph, node: Node) -> NodeCost:
+    if graph.dtype(node.inputs[0]) not in FLOATS:  # shape arithmetic, not features
+        return FREE
+    return _global_pool(graph, node)
+
+
 def _prelu(graph: ModelGraph, node: Node) -> NodeCost:
     return _cost(graph, node.inputs[1:2], 0)
 
@@ -286,6 +300,7 @@ COST_BY_OP: dict[str, Callable[[ModelGraph, Node], NodeCost]] = {
     **dict.fromkeys(NORMALIZATIONS, _normalization),
     **dict.fromkeys(WINDOW_POOLS, _window_pool),
     **dict.fromkeys(GLOBAL_POOLS, _global_pool),
+    **dict.fromkeys(REDUCTIONS, _reduction),
     "PRelu": _prelu,
     **dict.fromkeys(ELEMENTWISE_WITH_WEIGHTS, _elementwise),
 }

@@ -20,7 +20,14 @@ Roles (``View.role``):
 - ``passthrough``: Identity, Dropout, Cast;
 - ``merge``: Add or Sum of two or more feature maps of one shape (a residual connection);
 - ``pool``: MaxPool, AveragePool, LpPool; ``concat``; ``dense``: Gemm, MatMul with a constant
-  weight; ``flatten``: Flatten, Reshape; ``other``: everything else.
+  weight; ``flatten``: Flatten, Reshape, Squeeze, Unsqueeze;
+- ``spatial-reduce``: a reduction over every spatial axis and nothing else: GlobalAveragePool,
+  GlobalMaxPool, GlobalLpPool, and ReduceMean/ReduceMax/ReduceSum/... whose constant axes are
+  exactly the axes that are neither batch nor channels (the dynamo exporter's ``mean``);
+- ``normalize``: LayerNormalization, GroupNormalization, InstanceNormalization,
+  LpNormalization, MeanVarianceNormalization (per-position statistics: no spatial mixing that
+  a rule asks about, but not affine either);
+- ``other``: everything else.
 
 The view is built once per graph and shared by every rule; every answer is computed on first
 use and memoized, so a large graph pays only for what rules ask.
@@ -58,8 +65,21 @@ MERGES = frozenset({"Add", "Sum"})
 QUANTIZE = frozenset({"QuantizeLinear", "DequantizeLinear"})
 SELECT = frozenset({"Split", "Slice", "Gather"})
 POOLS = frozenset({"MaxPool", "AveragePool", "LpPool"})
-FLATTENERS = frozenset({"Flatten", "Reshape"})
+FLATTENERS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
 DENSE = frozenset({"Gemm", "MatMul"})
+GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+REDUCTIONS = frozenset(
+    {
+        "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2",
+        "ReduceLogSumExp", "ReduceSumSquare", "ReduceProd",
+    }
+)  # fmt: skip
+NORMALIZATIONS = frozenset(
+    {
+        "LayerNormalization", "GroupNormalization", "InstanceNormalization",
+        "LpNormalization", "MeanVarianceNormalization",
+    }
+)  # fmt: skip
 
 # The walks rules take (sets of roles looked through).
 LINEAR = frozenset({"affine", "passthrough", "layout", "quantize"})  # no nonlinearity
@@ -67,6 +87,9 @@ CHANNEL_PRESERVING = LINEAR | {"activation"}  # same channels, maybe a nonlinear
 WIDTH_SOURCE = CHANNEL_PRESERVING | {"select"}  # "what set this tensor's width?"
 LAYOUT_ONLY = frozenset({"passthrough", "layout", "quantize"})  # the same values
 FOLDABLE = frozenset({"affine", "passthrough"})  # what `convlint fix` folds between two convs
+# What a value reduced over space may pass through and still be one value per channel:
+# ConvNeXt's head normalizes its pooled features channels-last and flattens them.
+AFTER_POOLING = LINEAR | {"activation", "normalize", "flatten"}
 
 # Names of activations in messages.
 ACTIVATION_NAMES = {"Relu": "ReLU", "Gelu": "GELU", "HardSwish": "HardSwish", "Mish": "Mish"}
@@ -181,6 +204,10 @@ class View:
             return "dense"
         if op in FLATTENERS:
             return "flatten"
+        if op in GLOBAL_POOLS or (op in REDUCTIONS and self._reduces_space(node)):
+            return "spatial-reduce"
+        if op in NORMALIZATIONS:
+            return "normalize"
         return "other"
 
     def nodes(self, role: str) -> list[Node]:
@@ -411,6 +438,22 @@ class View:
         found.sort(key=lambda item: item[0].index)
         return found
 
+    def spatial_reduction(self, tensor: str) -> Node | None:
+        """The node that reduced ``tensor``'s values over every spatial axis (a global pool, a
+        reduction over H and W, a pool whose output is 1×1), looking back through the steps
+        that keep one value per channel (:data:`AFTER_POOLING`); None if there is none."""
+        source, _ = self.source_of(tensor, through=AFTER_POOLING)
+        if source is None:
+            return None
+        role = self.role(source)
+        if role == "spatial-reduce":
+            return source
+        if role == "pool":
+            spatial = self.spatial_dims(source.outputs[0])
+            if spatial is not None and all(d == 1 for d in spatial):
+                return source
+        return None
+
     def origin(self, tensor: str) -> str:
         """The tensor ``tensor`` holds the values of, before layout and quantization steps."""
         node = self.graph.producer_of(tensor)
@@ -469,6 +512,22 @@ class View:
             return False
         lowest = np.iinfo(zero_point.dtype).min
         return bool((zero_point == lowest).all())
+
+    def _reduces_space(self, node: Node) -> bool:
+        """A Reduce* op whose axes are exactly its input's spatial axes."""
+        data = node.inputs[0] if node.inputs else ""
+        shape = self.graph.shape(data)
+        if shape is None or len(shape) < 3:
+            return False
+        if len(node.inputs) > 1 and node.inputs[1]:  # opset 18: axes is an input
+            axes = self._int_values(node.inputs[1])
+        else:
+            axes = node.attr("axes")
+        if not axes:
+            return False  # no axes: every axis, channels too
+        rank, channel = len(shape), self.channel_axis(data)
+        spatial = {i for i in range(rank) if i not in (0, channel)}
+        return {int(a) % rank for a in axes} == spatial
 
     def _selects_channels(self, node: Node) -> bool:
         data = node.inputs[0] if node.inputs else ""

@@ -29,7 +29,11 @@ features[1,512,7,7] -> GlobalAveragePool -> Flatten -> Gemm 512->4096 -> Relu
 ## Known problems
 The replacement changes what the layer can express and must be retrained; detection heads that
 need position (a dense layer predicting box coordinates from a small map) may want it as it is.
-Maps that are already 1×1 are not flagged.
+Maps that are already 1×1 are not flagged, nor is a dense layer whose input was reduced over
+space (GlobalAveragePool, ReduceMean or ReduceMax over H and W, a pool to 1×1) and then only
+transposed, normalized (LayerNorm, BatchNorm, per-channel affine), activated or flattened:
+ConvNeXt's head pools to 1×768×1×1, applies LayerNorm channels-last between two Transposes and
+flattens into a Linear 768->1000, which reads 768 pooled values, not a 1×1×768 map.
 
 ## Fix safety
 Display-only: no rewrite of a trained dense head into pooling keeps its function, so
@@ -58,6 +62,10 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
     for dense in view.nodes("dense"):
         flatten, _ = view.source_of(dense.inputs[0], through=CHANNEL_PRESERVING)
         if flatten is None or view.role(flatten) != "flatten":
+            continue
+        pooled = view.spatial_reduction(dense.inputs[0])
+        if pooled is not None:
+            ctx.skip(dense, f"its input was reduced over space by {view.describe(pooled)}")
             continue
         rows = graph.shape(flatten.outputs[0])
         if rows is None or len(rows) != 2:

@@ -25,6 +25,8 @@ Converter = Callable[[onnx.ModelProto], onnx.ModelProto]
 # The blocks of the issue, and a few more that exercise SE, HardSigmoid, channel shuffle
 # (Reshape/Transpose), LayerNorm + GELU, Flatten + Gemm and Squeeze + LSTM in each dialect.
 BLOCKS = [
+    "convnext_head",
+    "convnext_head_reduce_mean",
     "resnet_bottleneck",
     "resnet_basic_block",
     "densenet_block",
@@ -345,6 +347,8 @@ FAMILIES = [
     "fused_mbconv_stage",
     "crnn_lstm",
     "vgg_head_constant_of_shape",
+    "convnext_head",
+    "convnext_head_reduce_mean",
 ]
 
 

@@ -86,6 +86,9 @@ FAMILIES: dict[str, set[tuple[str, str]]] = {
     "squeezenet_fire": set(),
     "regnet_block": set(),
     "stem_only": set(),
+    # ConvNeXt's head: pooled, LayerNorm channels-last, Flatten, Linear (no CL004)
+    "convnext_head": set(),
+    "convnext_head_reduce_mean": set(),
 }
 
 

@@ -60,6 +60,8 @@ EXPECTED_OUTPUT_SHAPES: dict[str, list[Dims]] = {
     "crnn_lstm": [[32, 1, 37]],
     "crnn_lstm_batch_first": [[1, 32, 37]],
     "vgg_head_constant_of_shape": [[1, 10]],
+    "convnext_head": [[1, 1000]],
+    "convnext_head_reduce_mean": [[1, 1000]],
     "quantized_convs": [[1, 16, 16, 16]],
     "recurrent_stack": [[12, 1, 5]],
     "computed_weights": [[1, 10]],

@@ -46,6 +46,8 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "shufflenet_unit": set(),
     "convnext_block": set(),
     "convnext_downsample": set(),
+    "convnext_head": set(),
+    "convnext_head_reduce_mean": set(),
     "regnet_block": set(),
 }
 
