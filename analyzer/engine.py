@@ -104,11 +104,16 @@ class RuleContext:
         fix: Fix | None = None,
         related: Sequence[str] = (),
         suggestion: Suggestion | None = None,
+        severity: Severity | None = None,
     ) -> Finding:
+        """A finding at the rule's configured severity, or at ``severity`` where the rule's
+        documented policy lowers it for this case (never above the configured one)."""
+        if severity is None or severity.rank > self.severity.rank:
+            severity = self.severity
         return Finding(
             code=self.rule.code,
             rule=self.rule.name,
-            severity=self.severity,
+            severity=severity,
             node=node.name,
             op_type=node.op_type,
             message=message,

@@ -50,6 +50,16 @@ width, such as a 1×3 conv 480->60, gains nothing from it. Pooling ops stop the 
 reduction followed by pooling does not count. The message names the conv's actual input and,
 separately, where the walk back stopped.
 
+1-D convs (speech, EEG and sequence models: Conv with one spatial dim) follow a written
+policy, derived from the estimate: such a conv is a warning only when the bottleneck saves at
+least `min-1d-saving` (default 5×) of its MACs, and info below. At equal widths C->C the
+bottleneck costs C²/4 + C²·k/16 + C²/4 per output pixel against C²·k, a saving of 16k/(8+k):
+4.4× at k=3, 6.2× at k=5, 7.5× at k=7, 8.5× at k=9, while a 2-D 3×3 conv (9 taps) saves
+8.5× and a 5×5 12.1×. At k=3 the two 1×1 convs are 73% of the bottleneck's cost: it mostly
+trades one short conv for two pointwise ones and buys little, so a 128-channel 1-D k=3 conv
+(a VAD's, a dilated TCN's) is info; from k=5 at equal widths it saves over 6× and is a
+warning, as 2-D convs are. A 1-D conv that widens saves less (k=5 128->256: 3.6×, info).
+
 ## Fix safety
 `convlint fix` factorizes the trained weight (SVD or Tucker-2) at the smallest rank whose
 verified output error stays within `--tolerance`; that keeps the function, so it is safe. Where no
@@ -124,6 +134,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
     view = ctx.view
     min_channels = int(ctx.options["min-channels"])
     ratio = int(ctx.options["reduction-ratio"])
+    min_1d_saving = float(ctx.options["min-1d-saving"])
     walk = _Walk(view)
     for node in view.nodes("conv"):
         geometry = view.geometry(node)
@@ -166,10 +177,19 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         where = f"its input is {source}"
         if stopped != source:
             where += f"; the walk back stopped at {stopped}"
+        severity, policy = None, ""
+        factor = 1 / (1 - saved) if saved < 1 else float("inf")
+        if len(geometry.kernel) == 1 and factor < min_1d_saving:
+            severity = Severity.INFO
+            policy = (
+                f"; info, not a warning: the bottleneck saves {factor:.1f}×, below "
+                f"min-1d-saving={min_1d_saving:g}× for 1-D convs"
+            )
         yield ctx.finding(
             node,
             f"{geometry.kernel_text} conv reads {geometry.cin} channels with no "
-            f"1×1 reduction before it ({where})",
+            f"1×1 reduction before it ({where}){policy}",
+            severity=severity,
             estimate=estimate,
             fix=rewrite_fix(
                 view,
@@ -236,6 +256,6 @@ RULE = Rule(
     fix="sometimes",
     summary="k×k conv reading many channels that no 1×1 conv reduced first",
     check=check,
-    options={"min-channels": 128, "reduction-ratio": 4},
+    options={"min-channels": 128, "reduction-ratio": 4, "min-1d-saving": 5.0},
     doc=__doc__ or "",
 )

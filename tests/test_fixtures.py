@@ -62,6 +62,8 @@ EXPECTED_OUTPUT_SHAPES: dict[str, list[Dims]] = {
     "vgg_head_constant_of_shape": [[1, 10]],
     "convnext_head": [[1, 1000]],
     "convnext_head_reduce_mean": [[1, 1000]],
+    "tcn_block_1d": [[1, 128, 250]],
+    "tcn_block_1d_k7": [[1, 128, 250]],
     "quantized_convs": [[1, 16, 16, 16]],
     "recurrent_stack": [[12, 1, 5]],
     "computed_weights": [[1, 10]],

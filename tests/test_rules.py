@@ -31,6 +31,9 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
         ("CL001", "features.conv3"),
         ("CL004", "classifier"),
     },
+    # 1-D convs: both sides of CL001's 1-D policy (severities in test_cl001_one_d_policy)
+    "tcn_block_1d": {("CL001", "tcn.0.conv1"), ("CL001", "tcn.0.conv2")},
+    "tcn_block_1d_k7": {("CL001", "tcn.0.conv1"), ("CL001", "tcn.0.conv2")},
     # good twins and well-designed networks: silence
     "inception_3a": set(),
     "resnet_bottleneck": set(),
@@ -214,3 +217,35 @@ def test_cl003_passes_over_a_chain_whose_middle_is_a_graph_output(tmp_path: Any,
     report = analyze(path, load_registry(), Settings())
     assert found(report) == set()  # folding would drop the output
     assert any(s.code == "CL003" and "graph output" in s.reason for s in report.skips)
+
+
+@pytest.mark.parametrize(
+    ("name", "kernel", "severity", "factor"),
+    [("tcn_block_1d", 3, "info", 4.4), ("tcn_block_1d_k7", 7, "warning", 7.5)],
+)
+def test_cl001_one_d_policy(
+    name: str, kernel: int, severity: str, factor: float, lint: Callable[..., ModelReport]
+) -> None:
+    """1-D convs are warnings only where the bottleneck saves >= min-1d-saving (5×): at equal
+    widths it saves 16k/(8+k), 4.4× at k=3 and 7.5× at k=7."""
+    report = lint(name)
+    for finding in report.findings:
+        assert finding.severity.value == severity
+        est = finding.estimate
+        assert est is not None and est.macs_per_output_pixel == 128 * 128 * kernel
+        mid = 32
+        after = 128 * mid + mid * mid * kernel + mid * 128
+        assert est.macs_per_output_pixel_after == after
+        assert round(est.macs_per_output_pixel / after, 1) == factor
+        assert est.macs_before == 128 * 128 * kernel * 250
+    notes = [f.message for f in report.findings if "info, not a warning" in f.message]
+    assert len(notes) == (2 if severity == "info" else 0)
+
+
+def test_cl001_one_d_policy_threshold_is_an_option(lint: Callable[..., ModelReport]) -> None:
+    lowered = Settings(rule_options={"CL001": {"min-1d-saving": 4.0}})
+    assert {f.severity.value for f in lint("tcn_block_1d", lowered).findings} == {"warning"}
+    raised = Settings(rule_options={"CL001": {"min-1d-saving": 8.0}})
+    assert {f.severity.value for f in lint("tcn_block_1d_k7", raised).findings} == {"info"}
+    # 2-D convs are not concerned: the 3×3 256->256 saves 8.5×, whatever the 1-D threshold.
+    assert {f.severity.value for f in lint("conv3x3", raised).findings} == {"warning"}
