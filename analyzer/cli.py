@@ -428,7 +428,7 @@ def cmd_stats(args: argparse.Namespace, registry: Registry) -> int:
 def cmd_rules(args: argparse.Namespace, registry: Registry) -> int:
     from convlint.nodestats import table
 
-    rows = [[r.code, r.name, r.severity.value, r.fix, r.summary] for r in registry]
+    rows = [[r.code, r.name, r.severity.value, r.fix_text, r.summary] for r in registry]
     sys.stdout.write(table(["code", "name", "severity", "fix", "summary"], rows, set()) + "\n")
     return 0
 
@@ -438,7 +438,8 @@ def cmd_rule(args: argparse.Namespace, registry: Registry) -> int:
     if rule is None:
         raise UsageError(f"unknown rule {args.code!r} (rules: {', '.join(registry.codes())})")
     header = f"# {rule.name} ({rule.code})\n\n"
-    meta = f"Default severity: {rule.severity.value}. Fix: {rule.fix}.\n"
+    meta = f"Default severity: {rule.severity.value}. Fix: {rule.fix_text}.\n"
+    meta += "".join(f"A fix that is {a.value} is {a.applied}.\n" for a in rule.fixes)
     if rule.options:
         options = ", ".join(f"`{k}` = {v!r}" for k, v in rule.options.items())
         meta += f"Options: {options}.\n"

@@ -20,11 +20,36 @@ class Severity(str, Enum):
 
 
 class Applicability(str, Enum):
-    """As ruff's: safe keeps the function (proved by the verifier), unsafe changes it."""
+    """What `convlint fix` promises for a fix, as ruff's, with one value more because
+    convlint's rewrites are exact or measured approximations.
+
+    ``safe``: the same function up to float rounding (a fold); `fix` applies it always.
+    ``approximate``: a factorization or a projection fitted within an error budget measured on
+    calibration data; `fix` applies it only with real data (``--inputs``).
+    ``unsafe``: changes the function; `fix` applies it only with ``--unsafe-fixes``.
+    ``display-only``: `fix` does not rewrite it.
+    """
 
     SAFE = "safe"
+    APPROXIMATE = "approximate"
     UNSAFE = "unsafe"
     DISPLAY_ONLY = "display-only"
+
+    @property
+    def applied(self) -> str:
+        """When `convlint fix` applies a fix of this applicability, as a finding's fix
+        description ends."""
+        return APPLIED[self]
+
+
+APPLIED = {
+    Applicability.SAFE: "applied by `convlint fix`",
+    Applicability.APPROXIMATE: (
+        "applied by `convlint fix` only with real calibration data (--inputs)"
+    ),
+    Applicability.UNSAFE: "applied by `convlint fix` only with --unsafe-fixes",
+    Applicability.DISPLAY_ONLY: "not applied by `convlint fix`",
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +86,11 @@ class Fix:
 
     def as_dict(self) -> dict[str, str]:
         return {"applicability": self.applicability.value, "description": self.description}
+
+
+def described_fix(applicability: Applicability, description: str) -> Fix:
+    """A fix whose description ends with when `convlint fix` applies it."""
+    return Fix(applicability, f"{description}; {applicability.applied}")
 
 
 @dataclass(frozen=True)
@@ -103,4 +133,13 @@ class Skip(NamedTuple):
     reason: str
 
 
-__all__ = ["Applicability", "Estimate", "Finding", "Fix", "Severity", "Skip", "asdict"]
+__all__ = [
+    "Applicability",
+    "Estimate",
+    "Finding",
+    "Fix",
+    "Severity",
+    "Skip",
+    "asdict",
+    "described_fix",
+]

@@ -13,7 +13,7 @@ from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any
 
 from convlint.errors import ConvlintError, UsageError
-from convlint.findings import Finding, Severity
+from convlint.findings import Applicability, Finding, Severity
 
 if TYPE_CHECKING:
     from convlint.engine import RuleContext
@@ -51,6 +51,18 @@ class Rule:
     options: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
     origin: str = "convlint"
+    # The applicabilities of the fixes its findings offer where `convlint fix` rewrites them
+    # (display-only ones aside); tests/test_applicability.py checks the findings keep to it.
+    fixes: tuple[Applicability, ...] = ()
+
+    @property
+    def fix_text(self) -> str:
+        """Fix availability as `convlint rules` shows it: ``sometimes (approximate)``."""
+        if self.fix == "never":
+            return "never (display-only)"
+        if not self.fixes:
+            return self.fix
+        return f"{self.fix} ({', '.join(a.value for a in self.fixes)})"
 
     def validate(self) -> None:
         where = f"rule from {self.origin}"
@@ -62,6 +74,15 @@ class Rule:
             raise ConvlintError(f"{where}: {self.code} severity must be a convlint Severity")
         if self.fix not in ("always", "sometimes", "never"):
             raise ConvlintError(f"{where}: {self.code} fix must be always, sometimes or never")
+        if not isinstance(self.fixes, tuple) or not all(
+            isinstance(a, Applicability) and a is not Applicability.DISPLAY_ONLY for a in self.fixes
+        ):
+            raise ConvlintError(
+                f"{where}: {self.code} fixes must be a tuple of convlint Applicability values "
+                "other than display-only"
+            )
+        if self.fix == "never" and self.fixes:
+            raise ConvlintError(f"{where}: {self.code} fix is never, but it lists fixes")
         if not callable(self.check):
             raise ConvlintError(f"{where}: {self.code} check is not callable")
         if not self.summary:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from convlint.findings import Applicability, Estimate, Fix
+from convlint.findings import Applicability, Estimate, Fix, described_fix
 from convlint.graph import Node
 from convlint.view import View
 
@@ -29,13 +29,14 @@ def saving(estimate: Estimate) -> float:
     return 0.0
 
 
-def rewrite_fix(view: View, nodes: list[Node], description: str) -> Fix:
-    """A safe fix when every conv it rewrites is a float Conv with stored weights, else
-    display-only: `convlint fix` does not rewrite quantized convs."""
+def rewrite_fix(
+    view: View, nodes: list[Node], description: str, applicability: Applicability
+) -> Fix:
+    """The fix of ``applicability`` when every conv it rewrites is a float Conv with stored
+    weights, else display-only: `convlint fix` does not rewrite quantized convs."""
     if all(view.is_float_conv(node) for node in nodes):
-        return Fix(Applicability.SAFE, description)
-    return Fix(
+        return described_fix(applicability, description)
+    return described_fix(
         Applicability.DISPLAY_ONLY,
-        "convlint fix rewrites float convs with stored weights: rewrite the float model, then "
-        "quantize it again",
+        "a quantized conv: rewrite the float model, then quantize it again",
     )

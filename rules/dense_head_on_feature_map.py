@@ -37,7 +37,7 @@ flattens into a Linear 768->1000, which reads 768 pooled values, not a 1×1×768
 
 ## Fix safety
 Display-only: no rewrite of a trained dense head into pooling keeps its function, so
-`convlint fix` leaves it and says so.
+`convlint fix` leaves it and says so (under `skipped`).
 
 ## References
 - Lin, Chen, Yan. Network in Network, arXiv:1312.4400, section 3.2 (global average pooling).
@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from convlint.engine import RuleContext
-from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
+from convlint.findings import Applicability, Estimate, Finding, Severity, described_fix
 from convlint.registry import Rule
 from convlint.sketch import Suggestion
 from convlint.view import CHANNEL_PRESERVING
@@ -110,7 +110,10 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                 macs_before=inputs * units,
                 macs_after=channels * height * width + channels * units,
             ),
-            fix=Fix(Applicability.DISPLAY_ONLY, "replace the head and retrain"),
+            fix=described_fix(
+                Applicability.DISPLAY_ONLY,
+                "replace the head by global pooling and a 1×1 conv, and retrain",
+            ),
             related=(flatten.name,),
             suggestion=Suggestion(
                 ("GlobalAveragePool", "Flatten", f"{dense.op_type} {channels}→{units}"),

@@ -39,8 +39,9 @@ expansion, which folds for 18% and 256 params (not flagged), while CRAFT's dilat
 1,048,576 params (flagged).
 
 ## Fix safety
-Folding is exact in exact arithmetic (composition of linear maps), so the fix is safe; the
-verifier measures the floating-point difference on this model. `convlint fix` folds through
+Safe: folding is exact in exact arithmetic (composition of linear maps), so `convlint fix`
+applies it always, with or without calibration data; the verifier measures the floating-point
+difference on this model. `convlint fix` folds through
 per-channel affine ops, Identity, Dropout and Cast; a chain through a layout change or a
 quantization step, or between quantized convs, is display-only. Where the first conv or a
 BatchNormalization leaves a bias and the second conv zero-pads, the border pixels see padding
@@ -59,7 +60,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from convlint.engine import RuleContext
-from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
+from convlint.findings import Applicability, Estimate, Finding, Fix, Severity, described_fix
 from convlint.graph import Node
 from convlint.registry import Rule
 from convlint.rules._conv import rewrite_fix, scale
@@ -82,11 +83,16 @@ def _foldable_reason(first: Node, second: Node, a: ConvGeometry, b: ConvGeometry
 
 
 def _fix(view: View, first: Node, second: Node, between: list[Node]) -> Fix:
-    fix = rewrite_fix(view, [first, second], f"fold {first.name!r} into {second.name!r} (exact)")
+    fix = rewrite_fix(
+        view,
+        [first, second],
+        f"fold {first.name!r} into {second.name!r} (exact)",
+        Applicability.SAFE,
+    )
     if fix.applicability is Applicability.SAFE and any(
         view.role(n) not in FOLDABLE for n in between
     ):
-        return Fix(
+        return described_fix(
             Applicability.DISPLAY_ONLY,
             "the chain passes through a layout change or a quantization step: convlint fix "
             "folds chains of per-channel affine ops only",
@@ -184,6 +190,7 @@ RULE = Rule(
     name="linear-conv-chain",
     severity=Severity.INFO,
     fix="sometimes",
+    fixes=(Applicability.SAFE,),
     summary="a 1×1 conv with no nonlinearity between it and a neighbouring conv: foldable",
     check=check,
     options={"min-saving": 0.25, "min-saved-params": 250_000},

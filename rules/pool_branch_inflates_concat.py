@@ -42,10 +42,14 @@ narrower Concat is the saving.
 
 ## Fix safety
 `convlint fix` inserts the projection and folds it into the Concat's consumers. Where every
-consumer is a conv (linear in the pooled channels), a joint SVD of the consumers' weight slices
-for those channels gives a projection and new consumer weights that are exact at the rank of that
-stacked matrix: safe. Where a consumer is nonlinear in them, the rewrite changes the function:
-unsafe, applied only with `--unsafe-fixes`, and the report says how far the outputs moved.
+consumer is a float conv (linear in the pooled channels), a joint SVD of the consumers' weight
+slices for those channels gives a projection and new consumer weights: exact at the rank of
+that stacked matrix, a low-rank fit below it. The check does not read weights, so it cannot
+tell which: approximate, applied only with real calibration data (`--inputs`). Where an
+activation sits between the Concat and its convs, the projection does not commute with it and
+the rewrite changes the function: unsafe, applied only with `--unsafe-fixes`, and the report
+says how far the outputs moved. Where the Concat is a graph output (narrowing it changes a
+model output) or a consumer is not a float conv, the fix is display-only.
 
 ## References
 - Szegedy et al. Going Deeper with Convolutions, arXiv:1409.4842, section 4 and table 1
@@ -61,8 +65,8 @@ from collections.abc import Iterator
 
 from convlint.cost import spatial_pixels
 from convlint.engine import RuleContext
-from convlint.findings import Applicability, Estimate, Finding, Fix, Severity
-from convlint.graph import Node
+from convlint.findings import Applicability, Estimate, Finding, Fix, Severity, described_fix
+from convlint.graph import ACTIVATIONS, Node
 from convlint.registry import Rule
 from convlint.rules._conv import MIN_SAVING, saving, scale
 from convlint.sketch import Suggestion
@@ -164,7 +168,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         projected = int(ctx.options["projection-channels"] or 0) or max(
             1, channels // int(ctx.options["projection-ratio"])
         )
-        estimate, all_convs, any_convs = _estimate(ctx, pool, concat, channels, projected)
+        estimate, any_convs = _estimate(ctx, pool, concat, channels, projected)
         if any_convs and saving(estimate) < MIN_SAVING:
             ctx.skip(
                 pool,
@@ -177,12 +181,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             f"{pool.op_type} branch passes all {channels} channels into concat "
             f"{concat.name!r} ({channels / total:.0%} of its {total}); no 1×1 projection",
             estimate=estimate,
-            fix=Fix(
-                Applicability.SAFE if all_convs else Applicability.UNSAFE,
-                f"insert a 1×1 projection {channels}->{projected} after the pool and fold it "
-                "into the concat's consumers"
-                + ("" if all_convs else " (a consumer is nonlinear: changes the function)"),
-            ),
+            fix=_projection_fix(view, concat, channels, projected),
             related=(concat.name, *(s.name for s in siblings)),
             suggestion=Suggestion(
                 (f"Conv 1×1 {channels}→{projected} (projection)",),
@@ -204,11 +203,68 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         )
 
 
+# What `convlint fix` folds a projection through: activations without parameters, after which
+# the projection no longer commutes (as rewrite/plan.py's PARAMETER_FREE_ACTIVATIONS).
+_PARAMETER_FREE_ACTIVATIONS = ACTIVATIONS - {"PRelu", "Clip"}
+
+
+def _projection_fix(view: View, concat: Node, channels: int, projected: int) -> Fix:
+    """What `convlint fix` can do with the projection, read from the concat's consumers as the
+    rewrite reads them (rewrite/plan.py; tests/test_applicability.py holds the two together):
+    approximate when every consumer is a float conv (a low-rank fit of their weight slices for
+    the pooled channels), unsafe when a parameter-free activation sits between the concat and
+    those convs (the projection no longer commutes with it), display-only when the concat is a
+    graph output or a consumer is anything else."""
+    graph = view.graph
+    out = concat.outputs[0]
+    action = f"insert a 1×1 projection {channels}->{projected} after the pool"
+    if out in graph.graph_outputs:
+        return described_fix(
+            Applicability.DISPLAY_ONLY,
+            f"{action}: the concat is a graph output, so narrowing it changes a model output",
+        )
+    convs: list[Node] = []
+    nonlinear = False
+    for consumer in graph.consumers_of(out):
+        if consumer.op_type in _PARAMETER_FREE_ACTIVATIONS and consumer.is_standard:
+            after = graph.consumers_of(consumer.outputs[0])
+            if consumer.outputs[0] in graph.graph_outputs or not after:
+                convs = []
+                break
+            nonlinear = True
+            convs.extend(after)
+        else:
+            convs.append(consumer)
+    readable = bool(convs) and all(
+        view.is_float_conv(conv)
+        and int(conv.attrs.get("group", 1)) == 1
+        and conv.inputs.count(conv.inputs[0]) == 1
+        for conv in convs
+    )
+    if not readable:
+        return described_fix(
+            Applicability.DISPLAY_ONLY,
+            f"{action} and retrain the concat's consumers: convlint fix folds a projection "
+            "into float convs that read the concat only",
+        )
+    if nonlinear:
+        return described_fix(
+            Applicability.UNSAFE,
+            f"{action} and fold it into the concat's consumers; an activation between them does "
+            "not commute with the projection, so this changes the function",
+        )
+    return described_fix(
+        Applicability.APPROXIMATE,
+        f"{action} and fold it into the concat's consumers (a low-rank fit of their weights "
+        "for the pooled channels)",
+    )
+
+
 def _estimate(
     ctx: RuleContext, pool: Node, concat: Node, channels: int, projected: int
-) -> tuple[Estimate, bool, bool]:
-    """The estimate, whether every consumer of the concat is a conv (the fix is exact), and
-    whether any is (the consumers' MACs measure the saving)."""
+) -> tuple[Estimate, bool]:
+    """The estimate, and whether any consumer of the concat is a conv (the consumers' MACs
+    measure the saving)."""
     graph, view = ctx.graph, ctx.view
     total = view.channels(concat.outputs[0]) or 0
     narrowed = total - channels + projected
@@ -220,11 +276,10 @@ def _estimate(
     per_pixel_before, per_pixel_after = 0, projection_params
     macs_before: int | None = 0
     macs_after = scale(projection_params, pixels)
-    all_convs, any_convs = True, False
+    any_convs = False
     for consumer, _ in view.users_of(concat.outputs[0], through=CHANNEL_PRESERVING):
         g = view.geometry(consumer)
         if g is None or g.group != 1:
-            all_convs = False
             continue
         any_convs = True
         per_channel = g.cout * g.kernel_area
@@ -248,7 +303,7 @@ def _estimate(
         macs_per_output_pixel_after=per_pixel_after,
         extra={"channels_before": total, "channels_after": narrowed},
     )
-    return estimate, all_convs, any_convs
+    return estimate, any_convs
 
 
 RULE = Rule(
@@ -256,6 +311,7 @@ RULE = Rule(
     name="pool-branch-inflates-concat",
     severity=Severity.WARNING,
     fix="sometimes",
+    fixes=(Applicability.APPROXIMATE, Applicability.UNSAFE),
     summary="a pooling branch feeds a Concat with all its input channels, no 1×1 projection",
     check=check,
     options={"projection-ratio": 6, "projection-channels": 0, "min-share": 0.25},

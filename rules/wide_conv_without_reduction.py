@@ -61,12 +61,14 @@ trades one short conv for two pointwise ones and buys little, so a 128-channel 1
 warning, as 2-D convs are. A 1-D conv that widens saves less (k=5 128->256: 3.6×, info).
 
 ## Fix safety
-`convlint fix` factorizes the trained weight (SVD or Tucker-2) at the smallest rank whose
-verified output error stays within `--tolerance`; that keeps the function, so it is safe. Where no
-rank within the tolerance saves MACs it says so and leaves the conv. Quantized convs
-(QLinearConv, ConvInteger, or a Conv whose weight is a DequantizeLinear) are display-only:
-factorize the float model, then quantize it again. The retrained bottleneck of
-the estimate is not a fix.
+Approximate: `convlint fix` factorizes the trained weight (SVD or Tucker-2) at the smallest
+rank whose output error, measured on calibration samples, stays within the error budget. The
+rewritten model is close to the original on that data, not equal to it, so `fix` applies it
+only with real calibration data (`--inputs`): an error measured on generated noise says little
+about the user's inputs. Where no rank within the budget saves MACs it says so and leaves the
+conv. Quantized convs (QLinearConv, ConvInteger, or a Conv whose weight is a DequantizeLinear)
+are display-only: factorize the float model, then quantize it again. The retrained bottleneck
+of the estimate is not a fix.
 
 ## References
 - Lin, Chen, Yan. Network in Network, arXiv:1312.4400, section 3.2 (1×1 convolution).
@@ -80,7 +82,7 @@ from collections.abc import Iterator
 
 from convlint.cost import spatial_pixels
 from convlint.engine import RuleContext
-from convlint.findings import Estimate, Finding, Severity
+from convlint.findings import Applicability, Estimate, Finding, Severity
 from convlint.graph import Node
 from convlint.registry import Rule
 from convlint.rules._conv import MIN_SAVING, rewrite_fix, saving, scale
@@ -194,7 +196,8 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             fix=rewrite_fix(
                 view,
                 [node],
-                "factorize into 1×1 + k×k (+ 1×1) at the smallest rank within --tolerance",
+                "factorize into 1×1 + k×k (+ 1×1) at the smallest rank within the error budget",
+                Applicability.APPROXIMATE,
             ),
             suggestion=_suggestion(geometry, ratio),
         )
@@ -254,6 +257,7 @@ RULE = Rule(
     name="wide-conv-without-reduction",
     severity=Severity.WARNING,
     fix="sometimes",
+    fixes=(Applicability.APPROXIMATE,),
     summary="k×k conv reading many channels that no 1×1 conv reduced first",
     check=check,
     options={"min-channels": 128, "reduction-ratio": 4, "min-1d-saving": 5.0},

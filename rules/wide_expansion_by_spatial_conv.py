@@ -32,10 +32,12 @@ since the check looks forward, not at what came before. A widening for which the
 would save less than 10% of MACs is not flagged.
 
 ## Fix safety
-`convlint fix` factorizes the trained weight on the output side (the k×k conv to rank r, then a
-1×1 r->C_out) at the smallest rank within `--tolerance`: safe, and skipped where no rank within
-the tolerance saves MACs. The estimate's design at r = C_in needs retraining only when the
-trained weight is far from that rank.
+Approximate: `convlint fix` factorizes the trained weight on the output side (the k×k conv to
+rank r, then a 1×1 r->C_out) at the smallest rank whose output error, measured on calibration
+samples, stays within the error budget; it applies it only with real calibration data
+(`--inputs`), and skips it where no rank within the budget saves MACs. Quantized convs are
+display-only. The estimate's design at r = C_in needs retraining only when the trained weight is
+far from that rank.
 
 ## References
 - Lin, Chen, Yan. Network in Network, arXiv:1312.4400, section 3.2.
@@ -50,7 +52,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from convlint.engine import RuleContext
-from convlint.findings import Estimate, Finding, Severity
+from convlint.findings import Applicability, Estimate, Finding, Severity
 from convlint.graph import Node
 from convlint.registry import Rule
 from convlint.rules._conv import MIN_SAVING, rewrite_fix, saving, scale
@@ -148,8 +150,9 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             fix=rewrite_fix(
                 view,
                 [node],
-                "factorize into k×k to rank r + 1×1 r->C_out at the smallest rank within "
-                "--tolerance",
+                "factorize into k×k to rank r + 1×1 r->C_out at the smallest rank within the "
+                "error budget",
+                Applicability.APPROXIMATE,
             ),
             suggestion=Suggestion(
                 (
@@ -165,6 +168,7 @@ RULE = Rule(
     name="wide-expansion-by-spatial-conv",
     severity=Severity.INFO,
     fix="sometimes",
+    fixes=(Applicability.APPROXIMATE,),
     summary="channels widened by a k×k conv where a 1×1 conv would widen them for fewer params",
     check=check,
     options={"expansion-ratio": 4, "min-channels": 16},

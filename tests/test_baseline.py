@@ -74,10 +74,11 @@ def test_a_new_finding_fails_the_gate(repo: Path, cli: CLI) -> None:
     lines = out.splitlines()
     assert lines[0].startswith("models/chain.onnx:expand: CL003 [*] info: Conv")
     assert lines[2].startswith(
-        "models/conv.onnx:conv: CL001 [*] warning: 3×3 conv reads 256 channels"
+        "models/conv.onnx:conv: CL001 [~] warning: 3×3 conv reads 256 channels"
     )
     assert lines[-1] == (
-        "Found 2 findings in 3 models ([*] 2 fixable with `convlint fix`); 3 known in the baseline."
+        "Found 2 findings in 3 models ([*] 1 fixable with `convlint fix`; [~] 1 approximately "
+        "fixable with `convlint fix --inputs DATA`); 3 known in the baseline."
     )
     # The info finding of chain.onnx is new too, but below the default --fail-on warning.
     code, _, _ = cli("check", "models/chain.onnx", "--baseline", "baseline.json")
@@ -108,7 +109,13 @@ def test_json_lists_only_new_findings(repo: Path, cli: CLI) -> None:
     assert code == 0
     report = json.loads(out)
     assert [len(m["findings"]) for m in report["models"]] == [1, 0]  # chain, naive
-    assert report["summary"] == {"models": 2, "findings": 1, "by_code": {"CL003": 1}, "errors": 0}
+    assert report["summary"] == {
+        "models": 2,
+        "findings": 1,
+        "by_code": {"CL003": 1},
+        "errors": 0,
+        "fixes": {"safe": 1, "approximate": 0, "unsafe": 0, "display-only": 0},
+    }
 
 
 def test_other_formats_mark_known_findings(repo: Path, cli: CLI) -> None:

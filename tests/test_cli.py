@@ -20,9 +20,13 @@ def test_check_text_output_in_the_manner_of_ruff(model_file: Callable[..., Path]
     code, out, err = cli("check", str(path))
     assert code == 1 and err == ""
     lines = out.splitlines()
-    assert lines[0].startswith(f"{path}:conv: CL001 [*] warning: 3×3 conv reads 256 channels")
+    assert lines[0].startswith(f"{path}:conv: CL001 [~] warning: 3×3 conv reads 256 channels")
     assert lines[1] == "    = params 589,824 -> 69,632, MACs 115,605,504 -> 13,647,872 (8.5x fewer)"
-    assert lines[-1] == "Found 1 finding in 1 model ([*] 1 fixable with `convlint fix`)."
+    assert lines[2].startswith("    fix (approximate): factorize into 1×1 + k×k")
+    assert lines[2].endswith("applied by `convlint fix` only with real calibration data (--inputs)")
+    assert lines[-1] == (
+        "Found 1 finding in 1 model ([~] 1 approximately fixable with `convlint fix --inputs DATA`)."
+    )
 
 
 def test_check_json_contract_fields(model_file: Callable[..., Path], cli: CLI) -> None:
@@ -41,12 +45,17 @@ def test_check_json_contract_fields(model_file: Callable[..., Path], cli: CLI) -
     assert {"params_before", "params_after", "macs_before", "macs_after"} <= set(
         finding["estimate"]
     )
-    assert finding["fix"]["applicability"] in {"safe", "unsafe", "display-only"}
+    assert [f["fix"]["applicability"] for f in model["findings"]] == [
+        "approximate",
+        "approximate",
+        "display-only",  # the concat is the graph's output: a projection would narrow it
+    ]
     assert report["summary"] == {
         "models": 1,
         "findings": 3,
         "by_code": {"CL001": 2, "CL002": 1},
         "errors": 0,
+        "fixes": {"safe": 0, "approximate": 2, "unsafe": 0, "display-only": 1},
     }
 
 

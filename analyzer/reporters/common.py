@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from convlint.engine import ModelReport
-from convlint.findings import Finding
+from convlint.findings import Applicability, Finding
 
 # The ``schema_version`` of every JSON report (check, fix, stats): raised on any incompatible
 # change to one of them; adding a field is compatible.
-SCHEMA_VERSION = 1
+# Version 2: a fix's applicability gained "approximate" (CL001, CL005 and CL002's projection,
+# which version 1 called "safe"), and the summary counts the fixes of each applicability.
+SCHEMA_VERSION = 2
 
 
 # Characters a terminal or a Markdown block acts on: C0/C1 controls (newlines, escape codes),
@@ -75,12 +77,16 @@ def describe_estimate(finding: Finding) -> str | None:
 
 
 def summary(reports: Sequence[ModelReport]) -> dict[str, Any]:
+    """The counts of a report: models, findings (by code), unreadable models, and the findings'
+    fixes by applicability (every applicability present, zero or not)."""
     by_code = Counter(f.code for r in reports for f in r.findings)
+    fixes = Counter(f.fix.applicability for r in reports for f in r.findings if f.fix)
     return {
         "models": len(reports),
         "findings": sum(by_code.values()),
         "by_code": dict(sorted(by_code.items())),
         "errors": sum(1 for r in reports if r.error),
+        "fixes": {a.value: fixes[a] for a in Applicability},
     }
 
 

@@ -1,6 +1,7 @@
 """GitHub Actions workflow commands (`--format github`): one annotation per finding.
 
-``::warning file=PATH,title=CL001 wide-conv-without-reduction::message``; errors and unreadable
+``::warning file=PATH,title=CL001 wide-conv-without-reduction::message`` (the message: node,
+finding, estimate, and the fix with its applicability); errors and unreadable
 models are ``::error``, info findings ``::notice``. Findings a baseline knew are not annotated:
 an annotation asks for attention on a pull request, and the baseline says they have had it (the
 other formats still list them). With ``--verbose``, notes and candidates passed over are
@@ -40,6 +41,8 @@ def _annotation(path: str, finding: Finding) -> str:
     estimate = describe_estimate(finding)
     if estimate:
         message += f"\n{estimate}"
+    if finding.fix:
+        message += f"\nfix ({finding.fix.applicability.value}): {finding.fix.description}"
     title = f"{finding.code} {finding.rule}"
     return command(COMMANDS[finding.severity], message, file=path, title=title)
 

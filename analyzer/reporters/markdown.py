@@ -1,7 +1,8 @@
 """Markdown for a PR comment or ``$GITHUB_STEP_SUMMARY`` (`--format markdown`).
 
 Per model: a table of params, MACs, findings and potential savings (the sum over findings of
-before - after; findings can overlap, so it is an upper bound), the findings, and for each new
+before - after; findings can overlap, so it is an upper bound), the findings (with what
+`convlint fix` needs to apply each one's fix: its applicability), and for each new
 finding two Mermaid flowcharts of its neighbourhood, as it is and as suggested (new nodes
 green, kept nodes the suggestion changes blue, with their new shapes). The sketches come with
 the findings (``Finding.context``); this module only draws them.
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from convlint.engine import ModelReport
-from convlint.findings import Finding
+from convlint.findings import Applicability, Finding
 from convlint.registry import Registry
 from convlint.reporters.common import describe_estimate, fmt_int, plural, printable
 from convlint.sketch import Sketch, SketchNode
@@ -155,7 +156,7 @@ def _model(index: int, report: ModelReport, verbose: bool) -> list[_Block]:
         head += ["No findings.", ""]
         blocks = [_Block(_lines(*head), "head", index)]
     else:
-        head += ["| code | node | finding | estimate |", "|---|---|---|---|"]
+        head += ["| code | node | finding | estimate | fix |", "|---|---|---|---|---|"]
         blocks = [_Block(_lines(*head), "head", index)]
         for finding, is_known in [
             *((f, False) for f in report.findings),
@@ -164,7 +165,8 @@ def _model(index: int, report: ModelReport, verbose: bool) -> list[_Block]:
             code = f"{finding.code} (baseline)" if is_known else finding.code
             estimate = describe_estimate(finding) or ""
             row = (
-                f"| {code} | {_code(finding.node)} | {_cell(finding.message)} | {_cell(estimate)} |"
+                f"| {code} | {_code(finding.node)} | {_cell(finding.message)} | {_cell(estimate)} "
+                f"| {_fix_cell(finding)} |"
             )
             blocks.append(_Block(_lines(row), "row", index))
         blocks.append(_Block("\n", "head", index))
@@ -190,6 +192,19 @@ def _model(index: int, report: ModelReport, verbose: bool) -> list[_Block]:
         )
         blocks.append(_Block(text, "notes", index))
     return blocks
+
+
+# What `convlint fix` needs to apply a fix, by applicability (the text format's markers).
+FIX_CELLS = {
+    Applicability.SAFE: "safe: `convlint fix`",
+    Applicability.APPROXIMATE: "approximate: `convlint fix --inputs DATA`",
+    Applicability.UNSAFE: "unsafe: `convlint fix --unsafe-fixes`",
+    Applicability.DISPLAY_ONLY: "display-only",
+}
+
+
+def _fix_cell(finding: Finding) -> str:
+    return FIX_CELLS[finding.fix.applicability] if finding.fix else "–"
 
 
 def _diagrams(finding: Finding) -> list[str]:

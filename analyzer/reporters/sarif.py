@@ -60,7 +60,11 @@ def _descriptor(rule: Rule) -> dict[str, Any]:
             "markdown": f"# {rule.name} ({rule.code})\n\n{body or rule.summary}",
         },
         "defaultConfiguration": {"level": LEVELS[rule.severity]},
-        "properties": {"tags": ["efficiency", "onnx"], "fix": rule.fix},
+        "properties": {
+            "tags": ["efficiency", "onnx"],
+            "fix": rule.fix,
+            "fixApplicability": [a.value for a in rule.fixes],
+        },
     }
     return descriptor
 

@@ -2,8 +2,11 @@
 summary line.
 
 A finding reads ``path:node: CODE [*] severity: message``: ruff's ``location: CODE`` first
-(scripts that read the code after the location keep working), its ``[*]`` for a finding
-`convlint fix` rewrites safely, then the compilers' ``severity: message``. Colour
+(scripts that read the code after the location keep working), a marker of what `convlint fix`
+does with it (``[*]``: a safe fix it always applies; ``[~]``: an approximate one it applies
+only with real calibration data, ``--inputs``; none: unsafe, display-only or no fix), then the
+compilers' ``severity: message``. Every fix that is not safe has its description on an indented
+line; the summary line counts each kind and says which command applies it. Colour
 only on a terminal, as ruff and CPython decide it: ``NO_COLOR`` (non-empty) turns it off,
 ``FORCE_COLOR`` (non-empty) on even when the output is not a terminal, ``TERM=dumb`` off.
 """
@@ -19,7 +22,13 @@ from convlint.findings import Applicability, Finding, Severity
 from convlint.registry import Registry
 from convlint.reporters.common import describe_estimate, plural, printable, summary
 
-FIXABLE = "[*]"
+MARKERS = {Applicability.SAFE: "[*]", Applicability.APPROXIMATE: "[~]"}
+# The summary's clause for each applicability `convlint fix` can apply, in this order.
+SUMMARY_CLAUSES = (
+    (Applicability.SAFE, "[*] {n} fixable with `convlint fix`"),
+    (Applicability.APPROXIMATE, "[~] {n} approximately fixable with `convlint fix --inputs DATA`"),
+    (Applicability.UNSAFE, "{n} unsafe {fixes} with `convlint fix --unsafe-fixes`"),
+)
 
 # SGR codes: bold, dim, red, yellow, cyan (ruff's palette: codes red, fixable cyan).
 BOLD, DIM, RED, YELLOW, CYAN = "1", "2", "31", "33", "36"
@@ -51,8 +60,8 @@ class _Paint:
         return f"\x1b[{';'.join(codes)}m{text}\x1b[0m"
 
 
-def _is_fixable(finding: Finding) -> bool:
-    return finding.fix is not None and finding.fix.applicability is Applicability.SAFE
+def _marker(finding: Finding) -> str | None:
+    return MARKERS.get(finding.fix.applicability) if finding.fix is not None else None
 
 
 def _finding_line(path: str, finding: Finding, paint: _Paint, known: bool = False) -> str:
@@ -60,7 +69,8 @@ def _finding_line(path: str, finding: Finding, paint: _Paint, known: bool = Fals
     location = paint(printable(f"{path}:{finding.node}:"), BOLD)
     level = paint(f"{severity.value}:", SEVERITY_COLOURS[severity])
     code = paint(finding.code, BOLD, RED)
-    marker = f" {paint(FIXABLE, CYAN)}" if _is_fixable(finding) and not known else ""
+    symbol = _marker(finding)
+    marker = f" {paint(symbol, CYAN)}" if symbol and not known else ""
     line = f"{location} {code}{marker} {level} {printable(finding.message)}"
     return line + (f" {paint('(baseline)', DIM)}" if known else "")
 
@@ -104,10 +114,10 @@ def render_text(
 
 
 def summary_line(reports: Sequence[ModelReport]) -> str:
-    """One line; it explains ``[*]`` where the findings above carry it."""
+    """One line; it explains ``[*]`` and ``[~]`` where the findings above carry them, and
+    counts the unsafe fixes."""
     counts = summary(reports)
     findings = [f for r in reports for f in r.findings]
-    fixable = sum(1 for f in findings if _is_fixable(f))
     errors = counts["errors"]
     known = sum(len(r.baselined or []) for r in reports)
     models = plural(counts["models"], "model")
@@ -119,6 +129,12 @@ def summary_line(reports: Sequence[ModelReport]) -> str:
     if not findings:
         return f"All checks passed! ({models}{notes})"
     text = f"Found {plural(len(findings), 'finding')} in {models}"
-    if fixable:
-        text += f" ({FIXABLE} {fixable} fixable with `convlint fix`)"
+    fixes = counts["fixes"]
+    clauses = [
+        clause.format(n=fixes[a.value], fixes="fix" if fixes[a.value] == 1 else "fixes")
+        for a, clause in SUMMARY_CLAUSES
+        if fixes[a.value]
+    ]
+    if clauses:
+        text += f" ({'; '.join(clauses)})"
     return text + notes + "."
