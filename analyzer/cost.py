@@ -14,12 +14,14 @@ Conventions (documented in the README):
   inferred shape; one that only passes a stored tensor on counts as that tensor, once.
 - MACs are those of one sample: the batch dim is never multiplied in.
 - Conv, ConvInteger, QLinearConv: C_out * C_in/group * prod(kernel) per output pixel.
-  ConvTranspose: C_in * C_out/group * prod(kernel) per input pixel. Gemm: K * N per row of its
-  2-D A, which is one sample (M is the batch). MatMul: K * N per row, and every row of every
-  leading dim of the output counts (a sequence-first T×N×K by K×M is T·N·K·M), except the
-  model's batch symbol (the symbolic dim 0 of a data input, counted as 1; a static batch of 1
-  is 1 anyway); another symbolic leading dim makes MACs None. A 1-D MatMul operand is one row
-  or one column, as in numpy. Pooling: one MAC per window element read, and so do global
+  ConvTranspose: C_in * C_out/group * prod(kernel) per input pixel. Gemm: K * N per row of
+  its 2-D A, whose M rows count as MatMul's do (a classifier's M is the batch symbol or 1: one
+  row; crnn's ``view(T * b, h)`` gives T·N, T rows per sample). MatMul: K * N per row, and
+  every row of every leading dim of the output counts (a sequence-first T×N×K by K×M is
+  T·N·K·M), except the model's batch symbol (the symbolic dim 0 of a data input, counted as
+  1; a static batch of 1 is 1 anyway; a dim the loader resolved as ``32*N`` is 32); another
+  symbolic leading dim makes MACs None. A 1-D MatMul operand is one row or one column, as in
+  numpy. Pooling: one MAC per window element read, and so do global
   pools and reductions of a float tensor (ReduceMean, ReduceMax...: the dynamo exporter's
   ``mean`` over H and W costs what GlobalAveragePool does). Normalizations: one MAC per
   output element (a folded scale and shift), and so is a Mul or Div by a constant of
@@ -39,7 +41,8 @@ Conventions (documented in the README):
   unknown MACs (an If runs one branch, a Loop's trip count is unknown), so the model's total
   is None, never the main graph's alone; one whose subgraphs cost nothing costs nothing.
 - When the total is None, ``ModelCost.blocked_by`` names the first node of the main graph, in
-  graph order, whose MACs are unknown.
+  graph order, whose MACs are unknown, ``unknown_nodes`` all of them, and ``macs_known`` sums
+  the MACs of the others: the total is at least that (reports say "incomplete").
 """
 
 from __future__ import annotations
@@ -87,12 +90,33 @@ class ModelCost:
     # Why ``macs`` is None: the first node of the main graph, in graph order, whose MACs are
     # unknown (an If, Loop or Scan whose subgraphs have MACs, or a node with symbolic dims).
     blocked_by: str | None = None
+    # Every node of the main graph whose MACs are unknown, in graph order, and the MACs of the
+    # others: a lower bound of the total, which is then None (never a silently low number).
+    unknown_nodes: list[str] = field(default_factory=list)
+    macs_known: int = 0
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.unknown_nodes)
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "params": self.params,
             "macs": self.macs,
             "macs_per_input_pixel": self.macs_per_input_pixel,
+        }
+        data.update(self.completeness())
+        return data
+
+    def completeness(self) -> dict[str, object]:
+        """The report's fields for a total that could not be computed completely: none when
+        it could; else ``incomplete``, ``unknown_nodes`` and ``macs_at_least``."""
+        if not self.unknown_nodes:
+            return {}
+        return {
+            "incomplete": True,
+            "unknown_nodes": list(self.unknown_nodes),
+            "macs_at_least": self.macs_known,
         }
 
 
@@ -177,9 +201,17 @@ def _conv(graph: ModelGraph, node: Node) -> NodeCost:
 
 def _gemm(graph: ModelGraph, node: Node) -> NodeCost:
     b_shape = graph.shape(node.inputs[1])
+    a_shape = graph.shape(node.inputs[0])
     if b_shape is None or len(b_shape) != 2 or numel(b_shape) is None:
         return _cost(graph, node.inputs[1:3], None)
-    return _cost(graph, node.inputs[1:3], numel(b_shape))  # K * N per row; M is the sample
+    # M rows of one sample: a classifier's M is the batch (1 row); crnn's view(T * b, h)
+    # makes it T·N, T rows per sample.
+    rows: int | None = 1
+    if a_shape is not None and len(a_shape) == 2:
+        rows = rows_of_one_sample(graph, a_shape[1:] if node.attr("transA", 0) else a_shape[:1])
+    if rows is None:
+        return _cost(graph, node.inputs[1:3], None)
+    return _cost(graph, node.inputs[1:3], rows * numel(b_shape))  # type: ignore[operator]
 
 
 def batch_symbols(graph: ModelGraph) -> frozenset[str]:
@@ -196,7 +228,7 @@ def batch_symbols(graph: ModelGraph) -> frozenset[str]:
 
 def rows_of_one_sample(graph: ModelGraph, dims: Shape) -> int | None:
     """The product of ``dims``, the model's batch symbol counting as 1 (None if another dim is
-    symbolic)."""
+    symbolic). A dim the loader resolved as a multiple of the batch, ``32*N``, is 32."""
     rows = 1
     batch: frozenset[str] | None = None
     for dim in dims:
@@ -205,8 +237,14 @@ def rows_of_one_sample(graph: ModelGraph, dims: Shape) -> int | None:
             continue
         if batch is None:
             batch = batch_symbols(graph)
-        if dim not in batch:
+        if dim is None:
             return None
+        for factor in dim.split("*"):
+            factor = factor.strip()
+            if factor.isdigit():
+                rows *= int(factor)
+            elif factor not in batch:
+                return None
     return rows
 
 
@@ -379,8 +417,13 @@ def _graph_cost(
             total = None
             if blocked is None:
                 blocked = node.name
-        elif total is not None:
-            total += nc.macs
+            if scope is None:
+                cost.unknown_nodes.append(node.name)
+        else:
+            if scope is None:
+                cost.macs_known += nc.macs
+            if total is not None:
+                total += nc.macs
     return total, blocked
 
 

@@ -318,6 +318,12 @@ def lint(
                 else "has symbolic or unknown shapes; --input-shape binds symbolic dims"
             )
             report.notes.append(f"MACs unknown from {node.op_type} {blocked!r} on: it {why}")
+            unknown = report.cost.unknown_nodes
+            report.notes.append(
+                f"MACs incomplete: at least {report.cost.macs_known:,} MACs; unknown for "
+                f"{len(unknown)} node{'s' if len(unknown) != 1 else ''} "
+                f"({', '.join(repr(n) for n in unknown[:5])}{', ...' if len(unknown) > 5 else ''})"
+            )
         for sub_owner, _ in graph.subgraphs:
             report.notes.append(f"analyzed subgraph of {sub_owner}")
         chosen = enabled_rules(registry, settings) if rules is None else rules

@@ -473,7 +473,16 @@ SHAPE_ARITHMETIC = frozenset(
     }
 )  # fmt: skip
 SHAPE_OF = ("Shape", "Size")
+# Ops whose output shape is read from an input's values: where one of those values is computed
+# (from Shape, or from stored constants through Transpose/Reshape/Cast, as tf2onnx writes a
+# Pad's paddings), ONNX inference may leave the output shape unknown.
+VALUE_SHAPED = frozenset(
+    {"Reshape", "Pad", "Resize", "Upsample", "Expand", "Tile", "Slice", "ConstantOfShape"}
+)
 MAX_SHAPE_VALUES = 64  # elements of a stored tensor read as part of a shape computation
+# The two batch sizes shape computations are evaluated at when they read the batch symbol: a
+# dim that doubles from the first to the second is that many times the batch.
+BATCH_PROBES = (1, 2)
 
 
 def _static_dims(value: onnx.ValueInfoProto | None) -> list[int] | None:
@@ -483,6 +492,46 @@ def _static_dims(value: onnx.ValueInfoProto | None) -> list[int] | None:
     if not all(dim.HasField("dim_value") for dim in dims):
         return None
     return [dim.dim_value for dim in dims]
+
+
+def batch_symbols(graph: onnx.GraphProto) -> frozenset[str]:
+    """The symbolic dim 0 of each data input (an input that is no initializer)."""
+    stored = {t.name for t in graph.initializer}
+    symbols = set()
+    for value in graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in stored and dims and dims[0].dim_param:
+            symbols.add(dims[0].dim_param)
+    return frozenset(symbols)
+
+
+def dim_at(dim: onnx.TensorShapeProto.Dimension, batch: int, symbols: frozenset[str]) -> int | None:
+    """A dim's value with every batch symbol taken as ``batch``: a static dim, a batch symbol,
+    or a product of them and integers written ``32*N`` (as the loader writes the dims it
+    resolves); None for any other symbol."""
+    if dim.HasField("dim_value"):
+        return int(dim.dim_value)
+    if not dim.dim_param:
+        return None
+    value = 1
+    for factor in dim.dim_param.split("*"):
+        factor = factor.strip()
+        if factor in symbols:
+            value *= batch
+        elif factor.isdigit():
+            value *= int(factor)
+        else:
+            return None
+    return value
+
+
+def _dims_at(
+    value: onnx.ValueInfoProto | None, batch: int, symbols: frozenset[str]
+) -> list[int] | None:
+    if value is None or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = [dim_at(d, batch, symbols) for d in value.type.tensor_type.shape.dim]
+    return None if any(d is None for d in dims) else cast(list[int], dims)
 
 
 def _shape_value(node: onnx.NodeProto, dims: list[int]) -> onnx.NodeProto:
@@ -503,20 +552,25 @@ def _small_constant(node: onnx.NodeProto) -> bool:
 
 
 class ShapeComputations(NamedTuple):
-    values: dict[str, np.ndarray]  # computed tensor -> its value
+    # computed tensor -> its value at each of BATCH_PROBES (the same array when it does not
+    # depend on the batch)
+    values: dict[str, tuple[np.ndarray, np.ndarray]]
     readers: dict[str, list[str]]  # the nodes of unknown output shape reading them -> outputs
 
 
-def _shape_computations(model: onnx.ModelProto) -> ShapeComputations:
+def _shape_computations(model: onnx.ModelProto, done: set[str]) -> ShapeComputations:
     """Evaluate the shape computations that leave a node's output shape unknown.
 
     A shape computation is a chain of :data:`SHAPE_ARITHMETIC` nodes from small stored
-    tensors, Constant nodes and Shape/Size of tensors whose shape inference made static (Shape
-    -> Gather -> Cast -> Mul -> Floor -> Cast -> Concat -> Resize, as PyTorch exports
-    ``interpolate(scale_factor=2)``). Returns the values of the chains' results that feed a
-    node whose output shape is not static, evaluated by onnx's reference evaluator.
+    tensors, Constant nodes and Shape/Size of tensors whose shape is static but for the batch
+    symbol (Shape -> Gather -> Cast -> Mul -> Floor -> Cast -> Concat -> Resize, as PyTorch
+    exports ``interpolate(scale_factor=2)``; Shape -> Gather(0) -> Unsqueeze -> Concat with
+    [-1] -> Reshape, as tf2onnx writes a flatten). Returns the values of the chains' results
+    that feed a node whose output shape is not static (less those in ``done``), evaluated by
+    onnx's reference evaluator with the batch symbol at each of :data:`BATCH_PROBES`.
     """
     graph = model.graph
+    symbols = batch_symbols(graph)
     values = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
     known: dict[str, onnx.TensorProto | None] = {  # small stored tensors, and computed ones
         t.name: t
@@ -530,7 +584,7 @@ def _shape_computations(model: onnx.ModelProto) -> ShapeComputations:
         op_type = node.op_type
         inputs = [t for t in node.input if t]
         computable = node.domain in ("", "ai.onnx") and (
-            (op_type in SHAPE_OF and _static_dims(values.get(node.input[0])) is not None)
+            (op_type in SHAPE_OF and _dims_at(values.get(node.input[0]), 1, symbols) is not None)
             or (op_type == "Constant" and _small_constant(node))
             or (op_type in SHAPE_ARITHMETIC and all(t in known for t in inputs))
         )
@@ -539,13 +593,12 @@ def _shape_computations(model: onnx.ModelProto) -> ShapeComputations:
                 known[tensor] = None
                 producer[tensor] = (index, node)
             continue
-        computed = [t for t in inputs if t in producer]
+        computed = [t for t in inputs if t in producer and t not in done]
         outputs = [t for t in node.output if t]
         if computed and any(_static_dims(values.get(t)) is None for t in outputs):
             blocked.update(dict.fromkeys(computed))
             readers[node.name or f"{op_type}_{index}"] = outputs
-    # The chains behind them, in graph order; one that reads no Shape or Size tells inference
-    # nothing it did not know.
+    # The chains behind them, in graph order.
     needed: dict[int, onnx.NodeProto] = {}
     stack = list(blocked)
     while stack:
@@ -553,50 +606,137 @@ def _shape_computations(model: onnx.ModelProto) -> ShapeComputations:
         if index not in needed:
             needed[index] = node
             stack.extend(t for t in node.input if t in producer)
-    if not any(node.op_type in SHAPE_OF for node in needed.values()):
+    if not needed:
         return ShapeComputations({}, {})
     from onnx.reference import ReferenceEvaluator  # 0.2 s to import: only when needed
 
-    nodes = []
-    for _, node in sorted(needed.items()):
-        if node.op_type in SHAPE_OF:
-            dims = _static_dims(values[node.input[0]])
-            assert dims is not None  # what made it computable
-            node = _shape_value(node, dims)
-        nodes.append(node)
-    read = {t for node in nodes for t in node.input}
-    computation = helper.make_graph(
-        nodes,
-        "shape_computation",
-        [],
-        [helper.make_empty_tensor_value_info(t) for t in blocked],
-        [tensor for name, tensor in known.items() if tensor is not None and name in read],
+    shapes = [node for node in needed.values() if node.op_type in SHAPE_OF]
+    batched = any(
+        _dims_at(values[n.input[0]], 1, symbols) != _dims_at(values[n.input[0]], 2, symbols)
+        for n in shapes
     )
-    evaluator = ReferenceEvaluator(helper.make_model(computation, opset_imports=model.opset_import))
-    outputs = cast(list[np.ndarray], evaluator.run(None, {}))
-    return ShapeComputations(dict(zip(blocked, outputs, strict=True)), readers)
+    read = {t for node in needed.values() for t in node.input}
+    stored = [tensor for name, tensor in known.items() if tensor is not None and name in read]
+    runs: list[list[np.ndarray]] = []
+    for batch in BATCH_PROBES if batched else BATCH_PROBES[:1]:
+        nodes = []
+        for _, node in sorted(needed.items()):
+            if node.op_type in SHAPE_OF:
+                dims = _dims_at(values[node.input[0]], batch, symbols)
+                assert dims is not None  # what made it computable
+                node = _shape_value(node, dims)
+            nodes.append(node)
+        computation = helper.make_graph(
+            nodes,
+            "shape_computation",
+            [],
+            [helper.make_empty_tensor_value_info(t) for t in blocked],
+            stored,
+        )
+        evaluator = ReferenceEvaluator(
+            helper.make_model(computation, opset_imports=model.opset_import)
+        )
+        runs.append(cast(list[np.ndarray], evaluator.run(None, {})))
+    first, second = runs[0], runs[-1]
+    computed_values = {
+        t: (np.asarray(a), np.asarray(b)) for t, a, b in zip(blocked, first, second, strict=True)
+    }
+    return ShapeComputations(computed_values, readers)
+
+
+def _reshaped_dims(
+    model: onnx.ModelProto, node: onnx.NodeProto, targets: tuple[np.ndarray, np.ndarray]
+) -> list[int | str | None] | None:
+    """The output dims of a Reshape whose target shape depends on the batch: each dim is an
+    int, the batch symbol times an int (``32*N``), or None where it is neither."""
+    graph = model.graph
+    symbols = batch_symbols(graph)
+    values = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+    allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+    outs = []
+    for batch, target in zip(BATCH_PROBES, targets, strict=True):
+        dims = _dims_at(values.get(node.input[0]), batch, symbols)
+        wanted = [int(v) for v in np.asarray(target).reshape(-1)]
+        if dims is None or wanted.count(-1) > 1:
+            return None
+        out = [
+            dims[i] if d == 0 and not allowzero and i < len(dims) else d
+            for i, d in enumerate(wanted)
+        ]
+        if -1 in out:
+            rest = math.prod(d for d in out if d != -1)
+            if rest <= 0 or math.prod(dims) % rest:
+                return None
+            out[out.index(-1)] = math.prod(dims) // rest
+        outs.append(out)
+    symbol = min(symbols) if symbols else None
+    resolved: list[int | str | None] = []
+    for one, two in zip(*outs, strict=True):
+        if one == two:
+            resolved.append(one)
+        elif symbol is not None and two == 2 * one and one > 0:
+            resolved.append(symbol if one == 1 else f"{one}*{symbol}")
+        else:
+            resolved.append(None)
+    return resolved
+
+
+def _set_shape(
+    model: onnx.ModelProto, tensor: str, source: str, dims: list[int | str | None]
+) -> None:
+    """Declare ``tensor``'s shape (element type from ``source``) in value_info."""
+    graph = model.graph
+    info = next((v for v in graph.value_info if v.name == tensor), None)
+    if info is None:
+        elem = next(
+            (
+                v.type.tensor_type.elem_type
+                for v in (*graph.input, *graph.value_info)
+                if v.name == source
+            ),
+            onnx.TensorProto.FLOAT,
+        )
+        info = graph.value_info.add()
+        info.CopyFrom(helper.make_tensor_value_info(tensor, elem, dims))
+        return
+    shape = info.type.tensor_type.shape
+    del shape.dim[:]
+    for dim in dims:
+        entry = shape.dim.add()
+        if isinstance(dim, int):
+            entry.dim_value = dim
+        elif isinstance(dim, str):
+            entry.dim_param = dim
 
 
 def _resolve_computed_shapes(
     inferred: onnx.ModelProto, path: str | Path, strict: bool, notes: list[str] | None
 ) -> onnx.ModelProto:
     """Infer shapes again with the shape computations ONNX data propagation could not follow
-    evaluated (a Resize's sizes from float math, a Pad's from an integer Div), while that
-    resolves more; the model keeps its nodes, only its value_info is completed.
+    evaluated (a Resize's sizes from float math, a Pad's from an integer Div or a Transpose of
+    stored paddings), while that resolves more; the model keeps its nodes, only its value_info
+    is completed. A computation that does not depend on the batch is read from a constant of
+    its value; a Reshape target that does (``view(T * b, h)``, tf2onnx's flatten) gives the
+    output's dims directly, the batch symbol kept (``32*N``: 32 rows per sample).
     """
     tried: set[str] = set()
     readers: dict[str, list[str]] = {}
-    while True:  # each round evaluates a tensor not evaluated before, so it ends
+    while True:  # each round uses a tensor not used before, so it ends
         try:
-            computations = _shape_computations(inferred)
+            computations = _shape_computations(inferred, tried)
         except Exception:  # a computation the reference evaluator cannot run: keep what we have
             break
-        if computations.values.keys() <= tried:
+        fixed = {
+            t: one for t, (one, two) in computations.values.items() if np.array_equal(one, two)
+        }
+        reshaped = _reshape_batched(inferred, computations)
+        if not fixed and not reshaped:
             break
-        tried.update(computations.values)
+        tried.update(fixed)
+        tried.update(reshaped)
         # Each computed tensor is read from a constant of its value instead, under a new name
         # (a tensor has one producer), and every reader gets its original input back after.
-        renamed = {t: f"{t}::computed" for t in computations.values}
+        renamed = {t: f"{t}::computed" for t in fixed}
         positions = [
             (n, i)
             for n, node in enumerate(inferred.graph.node)
@@ -607,8 +747,7 @@ def _resolve_computed_shapes(
             node = inferred.graph.node[n]
             node.input[i] = renamed[node.input[i]]
         inferred.graph.initializer.extend(
-            numpy_helper.from_array(np.asarray(value), renamed[t])
-            for t, value in computations.values.items()
+            numpy_helper.from_array(np.asarray(value), renamed[t]) for t, value in fixed.items()
         )
         try:
             again: onnx.ModelProto | None = _run_inference(inferred, path, strict)
@@ -631,11 +770,12 @@ def _resolve_computed_shapes(
         readers.update(computations.readers)
     if readers and notes is not None:
         graph = inferred.graph
+        symbols = batch_symbols(graph)
         values = {v.name: v for v in (*graph.value_info, *graph.output)}
         resolved = [
             name
             for name, outputs in readers.items()
-            if all(_static_dims(values.get(t)) is not None for t in outputs)
+            if all(_dims_at(values.get(t), 1, symbols) is not None for t in outputs)
         ]
         if resolved:
             notes.append(
@@ -643,6 +783,31 @@ def _resolve_computed_shapes(
                 "inference alone left their output shapes unknown)"
             )
     return inferred
+
+
+def _reshape_batched(model: onnx.ModelProto, computations: ShapeComputations) -> set[str]:
+    """Declare the output dims of each Reshape whose computed target depends on the batch;
+    returns the targets used."""
+    used: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        targets = computations.values.get(node.input[1])
+        if targets is None or np.array_equal(*targets):
+            continue
+        dims = _reshaped_dims(model, node, targets)
+        if dims is not None and any(d is not None for d in dims):
+            _set_shape(model, node.output[0], node.input[0], dims)
+            used.add(node.input[1])
+    if used:
+        # Dims inference made up for what it could not follow (``unk__0``) would stay on the
+        # tensors downstream: drop them, so that inference derives those from the dims above.
+        infos = model.graph.value_info
+        for index in reversed(range(len(infos))):
+            dims_of = infos[index].type.tensor_type.shape.dim
+            if any(d.dim_param.startswith("unk__") for d in dims_of):
+                del infos[index]
+    return used
 
 
 def raise_if_cyclic(model: onnx.ModelProto | bytes, path: str | Path) -> None:
@@ -695,7 +860,7 @@ def infer_shapes(
         op_types = frozenset([node.op_type for node in inferred.graph.node])
     if "Slice" in op_types and _refine_slices(inferred):
         inferred = _run_inference(inferred, path, strict)
-    if not op_types.isdisjoint(SHAPE_OF):
+    if not op_types.isdisjoint(SHAPE_OF) or not op_types.isdisjoint(VALUE_SHAPED):
         inferred = _resolve_computed_shapes(inferred, path, strict, notes)
     return inferred
 

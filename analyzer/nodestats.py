@@ -48,7 +48,7 @@ def stats_rows(graph: ModelGraph, cost: ModelCost | None = None) -> dict[str, An
             )
     return {
         "nodes": nodes,
-        "total": {"params": cost.params, "macs": cost.macs},
+        "total": {"params": cost.params, "macs": cost.macs, **cost.completeness()},
     }
 
 
@@ -105,6 +105,14 @@ def _macs_cell(macs: int | None, per_pixel: int | float | None, unit: str) -> st
     return fmt_int(macs)
 
 
+def _total_macs_cell(total: dict[str, Any]) -> str:
+    """The total row's MACs: exact, per input pixel, or a lower bound when incomplete."""
+    per_pixel = total.get("macs_per_input_pixel")
+    if total["macs"] is None and per_pixel is None and total.get("incomplete"):
+        return f"at least {fmt_int(total['macs_at_least'])}"
+    return _macs_cell(total["macs"], per_pixel, " × H × W")
+
+
 def _is_symbolic(dim: Any) -> bool:
     return not isinstance(dim, int) or dim <= 0
 
@@ -122,6 +130,15 @@ def _binding_hint(data: dict[str, Any]) -> list[str]:
         )
     if total.get("macs_per_input_pixel") is not None:
         lines.append(f"total MACs = {fmt_int(total['macs_per_input_pixel'])} × H × W of the input.")
+    if total.get("incomplete") and total.get("macs_per_input_pixel") is None:
+        unknown = total["unknown_nodes"]
+        named = ", ".join(unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        lines.append(
+            f"MACs incomplete: at least {fmt_int(total['macs_at_least'])} MACs; unknown for "
+            f"{named}."
+        )
     bindings = []
     for each in data.get("inputs", []):
         shape = each["shape"]
@@ -166,7 +183,7 @@ def render_stats_text(path: str, data: dict[str, Any]) -> str:
             "",
             "",
             fmt_int(total["params"]),
-            _macs_cell(total_macs, total.get("macs_per_input_pixel"), " × H × W"),
+            _total_macs_cell(total),
             "",
         ]
     )

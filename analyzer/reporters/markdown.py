@@ -117,6 +117,8 @@ def _macs_text(report: ModelReport) -> str:
         return "?"
     if cost.macs is None and cost.macs_per_input_pixel is not None:
         return f"{fmt_int(cost.macs_per_input_pixel)} × H × W"
+    if cost.macs is None and cost.incomplete:
+        return f"at least {fmt_int(cost.macs_known)}"
     return fmt_int(cost.macs)
 
 
