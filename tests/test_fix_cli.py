@@ -61,7 +61,13 @@ def test_json_model_object_is_at_the_top_and_in_models(
         assert document[key] == model[key]
     assert document["rewrites"][0]["kind"] == "svd-reduce"
     assert document["error"] is None and document["verification"]["ok"] is True
-    assert document["summary"] == {"models": 1, "findings": 1, "by_code": {"CL001": 1}, "errors": 0}
+    assert document["summary"] == {
+        "models": 1,
+        "findings": 1,
+        "by_code": {"CL001": 1},
+        "errors": 0,
+        "fixes": {"safe": 0, "approximate": 1, "unsafe": 0, "display-only": 0},
+    }
 
 
 def test_text_report_lists_rewrite_and_verification(
