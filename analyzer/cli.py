@@ -16,29 +16,19 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from convlint import __version__
-from convlint.atomic import write_atomic, write_target
-from convlint.baseline import load_baseline, write_baseline
-from convlint.config import FAIL_ON, ConfigFinder
-from convlint.engine import (
-    ModelReport,
-    Settings,
-    enabled_rules,
-    iter_model_paths,
-    rule_options,
-)
-from convlint.errors import ConvlintError, UsageError
-from convlint.findings import Severity
-from convlint.loader import parse_input_shape, read_model
-from convlint.paths import external_data_files
-from convlint.registry import Registry, load_registry
-from convlint.reporters import use_color
-from convlint.reporters.common import printable
-from convlint.runner import check_and_render
+from convlint.errors import ConvlintError, UsageError, did_you_mean
 
+# Only what parsing the command line needs is imported here: `--version`, `--help`, `rules` and
+# `rule` answer without importing onnx, numpy or networkx (a second of start-up); every command
+# imports its stages when it runs.
 if TYPE_CHECKING:
     from convlint.api import Resolved
+    from convlint.config import ConfigFinder
+    from convlint.engine import ModelReport, Settings
+    from convlint.registry import Registry
 
-FORMATS = ("text", "json", "sarif", "junit", "markdown", "github")
+FORMATS = ("text", "json", "sarif", "junit", "markdown", "github", "gitlab")
+FAIL_ON = ("error", "warning", "info", "never")  # convlint.config.FAIL_ON, checked by a test
 
 
 def _codes_arg(text: str) -> list[str]:
@@ -46,6 +36,8 @@ def _codes_arg(text: str) -> list[str]:
 
 
 def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    from convlint.config import parse_input_shape
+
     try:
         return parse_input_shape(text)
     except ValueError as exc:
@@ -53,10 +45,89 @@ def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with usage errors on one line, as every other convlint error."""
+    """argparse with usage errors on one line, as every other convlint error, each with one
+    ``convlint: error:`` prefix and, for a mistyped option, command or choice, the closest
+    one ("did you mean")."""
+
+    commands: dict[str, Parser]
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # named by the command they were given to, with its options to suggest
+            command = getattr(parsed, "command", None)
+            owner = getattr(self, "commands", {}).get(command, self)
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"convlint: error: {self.prog}: {message} (see --help)\n")
+        self.exit(2, f"convlint: error: {self._suggest(message)} (see `{self.prog} --help`)\n")
+
+    def _suggest(self, message: str) -> str:
+        import re
+
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:
+            options = [c.strip().strip("'") for c in choice.group(2).split(",")]
+            at = choice.start(2) - len(" (choose from ")
+            return message[:at] + did_you_mean(choice.group(1), options) + message[at:]
+        if message.startswith("unrecognized arguments: "):
+            known = [flag for action in self._actions for flag in action.option_strings]
+            hints = [
+                did_you_mean(word.split("=", 1)[0], known)
+                for word in message.split(": ", 1)[1].split()
+                if word.startswith("--")
+            ]
+            return message + next((hint for hint in hints if hint), "")
+        return message
+
+
+class ConfigAction(argparse.Action):
+    """``--config FILE`` (one) or ``--config KEY=VALUE`` (repeatable), as ruff's ``--config``:
+    a value that names an existing file, or has no ``=``, is the file."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        text = str(values)
+        if "=" in text and not os.path.isfile(text):
+            namespace.config_overrides = [*(namespace.config_overrides or []), text]
+        elif namespace.config is not None:
+            parser.error(f"--config names two files: {namespace.config} and {text}")
+        else:
+            namespace.config = text
+
+
+class VersionAction(argparse.Action):
+    """``-V``/``--version``: convlint's version and those of the onnx and onnxruntime it runs
+    with, read from their installed metadata (importing them would take a second)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions and exit")
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
+
+
+def version_text() -> str:
+    """``convlint 0.2.0 (onnx 1.19.0, onnxruntime 1.23.0, Python 3.11.9)``."""
+    from convlint.distributions import version
+
+    parts = [f"{name} {version(name) or 'not installed'}" for name in ("onnx", "onnxruntime")]
+    parts.append(f"Python {sys.version.split()[0]}")
+    return f"convlint {__version__} ({', '.join(parts)})"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -98,7 +169,14 @@ def _common(
     parser.add_argument(
         "--output", metavar="FILE", help="write the report to FILE (atomically; default: stdout)"
     )
-    parser.add_argument("--config", metavar="FILE", help="configuration file to use")
+    parser.add_argument(
+        "--config",
+        metavar="FILE|KEY=VALUE",
+        action=ConfigAction,
+        help="the configuration file to use, or a KEY=VALUE (TOML) over the configuration's "
+        "keys (repeatable), e.g. --config 'select=[\"CL001\"]'",
+    )
+    parser.set_defaults(config_overrides=[])
     parser.add_argument(
         "--input-shape",
         metavar="NAME=1x3x224x224",
@@ -148,14 +226,16 @@ def _selectors(parser: argparse.ArgumentParser, verb: str, opposite: str) -> Non
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; ``fix``'s own options (whose module imports onnx) only
+    when ``command`` is ``fix`` (or None: all of them)."""
     parser = Parser(
         prog="convlint",
         description="Lint the convolutions of ONNX models.",
         epilog=_epilog(),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"convlint {__version__}")
+    parser.add_argument("-V", "--version", action=VersionAction)
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
@@ -166,8 +246,35 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog("check"),
         formatter_class=HelpFormatter,
     )
-    check.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files or folders")
+    check.add_argument(
+        "models",
+        nargs="*",
+        default=["."],
+        metavar="MODEL",
+        help=".onnx files or folders (default: .); - reads a model from stdin",
+    )
     _common(check)
+    check.add_argument(
+        "--force-exclude",
+        action="store_true",
+        help="apply exclude and extend-exclude to the files named on the command line too "
+        "(pre-commit passes files by name)",
+    )
+    check.add_argument(
+        "--statistics",
+        action="store_true",
+        help="print the number of findings of each rule instead of the findings",
+    )
+    check.add_argument(
+        "--show-files",
+        action="store_true",
+        help="print the models that would be checked, then exit",
+    )
+    check.add_argument(
+        "--stdin-filename",
+        metavar="PATH",
+        help="the name a model read from stdin (-) is reported and configured as",
+    )
 
     stats = commands.add_parser(
         "stats",
@@ -191,17 +298,30 @@ def build_parser() -> argparse.ArgumentParser:
     fix.add_argument("model", metavar="MODEL")
     _common(fix, lint=False, formats=("text", "json"))
     _selectors(fix, "fix", "leave")
-    from convlint.rewrite.report import add_fix_arguments
+    if command in (None, "fix"):
+        from convlint.rewrite.report import add_fix_arguments
 
-    add_fix_arguments(fix)
+        add_fix_arguments(fix)
 
-    commands.add_parser("rules", help="list every rule")
-    rule = commands.add_parser("rule", help="show a rule's documentation")
-    rule.add_argument("code", metavar="CODE")
+    rules = commands.add_parser("rules", help="list every rule")
+    rules.add_argument("--format", choices=("text", "json"), default="text", help="list format")
+    rule = commands.add_parser(
+        "rule", help="show a rule's documentation", formatter_class=HelpFormatter
+    )
+    rule.add_argument("code", nargs="?", metavar="CODE", help="a rule's code or name")
+    rule.add_argument("--all", action="store_true", help="every rule's documentation")
+    rule.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of a JSON report")
+    schema.add_argument("report", choices=SCHEMAS, metavar="REPORT", help=" | ".join(SCHEMAS))
 
     demo = commands.add_parser("demo", help="the whole pipeline on a built-in Inception 3a block")
     demo.add_argument("--format", choices=("text", "json"), default="text", help="report format")
+    parser.commands = {name: choice for name, choice in commands.choices.items()}
     return parser
+
+
+SCHEMAS = ("check", "fix", "stats")
 
 
 def resolve_settings(
@@ -211,9 +331,18 @@ def resolve_settings(
     fail-on (through the API's resolution, so both resolve alike)."""
     from convlint.api import resolve
 
-    finder = ConfigFinder(registry, Path(args.config) if args.config else None)
+    finder = config_finder(args, registry)
     resolved = resolve(Path(model or args.model), registry, finder, **_overrides(args))
     return resolved.settings, resolved.fail_on
+
+
+def config_finder(args: argparse.Namespace, registry: Registry) -> ConfigFinder:
+    """Each model's configuration: ``--config FILE`` or the one found from its folder, under
+    the ``--config KEY=VALUE`` overrides."""
+    from convlint.config import ConfigFinder
+
+    explicit = Path(args.config) if args.config else None
+    return ConfigFinder(registry, explicit, getattr(args, "config_overrides", None) or ())
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -229,6 +358,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def emit(text: str, output: str | None) -> None:
     if output:
+        from convlint.atomic import write_atomic
+
         try:
             write_atomic(output, text)
         except OSError as exc:
@@ -280,6 +411,9 @@ def _data_file_owner(target: Path, models: Sequence[str | os.PathLike[str]]) -> 
             continue
         if not _mentions(path, resolved.name):
             continue
+        from convlint.loader import read_model
+        from convlint.paths import external_data_files
+
         try:
             files = external_data_files(read_model(path), path)
         except ConvlintError:  # the run itself reports the unreadable model
@@ -297,6 +431,8 @@ def refuse_overwriting_inputs(
     """Refuse an output file (``--output``, ``--write-baseline``) that names an input of the
     run (a MODEL, a model's external data, OUT, the configuration) or another output: the
     report would replace it."""
+    from convlint.atomic import write_target
+
     given = [(flag, path) for flag, path in outputs if path]
     for index, (flag, path) in enumerate(given):
         for other, other_path in given[index + 1 :]:
@@ -315,17 +451,22 @@ def refuse_overwriting_inputs(
 def model_paths(args: argparse.Namespace, finder: ConfigFinder) -> list[str]:
     """The models to check: files as given, and the ``*.onnx`` files of folders that their
     configuration's ``exclude``/``extend-exclude`` do not name (as ruff, a file named on the
-    command line is checked even so)."""
+    command line is checked even so, unless ``--force-exclude``)."""
+    from convlint.engine import iter_model_paths
+
+    force = getattr(args, "force_exclude", False)
     named = {str(Path(target)) for target in args.models if not Path(target).is_dir()}
     return [
         str(path)
         for path in iter_model_paths(args.models)
-        if str(path) in named or not finder.for_model(path).excluded(path)
+        if (str(path) in named and not force) or not finder.for_model(path).excluded(path)
     ]
 
 
 def show_settings(path: str, resolved: Resolved, registry: Registry) -> str:
     """``check --show-settings``: the resolved settings of one model and their source."""
+    from convlint.engine import enabled_rules, rule_options
+
     settings = resolved.settings
     source = str(resolved.config.path) if resolved.config.path else "none (defaults)"
     rules = [rule.code for rule in enabled_rules(registry, settings)]
@@ -355,60 +496,89 @@ def show_settings(path: str, resolved: Resolved, registry: Registry) -> str:
 def failing(reports: Sequence[ModelReport], fail_on: str) -> int:
     if fail_on == "never":
         return 0
+    from convlint.findings import Severity
+
     threshold = Severity(fail_on).rank
     return sum(1 for r in reports for f in r.findings if f.severity.rank >= threshold)
 
 
 def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
     from convlint.api import resolve
+    from convlint.baseline import load_baseline, write_baseline
+    from convlint.reporters import use_color
+    from convlint.runner import check_and_render
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    finder = ConfigFinder(registry, Path(args.config) if args.config else None)
-    paths = model_paths(args, finder)
-    if not paths:
-        raise UsageError(f"no .onnx files found in {', '.join(args.models)}")
-    resolved = [resolve(Path(path), registry, finder, **_overrides(args)) for path in paths]
-    if args.show_settings:
-        for path, one in zip(paths, resolved, strict=True):
-            emit(show_settings(path, one, registry), args.output)
-        return 0
-    refuse_overwriting_inputs(
-        [("--output", args.output), ("--write-baseline", args.write_baseline)],
-        [
-            *((f"the model {path}", path) for path in paths),
-            (f"--config {args.config}", args.config),
-        ],
-        paths,
-    )
-    if args.output:  # --write-baseline over --baseline is how a baseline is updated
+    for flag in ("select", "ignore", "extend_select"):  # before any model is looked for
+        registry.known_selectors(getattr(args, flag) or [], f"--{flag.replace('_', '-')}")
+    finder = config_finder(args, registry)
+    with _stdin_model(args) as stdin:
+        if stdin is not None:
+            name, path = stdin
+            excluded = args.force_exclude and finder.for_model(Path(name)).excluded(Path(name))
+            paths, names, config_paths = ([] if excluded else [path]), {path: name}, [name]
+        else:
+            paths = model_paths(args, finder)
+            names, config_paths = {}, paths
+        if not paths:
+            if args.force_exclude and all(Path(m).is_file() or m == "-" for m in args.models):
+                return 0  # every file named is excluded (pre-commit passed only those)
+            raise UsageError(f"no .onnx files found in {', '.join(args.models)}")
+        if args.show_files:
+            emit("".join(f"{names.get(path, path)}\n" for path in paths), args.output)
+            return 0
+        resolved = [
+            resolve(Path(path), registry, finder, **_overrides(args)) for path in config_paths
+        ]
+        if args.show_settings:
+            for path, one in zip(config_paths, resolved, strict=True):
+                emit(show_settings(path, one, registry), args.output)
+            return 0
         refuse_overwriting_inputs(
-            [("--output", args.output)], [(f"--baseline {args.baseline}", args.baseline)]
+            [("--output", args.output), ("--write-baseline", args.write_baseline)],
+            [
+                *((f"the model {path}", path) for path in paths),
+                (f"--config {args.config}", args.config),
+            ],
+            paths,
         )
-    known = load_baseline(args.baseline) if args.baseline else None  # bad file: exit 2 early
-    # Findings are printed as the models are done, unless the report goes to a file or the
-    # baseline must be written (and may fail) first.
-    streamed = not args.output and not args.write_baseline
-    reports, text = check_and_render(
-        paths,
-        registry,
-        [one.settings for one in resolved],
-        jobs=args.jobs,
-        format=args.format,
-        verbose=args.verbose,
-        quiet=args.quiet,
-        color=args.format == "text" and not args.output and use_color(sys.stdout),
-        known=known,
-        stream=sys.stdout if streamed else None,
-        progress=sys.stderr,
-    )
+        if args.output:  # --write-baseline over --baseline is how a baseline is updated
+            refuse_overwriting_inputs(
+                [("--output", args.output)], [(f"--baseline {args.baseline}", args.baseline)]
+            )
+        known = load_baseline(args.baseline) if args.baseline else None  # bad file: exit 2 early
+        # Findings are printed as the models are done, unless the report goes to a file, the
+        # baseline must be written (and may fail) first, or only counts are wanted.
+        streamed = not args.output and not args.write_baseline and not args.statistics
+        reports, text = check_and_render(
+            paths,
+            registry,
+            [one.settings for one in resolved],
+            jobs=args.jobs,
+            format=args.format,
+            verbose=args.verbose,
+            quiet=args.quiet,
+            color=args.format == "text" and not args.output and use_color(sys.stdout),
+            known=known,
+            stream=sys.stdout if streamed else None,
+            progress=sys.stderr,
+            names=names,
+        )
     if args.write_baseline:  # every finding, the known ones too
         count = write_baseline(args.write_baseline, reports)
-        print(f"convlint: recorded {count} findings in {args.write_baseline}", file=sys.stderr)
+        print(
+            f"convlint: recorded {_plural(count, 'finding')} in {args.write_baseline}",
+            file=sys.stderr,
+        )
+    if args.statistics:
+        from convlint.reporters.statistics import render_statistics
+
+        text = render_statistics(reports, registry, args.format)
     emit(text, args.output)
     for report in reports:
         if report.error:
-            print(printable(f"convlint: error: {report.path}: {report.error}"), file=sys.stderr)
+            print(_printable(f"convlint: error: {report.path}: {report.error}"), file=sys.stderr)
     if any(r.error for r in reports):
         return 2
     if args.exit_zero or args.write_baseline:
@@ -419,6 +589,37 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
     return 1 if failed else 0
 
 
+@contextmanager
+def _stdin_model(args: argparse.Namespace) -> Iterator[tuple[str, str] | None]:
+    """For ``check -``: the model read from stdin, in a temporary file, and the name it is
+    reported and configured as (``--stdin-filename``, else ``-``)."""
+    if "-" not in args.models:
+        if args.stdin_filename:
+            raise UsageError("--stdin-filename names the model read from stdin: give - as MODEL")
+        yield None
+        return
+    if len(args.models) > 1:
+        raise UsageError("- reads one model from stdin: give no other MODEL with it")
+    import tempfile
+
+    data = sys.stdin.buffer.read()
+    name = args.stdin_filename or "-"
+    with tempfile.TemporaryDirectory(prefix="convlint-stdin-") as folder:
+        path = Path(folder) / (Path(name).name if name.endswith(".onnx") else "stdin.onnx")
+        path.write_bytes(data)
+        yield name, str(path)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _printable(text: str) -> str:
+    from convlint.errors import printable
+
+    return printable(text)
+
+
 def cmd_stats(args: argparse.Namespace, registry: Registry) -> int:
     from convlint.nodestats import run_stats
 
@@ -426,28 +627,31 @@ def cmd_stats(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_rules(args: argparse.Namespace, registry: Registry) -> int:
-    from convlint.nodestats import table
+    from convlint.ruledoc import render_rules
 
-    rows = [[r.code, r.name, r.severity.value, r.fix_text, r.summary] for r in registry]
-    sys.stdout.write(table(["code", "name", "severity", "fix", "summary"], rows, set()) + "\n")
+    emit(render_rules(registry, args.format), None)
     return 0
 
 
 def cmd_rule(args: argparse.Namespace, registry: Registry) -> int:
-    rule = registry.get(args.code)
-    if rule is None:
-        raise UsageError(f"unknown rule {args.code!r} (rules: {', '.join(registry.codes())})")
-    header = f"# {rule.name} ({rule.code})\n\n"
-    meta = f"Default severity: {rule.severity.value}. Fix: {rule.fix_text}.\n"
-    meta += "".join(f"A fix that is {a.value} is {a.applied}.\n" for a in rule.fixes)
-    if rule.options:
-        options = ", ".join(f"`{k}` = {v!r}" for k, v in rule.options.items())
-        meta += f"Options: {options}.\n"
-    doc = rule.doc.strip()
-    if doc.startswith(rule.code):  # the docstring's title line repeats the header
-        doc = doc.split("\n", 1)[1].strip() if "\n" in doc else ""
-    sys.stdout.write(header + meta + "\n" + (doc or rule.summary) + "\n")
+    from convlint.ruledoc import render_rule
+
+    emit(render_rule(registry, args.code, args.all, args.format), None)
     return 0
+
+
+def cmd_schema(args: argparse.Namespace, registry: Registry) -> int:
+    from convlint.ruledoc import schema_text
+
+    emit(schema_text(args.report), None)
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    """The rules: from the catalog where only their documentation is needed (no onnx)."""
+    from convlint.registry import load_catalog, load_registry
+
+    return load_catalog() if args.command in ("rules", "rule", "schema") else load_registry()
 
 
 def cmd_fix(args: argparse.Namespace, registry: Registry) -> int:
@@ -502,6 +706,7 @@ COMMANDS = {
     "stats": cmd_stats,
     "rules": cmd_rules,
     "rule": cmd_rule,
+    "schema": cmd_schema,
     "demo": cmd_demo,
 }
 
@@ -544,19 +749,21 @@ def _fit_streams_to_their_encoding() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _fit_streams_to_their_encoding()
-    parser = build_parser()
+    given = list(sys.argv[1:] if argv is None else argv)
+    # fix's options (their module imports onnx) only when the command is fix
+    parser = build_parser(next((word for word in given if not word.startswith("-")), ""))
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(given)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     try:
-        registry = load_registry()
+        registry = _registry(args)
         if args.command in CLEANS_UP:
             with cleanup_on_signals():
                 return COMMANDS[args.command](args, registry)
         return COMMANDS[args.command](args, registry)
     except ConvlintError as exc:
-        print(printable(f"convlint: error: {exc}"), file=sys.stderr)
+        print(_printable(f"convlint: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convlint: interrupted", file=sys.stderr)

@@ -4,6 +4,10 @@ As in ruff, the configuration of a model is found from the model's folder upward
 repository of different models can keep one file per folder; globs in it (``exclude``,
 ``per-file-ignores``, ``input-shapes``) are matched against the model's path relative to the
 configuration file's folder, and a glob without a ``/`` also against the file name alone.
+In each folder ``.convlint.toml`` is looked for first, then ``convlint.toml``, then a
+``pyproject.toml`` with a ``[tool.convlint]`` table (ruff's order). ``extend = "PATH"`` reads
+another configuration first (relative to the file that names it) and overrides its keys;
+``--config KEY=VALUE`` overrides the keys of whichever file applies.
 """
 
 from __future__ import annotations
@@ -11,13 +15,12 @@ from __future__ import annotations
 import fnmatch
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convlint.errors import UsageError
-from convlint.loader import parse_input_shape
+from convlint.errors import UsageError, did_you_mean
 from convlint.registry import Registry
 
 if sys.version_info >= (3, 11):
@@ -26,6 +29,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 TOP_LEVEL_KEYS = (
+    "extend",
     "select",
     "extend-select",
     "ignore",
@@ -42,12 +46,25 @@ FAIL_ON = ("error", "warning", "info", "never")
 SEVERITIES = ("info", "warning", "error")
 
 
+CONFIG_NAMES = (".convlint.toml", "convlint.toml")  # then pyproject.toml, as ruff
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """The loader's ``NAME=1x3x224x224`` parser, imported when a configuration has shapes
+    (the loader imports onnx, which ``--help`` and ``rules`` do without)."""
+    from convlint.loader import parse_input_shape as parse
+
+    return parse(text)
+
+
 def find_config(start: Path) -> Path | None:
-    """The nearest convlint.toml, or pyproject.toml with a [tool.convlint] table, upwards."""
+    """The nearest .convlint.toml, convlint.toml, or pyproject.toml with a [tool.convlint]
+    table, upwards."""
     for folder in [start, *start.parents]:
-        candidate = folder / "convlint.toml"
-        if candidate.is_file():
-            return candidate
+        for name in CONFIG_NAMES:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
             try:
@@ -82,6 +99,71 @@ def read_config(path: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [tool.convlint] must be a table, got {table!r}")
     return dict(table)
+
+
+def load_config(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """``read_config`` with ``extend`` followed: the extended file's table (itself maybe
+    extending another) under this one's keys. As in ruff, ``extend-select`` and
+    ``extend-exclude`` add up along the chain, ``[rules.CODE]`` tables merge option by
+    option, and every other key of the extending file replaces the extended one's."""
+    table = read_config(path)
+    base = table.pop("extend", None)
+    if base is None:
+        return table
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"{path}: [tool.convlint] extend: expected a path, got {base!r}")
+    target = (path.parent / Path(base).expanduser()).resolve()
+    if target in chain or target == path.resolve():
+        raise UsageError(f"{path}: [tool.convlint] extend: {base} extends itself (a cycle)")
+    if not target.exists():
+        raise UsageError(f"{path}: [tool.convlint] extend: {base}: no such file")
+    return merge_tables(load_config(target, (*chain, path.resolve())), table)
+
+
+def merge_tables(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over``'s keys over ``base``'s (``extend``, ``--config KEY=VALUE``)."""
+    merged = dict(base)
+    for key, value in over.items():
+        if key in ("extend-select", "extend-exclude") and key in merged:
+            merged[key] = [*_as_list(merged[key]), *_as_list(value)]
+        elif key == "rules" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            rules = dict(merged[key])
+            for code, options in value.items():
+                before = rules.get(code)
+                if isinstance(before, dict) and isinstance(options, dict):
+                    rules[code] = {**before, **options}
+                else:
+                    rules[code] = options
+            merged[key] = rules
+        else:
+            merged[key] = value
+    return merged
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``--config KEY=VALUE`` as a table: the pair is TOML (``select = ["CL001"]``,
+    ``rules.CL001.min-channels = 64``); a value that is not TOML is taken as a string
+    (``fail-on=info``)."""
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key or not _:
+        raise UsageError(f"--config {text}: expected a file or KEY=VALUE")
+    try:
+        return dict(tomllib.loads(f"{key} = {value.strip()}"))
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        return dict(tomllib.loads(f"{key} = {_toml_string(value.strip())}"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config {text}: not a TOML KEY = VALUE pair: {exc}") from None
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _codes(value: Any, where: str) -> list[str]:
@@ -120,9 +202,11 @@ def validate_config(table: Mapping[str, Any], registry: Registry, source: str) -
         where = f"{source}: [tool.convlint] {key}"
         if key not in TOP_LEVEL_KEYS:
             raise UsageError(
-                f"{source}: unknown key {key!r} in [tool.convlint] "
-                f"(valid: {', '.join(TOP_LEVEL_KEYS)})"
+                f"{source}: unknown key {key!r} in [tool.convlint]"
+                f"{did_you_mean(key, TOP_LEVEL_KEYS)} (valid: {', '.join(TOP_LEVEL_KEYS)})"
             )
+        if key == "extend":  # followed by load_config before validation
+            continue
         if key in ("select", "extend-select", "ignore"):
             settings[key] = registry.known_selectors(_codes(value, where), where)
         elif key in ("exclude", "extend-exclude"):
@@ -233,9 +317,20 @@ class ConfigFinder:
     """The configuration of each model, found from its folder upwards (each file read and
     validated once), or the one ``--config`` names for every model."""
 
-    def __init__(self, registry: Registry, explicit: Path | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        explicit: Path | None = None,
+        overrides: Sequence[str] = (),
+    ) -> None:
         self.registry = registry
         self.explicit = explicit
+        # ``--config KEY=VALUE`` pairs, in order, each checked now so that a bad one is named.
+        self.overrides: dict[str, Any] = {}
+        for text in overrides:
+            pair = parse_override(text)
+            validate_config(pair, registry, f"--config {text}")
+            self.overrides = merge_tables(self.overrides, pair)
         self._by_file: dict[Path | None, Configuration] = {}
         self._by_folder: dict[Path, Path | None] = {}
 
@@ -248,11 +343,9 @@ class ConfigFinder:
                 self._by_folder[folder] = find_config(folder)
             source = self._by_folder[folder]
         if source not in self._by_file:
-            table = (
-                validate_config(read_config(source), self.registry, str(source))
-                if source is not None
-                else {}
-            )
+            raw = load_config(source) if source is not None else {}
+            where = str(source) if source is not None else "--config"
+            table = validate_config(merge_tables(raw, self.overrides), self.registry, where)
             self._by_file[source] = Configuration(source, table)
         return self._by_file[source]
 

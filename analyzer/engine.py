@@ -55,6 +55,8 @@ class ModelReport:
     checked: list[str] = field(default_factory=list)  # codes of the rules run on this model
     # Findings a --baseline knew, moved out of ``findings`` (None: no baseline given).
     baselined: list[Finding] | None = None
+    # Findings silenced by their node's ``convlint.ignore`` metadata (the model's own noqa).
+    suppressed: list[Finding] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +157,18 @@ def rule_options(rule: Rule, settings: Settings) -> tuple[dict[str, Any], Severi
     return options, severity
 
 
+# The key of a node's metadata_props entry that silences codes on it (ruff's noqa comment).
+IGNORE_KEY = "convlint.ignore"
+
+
+def model_ignores(node: Node) -> list[str]:
+    """The codes (or prefixes, or ``ALL``) a node's ``convlint.ignore`` metadata names."""
+    for entry in node.proto.metadata_props:
+        if entry.key == IGNORE_KEY:
+            return [part.strip().upper() for part in entry.value.split(",") if part.strip()]
+    return []
+
+
 def _node_ignored(node: str, code: str, per_node_ignores: Mapping[str, Sequence[str]]) -> bool:
     for pattern, codes in per_node_ignores.items():
         if fnmatch.fnmatchcase(node, pattern) and any(
@@ -176,7 +190,10 @@ def run_rules(
     rules: Sequence[Rule],
     settings: Settings,
     views: Sequence[tuple[ModelGraph, View]] | None = None,
+    suppressed: list[Finding] | None = None,
 ) -> tuple[list[Finding], list[Skip]]:
+    """The findings of ``rules`` and what they passed over; findings a node's
+    ``convlint.ignore`` silences go to ``suppressed`` (and, as a reason, to the skips)."""
     findings: list[Finding] = []
     skips: list[Skip] = []
     if views is None:
@@ -189,6 +206,10 @@ def run_rules(
                 for finding in rule.check(ctx):
                     if _node_ignored(finding.node, finding.code, settings.per_node_ignores):
                         skips.append(Skip(rule.code, finding.node, "ignored by per-node-ignores"))
+                    elif _silenced(sub, finding):
+                        if suppressed is not None:
+                            suppressed.append(finding)
+                        skips.append(Skip(rule.code, finding.node, SUPPRESSED_REASON))
                     else:
                         if sub is not graph and finding.fix is not None:
                             finding = replace(finding, fix=SUBGRAPH_FIX)
@@ -204,6 +225,17 @@ def run_rules(
         order = {name: i for i, name in enumerate(n.name for g in graph.all_graphs() for n in g)}
         findings.sort(key=lambda f: (order.get(f.node, len(order)), f.code))
     return findings, skips
+
+
+SUPPRESSED_REASON = f"suppressed by the node's metadata_props {IGNORE_KEY}"
+
+
+def _silenced(graph: ModelGraph, finding: Finding) -> bool:
+    node = graph.nodes.get(finding.node)
+    if node is None:
+        return False
+    codes = model_ignores(node)
+    return any(code == "ALL" or finding.code.startswith(code) for code in codes)
 
 
 def _scaling_cost(loaded: loader.LoadedModel, graph: ModelGraph, path: Path) -> float | int | None:
@@ -328,7 +360,9 @@ def lint(
             report.notes.append(f"analyzed subgraph of {sub_owner}")
         chosen = enabled_rules(registry, settings) if rules is None else rules
         report.checked = [rule.code for rule in chosen]
-        report.findings, report.skips = run_rules(graph, loaded.model, chosen, settings, views)
+        report.findings, report.skips = run_rules(
+            graph, loaded.model, chosen, settings, views, report.suppressed
+        )
     except GraphError as exc:
         raise ModelError(loaded.path, f"invalid model: {exc}") from None
     finally:

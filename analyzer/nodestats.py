@@ -19,6 +19,7 @@ from convlint import __version__
 from convlint.cost import ModelCost, model_cost
 from convlint.graph import Dim, ModelGraph, Shape
 from convlint.reporters.common import SCHEMA_VERSION, fmt_int, json_text, printable
+from convlint.tables import table
 
 if TYPE_CHECKING:
     import argparse
@@ -82,21 +83,6 @@ def _shape_text(shapes: Sequence[Any]) -> str:
         return "x".join("?" if d is None else str(d) for d in shape) or "scalar"
 
     return ", ".join(one(s) for s in shapes)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
-    """Align columns; numeric columns (indices in ``right``) are right-justified."""
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(padded).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
 def _macs_cell(macs: int | None, per_pixel: int | float | None, unit: str) -> str:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import import_module, metadata
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from convlint.errors import ConvlintError, UsageError
+from convlint.errors import ConvlintError, UsageError, did_you_mean
 from convlint.findings import Applicability, Finding, Severity
 
 if TYPE_CHECKING:
+    import ast
+
     from convlint.engine import RuleContext
 
 CODE_PATTERN = re.compile(r"^[A-Z]{1,3}[0-9]{0,3}$")
@@ -129,13 +131,20 @@ class Registry:
         codes = self.codes()
         for selector in selectors:
             if selector != "ALL" and not any(code.startswith(selector) for code in codes):
+                hint = did_you_mean(selector, codes)
                 raise UsageError(
-                    f"{where}: {selector!r} matches no rule (rules: {', '.join(codes)})"
+                    f"{where}: {selector!r} matches no rule{hint} (rules: {', '.join(codes)})"
                 )
         return list(selectors)
 
 
 def _plugin_rules() -> Iterator[Rule]:
+    from convlint.distributions import declares_entry_points
+
+    if not declares_entry_points(ENTRY_POINT_GROUP):
+        return  # importlib.metadata costs tens of milliseconds to import
+    from importlib import metadata
+
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         origin = f"plugin {entry.name!r} ({entry.value})"
         try:
@@ -160,3 +169,80 @@ def load_registry(plugins: bool = True) -> Registry:
         for rule in _plugin_rules():
             registry.add(rule)
     return registry
+
+
+def load_catalog(plugins: bool = True) -> Registry:
+    """The registry as ``rules``, ``rule`` and ``--help`` need it, without importing onnx: each
+    built-in rule's metadata is read from its module's source (the literal arguments of its
+    ``RULE = Rule(...)``, the module docstring as ``doc``), and its check imports the module
+    when first called. A module whose ``RULE`` is not all literals is imported instead; a test
+    holds the catalog equal to ``load_registry()``. Plugins load as in ``load_registry``."""
+    registry = Registry()
+    for module_name in BUILTIN_MODULES:
+        registry.add(_read_rule(module_name) or import_module(module_name).RULE)
+    if plugins:
+        for rule in _plugin_rules():
+            registry.add(rule)
+    return registry
+
+
+def _read_rule(module_name: str) -> Rule | None:
+    import ast
+    from importlib.util import find_spec
+
+    spec = find_spec(module_name)
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        with open(spec.origin, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    call = next(
+        (
+            node.value
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            and [getattr(target, "id", None) for target in node.targets] == ["RULE"]
+            and isinstance(node.value, ast.Call)
+        ),
+        None,
+    )
+    if call is None or call.args:
+        return None
+    fields: dict[str, Any] = {}
+    try:
+        for keyword in call.keywords:
+            value = keyword.value
+            if keyword.arg == "check":
+                fields["check"] = _deferred_check(module_name)
+            elif keyword.arg == "doc":
+                fields["doc"] = ast.get_docstring(tree, clean=False) or ""
+            else:
+                fields[str(keyword.arg)] = _literal(value)
+        return Rule(**fields)
+    except (TypeError, KeyError, ValueError):  # not literals: the module is imported instead
+        return None
+
+
+def _literal(node: ast.expr) -> Any:
+    """A literal, or a member of Severity or Applicability (``Severity.WARNING``), or a tuple
+    of them; anything else raises ValueError."""
+    import ast
+
+    enums: dict[str, Any] = {"Severity": Severity, "Applicability": Applicability}
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        if node.value.id in enums:
+            return enums[node.value.id][node.attr]
+        raise ValueError(node.value.id)
+    if isinstance(node, ast.Tuple):
+        return tuple(_literal(item) for item in node.elts)
+    return ast.literal_eval(node)
+
+
+def _deferred_check(module_name: str) -> Callable[[RuleContext], Iterator[Finding]]:
+    def check(ctx: RuleContext) -> Iterator[Finding]:
+        rule: Rule = import_module(module_name).RULE
+        return rule.check(ctx)
+
+    return check

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TextIO
 
 from convlint.baseline import Baseline
@@ -56,6 +56,7 @@ def check_and_render(
     known: Baseline | None = None,
     stream: TextIO | None = None,
     progress: TextIO | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> tuple[list[ModelReport], str]:
     """Check ``paths`` (each with its own settings) in ``jobs`` processes (default: the number
     of cores) and render the report in ``format``.
@@ -64,12 +65,15 @@ def check_and_render(
     are done, and what is returned is the rest (the summary line); otherwise all of it is
     returned. ``known`` findings (a baseline) are applied to each report as it comes. A
     ``progress`` stream that is a terminal shows how many models are done (not with ``quiet``).
+    ``names`` reports a path under another name (a model read from stdin, as ``-``).
     """
     streaming = stream is not None and format in STREAMED_FORMATS
     shown = _Progress(progress if not quiet else None, len(paths))
     printed: list[str] = []
     reports: list[ModelReport] = []
     for report in iter_reports(paths, registry, settings, jobs, shown.advance):
+        if names:
+            report.path = names.get(report.path, report.path)
         if known is not None:
             known.apply([report])
         reports.append(report)

@@ -63,7 +63,10 @@ def test_convlint_toml_and_explicit_config(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[tool.convlint]\nselct = []\n", "unknown key 'selct' in [tool.convlint] (valid: select"),
+        (
+            "[tool.convlint]\nselct = []\n",
+            "unknown key 'selct' in [tool.convlint] (did you mean 'select'?) (valid: extend, select",
+        ),
         ('[tool.convlint]\nfail-on = "sometimes"\n', "is not one of error, warning, info, never"),
         ("[tool.convlint.rules.CL009]\nx = 1\n", "unknown rule 'CL009'"),
         (

@@ -38,8 +38,13 @@ def test_help_of_check_and_fix_name_their_exit_codes(cli: CLI) -> None:
 
 
 def test_version(cli: CLI) -> None:
+    """As ruff, -V and --version; with the onnx and onnxruntime versions it runs with."""
+    from importlib import metadata
+
     code, out, _ = cli("--version")
-    assert code == 0 and out == f"convlint {__version__}\n"
+    onnx, ort = metadata.version("onnx"), metadata.version("onnxruntime")
+    assert code == 0 and out.startswith(f"convlint {__version__} (onnx {onnx}, onnxruntime {ort}, ")
+    assert cli("-V") == (0, out, "")
 
 
 def test_short_quiet_and_verbose(tmp_path: Path, cli: CLI) -> None:

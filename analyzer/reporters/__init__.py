@@ -1,8 +1,9 @@
 """Stage 6: render reports. A reporter formats what the engine found; it never reads the graph.
 
 One module per format (``text``, ``json_report``, ``sarif``, ``junit``, ``markdown``,
-``github``), as ruff's ``message/`` has one emitter per format; ``RENDERERS`` is the table of
-formats. The formats other than text and JSON are imported when first used.
+``github``, ``gitlab``), as ruff's ``message/`` has one emitter per format; ``RENDERERS`` is the
+table of formats. The formats other than text and JSON are imported when first used;
+``statistics`` renders ``check --statistics``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ RENDERERS: dict[str, Renderer] = {
     "junit": _lazy("junit", "render_junit"),
     "markdown": _lazy("markdown", "render_markdown"),
     "github": _lazy("github", "render_github"),
+    "gitlab": _lazy("gitlab", "render_gitlab"),
 }
 
 

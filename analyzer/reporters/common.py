@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from convlint.engine import ModelReport
+from convlint.errors import printable as printable  # re-exported for the reporters
 from convlint.findings import Applicability, Finding
 
 # The ``schema_version`` of every JSON report (check, fix, stats): raised on any incompatible
@@ -18,18 +18,6 @@ from convlint.findings import Applicability, Finding
 # Version 2: a fix's applicability gained "approximate" (CL001, CL005 and CL002's projection,
 # which version 1 called "safe"), and the summary counts the fixes of each applicability.
 SCHEMA_VERSION = 2
-
-
-# Characters a terminal or a Markdown block acts on: C0/C1 controls (newlines, escape codes),
-# DEL, and the Unicode line and paragraph separators.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped as Python writes them (``\\n``, ``\\x1b``): a
-    model's names cannot start a line of their own or recolour a terminal, so no model can
-    print a fake "All checks passed!"."""
-    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 def json_text(document: Any, **options: Any) -> str:

@@ -19,6 +19,10 @@ from convlint.reporters.common import SCHEMA_VERSION, json_text, summary
 def model_dict(report: ModelReport, verbose: bool = False) -> dict[str, Any]:
     """A model object; with ``verbose``, also what the rules passed over and the notes."""
     data = report.as_dict()
+    # Findings the model's own convlint.ignore metadata silenced, listed so none goes unseen
+    # (the key only where there are some, or with --verbose, as the contract's object is).
+    if report.suppressed or verbose:
+        data["suppressed"] = [finding.as_dict() for finding in report.suppressed]
     if verbose:
         data["skipped"] = [
             {"code": skip.code, "node": skip.node, "reason": skip.reason} for skip in report.skips
