@@ -79,3 +79,19 @@ def test_hook_fails_on_a_flagged_model_and_passes_on_a_clean_one(
     assert code == 0, output
     assert "Passed" in output
     assert "All checks passed! (1 model)" in output
+
+
+def test_hook_keeps_excluded_models_excluded(hook_repo: Path, work: Path) -> None:
+    """pre-commit names each file; the hook's --force-exclude applies `exclude` to them."""
+    (work / "third_party").mkdir(exist_ok=True)
+    fixtures.save(fixtures.inception_3a_naive(), work / "third_party" / "vendored.onnx")
+    (work / "convlint.toml").write_text('exclude = ["third_party/*"]\n')
+    try:
+        code, output = try_repo(hook_repo, work, "third_party/vendored.onnx")
+        assert code == 0, output
+        assert "CL001" not in output
+        code, output = try_repo(hook_repo, work, "third_party/vendored.onnx", "models/naive.onnx")
+        assert code == 1 and "models/naive.onnx:inception_3a/3x3: CL001" in output
+        assert "third_party" not in output
+    finally:
+        (work / "convlint.toml").unlink()
