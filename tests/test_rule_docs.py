@@ -46,7 +46,8 @@ def test_rule_all_and_json(cli: CLI) -> None:
     rule = json.loads(out)
     assert rule["code"] == "CL001" and rule["name"] == "wide-conv-without-reduction"
     assert rule["severity"] == "warning" and rule["fix"] == "sometimes"
-    assert rule["options"] == {"min-channels": 128, "reduction-ratio": 4}
+    assert rule["options"]["min-channels"] == 128 and rule["options"]["reduction-ratio"] == 4
+    assert rule["fixes"] == ["approximate"]
     assert "## Why is this bad?" in rule["explanation"] or "Why is this bad?" in rule["explanation"]
     every = json.loads(cli("rule", "--all", "--format", "json")[1])
     assert [r["code"] for r in every] == ["CL001", "CL002", "CL003", "CL004", "CL005"]

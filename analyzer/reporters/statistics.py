@@ -1,8 +1,9 @@
 """`convlint check --statistics`: how many findings each rule has, instead of the findings.
 
 As ruff's ``--statistics``: a line per rule with findings, ``COUNT<TAB>CODE<TAB>[*] name``
-(``[*]`` when `convlint fix` rewrites its findings safely, ``[ ]`` otherwise, the column left
-out when no rule is fixable), most findings first. Findings a node's ``convlint.ignore``
+(the text report's markers: ``[*]`` when `convlint fix` rewrites some of its findings safely,
+``[~]`` approximately, ``[ ]`` neither; the column left out when no rule has either), most
+findings first. Findings a node's ``convlint.ignore``
 silenced and findings a baseline knew are not in the count; each rule with some says how many
 after its name. ``--format json`` writes a list of ``{"code", "name", "count", "fixable",
 "suppressed", "baselined"}``; the other formats print the text.
@@ -19,18 +20,21 @@ from convlint.engine import ModelReport
 from convlint.findings import Applicability
 from convlint.registry import Registry
 
+# As the text report marks them: the fixes `convlint fix` applies, safe ones first.
+MARKERS = {Applicability.SAFE: "[*]", Applicability.APPROXIMATE: "[~]"}
+
 
 def statistics(reports: Sequence[ModelReport], registry: Registry) -> list[dict[str, Any]]:
     """A row per rule with findings, suppressed or known ones: most findings first."""
     counts: Counter[str] = Counter()
-    fixable: Counter[str] = Counter()
+    kinds: dict[str, set[Applicability]] = {}
     suppressed: Counter[str] = Counter()
     baselined: Counter[str] = Counter()
     for report in reports:
         for finding in report.findings:
             counts[finding.code] += 1
-            safe = finding.fix is not None and finding.fix.applicability is Applicability.SAFE
-            fixable[finding.code] += safe
+            if finding.fix is not None:
+                kinds.setdefault(finding.code, set()).add(finding.fix.applicability)
         suppressed.update(finding.code for finding in report.suppressed)
         baselined.update(finding.code for finding in report.baselined or [])
     codes = sorted(set(counts) | set(suppressed) | set(baselined), key=lambda c: (-counts[c], c))
@@ -42,7 +46,8 @@ def statistics(reports: Sequence[ModelReport], registry: Registry) -> list[dict[
                 "code": code,
                 "name": rule.name if rule is not None else "",
                 "count": counts[code],
-                "fixable": fixable[code] > 0,
+                "fixable": bool(kinds.get(code, set()) & set(MARKERS)),
+                "marker": next((MARKERS[a] for a in MARKERS if a in kinds.get(code, ())), "[ ]"),
                 "suppressed": suppressed[code],
                 "baselined": baselined[code],
             }
@@ -53,7 +58,8 @@ def statistics(reports: Sequence[ModelReport], registry: Registry) -> list[dict[
 def render_statistics(reports: Sequence[ModelReport], registry: Registry, format: str) -> str:
     rows = statistics(reports, registry)
     if format == "json":
-        return json.dumps(rows, indent=2) + "\n"
+        shown = [{k: v for k, v in row.items() if k != "marker"} for row in rows]
+        return json.dumps(shown, indent=2) + "\n"
     if not rows:
         return ""
     count_width = max(len(str(row["count"])) for row in rows)
@@ -61,7 +67,7 @@ def render_statistics(reports: Sequence[ModelReport], registry: Registry, format
     any_fixable = any(row["fixable"] for row in rows)
     lines = []
     for row in rows:
-        marker = ("[*] " if row["fixable"] else "[ ] ") if any_fixable else ""
+        marker = f"{row['marker']} " if any_fixable else ""
         also = [
             f"{row[key]} {what}"
             for key, what in (("suppressed", "suppressed in the model"), ("baselined", "known"))
