@@ -10,6 +10,8 @@ channels?", "what set this tensor's width?". Each composite pattern is recognize
 Roles (``View.role``):
 
 - ``conv``: Conv, ConvInteger, QLinearConv (a quantized export gets its float twin's verdict);
+- ``deconv``: ConvTranspose (a linear map like a conv: walks look through it as through a conv
+  of the same widths, and a chain of it and a conv with nothing nonlinear between folds);
 - ``affine``: a per-channel affine map: BatchNormalization, and Mul/Add/Sub/Div whose other
   operand is a constant broadcasting as a scalar or along the channel axis (``x / c`` only);
 - ``activation``: an elementwise nonlinearity, or a composite one (SiLU, HardSwish, GELU, Mish
@@ -175,7 +177,9 @@ class View:
         if not node.is_standard:
             return "other"
         op = node.op_type
-        if op in CONV_INPUTS and op != "ConvTranspose":
+        if op == "ConvTranspose":
+            return "deconv"
+        if op in CONV_INPUTS:
             return "conv"
         if op in ELEMENTWISE_NONLINEAR:
             return "activation"
@@ -222,6 +226,7 @@ class View:
         # Most roles belong to a few op types: ask the graph's index rather than every node.
         by_role = {
             "conv": [op for op in CONV_INPUTS if op != "ConvTranspose"],
+            "deconv": ["ConvTranspose"],
             "pool": sorted(POOLS),
             "concat": ["Concat"],
             "dense": sorted(DENSE),
@@ -299,6 +304,31 @@ class View:
         self._geometry[node.name] = geometry
         return geometry
 
+    def deconv_geometry(self, node: Node) -> ConvGeometry | None:
+        """The geometry of a deconv-role node (ConvTranspose: weight C_in × C_out/group × k),
+        with ``out_pixels`` those of its (upsampled) output."""
+        if self.role(node) != "deconv" or len(node.inputs) < 2:
+            return None
+        weight = self.graph.shape(node.inputs[1])
+        if weight is None or len(weight) < 3 or numel(weight) is None:
+            return None
+        group = int(node.attr("group", 1))
+        kernel: tuple[int, ...] = weight[2:]  # type: ignore[assignment]  # ints, as checked
+        strides = node.attr("strides")
+        return ConvGeometry(
+            weight[0],  # type: ignore[arg-type]
+            weight[1] * group,  # type: ignore[operator]
+            kernel,
+            group,
+            tuple(strides) if strides else (1,) * len(kernel),
+            len(node.inputs) > 2 and bool(node.inputs[2]),
+            spatial_pixels(self.graph, node.outputs[0]),
+        )
+
+    def linear_geometry(self, node: Node) -> ConvGeometry | None:
+        """A conv's geometry, or a ConvTranspose's: what walks back over channel widths read."""
+        return self.geometry(node) or self.deconv_geometry(node)
+
     def _conv_geometry(self, node: Node) -> ConvGeometry | None:
         # Called once for every conv of the graph: the weight and bias are found by position
         # rather than through ``conv_weight`` and ``conv_bias``.
@@ -323,10 +353,11 @@ class View:
         )
 
     def is_float_conv(self, node: Node) -> bool:
-        """A plain Conv with stored float weights: what ``convlint fix`` can rewrite."""
+        """A plain Conv (or ConvTranspose) with stored float weights: what ``convlint fix`` can
+        rewrite."""
         weight = self.conv_weight(node)
         return (
-            node.op_type == "Conv"
+            node.op_type in ("Conv", "ConvTranspose")
             and weight is not None
             and self.graph.producer_of(weight) is None
             and self.graph.dtype(weight) in FLOAT_TYPES
@@ -682,6 +713,56 @@ AXIS_KEEPING = (
     | SELECT
     | {"BatchNormalization", "Concat", "Pad", "Resize", "Upsample"}
 )
+
+
+# -- folds of ConvTranspose chains (CL003 and the rewrite that folds them) ---------------
+
+
+def _spatial_attr(node: Node, name: str, rank: int, default: int) -> list[int]:
+    value = node.attrs.get(name)
+    return [int(v) for v in value] if value else [default] * rank
+
+
+def transposed_fold(
+    deconv: Node, conv: Node, deconv_kernel: tuple[int, ...], conv_kernel: tuple[int, ...]
+) -> tuple[tuple[int, ...], list[int], str]:
+    """The single ConvTranspose that a ConvTranspose (stride s, pads p) then a conv (stride 1,
+    pads q) compute: kernel K1 + K2 - 1, stride s, pads p + K2 - 1 - q on each side. Returns
+    (kernel, pads, why) with ``why`` saying what stops the fold ("" when it folds)."""
+    rank = len(deconv_kernel)
+    if conv.attrs.get("auto_pad", "NOTSET") != "NOTSET":
+        return (), [], "the conv after the ConvTranspose uses auto_pad"
+    if deconv.attrs.get("auto_pad", "NOTSET") != "NOTSET" or deconv.attrs.get("output_shape"):
+        return (), [], "the ConvTranspose sets auto_pad or output_shape"
+    if any(_spatial_attr(deconv, "output_padding", rank, 0)):
+        return (), [], "the ConvTranspose has output_padding"
+    if any(d != 1 for d in _spatial_attr(deconv, "dilations", rank, 1)):
+        return (), [], "the ConvTranspose is dilated"
+    if any(d != 1 for d in _spatial_attr(conv, "dilations", rank, 1)):
+        return (), [], "the conv after the ConvTranspose is dilated"
+    if any(s != 1 for s in _spatial_attr(conv, "strides", rank, 1)):
+        return (), [], "the conv after the ConvTranspose is strided"
+    p = _spatial_attr(deconv, "pads", 2 * rank, 0)
+    q = _spatial_attr(conv, "pads", 2 * rank, 0)
+    pads = [p[i] + conv_kernel[i % rank] - 1 - q[i] for i in range(2 * rank)]
+    if any(v < 0 for v in pads):
+        return (), [], "the conv pads more than its kernel reaches"
+    kernel = tuple(k1 + k2 - 1 for k1, k2 in zip(deconv_kernel, conv_kernel, strict=True))
+    return kernel, pads, ""
+
+
+def border_caveat(deconv: Node, conv: Node, shifted: bool) -> str:
+    """Where the fold of a ConvTranspose into a padded conv differs at the borders ("" where it
+    is exact): the conv reads zeros past the map's edge, the folded ConvTranspose reads what
+    the ConvTranspose would have written there (its bias, a shift between, cropped rows)."""
+    rank = len(deconv.attrs.get("kernel_shape") or []) or 2
+    if not any(_spatial_attr(conv, "pads", 2 * rank, 0)):
+        return ""
+    if any(_spatial_attr(deconv, "pads", 2 * rank, 0)):
+        return "the rows the ConvTranspose crops"
+    if shifted:
+        return "the ConvTranspose's bias (or the shift between)"
+    return ""
 
 
 def _composite_name(ops: set[str]) -> str:

@@ -8,6 +8,14 @@ as Caffe and TensorFlow exports write BatchNorm and Scale), Identity, Dropout, C
 changes (NHWC Transposes) and quantize/dequantize steps; an activation, however it is written
 (ReLU, Clip, SiLU as `x * Sigmoid(x)`), ends the chain. The flagged node is the first conv.
 
+A ConvTranspose is a linear map too: a ConvTranspose (kernel K1, stride s, pads p) followed by
+a stride-1 conv (kernel K2, pads q) with nothing nonlinear between is one ConvTranspose of
+kernel K1 + K2 - 1, stride s, pads p + K2 - 1 - q, and a 1×1 conv followed by a ConvTranspose
+is one ConvTranspose of the second's shape; both are flagged on the same terms. YOLOv8-seg's
+Proto upsamples with a ConvTranspose 2×2/2 128->128 and no activation before a 3×3 conv
+128->128: at 640×640 that pair costs 4,194,304,000 MACs, the ConvTranspose 4×4/2 pad 1 it
+equals 1,677,721,600.
+
 ## Why is this bad?
 A 1×1 conv adds nonlinearity only through the activation after it (Network in Network's
 "mlpconv" is 1×1 convs *with* ReLUs). Two convs with no nonlinearity between them compute one
@@ -47,6 +55,16 @@ quantization step, or between quantized convs, is display-only. Where the first 
 BatchNormalization leaves a bias and the second conv zero-pads, the border pixels see padding
 rather than that bias, which the rewrite accounts for with a per-position bias map.
 
+A ConvTranspose chain folds into one ConvTranspose, exactly where the conv after it does not
+pad, or the ConvTranspose neither has a bias (nor a shift between) nor crops its output (pads).
+Otherwise the fold is equal in the interior only: where the conv zero-pads, the single
+ConvTranspose reads the bias (or the cropped rows) the original never wrote there, so the
+border pixels differ (YOLOv8-seg's Proto: its ConvTranspose has a bias). The finding says so
+and the fix is unsafe: applied only with `--unsafe-fixes`, and kept only if the verifier finds
+the outputs within the tolerance. A bias before a ConvTranspose (1×1 conv then ConvTranspose)
+reaches its output once per kernel tap that lands on a pixel, which no ConvTranspose bias
+holds: display-only.
+
 ## References
 - Lin, Chen, Yan. Network in Network, arXiv:1312.4400, section 3.1 (mlpconv: 1×1 convs need
   their nonlinearities).
@@ -57,15 +75,18 @@ rather than that bias, which the rewrite accounts for with a per-position bias m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from fractions import Fraction
 
+from convlint.cost import spatial_pixels
 from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity, described_fix
 from convlint.graph import Node
 from convlint.registry import Rule
 from convlint.rules._conv import rewrite_fix, scale
 from convlint.sketch import Suggestion
-from convlint.view import FOLDABLE, LINEAR, ConvGeometry, View
+from convlint.view import FOLDABLE, LINEAR, ConvGeometry, View, border_caveat, transposed_fold
 
 
 def _foldable_reason(first: Node, second: Node, a: ConvGeometry, b: ConvGeometry) -> str:
@@ -101,9 +122,7 @@ def _fix(view: View, first: Node, second: Node, between: list[Node]) -> Fix:
 
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
-    graph, view = ctx.graph, ctx.view
-    min_saving = float(ctx.options["min-saving"])
-    min_saved_params = int(ctx.options["min-saved-params"])
+    view = ctx.view
     for second in view.nodes("conv"):
         b = view.geometry(second)
         if b is None:
@@ -114,20 +133,15 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         first, between = view.source_of(tensor, through=LINEAR)
         if first is None:
             continue
+        if view.role(first) == "deconv":
+            yield from _transposed_chain(ctx, first, between, second)
+            continue
         a = view.geometry(first)
         if a is None:
             continue
-        chain = [first, *reversed(between)]
-        shared = [n for n in chain if len(graph.consumers_of(n.outputs[0])) > 1]
-        if shared:
-            ctx.skip(first, f"output of {shared[0].name!r} has other consumers")
-            continue
-        # A graph output is a reader too: the fold would remove it.
-        exposed = [n for n in chain if n.outputs[0] in graph.graph_outputs]
-        if exposed:
-            ctx.skip(first, f"output of {exposed[0].name!r} is a graph output")
-            continue
-        reason = _foldable_reason(first, second, a, b)
+        reason = _chain_reason(ctx, [first, *reversed(between)]) or _foldable_reason(
+            first, second, a, b
+        )
         if reason:
             ctx.skip(first, reason)
             continue
@@ -148,21 +162,11 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             saving = 1 - folded_per_pixel / before_per_pixel
         bias = b.cout if (a.has_bias or b.has_bias or between) else 0
         params_after = folded_per_pixel + bias
-        if saving <= 0:
-            ctx.skip(
-                first,
-                f"folding into {second.name!r} would cost more: a deliberate low-rank "
-                "factorization (linear bottleneck)",
-            )
+        reason = _saving_reason(ctx, second, saving, params_before - params_after)
+        if reason:
+            ctx.skip(first, reason)
             continue
-        if saving < min_saving and params_before - params_after < min_saved_params:
-            ctx.skip(
-                first,
-                f"folding into {second.name!r} saves only {saving:.0%} of its MACs and "
-                f"{params_before - params_after:,} params (below min-saving={min_saving} and "
-                f"min-saved-params={min_saved_params:,})",
-            )
-            continue
+        chain = [first, *reversed(between)]
         path = " -> ".join(view.activation_name(n) or n.op_type for n in [*chain, second])
         yield ctx.finding(
             first,
@@ -184,13 +188,161 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             ),
         )
 
+    for second in view.nodes("deconv"):
+        tensor = view.data_input(second)
+        first, between = view.source_of(tensor, through=LINEAR) if tensor else (None, [])
+        if first is not None and view.role(first) == "conv":
+            yield from _transposed_chain(ctx, first, between, second)
+
+
+def _chain_reason(ctx: RuleContext, chain: list[Node]) -> str:
+    """Why the nodes a fold would remove cannot go: another reader of their outputs."""
+    graph = ctx.graph
+    shared = [n for n in chain if len(graph.consumers_of(n.outputs[0])) > 1]
+    if shared:
+        return f"output of {shared[0].name!r} has other consumers"
+    # A graph output is a reader too: the fold would remove it.
+    exposed = [n for n in chain if n.outputs[0] in graph.graph_outputs]
+    if exposed:
+        return f"output of {exposed[0].name!r} is a graph output"
+    return ""
+
+
+def _saving_reason(ctx: RuleContext, second: Node, saving: float, saved_params: int) -> str:
+    """Why a fold is not worth a finding, or "" when it is."""
+    min_saving = float(ctx.options["min-saving"])
+    min_saved_params = int(ctx.options["min-saved-params"])
+    if saving <= 0:
+        return (
+            f"folding into {second.name!r} would cost more: a deliberate low-rank "
+            "factorization (linear bottleneck)"
+        )
+    if saving < min_saving and saved_params < min_saved_params:
+        return (
+            f"folding into {second.name!r} saves only {saving:.0%} of its MACs and "
+            f"{saved_params:,} params (below min-saving={min_saving} and "
+            f"min-saved-params={min_saved_params:,})"
+        )
+    return ""
+
+
+def _compact(values: tuple[int, ...] | list[int]) -> str:
+    """``2`` for (2, 2), ``[0, 1, 0, 1]`` where they differ."""
+    return str(values[0]) if len(set(values)) == 1 else str(list(values))
+
+
+def _transposed_chain(
+    ctx: RuleContext, first: Node, between: list[Node], second: Node
+) -> Iterator[Finding]:
+    """A ConvTranspose then a conv, or a 1×1 conv then a ConvTranspose, with nothing nonlinear
+    between: one ConvTranspose."""
+    view, graph = ctx.view, ctx.graph
+    a, b = view.linear_geometry(first), view.linear_geometry(second)
+    if a is None or b is None:
+        return
+    deconv_first = view.role(first) == "deconv"
+    reason = _chain_reason(ctx, [first, *reversed(between)])
+    if not reason and (a.group != 1 or b.group != 1):
+        reason = "grouped conv in the chain"
+    kernel, caveat = b.kernel, ""
+    pads: list[int] = []
+    shifted = a.has_bias or any(view.role(n) == "affine" for n in between)
+    if not reason and deconv_first:
+        kernel, pads, reason = transposed_fold(first, second, a.kernel, b.kernel)
+        caveat = border_caveat(first, second, shifted)
+    elif not reason and not (a.is_pointwise and a.stride_area == 1):
+        reason = "the conv before the ConvTranspose is not an unstrided 1×1 conv"
+    elif not reason and any(first.attrs.get("pads") or []):
+        reason = "the 1×1 conv is padded"
+    if reason:
+        ctx.skip(first, reason)
+        return
+    deconv = first if deconv_first else second
+    in_pixels = spatial_pixels(graph, deconv.inputs[0])
+    stride_area = math.prod(view.linear_geometry(deconv).strides)  # type: ignore[union-attr]
+    folded_per_in = a.cin * b.cout * math.prod(kernel)
+    costs = [ctx.cost(n) for n in [first, *between, second]]
+    params_before = sum(c.params for c in costs)
+    macs_before = None if any(c.macs is None for c in costs) else sum(c.macs or 0 for c in costs)
+    macs_after = scale(folded_per_in, in_pixels)
+    # Per pixel of the ConvTranspose's input (its cost's unit), the conv's per output pixel
+    # times the stride area.
+    if deconv_first:
+        before_per_in = (
+            a.cin * a.cout * a.kernel_area + b.cin * b.cout * b.kernel_area * stride_area
+        )
+    else:
+        before_per_in = a.cin * a.cout + b.cin * b.cout * b.kernel_area
+    if macs_before is not None and macs_after is not None:
+        saving = 1 - macs_after / macs_before
+    else:
+        saving = 1 - folded_per_in / before_per_in
+    bias = b.cout if (shifted or b.has_bias) else 0
+    params_after = folded_per_in + bias
+    reason = _saving_reason(ctx, second, saving, params_before - params_after)
+    if reason:
+        ctx.skip(first, reason)
+        return
+    chain = [first, *reversed(between), second]
+    path = " -> ".join(view.activation_name(n) or n.op_type for n in chain)
+    text = "×".join(map(str, kernel))
+    stride = _compact(view.linear_geometry(deconv).strides)  # type: ignore[union-attr]
+    folded = f"a ConvTranspose {text} stride {stride}"
+    if deconv_first:
+        folded += f" pad {_compact(pads)}"
+    message = (
+        f"{path}: no nonlinearity between them, so they are one linear map, {folded} "
+        f"{a.cin}->{b.cout}"
+    )
+    if caveat:
+        message += (
+            f"; equal in the interior only: the border pixels differ where {caveat} meets "
+            "the conv's zero padding"
+        )
+    message += "; fold them or add an activation"
+    if not deconv_first and shifted:
+        fix = described_fix(
+            Applicability.DISPLAY_ONLY,
+            "a bias before the ConvTranspose reaches its output unevenly (once per kernel tap "
+            "that lands on a pixel), which no ConvTranspose bias holds",
+        )
+    elif caveat:
+        fix = rewrite_fix(
+            view,
+            [first, second],
+            f"fold {first.name!r} into {second.name!r} ({folded}; the border pixels differ)",
+            Applicability.UNSAFE,
+        )
+    else:
+        fix = _fix(view, first, second, between)
+    per_out = Fraction(before_per_in, stride_area)
+    after_out = Fraction(folded_per_in, stride_area)
+    yield ctx.finding(
+        first,
+        message,
+        estimate=Estimate(
+            params_before=params_before,
+            params_after=params_after,
+            macs_before=macs_before,
+            macs_after=macs_after,
+            macs_per_output_pixel=int(per_out) if per_out.denominator == 1 else None,
+            macs_per_output_pixel_after=int(after_out) if after_out.denominator == 1 else None,
+        ),
+        fix=fix,
+        related=(second.name, *(n.name for n in between)),
+        suggestion=Suggestion(
+            (f"ConvTranspose {text}/{stride} {a.cin}→{b.cout} (folded)",),
+            replaces=(first.name, second.name),
+        ),
+    )
+
 
 RULE = Rule(
     code="CL003",
     name="linear-conv-chain",
     severity=Severity.INFO,
     fix="sometimes",
-    fixes=(Applicability.SAFE,),
+    fixes=(Applicability.SAFE, Applicability.UNSAFE),
     summary="a 1×1 conv with no nonlinearity between it and a neighbouring conv: foldable",
     check=check,
     options={"min-saving": 0.25, "min-saved-params": 250_000},

@@ -8,10 +8,11 @@ input, convlint asks its canonical view and looks through per-channel affine ops
 exports write it), activations (SiLU, HardSwish, GELU and Mish written out as several ops
 count as one), layout changes (NHWC Transposes), QuantizeLinear/DequantizeLinear steps,
 channel selections (Split, Slice or Gather along channels: YOLOv8's C2f splits a 1×1 conv's
-output), and spatial convs that do not widen channels (a 1×7 then 7×1 chain, a 3×3 after a
-3×3); if it reaches a 1×1 conv, the input width was chosen by a reduction and nothing is
-flagged. Conv, ConvInteger and QLinearConv are all convs here: a quantized export gets the
-verdict of its float twin.
+output), and spatial convs and ConvTransposes that do not widen channels (a 1×7 then 7×1
+chain, a 3×3 after a 3×3, YOLO-seg's Proto upsampling by a 2×2/2 ConvTranspose 128->128
+between two 3×3 convs, which so get the same verdict); if it reaches a 1×1 conv, the input
+width was chosen by a reduction and nothing is flagged. Conv, ConvInteger and QLinearConv are
+all convs here: a quantized export gets the verdict of its float twin.
 
 ## Why is this bad?
 A k×k conv costs C_out·C_in·k² MACs per output pixel: the channel count is paid k² times over.
@@ -121,7 +122,7 @@ class _Walk:
                 if width is not None and width.cout <= width.cin:
                     return found, ""
             return None, view.describe(source)
-        geometry = view.geometry(source)
+        geometry = view.linear_geometry(source)  # a ConvTranspose is walked as a conv
         if geometry is None:
             return None, view.describe(source)
         if geometry.is_pointwise:

@@ -25,6 +25,7 @@ Converter = Callable[[onnx.ModelProto], onnx.ModelProto]
 # The blocks of the issue, and a few more that exercise SE, HardSigmoid, channel shuffle
 # (Reshape/Transpose), LayerNorm + GELU, Flatten + Gemm and Squeeze + LSTM in each dialect.
 BLOCKS = [
+    "yolo_seg_proto",
     "convnext_head",
     "convnext_head_reduce_mean",
     "resnet_bottleneck",
@@ -349,6 +350,8 @@ FAMILIES = [
     "vgg_head_constant_of_shape",
     "convnext_head",
     "convnext_head_reduce_mean",
+    "yolo_seg_proto",
+    "tcn_block_1d",
 ]
 
 

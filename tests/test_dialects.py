@@ -89,6 +89,9 @@ FAMILIES: dict[str, set[tuple[str, str]]] = {
     # ConvNeXt's head: pooled, LayerNorm channels-last, Flatten, Linear (no CL004)
     "convnext_head": set(),
     "convnext_head_reduce_mean": set(),
+    # YOLOv8-seg's Proto: ConvTranspose then a 3×3 conv, nothing nonlinear between (CL003)
+    "yolo_seg_proto": {("CL003", "model.22.proto.upsample")},
+    "yolo_seg_proto_no_bias": {("CL003", "model.22.proto.upsample")},
 }
 
 

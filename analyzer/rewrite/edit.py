@@ -15,7 +15,8 @@ original's node order (every new node takes the place of a node it replaces).
   is a graph output (the rewrite would change a model output). Consumers behind a parameter-free
   activation make it unsafe: the activation no longer commutes with the projection.
 - CL003 (:class:`FoldTarget`): conv -> [BatchNormalization/Identity/Dropout] -> conv becomes
-  one conv, exactly. A shift (first conv's bias, BN's) entering a zero-padded k×k conv is not a
+  one conv, exactly; ConvTranspose -> conv, and 1×1 conv -> ConvTranspose, one ConvTranspose
+  (``transposed``). A shift (first conv's bias, BN's) entering a zero-padded k×k conv is not a
   constant at the borders: the folded conv gets the interior value as its bias and an ``Add``
   of the border correction (computed as the conv of the constant tensor), which needs static
   spatial sizes; with symbolic ones the fold is skipped.
@@ -333,9 +334,24 @@ class FoldTarget(Target):
     correction: Array | None = field(default=None, repr=False)  # border bias map, (1, C, *out)
     spatial: Node = field(repr=False)
     dtype: np.dtype[Any] = field(default=np.dtype(np.float32), repr=False)
+    # A ConvTranspose chain folds into one ConvTranspose with ``spatial``'s attributes (the
+    # ConvTranspose's), ``pads`` replacing its pads where given (a ConvTranspose then a conv).
+    transposed: bool = False
+    pads: list[int] | None = None
 
     def replaced_nodes(self) -> list[str]:
         return [self.first.name, *(n.name for n in self.between), self.second.name]
+
+    def _folded_node(self, inputs: list[str], output: str, kernel: list[int]) -> onnx.NodeProto:
+        if not self.transposed:
+            return _conv(self.second.name, inputs, output, kernel, self.spatial.proto)
+        node = helper.make_node("ConvTranspose", inputs, [output], name=self.second.name)
+        replaced = {"kernel_shape", "group"} | ({"pads"} if self.pads is not None else set())
+        node.attribute.extend(a for a in self.spatial.proto.attribute if a.name not in replaced)
+        node.attribute.append(helper.make_attribute("kernel_shape", kernel))
+        if self.pads is not None:
+            node.attribute.append(helper.make_attribute("pads", self.pads))
+        return node
 
     def edit(self, names: Names) -> Edit:
         x, y = self.first.inputs[0], self.second.outputs[0]
@@ -348,7 +364,7 @@ class FoldTarget(Target):
             inputs.append(bias.name)
         conv_out = y if self.correction is None else names.fresh(f"{y}/interior")
         kernel = list(self.weight.shape[2:])
-        nodes = [_conv(self.second.name, inputs, conv_out, kernel, self.spatial.proto)]
+        nodes = [self._folded_node(inputs, conv_out, kernel)]
         if self.correction is not None:
             border = _tensor(self.correction, names.fresh(f"{self.second.name}/border"), self.dtype)
             initializers.append(border)

@@ -8,6 +8,7 @@ weights it needs and returns a target of ``edit`` (``FactorTarget``, ``PoolTarge
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ from convlint.rewrite.factorize import (
     compose_pointwise_second,
     constant_response,
 )
-from convlint.view import FOLDABLE, View
+from convlint.view import FOLDABLE, View, border_caveat, transposed_fold
 
 FACTORIZED = ("CL001", "CL005")
 PARAMETER_FREE_ACTIVATIONS = ACTIVATIONS - {"PRelu", "Clip"}
@@ -214,6 +215,10 @@ def _plan_fold(
     finding: Finding, first: Node, graph: ModelGraph, weights: Weights, static_spatial: bool
 ) -> Target:
     users = View(graph).users_of(first.outputs[0], through=FOLDABLE)
+    if first.op_type == "ConvTranspose" or (
+        len(users) == 1 and users[0][0].op_type == "ConvTranspose"
+    ):
+        return _plan_transposed_fold(finding, first, users, graph, weights)
     if len(users) != 1 or users[0][0].op_type != "Conv":
         found = ", ".join(f"{n.op_type} {n.name!r}" for n, _ in users)
         raise NotRewritable(
@@ -268,6 +273,111 @@ def _plan_fold(
         correction=correction,
         spatial=spatial,
         dtype=weights.dtype(second.inputs[1]),
+    )
+
+
+def _deconv_weight(node: Node, weights: Weights) -> tuple[Array, Array | None]:
+    if node.op_type != "ConvTranspose" or not node.is_standard:
+        raise NotRewritable(f"{node.name!r} is a {node.op_type}, not a standard ConvTranspose")
+    if int(node.attrs.get("group", 1)) != 1:
+        raise NotRewritable(f"{node.name!r} is a grouped ConvTranspose")
+    weight = weights.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    bias = weights.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if weight is None or (len(node.inputs) > 2 and node.inputs[2] and bias is None):
+        raise NotRewritable(f"the weights of {node.name!r} are not initializers")
+    if not np.issubdtype(weight.dtype, np.floating):
+        raise NotRewritable(f"the weight of {node.name!r} is not floating point")
+    return weight, bias
+
+
+def compose_transposed(deconv: Array, conv: Array) -> Array:
+    """The ConvTranspose weight (C_in, C_out, K1 + K2 - 1) of a ConvTranspose ``deconv``
+    (C_in, M, K1) then a stride-1 conv ``conv`` (C_out, M, K2): tap m of the composite sums
+    deconv tap k times conv tap j over k - j = m - (K2 - 1), the conv's taps reversed because
+    a conv correlates where a ConvTranspose scatters."""
+    kernel1, kernel2 = deconv.shape[2:], conv.shape[2:]
+    rows = (slice(None), slice(None))
+    flipped = conv[rows + (slice(None, None, -1),) * len(kernel2)]
+    sizes = tuple(a + b - 1 for a, b in zip(kernel1, kernel2, strict=True))
+    out = np.zeros((deconv.shape[0], conv.shape[0], *sizes))
+    for tap in itertools.product(*(range(k) for k in kernel1)):
+        window = tuple(slice(t, t + k) for t, k in zip(tap, kernel2, strict=True))
+        out[rows + window] += np.einsum("im,om...->io...", deconv[rows + tap], flipped)
+    return out
+
+
+def _plan_transposed_fold(
+    finding: Finding,
+    first: Node,
+    users: list[tuple[Node, list[Node]]],
+    graph: ModelGraph,
+    weights: Weights,
+) -> Target:
+    """CL003 on a ConvTranspose then a conv (one ConvTranspose K1 + K2 - 1, stride s, pads
+    p + K2 - 1 - q; with the interior bias, unsafe where the borders differ), or a 1×1 conv
+    then a ConvTranspose (exact when no shift lies before the ConvTranspose)."""
+    if len(users) != 1:
+        found = ", ".join(f"{n.op_type} {n.name!r}" for n, _ in users)
+        raise NotRewritable(f"the chain does not end in exactly one conv ({found})")
+    second, between = users[0]
+    for node in [first, *between]:
+        if any(t in graph.graph_outputs for t in node.outputs if t):
+            raise NotRewritable(f"the output of {node.name!r} is a graph output")
+    deconv_first = first.op_type == "ConvTranspose"
+    if deconv_first:
+        w1, b1 = _deconv_weight(first, weights)
+        w2, b2 = _conv_weight(second, weights)
+        channels = w1.shape[1]
+    else:
+        w1, b1 = _conv_weight(first, weights)
+        w2, b2 = _deconv_weight(second, weights)
+        channels = w1.shape[0]
+    w1, w2 = w1.astype(np.float64), w2.astype(np.float64)
+    scale, shift = _affine(between, channels, weights)
+    constant = shift + (scale * b1 if b1 is not None else 0.0)
+    bias2 = np.zeros(w2.shape[0 if deconv_first else 1]) if b2 is None else b2.astype(np.float64)
+    pads: list[int] | None = None
+    unsafe = False
+    if deconv_first:
+        kernel, pads, reason = transposed_fold(
+            first, second, tuple(w1.shape[2:]), tuple(w2.shape[2:])
+        )
+        if reason:
+            raise NotRewritable(reason)
+        del kernel
+        weight = compose_transposed(w1 * scale.reshape(1, -1, *(1,) * (w1.ndim - 2)), w2)
+        per_tap = np.einsum("om...,m->o...", w2, constant)
+        bias = per_tap.reshape(w2.shape[0], -1).sum(axis=1) + bias2  # the interior value
+        unsafe = bool(border_caveat(first, second, bool(np.any(constant))))
+        spatial = first
+    else:
+        if not _plain_pointwise(first, w1):
+            raise NotRewritable("the conv before the ConvTranspose is not an unstrided 1×1 conv")
+        if np.any(constant):
+            raise NotRewritable(
+                "a bias before the ConvTranspose reaches its output unevenly: no ConvTranspose "
+                "bias holds it"
+            )
+        pointwise = w1.reshape(w1.shape[0], -1) * scale[:, None]  # (M, C_in)
+        weight = np.einsum("mi,mo...->io...", pointwise, w2)
+        bias = bias2
+        spatial = second
+    has_bias = b1 is not None or b2 is not None or bool(np.any(constant))
+    return FoldTarget(
+        code=finding.code,
+        node=finding.node,
+        kind="fold",
+        claims=frozenset({first.index, second.index, *(n.index for n in between)}),
+        unsafe=unsafe,
+        first=first,
+        between=list(between),
+        second=second,
+        weight=weight,
+        bias=bias if has_bias else None,
+        spatial=spatial,
+        dtype=weights.dtype(second.inputs[1]),
+        transposed=True,
+        pads=pads,
     )
 
 
