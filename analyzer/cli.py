@@ -478,6 +478,9 @@ def show_settings(path: str, resolved: Resolved, registry: Registry) -> str:
         f"  rules run: {', '.join(rules) or '(none)'}",
         f"  fail-on: {resolved.fail_on}",
     ]
+    for key in ("exclude", "extend-exclude"):
+        patterns = resolved.config.table.get(key, [])
+        lines.append(f"  {key}: {', '.join(patterns) or '(none)'}")
     for pattern, codes in settings.per_node_ignores.items():
         lines.append(f"  per-node-ignores: {pattern} = {', '.join(codes)}")
     for rule in registry:
@@ -487,10 +490,23 @@ def show_settings(path: str, resolved: Resolved, registry: Registry) -> str:
             f"  {rule.code}: severity = {severity.value}" + (f", {shown}" if shown else "")
         )
     shapes = {**settings.configured_input_shapes, **settings.input_shapes}
+    inputs = _input_names(path)
     for name, shape in shapes.items():
         given = "--input-shape" if name in settings.input_shapes else settings.configured_source
+        if inputs is not None and name not in inputs:
+            given += f"; not bound: the model has no input {name!r}"
         lines.append(f"  input shape: {name} = {'x'.join(map(str, shape))} ({given})")
     return "\n".join(lines) + "\n"
+
+
+def _input_names(path: str) -> set[str] | None:
+    """The names of a model's graph inputs, or None when it cannot be read."""
+    from convlint.loader import read_model
+
+    try:
+        return {value.name for value in read_model(path).graph.input}
+    except ConvlintError:
+        return None
 
 
 def failing(reports: Sequence[ModelReport], fail_on: str) -> int:
@@ -656,6 +672,19 @@ def _registry(args: argparse.Namespace) -> Registry:
 
 def cmd_fix(args: argparse.Namespace, registry: Registry) -> int:
     from convlint.rewrite.report import cmd_fix as run_fix
+
+    if args.output_model is None and not args.in_place:
+        report = f"; --output {args.output} names the report, not the model" if args.output else ""
+        raise UsageError(f"fix needs -o OUT, the model to write (or --in-place){report}")
+    if args.preprocess:
+        from convlint.rewrite.calibration import parse_preprocess
+
+        parse_preprocess(args.preprocess)  # a bad spec is named first
+    if args.preprocess and (not args.inputs or Path(args.inputs).suffix in (".npz", ".npy")):
+        raise UsageError(
+            "--preprocess says how images become the input: it needs --inputs FOLDER (a folder "
+            "of images; .npz and .npy samples are used as they are)"
+        )
 
     settings, _ = resolve_settings(args, registry)
     return run_fix(args, registry, settings)

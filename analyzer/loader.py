@@ -221,6 +221,36 @@ def _parse_mapped(path: Path) -> onnx.ModelProto | None:
     return model
 
 
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+EXPORT_HINT = "export it with torch.onnx.export(model, example_input, 'model.onnx') first"
+
+
+def other_format(path: Path) -> str | None:
+    """What a file that is not ONNX protobuf looks like, from its first bytes and name: the
+    model formats people pass by mistake (a PyTorch checkpoint most of all)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return None
+    suffix = path.suffix.lower()
+    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip since PyTorch 1.6
+        if suffix in TORCH_SUFFIXES or b"data.pkl" in head or b"archive/" in head:
+            return f"a PyTorch checkpoint (torch.save, a zip archive); {EXPORT_HINT}"
+        return "a zip archive"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        if suffix in TORCH_SUFFIXES:
+            return f"a PyTorch checkpoint (a pickle, legacy torch.save); {EXPORT_HINT}"
+        return "a Python pickle, not a model graph"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file (a Keras model?); convert it with tf2onnx first"
+    if head[4:8] == b"TFL3":
+        return "a TensorFlow Lite model; convert it with tf2onnx first"
+    if suffix == ".safetensors" or (len(head) > 8 and head[8:10] == b'{"'):
+        return "a safetensors file (weights without a graph); export the model to ONNX first"
+    return None
+
+
 def _refuse_lfs_pointer(head: bytes, path: Path) -> None:
     if head.startswith(GIT_LFS_POINTER):
         raise ModelError(
@@ -264,14 +294,24 @@ def _read_model(path: Path, weights: bool = True) -> tuple[onnx.ModelProto, byte
     except ModelError:
         raise
     except DecodeError:
+        other = other_format(path)
         raise ModelError(
-            path, "not an ONNX model (protobuf parse failed: truncated or corrupt)"
+            path,
+            f"not an ONNX model: {other}"
+            if other
+            else "not an ONNX model (protobuf parse failed: truncated or corrupt)",
         ) from None
     except OSError as exc:
         raise ModelError(path, f"cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # onnx raises assorted types for damaged files
+        other = other_format(path)
+        if other:
+            raise ModelError(path, f"not an ONNX model: {other}") from None
         raise ModelError(path, f"not an ONNX model ({type(exc).__name__}: {exc})") from None
     if not model.HasField("graph") or (model.ir_version == 0 and not model.graph.node):
+        other = other_format(path)
+        if other:
+            raise ModelError(path, f"not an ONNX model: {other}")
         raise ModelError(path, "not an ONNX model (no graph; truncated or not a model file)")
     return model, serialized
 

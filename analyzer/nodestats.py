@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 from convlint import __version__
 from convlint.cost import ModelCost, model_cost
 from convlint.graph import Dim, ModelGraph, Shape
-from convlint.reporters.common import SCHEMA_VERSION, fmt_int, json_text, printable
+from convlint.reporters.common import (
+    SCHEMA_VERSION,
+    change_ratio,
+    fmt_int,
+    json_text,
+    printable,
+)
 from convlint.tables import table
 
 if TYPE_CHECKING:
@@ -263,12 +269,7 @@ def diff_stats(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 
 def _change(before: int | float | None, after: int | float | None) -> str:
-    text = f"{fmt_int(before)} -> {fmt_int(after)}"
-    if before and after and before > after:
-        text += f" ({before / after:.1f}x fewer)"
-    elif before and after and after > before:
-        text += f" ({after / before:.1f}x more)"
-    return text
+    return f"{fmt_int(before)} -> {fmt_int(after)}{change_ratio(before, after)}"
 
 
 def render_diff_text(diff: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from convlint.findings import Applicability, Estimate, Fix, described_fix
 from convlint.graph import Node
-from convlint.view import View
+from convlint.view import FLOAT_TYPES, View
 
 # A finding must promise at least this share of the affected layers' MACs (or, where MACs are
 # unknown, of their per-pixel MACs or params): a suggestion that saves less is not worth one.
@@ -36,7 +36,23 @@ def rewrite_fix(
     weights, else display-only: `convlint fix` does not rewrite quantized convs."""
     if all(view.is_float_conv(node) for node in nodes):
         return described_fix(applicability, description)
-    return described_fix(
-        Applicability.DISPLAY_ONLY,
-        "a quantized conv: rewrite the float model, then quantize it again",
-    )
+    if any(_quantized(view, node) for node in nodes):
+        reason = "a quantized conv: rewrite the float model, then quantize it again"
+    else:  # float weights the graph computes (ConstantOfShape, Identity/Cast chains...)
+        reason = (
+            "its weights are computed in the graph, not stored: convlint fix rewrites "
+            "stored weights only (fold the constants, e.g. with onnxsim, then fix)"
+        )
+    return described_fix(Applicability.DISPLAY_ONLY, reason)
+
+
+def _quantized(view: View, node: Node) -> bool:
+    """A conv of a quantized graph: an integer conv, or one whose weight is not float."""
+    if node.op_type != "Conv":
+        return True
+    weight = view.conv_weight(node)
+    if weight is None:
+        return False
+    producer = view.graph.producer_of(weight)
+    dequantized = producer is not None and producer.op_type == "DequantizeLinear"
+    return dequantized or view.graph.dtype(weight) not in FLOAT_TYPES

@@ -44,6 +44,21 @@ def fmt_int(value: int | float | None) -> str:
     return f"{int(value):,}"
 
 
+def change_ratio(before: int | float | None, after: int | float | None) -> str:
+    """`` (6.1x fewer)``, ``(2.0x more)``; a change under 10% as a percentage, which a ratio
+    would round to ``1.0x``: `` (3.1% fewer)``. Empty when either is unknown or zero, or
+    both are equal."""
+    if not before or not after or before == after:
+        return ""
+    if before > after:
+        ratio, direction = before / after, "fewer"
+    else:
+        ratio, direction = after / before, "more"
+    if ratio >= 1.1:
+        return f" ({ratio:.1f}x {direction})"
+    return f" ({abs(after - before) / before:.1%} {direction})"
+
+
 def describe_estimate(finding: Finding) -> str | None:
     est = finding.estimate
     if est is None:
@@ -51,8 +66,7 @@ def describe_estimate(finding: Finding) -> str | None:
     parts = [f"params {fmt_int(est.params_before)} -> {fmt_int(est.params_after)}"]
     if est.macs_before is not None and est.macs_after is not None:
         parts.append(f"MACs {fmt_int(est.macs_before)} -> {fmt_int(est.macs_after)}")
-        if est.macs_after and est.macs_before > est.macs_after:
-            parts[-1] += f" ({est.macs_before / est.macs_after:.1f}x fewer)"
+        parts[-1] += change_ratio(est.macs_before, est.macs_after)
     elif est.macs_per_output_pixel is not None:
         before, after = est.macs_per_output_pixel, est.macs_per_output_pixel_after
         parts.append(f"MACs per output pixel {fmt_int(before)} -> {fmt_int(after)}")

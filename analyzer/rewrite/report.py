@@ -17,7 +17,7 @@ from convlint.engine import ModelReport, Settings
 from convlint.errors import ModelError, UsageError
 from convlint.registry import Registry
 from convlint.reporters import SCHEMA_VERSION, fmt_int, summary
-from convlint.reporters.common import json_text
+from convlint.reporters.common import change_ratio, json_text
 
 if TYPE_CHECKING:
     from convlint.rewrite.pipeline import FixResult
@@ -146,7 +146,7 @@ def _noise_note(result: FixResult) -> str:
 def _change(before: int | None, after: int | None) -> str:
     text = f"{fmt_int(before)} -> {fmt_int(after)}"
     if before and after and before > after:
-        text += f" ({before / after:.1f}x fewer)"
+        text += change_ratio(before, after)
     return text
 
 
