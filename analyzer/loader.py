@@ -596,6 +596,9 @@ class ShapeComputations(NamedTuple):
     # depend on the batch)
     values: dict[str, tuple[np.ndarray, np.ndarray]]
     readers: dict[str, list[str]]  # the nodes of unknown output shape reading them -> outputs
+    # Those computed from stored values by ops ONNX data propagation follows: inference knew
+    # their values already, so reading them from a constant would tell it nothing.
+    propagated: frozenset[str] = frozenset()
 
 
 def _shape_computations(model: onnx.ModelProto, done: set[str]) -> ShapeComputations:
@@ -681,17 +684,45 @@ def _shape_computations(model: onnx.ModelProto, done: set[str]) -> ShapeComputat
     computed_values = {
         t: (np.asarray(a), np.asarray(b)) for t, a, b in zip(blocked, first, second, strict=True)
     }
-    return ShapeComputations(computed_values, readers)
+    return ShapeComputations(computed_values, readers, _propagated(blocked, producer))
+
+
+# Ops whose values ONNX data propagation computes from stored inputs (onnx's PropagateShapeData
+# of each op's schema); a chain of only these tells inference nothing new.
+DATA_PROPAGATED = frozenset(
+    {"Constant", "Identity", "Cast", "Concat", "Gather", "Slice", "Squeeze", "Unsqueeze",
+     "Add", "Sub", "Mul"}
+)  # fmt: skip
+
+
+def _propagated(
+    blocked: Iterable[str], producer: dict[str, tuple[int, onnx.NodeProto]]
+) -> frozenset[str]:
+    found = set()
+    for tensor in blocked:
+        stack, ok, seen = [tensor], True, set()
+        while stack and ok:
+            current = stack.pop()
+            if current in seen or current not in producer:
+                continue
+            seen.add(current)
+            node = producer[current][1]
+            ok = node.op_type in DATA_PROPAGATED
+            stack.extend(node.input)
+        if ok:
+            found.add(tensor)
+    return frozenset(found)
 
 
 def _reshaped_dims(
-    model: onnx.ModelProto, node: onnx.NodeProto, targets: tuple[np.ndarray, np.ndarray]
+    node: onnx.NodeProto,
+    targets: tuple[np.ndarray, np.ndarray],
+    values: dict[str, onnx.ValueInfoProto],
+    symbols: frozenset[str],
 ) -> list[int | str | None] | None:
-    """The output dims of a Reshape whose target shape depends on the batch: each dim is an
-    int, the batch symbol times an int (``32*N``), or None where it is neither."""
-    graph = model.graph
-    symbols = batch_symbols(graph)
-    values = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+    """The output dims of a Reshape of ``targets`` (its target at each of :data:`BATCH_PROBES`)
+    whose input is static but for the batch: each dim is an int, the batch symbol times an int
+    (``32*N``), or None where it is neither."""
     allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
     outs = []
     for batch, target in zip(BATCH_PROBES, targets, strict=True):
@@ -760,20 +791,23 @@ def _resolve_computed_shapes(
     output's dims directly, the batch symbol kept (``32*N``: 32 rows per sample).
     """
     tried: set[str] = set()
+    declared: set[str] = set()  # Reshape outputs whose dims were declared
     readers: dict[str, list[str]] = {}
-    while True:  # each round uses a tensor not used before, so it ends
+    while True:  # each round uses a tensor or declares a Reshape not before, so it ends
         try:
             computations = _shape_computations(inferred, tried)
         except Exception:  # a computation the reference evaluator cannot run: keep what we have
             break
+        reshaped = _reshape_batched(inferred, computations, declared)
         fixed = {
-            t: one for t, (one, two) in computations.values.items() if np.array_equal(one, two)
+            t: one
+            for t, (one, two) in computations.values.items()
+            if np.array_equal(one, two) and t not in computations.propagated
         }
-        reshaped = _reshape_batched(inferred, computations)
         if not fixed and not reshaped:
             break
         tried.update(fixed)
-        tried.update(reshaped)
+        tried.update(computations.values)
         # Each computed tensor is read from a constant of its value instead, under a new name
         # (a tensor has one producer), and every reader gets its original input back after.
         renamed = {t: f"{t}::computed" for t in fixed}
@@ -825,24 +859,43 @@ def _resolve_computed_shapes(
     return inferred
 
 
-def _reshape_batched(model: onnx.ModelProto, computations: ShapeComputations) -> set[str]:
-    """Declare the output dims of each Reshape whose computed target depends on the batch;
-    returns the targets used."""
+def _reshape_batched(
+    model: onnx.ModelProto, computations: ShapeComputations, declared: set[str]
+) -> set[str]:
+    """Declare the output dims of each Reshape that inference left with dims it made up
+    (``unk__0``) while its input is static but for the batch and its target is known (stored,
+    or computed, batch-dependent or not): PyTorch's ``x.view(-1, 25088)`` and
+    ``view(T * b, h)``, tf2onnx's flatten. Returns the outputs declared (added to
+    ``declared``, which lists those declared before and so not looked at again)."""
+    graph = model.graph
+    symbols = batch_symbols(graph)
+    values = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+    stored: dict[str, list[int]] | None = None
     used: set[str] = set()
-    for node in model.graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2:
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.output[0] in declared:
+            continue
+        if _dims_at(values.get(node.output[0]), 1, symbols) is not None:
+            continue  # inference knew it, up to the batch
+        if _dims_at(values.get(node.input[0]), 1, symbols) is None:
             continue
         targets = computations.values.get(node.input[1])
-        if targets is None or np.array_equal(*targets):
-            continue
-        dims = _reshaped_dims(model, node, targets)
-        if dims is not None and any(d is not None for d in dims):
+        if targets is None:
+            if stored is None:
+                stored = _small_int_constants(model)
+            value = stored.get(node.input[1])
+            if value is None:
+                continue
+            targets = (np.array(value), np.array(value))
+        dims = _reshaped_dims(node, targets, values, symbols)
+        if dims is not None and all(d is not None for d in dims):
             _set_shape(model, node.output[0], node.input[0], dims)
-            used.add(node.input[1])
+            used.add(node.output[0])
     if used:
+        declared |= used
         # Dims inference made up for what it could not follow (``unk__0``) would stay on the
         # tensors downstream: drop them, so that inference derives those from the dims above.
-        infos = model.graph.value_info
+        infos = graph.value_info
         for index in reversed(range(len(infos))):
             dims_of = infos[index].type.tensor_type.shape.dim
             if any(d.dim_param.startswith("unk__") for d in dims_of):

@@ -131,3 +131,31 @@ def test_a_complete_total_says_nothing_of_completeness(
     cost = data["models"][0]["cost"]
     assert cost["macs"] == 589_824 * 14 * 14
     assert "incomplete" not in cost and "unknown_nodes" not in cost
+
+
+@pytest.mark.parametrize("stored_as", ["initializer", "Constant"])
+def test_view_minus_one_with_a_symbolic_batch_counts_one_row(
+    stored_as: str, tmp_path: Path
+) -> None:
+    """PyTorch's ``x.view(-1, 2048)`` on an N×32×8×8 map: ONNX inference leaves the rows
+    ``unk__0``; the loader declares N×2048, so the Gemm counts one row per sample."""
+    import numpy as np
+    from graph_helpers import save_graph, zeros
+    from onnx import helper, numpy_helper
+
+    target = numpy_helper.from_array(np.array([-1, 2048], np.int64), "target")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    inits = [zeros("w", (32, 3, 3, 3)), zeros("fw", (10, 2048))]
+    if stored_as == "initializer":
+        inits.append(target)
+    else:
+        nodes.append(helper.make_node("Constant", [], ["target"], value=target))
+    nodes += [
+        helper.make_node("Reshape", ["c", "target"], ["r"], name="view"),
+        helper.make_node("Gemm", ["r", "fw"], ["y"], name="fc", transB=1),
+    ]
+    path = save_graph(tmp_path / "view.onnx", nodes, {"x": ["N", 3, 8, 8]}, "y", inits)
+    report = _check(path)
+    assert report.cost is not None
+    assert report.cost.nodes["fc"].macs == 2048 * 10
+    assert report.cost.macs == 32 * 27 * 64 + 2048 * 10
