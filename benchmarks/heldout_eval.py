@@ -1,0 +1,147 @@
+"""Benchmark measurement: an original and a rewritten model compared on held-out samples.
+
+Independent of convlint on purpose (numpy and onnxruntime only), so that it checks what `fix`
+reports rather than repeating its code:
+
+- top-1 agreement of the rewritten model with the original, on every held-out sample, with its
+  count and a 95% Wilson score interval;
+- relative L2 error of the outputs, ``||y' - y|| / ||y||`` over the whole held-out set (first
+  output), and the median and worst of the same per sample;
+- latency on the CPU provider at a fixed number of intra-op threads, batch 1: the two models
+  run interleaved (original, rewritten, original, ...), each on the same sample, after warm-up;
+  the report gives each side's median and interquartile range, the ratio of the medians and
+  a 95% bootstrap interval of that ratio (pairs resampled).
+
+    python benchmarks/heldout_eval.py ORIGINAL REWRITTEN HELDOUT.npz [--threads 2] [--runs 60]
+
+prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+
+def wilson(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion."""
+    if total == 0:
+        return (0.0, 1.0)
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def outputs(sess: ort.InferenceSession, name: str, samples: np.ndarray) -> np.ndarray:
+    """The first output for every sample, run one at a time (batch 1, as the models are timed)."""
+    return np.concatenate(
+        [sess.run(None, {name: samples[i : i + 1]})[0] for i in range(len(samples))]
+    )
+
+
+def accuracy(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
+    flat_before = before.reshape(len(before), -1)
+    flat_after = after.reshape(len(after), -1)
+    result: dict[str, Any] = {
+        "samples": len(before),
+        "rel_l2": float(np.linalg.norm(flat_after - flat_before) / np.linalg.norm(flat_before)),
+    }
+    per_sample = np.linalg.norm(flat_after - flat_before, axis=1) / np.maximum(
+        np.linalg.norm(flat_before, axis=1), 1e-30
+    )
+    result["rel_l2_median"] = float(np.median(per_sample))
+    result["rel_l2_max"] = float(per_sample.max())
+    if before.ndim == 2 and before.shape[1] > 1:  # class scores
+        agree = int((before.argmax(1) == after.argmax(1)).sum())
+        result["top1_agree"] = agree
+        result["top1_agreement"] = agree / len(before)
+        result["top1_interval"] = list(wilson(agree, len(before)))
+    return result
+
+
+def latency(
+    original: ort.InferenceSession,
+    rewritten: ort.InferenceSession,
+    name: str,
+    samples: np.ndarray,
+    runs: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Interleaved timing, batch 1: per pair, the rewritten model's time over the original's."""
+    for sess in (original, rewritten):
+        for i in range(3):
+            sess.run(None, {name: samples[i % len(samples) : i % len(samples) + 1]})
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for run in range(runs):
+        x = samples[run % len(samples) : run % len(samples) + 1]
+        order = [("before", original), ("after", rewritten)]
+        if run % 2:  # alternate who goes first, so drift does not favour one side
+            order.reverse()
+        for key, sess in order:
+            start = time.perf_counter()
+            sess.run(None, {name: x})
+            times[key].append(time.perf_counter() - start)
+    before, after = np.array(times["before"]), np.array(times["after"])
+    # Ratio of the medians: on a shared machine single runs stall for 10-30x their time, which
+    # ruins a per-pair ratio; the bootstrap resamples the pairs, so drift stays matched.
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, runs, size=(2000, runs))
+    boot = np.median(after[picks], axis=1) / np.median(before[picks], axis=1)
+    return {
+        "runs": runs,
+        "before_ms": float(np.median(before) * 1e3),
+        "after_ms": float(np.median(after) * 1e3),
+        "before_iqr_ms": [float(v * 1e3) for v in np.percentile(before, [25, 75])],
+        "after_iqr_ms": [float(v * 1e3) for v in np.percentile(after, [25, 75])],
+        "ratio": float(np.median(after) / np.median(before)),
+        "ratio_interval": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+    }
+
+
+def evaluate(
+    original: Path, rewritten: Path, heldout: Path, threads: int, runs: int
+) -> dict[str, Any]:
+    sess_before, sess_after = session(original, threads), session(rewritten, threads)
+    name = sess_before.get_inputs()[0].name
+    with np.load(heldout) as archive:
+        samples = archive[name]
+    result = accuracy(outputs(sess_before, name, samples), outputs(sess_after, name, samples))
+    result["latency"] = latency(sess_before, sess_after, name, samples, runs)
+    result["latency"]["threads"] = threads
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("original", type=Path)
+    parser.add_argument("rewritten", type=Path)
+    parser.add_argument("heldout", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=60)
+    args = parser.parse_args(argv)
+    print(
+        json.dumps(evaluate(args.original, args.rewritten, args.heldout, args.threads, args.runs))
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
