@@ -823,10 +823,12 @@ def _resolve_computed_shapes(
         inferred.graph.initializer.extend(
             numpy_helper.from_array(np.asarray(value), renamed[t]) for t, value in fixed.items()
         )
+        made_up = _drop_made_up_dims(inferred)
         try:
             again: onnx.ModelProto | None = _run_inference(inferred, path, strict)
         except InferenceFailed:
             again = None
+            inferred.graph.value_info.extend(made_up)  # keep what the last inference found
         originals = {name: t for t, name in renamed.items()}
         for model in (inferred, again):
             if model is None:
@@ -891,16 +893,22 @@ def _reshape_batched(
         if dims is not None and all(d is not None for d in dims):
             _set_shape(model, node.output[0], node.input[0], dims)
             used.add(node.output[0])
-    if used:
-        declared |= used
-        # Dims inference made up for what it could not follow (``unk__0``) would stay on the
-        # tensors downstream: drop them, so that inference derives those from the dims above.
-        infos = graph.value_info
-        for index in reversed(range(len(infos))):
-            dims_of = infos[index].type.tensor_type.shape.dim
-            if any(d.dim_param.startswith("unk__") for d in dims_of):
-                del infos[index]
+    declared |= used
     return used
+
+
+def _drop_made_up_dims(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Remove (and return) the value_info entries with dims inference made up for what it could
+    not follow (``unk__0``): kept, they would stay on the tensors downstream of a shape now
+    known, as inference merges what it finds into what is declared."""
+    infos = model.graph.value_info
+    removed = []
+    for index in reversed(range(len(infos))):
+        if any(d.dim_param.startswith("unk__") for d in infos[index].type.tensor_type.shape.dim):
+            removed.append(onnx.ValueInfoProto())
+            removed[-1].CopyFrom(infos[index])
+            del infos[index]
+    return removed
 
 
 def raise_if_cyclic(model: onnx.ModelProto | bytes, path: str | Path) -> None:

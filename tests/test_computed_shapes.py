@@ -83,6 +83,16 @@ def test_pads_computed_from_stored_constants(bound: bool, model_file: Callable[.
     assert (report.cost.params, report.cost.macs) == (448, 16 * 27 * 32 * 32)
 
 
+def test_padded_shape_keeps_the_batch_symbol(
+    model_file: Callable[..., Path], cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    code, stats = cli_json("stats", str(model_file("tf_pad_computed")), "--verbose")
+    shapes = {n["name"]: n["output_shapes"][0] for n in stats["nodes"]}
+    # not the unk__0 the first inference made up for the batch
+    assert shapes["pad"] == ["N", 34, 34, 3] and shapes["conv"] == ["N", 16, 32, 32]
+    assert any("evaluated for pad" in note for note in stats["notes"])
+
+
 def _check(path: Path) -> ModelReport:
     report = analyze(path, load_registry(), Settings(verbose=True))
     assert report.error is None
