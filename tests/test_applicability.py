@@ -203,6 +203,15 @@ def test_every_format_carries_the_applicability(mixed: Path, cli: CLI) -> None:
         "unsafe",
         "display-only",
     ]
+    _, gitlab, _ = cli(*argv, "gitlab")
+    descriptions = [issue["description"] for issue in json.loads(gitlab)]
+    assert [d.split("; fix (")[1].split(")")[0] for d in descriptions] == [
+        "safe",
+        "approximate",
+        "unsafe",
+        "display-only",
+    ]
+    assert descriptions[1].endswith(APPROXIMATE_TAIL)
     _, junit, _ = cli(*argv, "junit")
     failures = [f.text or "" for f in ET.fromstring(junit).iter("failure")]
     assert [text.splitlines()[-1].split(")")[0] for text in failures] == [

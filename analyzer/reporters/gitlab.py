@@ -1,6 +1,7 @@
 """GitLab Code Quality (`--format gitlab`): the JSON array the merge-request widget reads.
 
-Each finding is an issue with GitLab's documented fields: ``description``, ``check_name`` (the
+Each finding is an issue with GitLab's documented fields: ``description`` (code, node, message,
+estimate, and the fix with its applicability), ``check_name`` (the
 rule's code and name), ``fingerprint`` (unique per issue: a hash of model path, code and node,
 so an issue keeps its identity when the model's weights change, as SARIF's
 ``partialFingerprints``), ``severity`` (error ``critical``, warning ``major``, info ``minor``)
@@ -34,6 +35,8 @@ def _issue(path: str, finding: Finding) -> dict[str, Any]:
     estimate = describe_estimate(finding)
     if estimate:
         description += f" [{estimate}]"
+    if finding.fix:
+        description += f"; fix ({finding.fix.applicability.value}): {finding.fix.description}"
     return {
         "type": "issue",
         "description": description,

@@ -19,9 +19,7 @@ from typing import Any
 from convlint.engine import ModelReport
 from convlint.findings import Applicability
 from convlint.registry import Registry
-
-# As the text report marks them: the fixes `convlint fix` applies, safe ones first.
-MARKERS = {Applicability.SAFE: "[*]", Applicability.APPROXIMATE: "[~]"}
+from convlint.reporters.text import MARKERS  # as the text report marks them, safe ones first
 
 
 def statistics(reports: Sequence[ModelReport], registry: Registry) -> list[dict[str, Any]]:
