@@ -175,7 +175,8 @@ def fix(
 
     ``options`` are those of the command line, as keywords: ``in_place``, ``tolerance``,
     ``method``, ``rank``, ``ratio``, ``inputs`` (a path), ``samples``, ``timeout``,
-    ``unsafe_fixes``...; the result's ``written`` says whether OUT was written.
+    ``unsafe_fixes``, ``objective``, ``latency`` (False: ``--no-latency``), ``latency_threads``,
+    ``latency_batch``, ``provider``...; the result's ``written`` says whether OUT was written.
     """
     from convlint.rewrite.pipeline import FixOptions
     from convlint.rewrite.pipeline import fix as run_fix

@@ -36,7 +36,7 @@ def test_json_report_has_the_contract_fields(
         assert key in model
     assert model["output"] == str(out) and model["tolerance"] == 0.001
     (rewrite,) = model["rewrites"]
-    assert set(rewrite) == REWRITE_FIELDS
+    assert set(rewrite) == REWRITE_FIELDS | {"latency"}  # its nodes alone, timed by default
     assert set(rewrite["verified"]) == {"max_abs_error", "rel_l2_error", "ok"}
     assert rewrite["kind"] == "svd-reduce" and rewrite["rank"] == 48
     assert model["skipped"] == []

@@ -1,6 +1,9 @@
-"""Issue 9, items 1 and 5: `fix` times the model before and after in onnxruntime (interleaved,
-warm-up excluded, median and spread of at least 10 runs, threads stated), `--objective latency`
-keeps only rewrites that run faster, and `fix` says where its time and memory went."""
+"""Issue 9, items 1 and 5, and issue 16, item 5: `fix` times the model before and after in
+onnxruntime (interleaved, warm-up excluded, median and spread of at least 10 runs, a 95%
+interval of the ratio, on a stated target: threads, batch, provider), `--objective latency`
+keeps only rewrites faster with confidence, `--objective macs` drops those slower with
+confidence, and `fix` says where its time and memory went. No test here asserts that anything
+runs faster on this machine: the decisions are tested on planted timings."""
 
 from __future__ import annotations
 
@@ -17,13 +20,23 @@ from convlint import fixtures
 from convlint.cli import main
 from convlint.engine import Settings
 from convlint.registry import load_registry
-from convlint.rewrite.latency import MIN_RUNS, Latency, region, summarize
+from convlint.rewrite.latency import (
+    MIN_RUNS,
+    Latency,
+    Target,
+    ratio_interval,
+    region,
+    summarize,
+    undecided,
+)
 from convlint.rewrite.pipeline import Fixer, FixOptions, fix
-from convlint.rewrite.verify import TIME_BLOCKS, Runtime
+from convlint.rewrite.verify import TIME_ROUNDS, Runtime
 
 LATENCY_FIELDS = {
     "before", "after", "ratio", "runs", "threads", "before_iqr", "after_iqr", "interleaving",
+    "interval", "batch", "provider",
 }  # fmt: skip
+CPU = "CPUExecutionProvider"
 
 
 @pytest.fixture
@@ -50,8 +63,12 @@ def test_latency_is_measured_by_default(planted: Path, capsys: pytest.CaptureFix
     assert latency["before"] > 0 and latency["after"] > 0
     assert latency["ratio"] == pytest.approx(latency["after"] / latency["before"])
     assert latency["interleaving"] == "runs"  # small models: both loaded, alternating
-    # A 3×3 256->256 conv at rank 16 does 15x fewer MACs: measured faster, by a wide margin.
-    assert latency["ratio"] < 0.8
+    low, high = latency["interval"]
+    assert 0 < low <= high
+    assert (latency["batch"], latency["provider"]) == (1, CPU)
+    # The rewrite, timed alone by default (--objective macs too), carries the same fields.
+    (rewrite,) = model["rewrites"]
+    assert set(rewrite["latency"]) == LATENCY_FIELDS
 
 
 def test_text_states_latency_and_where_the_time_went(
@@ -60,12 +77,9 @@ def test_text_states_latency_and_where_the_time_went(
     assert main(_fix(planted, "--method", "weight", "--samples", "2")) == 0
     lines = capsys.readouterr().out.splitlines()
     summary = next(line for line in lines if line.startswith("model: "))
-    assert (
-        "; latency " in summary
-        and "x; median of " in summary
-        and "interleaved runs, IQR" in summary
-    )
-    assert "thread" in summary
+    assert "; latency " in summary and "x, 95% CI [" in summary
+    assert "interleaved runs in " in summary and " session pairs, IQR " in summary
+    assert "thread" in summary and ", batch 1, CPUExecutionProvider)" in summary
     assert lines[-1].startswith("time: analysis ")
     for stage in ("inputs", "factorization", "onnxruntime", "latency", "writing"):
         assert f"{stage} " in lines[-1]
@@ -91,53 +105,163 @@ def test_objective_latency_keeps_a_faster_rewrite(
     assert model["objective"] == "latency"
     (rewrite,) = model["rewrites"]
     assert set(rewrite["latency"]) == LATENCY_FIELDS  # its nodes alone
-    assert rewrite["latency"]["ratio"] < 0.99 and model["latency"]["ratio"] < 0.99
 
 
-def _slow(before: float = 1e-3, after: float = 1.5e-3) -> Latency:
-    return Latency(before, after, MIN_RUNS, 2, 1e-5, 1e-5, "runs")
+def _timed(
+    before: float = 1e-3, after: float = 1.5e-3, interval: tuple[float, float] = (1.4, 1.6)
+) -> Latency:
+    """A planted timing: the medians and the interval of their ratio."""
+    return Latency(before, after, MIN_RUNS, 2, 1e-5, 1e-5, "runs", interval, 4, 1, CPU)
+
+
+def _fix_with(planted: Path, **options: Any) -> Any:
+    out = planted.with_name("out.onnx")
+    return fix(
+        planted, load_registry(), Settings(), FixOptions(out, method="weight", samples=2, **options)
+    )
 
 
 def test_objective_latency_drops_a_rewrite_that_runs_slower(
     planted: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fewer MACs but slower in onnxruntime (planted: the timing says so): dropped, with both
-    numbers; nothing is rewritten, OUT is the same model."""
-    monkeypatch.setattr(Fixer, "time_rewrite", lambda self, choice: _slow())
-    out = planted.with_name("out.onnx")
-    options = FixOptions(out, method="weight", samples=2, objective="latency")
-    result = fix(planted, load_registry(), Settings(), options)
+    numbers and the interval; nothing is rewritten, OUT is the same model."""
+    monkeypatch.setattr(Fixer, "time_rewrite", lambda self, choice: _timed())
+    result = _fix_with(planted, objective="latency")
     assert not result.rewrites and result.written and result.latency is None
     (skip,) = result.skipped
     assert skip.reason == (
         "dropped (--objective latency): it lowers MACs 115,605,504 -> 8,028,160, but its nodes "
-        "run no faster in onnxruntime: 1.00 ms -> 1.50 ms (1.50x) (median of 10 runs each)"
+        "are not faster with 95% confidence in onnxruntime: 1.00 ms -> 1.50 ms (1.50x, 95% CI "
+        "[1.40, 1.60]), median of 10 runs each, 2 threads, batch 1, CPUExecutionProvider"
     )
-    # --objective macs keeps it, whatever the timing says.
-    result = fix(planted, load_registry(), Settings(), FixOptions(out, method="weight", samples=2))
-    assert len(result.rewrites) == 1
 
 
-def test_objective_latency_drops_when_the_whole_model_is_not_faster(
+def test_objective_macs_drops_a_rewrite_slower_with_confidence(
     planted: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Fixer, "time_rewrite", lambda self, choice: _slow(1e-3, 0.5e-3))
-    monkeypatch.setattr(Fixer, "time_models", lambda self, before, after, what: _slow())
-    out = planted.with_name("out.onnx")
-    options = FixOptions(out, method="weight", samples=2, objective="latency")
-    result = fix(planted, load_registry(), Settings(), options)
-    assert not result.rewrites
+    """The default objective keeps what lowers MACs, unless the timing says, with confidence,
+    that it runs slower: then dropped, with both numbers."""
+    monkeypatch.setattr(Fixer, "time_rewrite", lambda self, choice: _timed())
+    result = _fix_with(planted)
+    assert result.objective == "macs" and not result.rewrites and result.written
     (skip,) = result.skipped
-    assert "the rewritten model ran no faster (1.00 ms -> 1.50 ms (1.50x))" in skip.reason
+    assert skip.reason == (
+        "dropped: it lowers MACs 115,605,504 -> 8,028,160, but its nodes run slower in "
+        "onnxruntime (95% confidence): 1.00 ms -> 1.50 ms (1.50x, 95% CI [1.40, 1.60]), "
+        "median of 10 runs each, 2 threads, batch 1, CPUExecutionProvider"
+    )
+    # --no-latency: no timing, so nothing is dropped for it.
+    assert len(_fix_with(planted, latency=False).rewrites) == 1
+
+
+@pytest.mark.parametrize(
+    ("interval", "kept_by_latency", "kept_by_macs"),
+    [
+        ((0.90, 0.98), True, True),  # faster with confidence
+        ((0.95, 1.05), False, True),  # undecided: latency wants proof, macs keeps
+        ((1.01, 1.10), False, False),  # slower with confidence
+    ],
+)
+def test_what_each_objective_keeps_follows_the_interval(
+    planted: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    interval: tuple[float, float],
+    kept_by_latency: bool,
+    kept_by_macs: bool,
+) -> None:
+    planted_timing = _timed(1e-3, 1e-3 * sum(interval) / 2, interval)
+    monkeypatch.setattr(Fixer, "time_rewrite", lambda self, choice: planted_timing)
+    monkeypatch.setattr(Fixer, "time_models", lambda self, before, after, what: planted_timing)
+    assert bool(_fix_with(planted, objective="latency").rewrites) is kept_by_latency
+    result = _fix_with(planted, objective="macs")
+    assert bool(result.rewrites) is kept_by_macs
+    if kept_by_macs:
+        assert result.latency is planted_timing and result.rewrites[0].latency is planted_timing
+
+
+def test_the_whole_model_decides_by_the_same_rule(
+    planted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        Fixer, "time_rewrite", lambda self, choice: _timed(1e-3, 0.5e-3, (0.4, 0.6))
+    )
+    monkeypatch.setattr(Fixer, "time_models", lambda self, before, after, what: _timed())
+    for objective, how in (
+        ("latency", "dropped (--objective latency): the rewritten model is not faster with 95% "),
+        ("macs", "dropped: the rewritten model runs slower (95% confidence): "),
+    ):
+        result = _fix_with(planted, objective=objective)
+        assert not result.rewrites
+        (skip,) = result.skipped
+        assert skip.reason.startswith(how)
+        assert "1.00 ms -> 1.50 ms (1.50x, 95% CI [1.40, 1.60]), median of 10 runs each" in (
+            skip.reason
+        )
 
 
 def test_summary_is_median_and_interquartile_range() -> None:
     times = [[1.0, 2.0, 3.0, 4.0, 100.0], [0.5, 0.5, 0.6, 0.7, 0.5]]
-    latency = summarize(times, threads=3, resident=True)
+    latency = summarize(times, [5], Target(3, 1, CPU), resident=True)
     assert (latency.before, latency.after) == (3.0, 0.5)
     assert latency.before_iqr == pytest.approx(2.0) and latency.runs == 5
     assert latency.ratio == pytest.approx(0.5 / 3.0)
-    assert latency.text().startswith("latency 3.00 s -> 500.00 ms (0.17x; median of 5")
+    assert latency.sessions == 1
+    assert latency.text().startswith(
+        "latency 3.00 s -> 500.00 ms (0.17x, 95% CI [0.01, 0.50]; median of 5 interleaved runs "
+        "in 1 session pair, IQR 2.00 s/100.00 ms; 3 threads, batch 1, CPUExecutionProvider)"
+    )
+
+
+def _seeded_runs(
+    before: float, after: float, runs: int = 40, seed: int = 7
+) -> tuple[list[float], list[float]]:
+    """Paired timings with a shared drift (other load, both models) and noise of their own."""
+    rng = np.random.default_rng(seed)
+    drift = 1 + 0.3 * rng.random(runs)
+    first = before * drift * (1 + 0.1 * rng.standard_normal(runs))
+    second = after * drift * (1 + 0.1 * rng.standard_normal(runs))
+    return first.tolist(), second.tolist()
+
+
+def test_interval_of_a_clearly_faster_pair_lies_below_one() -> None:
+    before, after = _seeded_runs(1e-3, 0.6e-3)
+    low, high = ratio_interval(before, after, [10, 10, 10, 10])
+    assert (low, high) == pytest.approx((0.5550, 0.6388), abs=1e-4)  # median ratio 0.597
+    assert high < 1 and not undecided([before, after], [10, 10, 10, 10])
+    assert ratio_interval(before, after, [10, 10, 10, 10]) == (low, high)  # deterministic
+
+
+def test_interval_of_identical_distributions_holds_one() -> None:
+    before, after = _seeded_runs(1e-3, 1e-3)
+    low, high = ratio_interval(before, after, [10, 10, 10, 10])
+    assert (low, high) == pytest.approx((0.9250, 1.0646), abs=1e-4)
+    assert low < 1 < high and undecided([before, after], [10, 10, 10, 10])
+
+
+def test_interval_holds_the_spread_between_sessions() -> None:
+    """Four session pairs, each with a bias of its own (a pair of sessions on a busy machine
+    shows up to 10% on identical models), three of them slow: taken as one round the runs
+    claim "slower"; resampling the sessions too, the interval holds 1."""
+    rng = np.random.default_rng(3)
+    before: list[float] = []
+    after: list[float] = []
+    for bias in (1.08, 0.96, 1.06, 1.05):
+        base = 1 + 0.02 * rng.standard_normal(25)
+        before.extend(base.tolist())
+        after.extend((bias * base * (1 + 0.02 * rng.standard_normal(25))).tolist())
+    low, high = ratio_interval(before, after)  # as one round: too sure
+    assert (low, high) == pytest.approx((1.0388, 1.0657), abs=1e-4)
+    low, high = ratio_interval(before, after, [25, 25, 25, 25])
+    assert (low, high) == pytest.approx((0.9727, 1.0809), abs=1e-4)
+
+
+def test_interval_of_no_runs_is_unknown() -> None:
+    low, high = ratio_interval([], [])
+    assert np.isnan(low) and np.isnan(high)
+    latency = _timed(interval=(float("nan"), float("nan")))
+    assert latency.as_dict()["interval"] == [None, None]
+    assert not latency.faster and not latency.slower
 
 
 @pytest.mark.parametrize("resident", [True, False])
@@ -145,10 +269,12 @@ def test_runtime_times_models_interleaved(tmp_path: Path, resident: bool) -> Non
     model = fixtures.conv3x3(hw=6)
     feed = {"input": np.ones((1, 256, 6, 6), np.float32)}
     with Runtime(60) as runtime:
-        times = runtime.time([model, model], feed, 1, MIN_RUNS, 0.0, resident)
+        assert CPU in runtime.providers
+        times, rounds = runtime.time([model, model], feed, 1, CPU, MIN_RUNS, 0.0, 0.0, resident)
     assert len(times) == 2
-    expected = MIN_RUNS if resident else TIME_BLOCKS * -(-MIN_RUNS // TIME_BLOCKS)
-    assert [len(t) for t in times] == [expected, expected]
+    per_round = -(-MIN_RUNS // TIME_ROUNDS)
+    assert rounds == [per_round] * TIME_ROUNDS  # no budget: the minimum, in fresh sessions
+    assert [len(t) for t in times] == [sum(rounds), sum(rounds)]
     assert all(t > 0 for run in times for t in run)
 
 
@@ -184,3 +310,11 @@ def test_a_model_the_timing_session_refuses_still_gets_fixed(
     assert "latency not measured: onnxruntime failed while timing the models: planted" in (
         result.report.notes
     )
+
+
+def test_interval_of_rounds_of_unequal_sizes_weighs_each_by_its_runs() -> None:
+    before, after = _seeded_runs(1e-3, 0.8e-3, runs=40)
+    low, high = ratio_interval(before, after, [30, 10])
+    ratio = float(np.median(after) / np.median(before))
+    assert low < ratio < high < 1
+    assert (low, high) == pytest.approx((0.7375, 0.8574), abs=1e-4)  # ratio 0.796

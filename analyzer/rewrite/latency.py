@@ -1,23 +1,36 @@
 """Stage 5d for `convlint fix`: how long the model takes in onnxruntime, before and after.
 
-The runtime's child process times both models on the same feed with the CPU provider, every
-graph optimization on (as a deployment runs it), a stated number of intra-op threads; each
-session's first runs are warm-up and not timed. The runs alternate between the models
-(A B B A ...) so that drift (other load, frequency scaling) falls on both; models too large to
-be held twice (together over :data:`RESIDENT_BYTES` of weights) are loaded one at a time and
-alternate in blocks of runs instead. At least :data:`MIN_RUNS` runs of each are timed, more
-while the time budget lasts; the report gives the median of each and its spread
-(interquartile range).
+The runtime's child process times both models on the same feed, on the target the user names
+(``--provider``, CPU by default; ``--latency-threads`` intra-op threads, by default every CPU
+available; ``--latency-batch``: the first verification sample repeated along the batch axis),
+every graph optimization on (as a deployment runs it); each session's first runs are warm-up
+and not timed. The runs alternate between the models (A B B A ...) so that drift (other load,
+frequency scaling) falls on both; models too large to be held twice (together over
+:data:`RESIDENT_BYTES` of weights) are loaded one at a time and alternate in blocks of runs
+instead. At least :data:`MIN_RUNS` runs of each are timed, more while :data:`BUDGET` lasts;
+the report gives the median of each and its spread (interquartile range).
 
-``--objective latency`` also times each rewrite on its own: the nodes it replaces against the
-nodes it writes, cut out of the model as a small graph with random inputs of the right shapes.
-A rewrite whose median is not at least 1% lower (:data:`FASTER`) is dropped.
+The ratio after/before comes with a 95% confidence interval (:func:`ratio_interval`): a
+percentile bootstrap of the ratio of the medians over the *paired* runs (run i of MODEL and
+run i of OUT were timed next to each other, so a burst of other load moves both and the
+pairing keeps that out of the interval), :data:`RESAMPLES` resamples from a fixed seed, so the
+same timings always give the same interval. While the interval still holds 1 the child goes
+on timing, up to :data:`CONFIRM_BUDGET` seconds more, looking at the interval again each time
+the runs have grown by half (a few looks, not one per run: every look is a chance to stop on a
+lucky stretch).
+
+What the interval decides: ``--objective latency`` keeps a rewrite only when it is faster
+with confidence (the interval's high end below 1); ``--objective macs`` drops one that is
+slower with confidence (its low end above 1). Each rewrite is timed on its own for that: the
+nodes it replaces against the nodes it writes, cut out of the model as a small graph with
+random inputs of the right shapes; then the whole models, by the same rules.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +40,13 @@ import onnx
 MIN_RUNS = 10
 BUDGET = 0.1  # seconds of further timed runs for models that run fast
 REWRITE_BUDGET = 0.05  # the same, for one rewrite's nodes
+CONFIRM_BUDGET = 2.0  # seconds of further runs while the interval of the models holds 1
+REWRITE_CONFIRM_BUDGET = 0.5  # the same, for one rewrite's nodes
+GROWTH = 1.5  # the interval is looked at again once the runs have grown by this factor
 RESIDENT_BYTES = 256 << 20
-FASTER = 0.99  # ratio after/before below which a rewrite counts as faster
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+SEED = 0
 
 
 def default_threads() -> int:
@@ -37,6 +55,79 @@ def default_threads() -> int:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # not on Linux
         return max(os.cpu_count() or 1, 1)
+
+
+def ratio_interval(
+    before: Sequence[float],
+    after: Sequence[float],
+    rounds: Sequence[int] = (),
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> tuple[float, float]:
+    """A ``confidence`` interval of median(after) / median(before): a percentile bootstrap
+    over the pairs (before[i], after[i]), which were timed side by side.
+
+    ``rounds``: how many consecutive pairs each session pair timed (they sum to the pairs).
+    Sessions differ among themselves (where their thread pools landed, what else ran then),
+    so the bootstrap is two-stage: it draws rounds with replacement, then pairs within each
+    drawn round; the interval holds the spread between sessions, not only between runs.
+    Empty: one round. Deterministic: the same timings give the same interval."""
+    count = min(len(before), len(after))
+    sizes = [size for size in (rounds or [count]) if size > 0]
+    if count == 0 or sum(sizes) != count:
+        return (math.nan, math.nan)
+    first = np.asarray(before[:count], dtype=np.float64)
+    second = np.asarray(after[:count], dtype=np.float64)
+    lengths = np.asarray(sizes)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    width = int(lengths.max())
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    # In chunks: every resample draws len(sizes) × width runs.
+    chunk = max(1, (1 << 18) // (len(sizes) * width))
+    for begin in range(0, resamples, chunk):
+        size = min(chunk, resamples - begin)
+        drawn = rng.integers(0, len(sizes), size=(size, len(sizes)))
+        drawn_lengths = lengths[drawn][..., None]
+        within = rng.random((size, len(sizes), width)) * drawn_lengths
+        pick = (offsets[drawn][..., None] + within.astype(np.int64)).reshape(size, -1)
+        a, b = second[pick], first[pick]
+        if lengths.min() != width:
+            # Rounds of unequal sizes: each drawn round gives as many runs as it had.
+            unused = (np.arange(width) >= drawn_lengths).reshape(size, -1)
+            a[unused] = b[unused] = np.nan
+            median = np.nanmedian
+        else:
+            median = np.median
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios[begin : begin + size] = median(a, axis=1) / median(b, axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return (float(low), float(high))
+
+
+def undecided(times: Sequence[Sequence[float]], rounds: Sequence[int] = ()) -> bool:
+    """Whether the interval of the ratio of two models' timings still holds 1."""
+    if len(times) != 2:
+        return False
+    low, high = ratio_interval(times[0], times[1], rounds)
+    return bool(low <= 1 <= high)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the latency is measured on."""
+
+    threads: int  # intra-op threads
+    batch: int  # the feed's batch size
+    provider: str  # onnxruntime execution provider
+
+    def text(self) -> str:
+        return (
+            f"{self.threads} thread{'s' if self.threads != 1 else ''}, batch {self.batch}, "
+            f"{self.provider}"
+        )
 
 
 @dataclass(frozen=True)
@@ -50,12 +141,29 @@ class Latency:
     before_iqr: float  # interquartile range of the runs, seconds
     after_iqr: float
     interleaving: str  # "runs": alternating run by run; "blocks": one model loaded at a time
+    interval: tuple[float, float]  # CONFIDENCE interval of the ratio (ratio_interval)
+    sessions: int  # session pairs the runs were timed in, each with fresh thread pools
+    batch: int
+    provider: str
 
     @property
     def ratio(self) -> float:
         return self.after / self.before if self.before > 0 else float("inf")
 
+    @property
+    def faster(self) -> bool:
+        """Faster with confidence: the whole interval below 1."""
+        return self.interval[1] < 1
+
+    @property
+    def slower(self) -> bool:
+        """Slower with confidence: the whole interval above 1."""
+        return self.interval[0] > 1
+
     def as_dict(self) -> dict[str, Any]:
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
         return {
             "before": self.before,
             "after": self.after,
@@ -65,19 +173,34 @@ class Latency:
             "before_iqr": self.before_iqr,
             "after_iqr": self.after_iqr,
             "interleaving": self.interleaving,
+            "interval": [finite(self.interval[0]), finite(self.interval[1])],
+            "batch": self.batch,
+            "provider": self.provider,
         }
+
+    def _ratio_text(self) -> str:
+        low, high = self.interval
+        return f"{self.ratio:.2f}x, {CONFIDENCE:.0%} CI [{low:.2f}, {high:.2f}]"
+
+    def _target_text(self) -> str:
+        return Target(self.threads, self.batch, self.provider).text()
 
     def text(self) -> str:
         how = "interleaved runs" if self.interleaving == "runs" else "runs in alternating blocks"
         return (
-            f"latency {duration(self.before)} -> {duration(self.after)} ({self.ratio:.2f}x; "
-            f"median of {self.runs} {how}, IQR {duration(self.before_iqr)}/"
-            f"{duration(self.after_iqr)}, {self.threads} "
-            f"thread{'s' if self.threads != 1 else ''})"
+            f"latency {duration(self.before)} -> {duration(self.after)} ({self._ratio_text()}; "
+            f"median of {self.runs} {how} in {self.sessions} session "
+            f"pair{'s' if self.sessions != 1 else ''}, "
+            f"IQR {duration(self.before_iqr)}/"
+            f"{duration(self.after_iqr)}; {self._target_text()})"
         )
 
     def short(self) -> str:
-        return f"{duration(self.before)} -> {duration(self.after)} ({self.ratio:.2f}x)"
+        return f"{duration(self.before)} -> {duration(self.after)} ({self._ratio_text()})"
+
+    def detail(self) -> str:
+        """``short`` with how many runs, on what: for a reason in ``skipped``."""
+        return f"{self.short()}, median of {self.runs} runs each, {self._target_text()}"
 
 
 def duration(seconds: float) -> str:
@@ -88,7 +211,14 @@ def duration(seconds: float) -> str:
     return f"{seconds * 1e6:.0f} µs"
 
 
-def summarize(times: Sequence[Sequence[float]], threads: int, resident: bool) -> Latency:
+def summarize(
+    times: Sequence[Sequence[float]],
+    rounds: Sequence[int],
+    target: Target,
+    resident: bool,
+) -> Latency:
+    """Medians, spreads and the ratio's interval of two models' paired runs, timed in
+    ``rounds`` session pairs of so many runs each."""
     before, after = (np.asarray(t, dtype=np.float64) for t in times)
 
     def iqr(values: np.ndarray[Any, Any]) -> float:
@@ -99,11 +229,46 @@ def summarize(times: Sequence[Sequence[float]], threads: int, resident: bool) ->
         before=float(np.median(before)),
         after=float(np.median(after)),
         runs=int(min(len(before), len(after))),
-        threads=threads,
+        threads=target.threads,
         before_iqr=iqr(before),
         after_iqr=iqr(after),
         interleaving="runs" if resident else "blocks",
+        interval=ratio_interval(times[0], times[1], rounds),
+        sessions=len(rounds),
+        batch=target.batch,
+        provider=target.provider,
     )
+
+
+def batched_feed(
+    sample: Mapping[str, np.ndarray[Any, Any]],
+    declared: Mapping[str, Sequence[int | str | None]],
+    batch: int,
+) -> dict[str, np.ndarray[Any, Any]]:
+    """``sample``'s first row repeated ``batch`` times along the first axis of every input
+    that has one; ValueError naming the input whose declared batch dim is fixed to another
+    size."""
+    feed: dict[str, np.ndarray[Any, Any]] = {}
+    for name, array in sample.items():
+        value = np.asarray(array)
+        if value.ndim == 0:
+            feed[name] = value
+            continue
+        dims = declared.get(name, ())
+        fixed = dims[0] if dims and isinstance(dims[0], int) else None
+        if fixed is not None and fixed != batch:
+            raise ValueError(f"input {name!r} has a fixed batch dim of {fixed}")
+        feed[name] = np.ascontiguousarray(np.repeat(value[:1], batch, axis=0))
+    return feed
+
+
+def feed_batch(feed: Mapping[str, np.ndarray[Any, Any]]) -> int:
+    """The batch size of a feed: the first dim of its first input that has one (else 1)."""
+    for array in feed.values():
+        shape = np.shape(array)
+        if shape:
+            return int(shape[0])
+    return 1
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:

@@ -16,13 +16,16 @@
    the whole model's outputs; the ratio between measured and proxy error recalibrates the
    proxy budget and the search repeats a few times, keeping the cheapest confirmed choice.
    ``--rank``/``--ratio`` replace the search by a fixed rank.
-4. Until the set of rewrites is stable: with ``--objective latency`` each rewrite is timed on
-   its own (``latency``) and dropped unless it runs faster; the combination is verified end to
-   end (while it breaks the tolerance, the rewrite that moved the outputs most gets half its
+4. Until the set of rewrites is stable: each rewrite is timed on its own (``latency``, unless
+   ``--no-latency``) and dropped when the timing's confidence interval says so (``--objective
+   latency``: unless it is faster; ``macs``: if it is slower); the combination is verified end
+   to end (while it breaks the tolerance, the rewrite that moved the outputs most gets half its
    budget, or is dropped); the rewritten model is linted again, and a rewrite whose new nodes a
    rule would flag is tried in another form or dropped, so that ``check OUT`` does not flag
-   what `fix` wrote. Then both whole models are timed (with ``--objective latency``, while the
-   rewritten one is not faster, the rewrite that gained least is dropped).
+   what `fix` wrote. Then both whole models are timed on the target (``--provider``,
+   ``--latency-threads``, ``--latency-batch``); by the same rule, the rewrite that gained least
+   on its own is dropped while the whole rewritten model is not faster (``latency``) or is
+   slower (``macs``).
 5. The model is written beside OUT (weights streamed from the runtime's data file), checked
    with ``onnx.checker`` (full check), verified again from the file, and only then moved over
    OUT. Its external data, if any, goes under a name no file has yet (``OUT.data``, else
@@ -78,6 +81,7 @@ from convlint.rewrite.latency import Latency
 from convlint.rewrite.plan import NotRewritable, plan
 from convlint.rewrite.report import (
     DEFAULT_OBJECTIVE,
+    DEFAULT_PROVIDER,
     DEFAULT_SAMPLES,
     INPUT_SAMPLES,
     METHODS,
@@ -126,7 +130,9 @@ class FixOptions:
     latency: bool = True  # time the models (False: --no-latency)
     min_top1: float | None = None
     preprocess: str | None = None
-    threads: int | None = None  # intra-op threads when timing; None: every CPU available
+    latency_threads: int | None = None  # intra-op threads when timing; None: every CPU
+    latency_batch: int | None = None  # the timing feed's batch; None: the sample's own
+    provider: str = DEFAULT_PROVIDER  # onnxruntime execution provider for timing
 
 
 @dataclass
@@ -387,7 +393,6 @@ class Fixer:
         self.timings: dict[str, float] = {}
         self.timer = _Timer(self.timings)
         self.objective = options.objective or DEFAULT_OBJECTIVE
-        self.threads = options.threads or latency.default_threads()
         self.notes: list[str] = []  # for the report's notes (--verbose)
 
     # -- analysis ----------------------------------------------------------------------
@@ -644,14 +649,51 @@ class Fixer:
         return dropped
 
     # -- latency -----------------------------------------------------------------------
-    def _time(self, models: list[Any], feed: Feed, budget: float, resident: bool, what: str) -> Any:
+    def latency_target(self) -> tuple[latency.Target, Feed]:
+        """What the latency is measured on, and the feed it times the whole models with (the
+        first verification sample, repeated to ``--latency-batch``); a provider the runtime
+        does not have, or a batch the model's fixed batch dim refuses, is bad input."""
+        options = self.options
+        if options.provider not in self.runtime.providers:
+            raise UsageError(
+                f"--provider {options.provider}: not available in this onnxruntime; "
+                f"available: {', '.join(self.runtime.providers) or 'none'}"
+            )
+        feed = self.verify_feeds[0]
+        if options.latency_batch is not None:
+            declared = {v.name: _dims(v) for v in self.model.graph.input}
+            try:
+                feed = latency.batched_feed(feed, declared, options.latency_batch)
+            except ValueError as exc:
+                raise ModelError(
+                    self.path, f"--latency-batch {options.latency_batch}: {exc}"
+                ) from None
+        threads = options.latency_threads or latency.default_threads()
+        return latency.Target(threads, latency.feed_batch(feed), options.provider), feed
+
+    def _time(
+        self,
+        models: list[Any],
+        feed: Feed,
+        budgets: tuple[float, float],
+        resident: bool,
+        what: str,
+    ) -> Any:
         """The runtime's timings, or None when it refused a model (a kernel that only the
         timing's full graph optimization meets): latency is a report, never a reason to fail.
         A runtime that crashed or hung is another matter: that still ends the run."""
+        target = self.target
         with self.timer("latency"):
             try:
                 return self.runtime.time(
-                    models, feed, self.threads, latency.MIN_RUNS, budget, resident, what=what
+                    models,
+                    feed,
+                    target.threads,
+                    target.provider,
+                    latency.MIN_RUNS,
+                    *budgets,
+                    resident,
+                    what=what,
                 )
             except RuntimeFailure as exc:
                 if not self.runtime.alive:
@@ -663,14 +705,14 @@ class Fixer:
     def time_models(
         self, before: onnx.ModelProto | Path, after: onnx.ModelProto, what: str
     ) -> Latency | None:
-        """Both models timed on the first verification sample, interleaved."""
+        """Both models timed on the timing feed, interleaved."""
         before_bytes = latency.weight_bytes(self.light)
         resident = before_bytes + latency.weight_bytes(after) <= latency.RESIDENT_BYTES
-        feed = self.verify_feeds[0]
-        times = self._time([before, after], feed, latency.BUDGET, resident, what)
+        budgets = (latency.BUDGET, latency.CONFIRM_BUDGET)
+        times = self._time([before, after], self.timing_feed, budgets, resident, what)
         if times is None:
             return None
-        result = latency.summarize(times, self.threads, resident)
+        result = latency.summarize(*times, self.target, resident)
         self.log(f"{what}: {result.text()}")
         return result
 
@@ -687,6 +729,8 @@ class Fixer:
         weights = {t.name for t in light.graph.initializer}
         inputs: dict[str, latency.InputInfo] = {}
         produced = {out for node in before_nodes for out in node.output}
+        # The graph's shapes have the verification samples' batch: the region's, the target's.
+        sample_batch = latency.feed_batch(self.verify_feeds[0])
         for node in before_nodes:
             for tensor in node.input:
                 if not tensor or tensor in weights or tensor in inputs or tensor in produced:
@@ -696,8 +740,11 @@ class Fixer:
                 shape = self.graph.shape(tensor)
                 if shape is None or not all(isinstance(d, int) for d in shape):
                     return None
+                dims = tuple(int(d or 0) for d in shape)
+                if dims and dims[0] == sample_batch:
+                    dims = (self.target.batch, *dims[1:])
                 dtype = self.graph.dtype(tensor) or onnx.TensorProto.FLOAT
-                inputs[tensor] = latency.InputInfo(tuple(int(d or 0) for d in shape), dtype)
+                inputs[tensor] = latency.InputInfo(dims, dtype)
         types = {o: self.graph.dtype(o) or onnx.TensorProto.FLOAT for o in outputs}
         before = latency.region(light, before_nodes, outputs, inputs, types)
         after = latency.region(light, after_nodes, outputs, inputs, types, choice.edit.initializers)
@@ -705,33 +752,41 @@ class Fixer:
             return None
         feed = latency.random_feed(inputs, self.options.seed)
         what = f"timing the rewrite of {choice.target.node!r}"
-        times = self._time([before, after], feed, latency.REWRITE_BUDGET, True, what)
+        budgets = (latency.REWRITE_BUDGET, latency.REWRITE_CONFIRM_BUDGET)
+        times = self._time([before, after], feed, budgets, True, what)
         if times is None:
             return None
-        result = latency.summarize(times, self.threads, True)
+        result = latency.summarize(*times, self.target, True)
         self.log(f"{choice.target.code} {choice.target.node}: alone, {result.text()}")
         return result
 
     def keep_faster(self, choices: dict[str, _Choice], report: ModelReport) -> list[Skipped]:
-        """--objective latency: time each rewrite not timed yet; drop those not faster."""
+        """Time each rewrite not timed yet on its own. ``--objective latency``: drop those not
+        faster with confidence; ``macs``: drop those slower with confidence."""
+        by_latency = self.objective == "latency"
         dropped: list[Skipped] = []
         for key, choice in list(choices.items()):
             if choice.timed:
                 continue
             choice.latency, choice.timed = self.time_rewrite(choice), True
             measured = choice.latency
-            if measured is None or measured.ratio < latency.FASTER:
+            if measured is None:
+                continue
+            macs = self._macs_text(choice, report)
+            if by_latency and not measured.faster:
+                reason = (
+                    f"dropped (--objective latency): {macs}, but its nodes are not faster with "
+                    f"{latency.CONFIDENCE:.0%} confidence in onnxruntime: {measured.detail()}"
+                )
+            elif not by_latency and measured.slower:
+                reason = (
+                    f"dropped: {macs}, but its nodes run slower in onnxruntime "
+                    f"({latency.CONFIDENCE:.0%} confidence): {measured.detail()}"
+                )
+            else:
                 continue
             del choices[key]
-            macs = self._macs_text(choice, report)
-            dropped.append(
-                Skipped(
-                    choice.target.code,
-                    choice.target.node,
-                    f"dropped (--objective latency): {macs}, but its nodes run no faster in "
-                    f"onnxruntime: {measured.short()} (median of {measured.runs} runs each)",
-                )
-            )
+            dropped.append(Skipped(choice.target.code, choice.target.node, reason))
         return dropped
 
     def _macs_text(self, choice: _Choice, report: ModelReport) -> str:
@@ -830,6 +885,7 @@ class Fixer:
         progress: Callable[[Sequence[Target]], Any] | None,
     ) -> None:
         options = self.options
+        self.target, self.timing_feed = self.latency_target()
         with self.timer("onnxruntime"):
             # Every large weight moves to the runtime's folder, once: from here on the model
             # in memory is the graph alone ("light"), and requests carry only what changed.
@@ -882,7 +938,7 @@ class Fixer:
         by_latency = self.objective == "latency"
         measured: Latency | None = None
         for _ in range(MAX_ROUNDS + len(choices)):
-            if by_latency:
+            if self.options.latency:
                 result.skipped.extend(self.keep_faster(choices, report))
             result.skipped.extend(self.combine(choices))
             before = {key: id(choice) for key, choice in choices.items()}
@@ -894,20 +950,27 @@ class Fixer:
             with self.timer("factorization"):
                 combined = apply_edits(self.light, [c.edit for c in choices.values()])
             measured = self.time_models(self.original, combined, "timing the models")
-            if measured is None or not by_latency or measured.ratio < latency.FASTER:
+            if measured is None or (measured.faster if by_latency else not measured.slower):
                 return measured
-            # Not faster as a whole: drop the rewrite that gained least on its own.
+            # Not faster as a whole (latency), or slower (macs): drop the rewrite that gained
+            # least on its own.
             key, least = max(
                 choices.items(),
                 key=lambda kv: kv[1].latency.ratio if kv[1].latency is not None else 1.0,
             )
             del choices[key]
+            why = (
+                "dropped (--objective latency): the rewritten model is not faster with "
+                f"{latency.CONFIDENCE:.0%} confidence"
+                if by_latency
+                else f"dropped: the rewritten model runs slower ({latency.CONFIDENCE:.0%} "
+                "confidence)"
+            )
             result.skipped.append(
                 Skipped(
                     least.target.code,
                     least.target.node,
-                    f"dropped (--objective latency): the rewritten model ran no faster "
-                    f"({measured.short()}); this rewrite gained least on its own",
+                    f"{why}: {measured.detail()}; this rewrite gained least on its own",
                 )
             )
         return measured
@@ -1128,8 +1191,16 @@ def fix(
         raise UsageError("--objective latency needs the timing that --no-latency turns off")
     if options.min_top1 is not None and not 0 <= options.min_top1 <= 1:
         raise UsageError("--min-top1 must be in [0, 1] (a share of the held-out samples)")
-    if options.threads is not None and options.threads < 1:
-        raise UsageError("threads must be at least 1")
+    for name, value in (
+        ("--latency-threads", options.latency_threads),
+        ("--latency-batch", options.latency_batch),
+    ):
+        if value is not None and (type(value) is not int or value < 1):
+            raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
+    if not isinstance(options.provider, str) or not options.provider:
+        raise UsageError(
+            f"--provider must name an onnxruntime execution provider, not {options.provider!r}"
+        )
     if options.preprocess is not None:
         parse_preprocess(options.preprocess)  # a bad spec is a usage error before any work
     if not 0 < options.timeout < math.inf:

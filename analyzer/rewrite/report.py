@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 METHODS = ("data-aware", "weight")
 OBJECTIVES = ("latency", "macs")
 DEFAULT_OBJECTIVE = "macs"
+DEFAULT_PROVIDER = "CPUExecutionProvider"  # the onnxruntime execution provider timed on
 DEFAULT_SAMPLES = 8  # seeded random samples without --inputs
 INPUT_SAMPLES = 32  # samples taken from --inputs unless --samples says otherwise
 
@@ -79,6 +80,25 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-latency",
         action="store_true",
         help="do not time the models (latency is then null, the objective macs)",
+    )
+    parser.add_argument(
+        "--latency-threads",
+        type=int,
+        metavar="N",
+        help="intra-op threads when timing (default: the CPUs available)",
+    )
+    parser.add_argument(
+        "--latency-batch",
+        type=int,
+        metavar="N",
+        help="time on a batch of N (the first verification sample, repeated; default: the "
+        "sample's own batch)",
+    )
+    parser.add_argument(
+        "--provider",
+        default=DEFAULT_PROVIDER,
+        metavar="NAME",
+        help="onnxruntime execution provider to time on",
     )
     parser.add_argument(
         "--min-top1",
@@ -286,6 +306,9 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
         samples=args.samples,
         objective=args.objective,
         latency=not args.no_latency,
+        latency_threads=args.latency_threads,
+        latency_batch=args.latency_batch,
+        provider=args.provider,
         min_top1=args.min_top1,
         preprocess=args.preprocess,
         timeout=args.timeout,

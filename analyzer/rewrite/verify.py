@@ -18,7 +18,11 @@ so it runs here, beside the sessions, not in `fix`'s process). Each request's se
 freed before the next, so the child holds one model at a time (two small ones when timing).
 
 The child uses the CPU provider with ``intra_op_num_threads=THREADS`` and basic graph
-optimizations to run and verify; timing uses every optimization and the threads it is given.
+optimizations to run and verify; timing uses every optimization and the provider and threads
+it is given (``--provider``, ``--latency-threads``), and goes on while the confidence interval
+of the ratio holds 1 (``latency.undecided``, numpy only). The child's first line names the
+execution providers its onnxruntime has (``Runtime.providers``), so that an unknown
+``--provider`` is refused before any work.
 ``CONVLINT_TEST_RUNTIME_FAULT=hang|crash`` in the environment makes the child hang or abort on
 its next request (``hang:N``, ``crash:N``: on its N-th request, from 1): a test
 hook for the timeout, crash and interruption paths.
@@ -66,7 +70,7 @@ Outputs = list[npt.NDArray[Any]]  # one array per model output, in the model's o
 THREADS = 2
 WARMUP_RUNS = 2  # untimed runs of each session before timing
 MAX_TIMED_RUNS = 1000
-TIME_BLOCKS = 4  # alternating blocks when the models are timed one session at a time
+TIME_ROUNDS = 4  # session pairs at least, each with its own thread pools
 DEFAULT_BATCH = 1
 DEFAULT_SPATIAL = 224
 FAULT_ENV = "CONVLINT_TEST_RUNTIME_FAULT"
@@ -312,23 +316,39 @@ def _serve_time(
     model_paths: list[str],
     feed: Feed,
     threads: int,
+    provider: str,
     min_runs: int,
     budget: float,
+    confirm_budget: float,
     resident: bool,
-) -> list[list[float]]:
-    """Seconds of each timed run of each model, on the same feed, runs interleaved.
+) -> tuple[list[list[float]], list[int]]:
+    """Seconds of each timed run of each model, on the same feed, runs interleaved; and how
+    many runs of each every round timed.
 
-    ``resident``: every session loaded at once and the models alternate run by run (ABBA...).
-    Else one session at a time, in ``TIME_BLOCKS`` alternating blocks of runs: a model too
-    large to hold twice is still compared under the same conditions over the same span.
-    Each session's first ``WARMUP_RUNS`` runs (allocations, lazy kernels) are not timed.
+    A round loads a fresh session of each model (fresh thread pools: where a pool's threads
+    land and what else runs then differ from session to session, and a single pair of sessions
+    can be 10% apart on identical models on a busy machine), in alternating order.
+    ``resident``: both sessions at once, the models alternating run by run (ABBA...). Else one
+    session at a time, a block of runs each: a model too large to hold twice is still compared
+    under the same conditions over the same span. Each session's first ``WARMUP_RUNS`` runs
+    (allocations, lazy kernels) are not timed, and its threads do not spin between runs (a
+    spinning pool of one session takes the cores the other's needs: identical models then
+    differ by up to 1.8x). At least ``TIME_ROUNDS`` rounds and ``min_runs`` runs of each, more
+    while ``budget`` seconds last; then, for two models, more rounds while the confidence
+    interval of their ratio holds 1 (``latency.undecided``, looked at each time the rounds
+    have grown by ``latency.GROWTH``) and ``confirm_budget`` lasts.
     """
     import time
 
+    from convlint.rewrite.latency import GROWTH, undecided
+
     options = _session_options(ort, threads, optimize_all=True)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    cpu = "CPUExecutionProvider"
+    providers = [provider] if provider == cpu else [provider, cpu]
 
     def load(path: str) -> Any:
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(path, options, providers=providers)
         for _ in range(WARMUP_RUNS):
             session.run(None, feed)
         return session
@@ -339,24 +359,46 @@ def _serve_time(
         return time.perf_counter() - start
 
     times: list[list[float]] = [[] for _ in model_paths]
+    rounds: list[int] = []
     count = len(model_paths)
-    if resident:
-        sessions = [load(path) for path in model_paths]
-        start, runs = time.perf_counter(), 0
-        while runs < min_runs or (runs < MAX_TIMED_RUNS and time.perf_counter() - start < budget):
-            order = range(count) if runs % 2 == 0 else reversed(range(count))
+    per_round = -(-min_runs // TIME_ROUNDS)
+    start = time.perf_counter()
+    deadline = start + budget + confirm_budget
+    look = TIME_ROUNDS
+    while True:
+        order = list(range(count)) if len(rounds) % 2 == 0 else list(reversed(range(count)))
+        runs = 0
+        if resident:
+            sessions = {k: load(model_paths[k]) for k in order}
+            begun = time.perf_counter()
+            # Fast models: the first round runs while its share of the budget lasts, and
+            # every later round as many runs (rounds of one size weigh alike in the interval).
+            while runs < per_round or (
+                time.perf_counter() - begun < budget / TIME_ROUNDS
+                and len(times[0]) < MAX_TIMED_RUNS // TIME_ROUNDS
+            ):
+                for k in order if runs % 2 == 0 else reversed(order):
+                    times[k].append(timed(sessions[k]))
+                runs += 1
+            per_round = runs
+            del sessions
+        else:
             for k in order:
-                times[k].append(timed(sessions[k]))
-            runs += 1
-        return times
-    per_block = -(-min_runs // TIME_BLOCKS)
-    for block in range(TIME_BLOCKS):
-        order = range(count) if block % 2 == 0 else reversed(range(count))
-        for k in order:
-            session = load(model_paths[k])
-            times[k].extend(timed(session) for _ in range(per_block))
-            del session
-    return times
+                session = load(model_paths[k])
+                times[k].extend(timed(session) for _ in range(per_round))
+                del session
+            runs = per_round
+        rounds.append(runs)
+        if len(rounds) < TIME_ROUNDS or len(rounds) < look:
+            continue
+        if (
+            count != 2
+            or len(times[0]) + per_round > MAX_TIMED_RUNS
+            or time.perf_counter() >= deadline
+            or not undecided(times, rounds)
+        ):
+            return times, rounds
+        look = math.ceil(len(rounds) * GROWTH)
 
 
 def _serve_check(ort: Any, model_path: str) -> str:
@@ -377,7 +419,8 @@ def serve() -> None:
     sys.stdout = sys.stderr
     import onnxruntime as ort
 
-    out.write("ready\n")
+    # The providers this onnxruntime has, for --provider to be checked against.
+    out.write(f"ready {','.join(ort.get_available_providers())}\n")
     out.flush()
     fault, _, at = os.environ.get(FAULT_ENV, "").partition(":")
     handlers: dict[str, Callable[..., Any]] = {
@@ -428,7 +471,8 @@ class Runtime:
                 stderr=self._stderr,
                 text=True,
             )
-            self._answer(None)
+            ready = self._answer(None)
+            self.providers: tuple[str, ...] = tuple(filter(None, ready[6:].split(",")))
         except BaseException:  # no `with` block owns the folder yet: remove it here
             self.close(kill=True)
             raise
@@ -582,14 +626,26 @@ class Runtime:
         models: Sequence[onnx.ModelProto | str | Path],
         feed: Mapping[str, npt.NDArray[Any]],
         threads: int,
+        provider: str,
         min_runs: int,
         budget: float,
+        confirm_budget: float,
         resident: bool,
         what: str = "timing the models",
-    ) -> list[list[float]]:
-        """Seconds of each timed run of each model, interleaved (see ``_serve_time``)."""
+    ) -> tuple[list[list[float]], list[int]]:
+        """Seconds of each timed run of each model, interleaved, and the runs of each round
+        (see ``_serve_time``)."""
         paths = [self._model_path(m, f"timed{i}.onnx") for i, m in enumerate(models)]
-        times: list[list[float]] = self._request(
-            what, "time", paths, dict(feed), threads, min_runs, budget, resident
+        times: tuple[list[list[float]], list[int]] = self._request(
+            what,
+            "time",
+            paths,
+            dict(feed),
+            threads,
+            provider,
+            min_runs,
+            budget,
+            confirm_budget,
+            resident,
         )
         return times
