@@ -42,7 +42,12 @@ def test_check_out_does_not_flag_what_fix_rewrote(tmp_path: Path, name: str) -> 
     path = fixtures.save(MODELS[name](), tmp_path / "model.onnx")
     before = findings_of(path)
     out = tmp_path / "out.onnx"
-    result = fix(path, load_registry(), Settings(), FixOptions(out, method="weight", samples=2))
+    result = fix(
+        path,
+        load_registry(),
+        Settings(),
+        FixOptions(out, method="weight", samples=2, latency=False),
+    )
     assert result.written and result.rewrites, result.skipped
     rewritten = {r.node for r in result.rewrites}
     added = set(_node_names(out)) - set(_node_names(path))
@@ -126,7 +131,12 @@ def test_an_output_side_low_rank_conv_is_factorized_and_check_passes_out(tmp_pat
     weight.CopyFrom(numpy_helper.from_array(values, weight.name))
     path = fixtures.save(model, tmp_path / "expand.onnx")
     out = tmp_path / "out.onnx"
-    result = fix(path, load_registry(), Settings(), FixOptions(out, method="weight", samples=2))
+    result = fix(
+        path,
+        load_registry(),
+        Settings(),
+        FixOptions(out, method="weight", samples=2, latency=False),
+    )
     assert result.written
     assert [(r.code, r.node, r.kind, r.rank) for r in result.rewrites] == [
         ("CL001", "conv", "svd-expand", 48)
