@@ -230,7 +230,10 @@ def trained_model(name: str, budget: list[str], cache: Path, runs: int, threads:
     original, calib, heldout = folder / "model.onnx", folder / "calib.npz", folder / "heldout.npz"
     with np.load(calib) as archive:
         calib_shape = archive[model.input_name].shape
-    sample_shape = "x".join(str(d) for d in (1, *calib_shape[1:]))
+    graph_input = next(i for i in onnx.load(original).graph.input if i.name == model.input_name)
+    rank = len(graph_input.type.tensor_type.shape.dim)
+    per_sample = calib_shape[1:] if len(calib_shape) == rank + 1 else (1, *calib_shape[1:])
+    sample_shape = "x".join(str(d) for d in per_sample)
     shape = ["--input-shape", f"{model.input_name}={sample_shape}"]
     fixed = folder / "fixed.onnx"
     fixed.unlink(missing_ok=True)
@@ -293,6 +296,11 @@ def trained_model(name: str, budget: list[str], cache: Path, runs: int, threads:
             f"rel L2 {result['rel_l2']:.2e} (per sample median {result['rel_l2_median']:.2e}, "
             f"max {result['rel_l2_max']:.2e})"
         )
+        if "positions" in result:
+            print(
+                f"  (a sequence of {result['positions']} positions: a sample agrees when every "
+                f"position does; positions agreeing {result['position_agreement']:.2%})"
+            )
     else:
         print(f"  rel L2 {result['rel_l2']:.2e} (per sample median {result['rel_l2_median']:.2e})")
     verification = model_report.get("verification") or {}

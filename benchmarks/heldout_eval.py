@@ -4,7 +4,8 @@ Independent of convlint on purpose (numpy and onnxruntime only), so that it chec
 reports rather than repeating its code:
 
 - top-1 agreement of the rewritten model with the original, on every held-out sample, with its
-  count and a 95% Wilson score interval;
+  count and a 95% Wilson score interval (for a sequence of class scores, such as a CTC head's,
+  a sample agrees when the top class agrees at every position);
 - relative L2 error of the outputs, ``||y' - y|| / ||y||`` over the whole held-out set (first
   output), and the median and worst of the same per sample;
 - latency on the CPU provider at a fixed number of intra-op threads, batch 1: the two models
@@ -46,14 +47,22 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
+    options.log_severity_level = 3  # exporters' wrong declared output shapes warn on every run
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def batch(samples: np.ndarray, index: int, rank: int) -> np.ndarray:
+    """Sample ``index`` as a batch of one: ``samples[index]`` where each sample already carries
+    its batch axis (the array has one axis more than the input), else ``samples[index:index+1]``."""
+    return samples[index] if samples.ndim == rank + 1 else samples[index : index + 1]
+
+
 def outputs(sess: ort.InferenceSession, name: str, samples: np.ndarray) -> np.ndarray:
-    """The first output for every sample, run one at a time (batch 1, as the models are timed)."""
-    return np.concatenate(
-        [sess.run(None, {name: samples[i : i + 1]})[0] for i in range(len(samples))]
+    """The first output for every sample, run one at a time (batch 1, as the models are timed),
+    stacked on a new first axis."""
+    rank = len(sess.get_inputs()[0].shape)
+    return np.stack(
+        [sess.run(None, {name: batch(samples, i, rank)})[0] for i in range(len(samples))]
     )
 
 
@@ -69,8 +78,12 @@ def accuracy(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
     )
     result["rel_l2_median"] = float(np.median(per_sample))
     result["rel_l2_max"] = float(per_sample.max())
-    if before.ndim == 2 and before.shape[1] > 1:  # class scores
-        agree = int((before.argmax(1) == after.argmax(1)).sum())
+    if before.shape[-1] > 1:  # class scores (over the last axis, at each position of a sequence)
+        same = before.argmax(-1) == after.argmax(-1)
+        agree = int(same.reshape(len(before), -1).all(axis=1).sum())
+        if same[0].size > 1:
+            result["positions"] = int(same[0].size)
+            result["position_agreement"] = float(same.mean())
         result["top1_agree"] = agree
         result["top1_agreement"] = agree / len(before)
         result["top1_interval"] = list(wilson(agree, len(before)))
@@ -86,12 +99,13 @@ def latency(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Interleaved timing, batch 1: per pair, the rewritten model's time over the original's."""
+    rank = len(original.get_inputs()[0].shape)
     for sess in (original, rewritten):
         for i in range(3):
-            sess.run(None, {name: samples[i % len(samples) : i % len(samples) + 1]})
+            sess.run(None, {name: batch(samples, i % len(samples), rank)})
     times: dict[str, list[float]] = {"before": [], "after": []}
     for run in range(runs):
-        x = samples[run % len(samples) : run % len(samples) + 1]
+        x = batch(samples, run % len(samples), rank)
         order = [("before", original), ("after", rewritten)]
         if run % 2:  # alternate who goes first, so drift does not favour one side
             order.reverse()

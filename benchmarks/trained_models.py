@@ -16,6 +16,8 @@ held-out samples drawn from disjoint sources:
   use different texts, fonts and seeds.
 - ``ppocr-cls``: PP-OCR's mobile text-line direction classifier (0/180), from rapidocr-onnxruntime.
   Rendered text lines, upright or upside down; texts, fonts and seeds disjoint as above.
+- ``captcha``: ddddocr's captcha recognizer (CNN + LSTM + CTC). Generated captchas: 4-6 rotated
+  characters, noise lines and dots; fonts and seeds disjoint as above.
 
     python benchmarks/trained_models.py OUT_DIR [--cache DIR] [--only NAME]
 
@@ -238,6 +240,49 @@ def ppocr_cls_samples(
     return np.stack(samples), np.array(labels)
 
 
+CAPTCHA_CHARS = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def captcha_samples(
+    cache: Path, split: str, count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """ddddocr's input: a 192x64 captcha (4-6 characters, each rotated and offset, noise lines
+    and dots, colour background) in greyscale, x/255, one [1, 1, 64, 192] array per sample (the
+    model's batch is fixed at 1), stacked: [N, 1, 1, 64, 192] float32. Labels: the strings."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    samples, labels = [], []
+    for _ in range(count):
+        text = "".join(rng.choice(list(CAPTCHA_CHARS), int(rng.integers(4, 7))))
+        background = tuple(int(v) for v in rng.integers(170, 256, size=3))
+        image = Image.new("RGB", (192, 64), background)
+        x = float(rng.integers(4, 14))
+        step = (178 - x) / len(text)
+        for char in text:
+            size = int(rng.integers(34, 46))
+            glyph = Image.new("RGBA", (size + 16, size + 16), (0, 0, 0, 0))
+            colour = (*(int(v) for v in rng.integers(0, 140, size=3)), 255)
+            ImageDraw.Draw(glyph).text(
+                (8, 2), char, fill=colour, font=font(split, int(rng.integers(0, 3)), size)
+            )
+            glyph = glyph.rotate(float(rng.uniform(-25, 25)), resample=Image.Resampling.BILINEAR)
+            image.paste(glyph, (int(x), int(rng.integers(-6, 10))), glyph)
+            x += step * float(rng.uniform(0.85, 1.05))
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(2, 5))):
+            points = [(int(rng.integers(0, 192)), int(rng.integers(0, 64))) for _ in range(2)]
+            colour = tuple(int(v) for v in rng.integers(40, 200, size=3))
+            draw.line(points, fill=colour, width=int(rng.integers(1, 3)))
+        for _ in range(int(rng.integers(30, 120))):
+            point = (int(rng.integers(0, 192)), int(rng.integers(0, 64)))
+            draw.point(point, fill=tuple(int(v) for v in rng.integers(0, 256, size=3)))
+        grey = np.asarray(image.convert("L"), np.float32) / 255.0
+        samples.append(grey[None, None])
+        labels.append(text)
+    return np.stack(samples).astype(np.float32), np.array(labels)
+
+
 # -- brain MRI slices ----------------------------------------------------------------------------
 
 MNI_T1 = Wheel(
@@ -343,6 +388,16 @@ MODELS = (
         ppocr_cls_samples,
         128,
         128,
+    ),
+    TrainedModel(
+        "captcha",
+        Wheel("ddddocr==1.6.1", "ddddocr/common.onnx"),
+        "input1",
+        "ddddocr's captcha recognizer (the float 'beta' model: CNN, SiLU, then an LSTM and a "
+        "CTC head over 8,210 symbols)",
+        captcha_samples,
+        96,
+        96,
     ),
 )
 
