@@ -278,7 +278,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     stats = commands.add_parser(
         "stats",
-        help="per-node params, MACs and output shapes",
+        help="per-node params, MACs, output shapes and activation memory",
         epilog=_epilog("stats"),
         formatter_class=HelpFormatter,
     )
@@ -286,7 +286,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     stats.add_argument(
         "--diff", action="store_true", help="compare two models, MODEL and OUT: what changed"
     )
-    _common(stats, lint=False, formats=("text", "json"))
+    stats.add_argument(
+        "--sort",
+        choices=("params", "macs", "memory"),
+        help="order the nodes by this, most first (default: graph order)",
+    )
+    stats.add_argument("--top", type=int, metavar="N", help="show only the first N nodes")
+    _common(stats, lint=False, formats=("text", "json", "csv", "markdown"))
 
     fix = commands.add_parser(
         "fix",

@@ -5,6 +5,13 @@ With symbolic spatial dims a node's MACs are unknown, but a convolution's cost p
 output is not (``macs_per_output_pixel``), and when every spatial size scales with the input's
 the model's total is ``macs_per_input_pixel`` × H × W of the input: the same figures `check`
 reports. The text table shows them and says how to bind the dims (``--input-shape``).
+
+As onnx-tool's profile: each node's activation memory (the bytes of the outputs it computes,
+one sample), the peak of the activations alive at once when the nodes run in graph order, and
+totals per op type; ``--sort params|macs|memory`` and ``--top N`` pick the rows, ``--format``
+``text``, ``json``, ``csv`` or ``markdown`` writes them. Identity and Cast nodes that only pass
+a weight on (torch exports write them for shared or tied weights) are folded into the weight
+they carry: no row of their own, named under ``folded``.
 """
 
 from __future__ import annotations
@@ -16,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convlint import __version__
-from convlint.cost import ModelCost, model_cost
-from convlint.graph import Dim, ModelGraph, Shape
+from convlint.cost import ModelCost, model_cost, rows_of_one_sample
+from convlint.graph import Dim, ModelGraph, Node, Shape
 from convlint.reporters.common import (
     SCHEMA_VERSION,
     change_ratio,
@@ -34,15 +41,118 @@ if TYPE_CHECKING:
     from convlint.registry import Registry
 
 EXAMPLE_SIZE = 224  # what the --input-shape hint puts in place of a symbolic spatial dim
+SORT_KEYS = ("params", "macs", "memory")
+FOLDED_OPS = ("Identity", "Cast")  # weight-only ones are folded into the weight they carry
+# Bits of an element of each ONNX tensor type (strings have no fixed size).
+ELEMENT_BITS = {
+    1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64,
+    14: 64, 15: 128, 16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4, 24: 8, 25: 2,
+    26: 2,
+}  # fmt: skip
+
+
+def tensor_bytes(graph: ModelGraph, tensor: str) -> int | None:
+    """The bytes of one sample of ``tensor`` (the batch symbol counting as 1), or None when
+    a dim other than the batch is symbolic or the type has no fixed size."""
+    shape = graph.shape(tensor)
+    bits = ELEMENT_BITS.get(graph.dtype(tensor))
+    if shape is None or bits is None:
+        return None
+    elements = rows_of_one_sample(graph, shape)
+    return None if elements is None else -(-elements * bits // 8)
+
+
+def _activation_bytes(graph: ModelGraph, node: Node) -> int | None:
+    """The bytes of the activations a node computes (outputs that are not constants)."""
+    total = 0
+    for tensor in node.outputs:
+        if tensor and not graph.is_constant(tensor):
+            size = tensor_bytes(graph, tensor)
+            if size is None:
+                return None
+            total += size
+    return total
+
+
+def peak_activation_bytes(graph: ModelGraph) -> int | None:
+    """The most activation bytes alive at once when the main graph's nodes run in graph order:
+    a tensor lives from the node that computes it (the start, for a graph input) to its last
+    reader (the end, for a graph output); while a node runs, its inputs and outputs are all
+    alive. None when a live tensor's size is unknown."""
+    order = list(graph)
+    last: dict[str, int] = {}
+    for index, node in enumerate(order):
+        for tensor in node.inputs:
+            if tensor:
+                last[tensor] = index
+    for tensor in graph.graph_outputs:
+        last[tensor] = len(order)
+    sizes: dict[str, int] = {}
+    for tensor in graph.data_inputs:
+        size = tensor_bytes(graph, tensor)
+        if size is None:
+            return None
+        sizes[tensor] = size
+    live = peak = sum(sizes.values())
+    for index, node in enumerate(order):
+        for tensor in node.outputs:
+            if tensor and not graph.is_constant(tensor) and tensor not in sizes:
+                size = tensor_bytes(graph, tensor)
+                if size is None:
+                    return None
+                sizes[tensor] = size
+                live += size
+        peak = max(peak, live)
+        for tensor in (*node.inputs, *node.outputs):
+            if tensor in sizes and last.get(tensor, index) <= index:
+                live -= sizes.pop(tensor)
+    return peak
+
+
+def _weight_only(graph: ModelGraph, node: Node, params: int) -> bool:
+    return (
+        node.op_type in FOLDED_OPS
+        and params == 0
+        and bool(node.outputs)
+        and all(graph.is_constant(tensor) for tensor in node.outputs if tensor)
+    )
+
+
+def _sum(values: Sequence[int | None]) -> int | None:
+    return None if any(value is None for value in values) else sum(v or 0 for v in values)
+
+
+def op_type_totals(nodes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Nodes, params, MACs and activation memory per op type, most MACs (then params) first."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for node in nodes:
+        groups.setdefault(node["op_type"], []).append(node)
+    totals = [
+        {
+            "op_type": op_type,
+            "nodes": len(members),
+            "params": sum(n["params"] for n in members),
+            "macs": _sum([n["macs"] for n in members]),
+            "memory": _sum([n["memory"] for n in members]),
+        }
+        for op_type, members in groups.items()
+    ]
+    totals.sort(key=lambda t: (-(t["macs"] or 0), -t["params"], t["op_type"]))
+    return totals
 
 
 def stats_rows(graph: ModelGraph, cost: ModelCost | None = None) -> dict[str, Any]:
-    """Every node of every graph (subgraphs too) and the model's total."""
+    """Every node of every graph (subgraphs too) but the weight-only Identity/Cast ones, the
+    model's total and the totals per op type."""
     cost = cost if cost is not None else model_cost(graph)
     nodes = []
+    folded = []
     for sub in graph.all_graphs():
         for node in sub:
             nc = cost.nodes[node.name]
+            if _weight_only(sub, node, nc.params):
+                folded.append(node.name)
+                continue
             nodes.append(
                 {
                     "name": node.name,
@@ -51,12 +161,41 @@ def stats_rows(graph: ModelGraph, cost: ModelCost | None = None) -> dict[str, An
                     "params": nc.params,
                     "macs": nc.macs,
                     "macs_per_output_pixel": nc.macs_per_output_pixel,
+                    "memory": _activation_bytes(sub, node),
                 }
             )
     return {
         "nodes": nodes,
-        "total": {"params": cost.params, "macs": cost.macs, **cost.completeness()},
+        "total": {
+            "params": cost.params,
+            "macs": cost.macs,
+            **cost.completeness(),
+            "memory": _sum([n["memory"] for n in nodes]),
+            "peak_memory": peak_activation_bytes(graph),
+        },
+        "op_types": op_type_totals(nodes),
+        "folded": folded,
     }
+
+
+def pick_rows(data: dict[str, Any], sort: str | None, top: int | None) -> dict[str, Any]:
+    """The stats object with its nodes sorted by ``sort`` (most first; unknown last) and cut
+    to the first ``top``; ``shown`` says so."""
+    if sort is None and top is None:
+        return data
+    nodes = list(data["nodes"])
+    if sort is not None:
+
+        def key(node: dict[str, Any]) -> tuple[bool, float, float]:
+            value = node[sort]
+            per_pixel = node.get("macs_per_output_pixel") if sort == "macs" else None
+            return (value is None, -(value or 0), -(per_pixel or 0))
+
+        nodes.sort(key=key)
+    if top is not None:
+        nodes = nodes[:top]
+    shown = {"sort": sort, "top": top, "nodes": len(data["nodes"])}
+    return {**data, "nodes": nodes, "shown": shown}
 
 
 def model_stats(path: str | Path, registry: Registry, settings: Settings) -> dict[str, Any]:
@@ -151,24 +290,39 @@ def _binding_hint(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_stats_text(path: str, data: dict[str, Any]) -> str:
-    total_macs = data["total"]["macs"]
-    rows = []
-    for node in data["nodes"]:
-        share = "-"
-        if total_macs and node["macs"] is not None:
-            share = f"{100 * node['macs'] / total_macs:.1f}%"
-        rows.append(
-            [
-                node["name"],
-                node["op_type"],
-                _shape_text(node["output_shapes"]),
-                fmt_int(node["params"]),
-                _macs_cell(node["macs"], node.get("macs_per_output_pixel"), "/px"),
-                share,
-            ]
-        )
+def fmt_bytes(value: int | None) -> str:
+    """Bytes as people read them: ``784.0 KiB``, ``3.1 MiB``."""
+    if value is None:
+        return "?"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _node_cells(node: dict[str, Any], total_macs: int | None) -> list[str]:
+    share = "-"
+    if total_macs and node["macs"] is not None:
+        share = f"{100 * node['macs'] / total_macs:.1f}%"
+    return [
+        node["name"],
+        node["op_type"],
+        _shape_text(node["output_shapes"]),
+        fmt_int(node["params"]),
+        _macs_cell(node["macs"], node.get("macs_per_output_pixel"), "/px"),
+        share,
+        fmt_bytes(node.get("memory")),
+    ]
+
+
+HEADERS = ["node", "op", "output shape", "params", "MACs", "share", "memory"]
+
+
+def _table_rows(data: dict[str, Any]) -> list[list[str]]:
     total = data["total"]
+    rows = [_node_cells(node, total["macs"]) for node in data["nodes"]]
     rows.append(
         [
             "total",
@@ -177,11 +331,127 @@ def render_stats_text(path: str, data: dict[str, Any]) -> str:
             fmt_int(total["params"]),
             _total_macs_cell(total),
             "",
+            fmt_bytes(total.get("memory")),
         ]
     )
-    body = table(["node", "op", "output shape", "params", "MACs", "share"], rows, {3, 4, 5})
-    hint = "".join(line + "\n" for line in _binding_hint(data))
-    return f"{path}\n{body}\n{hint}"
+    return rows
+
+
+def _peak_line(data: dict[str, Any]) -> str:
+    peak = data["total"].get("peak_memory")
+    if peak is None:
+        return "peak activation memory: unknown (symbolic dims; --input-shape binds them)"
+    return (
+        f"peak activation memory: {fmt_bytes(peak)} ({fmt_int(peak)} bytes alive at once, "
+        "nodes run in graph order)"
+    )
+
+
+def _op_type_rows(data: dict[str, Any]) -> list[list[str]]:
+    total_macs = data["total"]["macs"]
+    rows = []
+    for each in data.get("op_types", []):
+        share = "-"
+        if total_macs and each["macs"] is not None:
+            share = f"{100 * each['macs'] / total_macs:.1f}%"
+        rows.append(
+            [
+                each["op_type"],
+                str(each["nodes"]),
+                fmt_int(each["params"]),
+                fmt_int(each["macs"]),
+                share,
+                fmt_bytes(each["memory"]),
+            ]
+        )
+    return rows
+
+
+OP_TYPE_HEADERS = ["op type", "nodes", "params", "MACs", "share", "memory"]
+
+
+def _shown_line(data: dict[str, Any]) -> list[str]:
+    shown = data.get("shown")
+    if not shown:
+        return []
+    order = f", most {shown['sort']} first" if shown["sort"] else ""
+    return [f"({len(data['nodes'])} of {shown['nodes']} nodes{order}; the totals are the model's)"]
+
+
+def render_stats_text(path: str, data: dict[str, Any], quiet: bool = False) -> str:
+    """The per-node table, the totals per op type, and (unless ``quiet``) the notes under
+    them: rows left out, weights folded, how to bind symbolic dims."""
+    body = table(HEADERS, _table_rows(data), {3, 4, 5, 6})
+    by_type = table(OP_TYPE_HEADERS, _op_type_rows(data), {1, 2, 3, 4, 5})
+    lines = [] if quiet else _shown_line(data) + _folded_line(data) + _binding_hint(data)
+    hint = "".join(line + "\n" for line in lines)
+    # No blank line inside one model's tables: a blank line separates models.
+    return f"{path}\n{body}\n{_peak_line(data)}\n{by_type}\n{hint}"
+
+
+def _folded_line(data: dict[str, Any]) -> list[str]:
+    folded = data.get("folded") or []
+    if not folded:
+        return []
+    named = ", ".join(folded[:3]) + (f" and {len(folded) - 3} more" if len(folded) > 3 else "")
+    return [f"{len(folded)} weight-only Identity/Cast nodes folded into their weights ({named})."]
+
+
+def render_stats_markdown(path: str, data: dict[str, Any], quiet: bool = False) -> str:
+    """The same tables in Markdown (a pull-request comment, a step summary)."""
+
+    def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]], right: int) -> str:
+        align = ["---"] * right + ["---:"] * (len(headers) - right)
+        lines = [headers, align, *rows]
+        return "\n".join("| " + " | ".join(_md_cell(c) for c in line) + " |" for line in lines)
+
+    parts = [
+        f"### `{_md_cell(path)}`",
+        markdown(HEADERS, _table_rows(data), 3),
+        _peak_line(data),
+        markdown(OP_TYPE_HEADERS, _op_type_rows(data), 1),
+    ]
+    if not quiet:
+        parts.extend(f"> {line}" for line in _shown_line(data) + _folded_line(data))
+    return "\n\n".join(parts) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    return printable(text).replace("|", "\\|").replace("`", "'")
+
+
+CSV_HEADERS = (
+    "model", "node", "op_type", "output_shapes", "params", "macs", "macs_per_output_pixel",
+    "memory_bytes",
+)  # fmt: skip
+
+
+def render_stats_csv(models: Sequence[dict[str, Any]]) -> str:
+    """One row per node of every model (no total rows: sum the columns), as spreadsheets and
+    pandas read it; shapes as ``1x64x56x56``, unknown values empty."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADERS)
+    for data in models:
+        if data.get("error") is not None:
+            continue
+        for node in data["nodes"]:
+            writer.writerow(
+                [
+                    data["path"],
+                    node["name"],
+                    node["op_type"],
+                    _shape_text(node["output_shapes"]),
+                    node["params"],
+                    "" if node["macs"] is None else node["macs"],
+                    node.get("macs_per_output_pixel") or "",
+                    "" if node.get("memory") is None else node["memory"],
+                ]
+            )
+    return buffer.getvalue()
 
 
 def _document(data: dict[str, Any], verbose: bool) -> dict[str, Any]:
@@ -206,9 +476,47 @@ def render_stats_json(path: str, data: dict[str, Any], verbose: bool = False) ->
 # --- stats --diff MODEL OUT ---------------------------------------------------------------
 
 
-def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    keys = ("op_type", "output_shapes", "params", "macs", "macs_per_output_pixel")
-    return any(before.get(key) != after.get(key) for key in keys)
+def _changed(
+    before: dict[str, Any], after: dict[str, Any], dims: dict[str, str] | None = None
+) -> bool:
+    keys = ("op_type", "params", "macs", "macs_per_output_pixel")
+    if any(before.get(key) != after.get(key) for key in keys):
+        return True
+    return _renamed(before["output_shapes"], dims or {}) != after["output_shapes"]
+
+
+def _is_inferred(dim: Any) -> bool:
+    """A symbolic dim ONNX shape inference named (``unk__7``): each model numbers its own."""
+    return isinstance(dim, str) and dim.startswith("unk__")
+
+
+def _renamed(shapes: Any, dims: dict[str, str]) -> Any:
+    if not dims or shapes is None:
+        return shapes
+    return [
+        None if shape is None else [dims.get(d, d) if isinstance(d, str) else d for d in shape]
+        for shape in shapes
+    ]
+
+
+def _match_inferred_dims(
+    pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+) -> dict[str, str]:
+    """Which of ``after``'s inferred dims each of ``before``'s is: shape inference names them
+    ``unk__N`` in the order it meets them, so a rewrite that adds nodes renumbers the rest.
+    Two are the same dim when a node both models have (same name, same op) has them at the
+    same place of the same output: both came from the same input dims through the same ops."""
+    mapping: dict[str, str] = {}
+    for before, after in pairs:
+        for old_shape, new_shape in zip(
+            before["output_shapes"] or [], after["output_shapes"] or [], strict=False
+        ):
+            if old_shape is None or new_shape is None or len(old_shape) != len(new_shape):
+                continue
+            for old, new in zip(old_shape, new_shape, strict=True):
+                if _is_inferred(old) and _is_inferred(new):
+                    mapping.setdefault(old, new)
+    return mapping
 
 
 def _diff_row(change: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict:
@@ -232,21 +540,24 @@ def _diff_row(change: str, before: dict[str, Any] | None, after: dict[str, Any] 
 
 
 def diff_stats(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Nodes added, removed or changed (op, output shape, params or MACs) from ``before`` to
-    ``after``, matched by name (`fix` keeps the names of the nodes it does not touch and names
-    the nodes it adds after the node they replace), in data order; and the totals."""
-    old = {n["name"]: n for n in before["nodes"]}
-    new = {n["name"]: n for n in after["nodes"]}
-    old_names, new_names = list(old), list(new)
+    """Nodes added, removed or changed (output shape, params or MACs) from ``before`` to
+    ``after``, matched by name and op (`fix` keeps the names of the nodes it does not touch
+    and names the nodes it adds after the node they replace; a name that now holds another op
+    is a node removed and one added), in data order; and the totals. Symbolic dims shape
+    inference named (``unk__N``) are compared as the dims they are, not by their numbers."""
+    old = {(n["name"], n["op_type"]): n for n in before["nodes"]}
+    new = {(n["name"], n["op_type"]): n for n in after["nodes"]}
+    old_keys, new_keys = list(old), list(new)
+    dims = _match_inferred_dims([(old[key], new[key]) for key in old_keys if key in new])
     rows: list[dict[str, Any]] = []
-    matcher = SequenceMatcher(None, old_names, new_names, autojunk=False)
+    matcher = SequenceMatcher(None, old_keys, new_keys, autojunk=False)
     for _, i1, i2, j1, j2 in matcher.get_opcodes():
-        rows += [_diff_row("removed", old[n], None) for n in old_names[i1:i2] if n not in new]
-        for name in new_names[j1:j2]:
-            if name not in old:
-                rows.append(_diff_row("added", None, new[name]))
-            elif _changed(old[name], new[name]):
-                rows.append(_diff_row("changed", old[name], new[name]))
+        rows += [_diff_row("removed", old[k], None) for k in old_keys[i1:i2] if k not in new]
+        for key in new_keys[j1:j2]:
+            if key not in old:
+                rows.append(_diff_row("added", None, new[key]))
+            elif _changed(old[key], new[key], dims):
+                rows.append(_diff_row("changed", old[key], new[key]))
     counts = {kind: sum(1 for r in rows if r["change"] == kind) for kind in ("added", "removed")}
     counts["changed"] = sum(1 for r in rows if r["change"] == "changed")
     b, a = before["total"], after["total"]
@@ -341,12 +652,22 @@ def run_stats(args: argparse.Namespace, registry: Registry) -> int:
     """`convlint stats MODEL...` and `convlint stats --diff MODEL OUT`: 0, or 2 when a model
     cannot be read (the others are still reported). Each model gets its own settings, as in
     `check` (its input shapes from its configuration)."""
-    from convlint.cli import emit, model_paths, refuse_overwriting_inputs, resolve_settings
-    from convlint.config import ConfigFinder
+    from convlint.cli import (
+        config_finder,
+        emit,
+        model_paths,
+        refuse_overwriting_inputs,
+        resolve_settings,
+    )
     from convlint.errors import ModelError, UsageError
 
     def one(path: str) -> dict[str, Any]:
         return model_stats(path, registry, resolve_settings(args, registry, path)[0])
+
+    if args.top is not None and args.top < 1:
+        raise UsageError("--top must be at least 1")
+    if args.diff and args.format not in ("text", "json"):
+        raise UsageError(f"--diff writes text or json, not {args.format}")
 
     if args.diff:  # two files as given (the same one twice compares it with itself)
         paths = [str(model) for model in args.models]
@@ -356,8 +677,7 @@ def run_stats(args: argparse.Namespace, registry: Registry) -> int:
                 "(e.g. convlint stats --diff model.onnx fixed.onnx)"
             )
     else:
-        finder = ConfigFinder(registry, Path(args.config) if args.config else None)
-        paths = model_paths(args, finder)
+        paths = model_paths(args, config_finder(args, registry))
     if not paths:
         raise UsageError(f"no .onnx files found in {', '.join(args.models)}")
     refuse_overwriting_inputs(
@@ -377,12 +697,15 @@ def run_stats(args: argparse.Namespace, registry: Registry) -> int:
     results: list[dict[str, Any]] = []
     for path in paths:
         try:
-            results.append(one(path))
+            results.append(pick_rows(one(path), args.sort, args.top))
         except ModelError as exc:
             results.append({"path": path, "error": exc.problem})
     if as_json:
         text = json_text(stats_document(results, args.verbose))
+    elif args.format == "csv":
+        text = render_stats_csv(results)
     else:
+        render = render_stats_markdown if args.format == "markdown" else render_stats_text
         tables = []
         for data in results:
             if data["error"] is None:
@@ -390,7 +713,8 @@ def run_stats(args: argparse.Namespace, registry: Registry) -> int:
                     [f"{data['path']}: note: {n}" for n in data["notes"]] if args.verbose else []
                 )
                 tables.append(
-                    "".join(f"{line}\n" for line in notes) + render_stats_text(data["path"], data)
+                    "".join(f"{line}\n" for line in notes)
+                    + render(data["path"], data, quiet=args.quiet)
                 )
         text = "\n".join(tables)
     emit(text, args.output)
