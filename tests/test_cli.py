@@ -118,11 +118,13 @@ def test_stats_table(model_file: Callable[..., Path], cli: CLI) -> None:
     code, out, _ = cli("stats", str(model_file("resnet_bottleneck")))
     assert code == 0
     lines = out.splitlines()
-    assert lines[1].split() == ["node", "op", "output", "shape", "params", "MACs", "share"]
+    headers = ["node", "op", "output", "shape", "params", "MACs", "share", "memory"]
+    assert lines[1].split() == headers
     conv2 = next(line for line in lines if line.startswith("conv2 ") or ".conv2 " in line)
     assert "1x64x56x56" in conv2 and "36,864" in conv2 and "115,605,504" in conv2
-    total = lines[-1].split()
-    assert total[0] == "total"
+    assert conv2.endswith("784.0 KiB")  # 64 x 56 x 56 float32
+    total = next(line for line in lines if line.startswith("total "))
+    assert total.split()[1:3] == ["70,400", "219,570,176"]
 
 
 def test_stats_json(model_file: Callable[..., Path], cli: CLI) -> None:
@@ -137,12 +139,15 @@ def test_stats_json(model_file: Callable[..., Path], cli: CLI) -> None:
             "params": 589_824,
             "macs": 589_824 * 196,
             "macs_per_output_pixel": 589_824,
+            "memory": 256 * 14 * 14 * 4,
         }
     ]
     assert data["total"] == {
         "params": 589_824,
         "macs": 589_824 * 196,
         "macs_per_input_pixel": None,
+        "memory": 256 * 14 * 14 * 4,
+        "peak_memory": (256 + 256) * 14 * 14 * 4,  # its input and output
     }
 
 

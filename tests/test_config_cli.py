@@ -113,6 +113,8 @@ def test_api_check_fix_and_stats(repo: Path, tmp_path: Path) -> None:
         "params": 589_824,
         "macs": 589_824 * 14 * 14,
         "macs_per_input_pixel": None,  # spatial dims are static: the total is exact
+        "memory": 256 * 14 * 14 * 4,
+        "peak_memory": 2 * 256 * 14 * 14 * 4,
     }
     assert table["inputs"] == [{"name": "input", "shape": [1, 256, 14, 14]}]
     result = convlint.fix(
