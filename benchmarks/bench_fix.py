@@ -32,8 +32,9 @@ ratio on 2 intra-op threads with its spread, the top-1 agreement with the origin
         [--cache ~/.cache/convlint-bench] [--runs 60] [--threads 2]
 
 ``--fixtures RUNS`` measures instead what chose the default objective: on small fixtures with
-planted ranks, the MACs ratio of each rewrite against the latency ratio `fix` measures, over
-RUNS runs (``python benchmarks/bench_fix.py --fixtures 5``).
+planted ranks, the MACs ratio of each rewrite against the latency ratio `fix` measures and its
+95% interval, and what each objective kept, over RUNS runs (``python benchmarks/bench_fix.py
+--fixtures 3``).
 """
 
 from __future__ import annotations
@@ -128,9 +129,10 @@ FIXTURES: dict[str, Callable[[], onnx.ModelProto]] = {
 
 
 def fixture_table(repeat: int) -> None:
-    """Per fixture: the MACs ratio of the rewrites --objective macs keeps, the latency ratio
-    `fix` measured (median over ``repeat`` runs, and their range), and how often
-    --objective latency kept those rewrites over as many runs."""
+    """Per fixture: the MACs ratio of its rewrites (untimed), the latency ratio `fix` measured
+    under --objective macs (median over ``repeat`` runs, and their range), the 95% interval
+    of that ratio (median of the runs' low and high ends) and in how many runs it held 1, and
+    how often each objective kept the rewrites over as many runs."""
     from convlint.engine import Settings
     from convlint.registry import load_registry
     from convlint.rewrite.pipeline import FixOptions, fix
@@ -139,30 +141,48 @@ def fixture_table(repeat: int) -> None:
     print(f"fixtures, --method weight, {repeat} runs each, {os.cpu_count()} CPUs")
     header = [
         "fixture", "rewrites", "MACs ratio", "latency ratio (median, range)",
-        "kept by --objective latency",
+        "95% interval (median ends)", "undecided", "kept by macs", "kept by latency",
     ]  # fmt: skip
     rows = [header]
     for label, build_model in FIXTURES.items():
         with tempfile.TemporaryDirectory(prefix="bench-fix-") as tmp:
             path = fixtures.save(build_model(), Path(tmp) / "model.onnx")
-            ratios, kept, macs, count = [], 0, "-", 0
+            out = Path(tmp) / "out.onnx"
+            untimed = fix(
+                path, registry, Settings(), FixOptions(out, method="weight", latency=False)
+            )
+            count, macs = len(untimed.rewrites), "-"
+            before, after = untimed.report.cost, untimed.cost_after
+            if count and before and after and before.macs and after.macs:
+                macs = f"{after.macs / before.macs:.2f}"
+            ratios, lows, highs, undecided, by_macs, by_latency = [], [], [], 0, 0, 0
             for _ in range(repeat):
-                out = Path(tmp) / "out.onnx"
-                by_macs = fix(path, registry, Settings(), FixOptions(out, method="weight"))
-                count = len(by_macs.rewrites)
-                if by_macs.latency is not None:
-                    ratios.append(by_macs.latency.ratio)
-                before, after = by_macs.report.cost, by_macs.cost_after
-                if by_macs.rewrites and before and after and before.macs and after.macs:
-                    macs = f"{after.macs / before.macs:.2f}"
+                result = fix(path, registry, Settings(), FixOptions(out, method="weight"))
+                by_macs += len(result.rewrites)
+                if result.latency is not None:
+                    ratios.append(result.latency.ratio)
+                    low, high = result.latency.interval
+                    lows.append(low)
+                    highs.append(high)
+                    undecided += low <= 1 <= high
                 options = FixOptions(out, method="weight", objective="latency")
-                kept += len(fix(path, registry, Settings(), options).rewrites)
-        latency = (
-            f"{float(np.median(ratios)):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-            if ratios
-            else "- (dropped)"
+                by_latency += len(fix(path, registry, Settings(), options).rewrites)
+        latency, interval = "- (dropped)", "-"
+        if ratios:
+            latency = f"{float(np.median(ratios)):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            interval = f"[{float(np.median(lows)):.2f}, {float(np.median(highs)):.2f}]"
+        rows.append(
+            [
+                label,
+                str(count),
+                macs,
+                latency,
+                interval,
+                f"{undecided}/{len(ratios)}",
+                f"{by_macs}/{repeat * count}",
+                f"{by_latency}/{repeat * count}",
+            ]
         )
-        rows.append([label, str(count), macs, latency, f"{kept}/{repeat * count}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for line in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
