@@ -1,10 +1,11 @@
 """convlint: a static analyzer and linter for convolutions in ONNX model graphs.
 
-The Python API is ``convlint.check``, ``convlint.fix`` and ``convlint.stats`` (see
-``convlint.api``); it is imported on first call, so that ``import convlint`` stays cheap.
-No module of the package is named ``check``, ``fix`` or ``stats`` (the fix pipeline is
-``convlint.rewrite``, the stats command ``convlint.nodestats``): importing a submodule binds
-its name on the package, and must never replace these functions.
+The Python API is ``convlint.check``, ``convlint.fix`` and ``convlint.stats``: the functions of
+``convlint.api`` themselves (their signatures and docstrings, for ``help()``, IDEs and
+``inspect.signature``), looked up on first use so that ``import convlint`` stays cheap (the
+API imports onnx). No module of the package is named ``check``, ``fix`` or ``stats`` (the fix
+pipeline is ``convlint.rewrite``, the stats command ``convlint.nodestats``): importing a
+submodule binds its name on the package, and must never shadow these functions.
 """
 
 from __future__ import annotations
@@ -16,25 +17,18 @@ __all__ = ["__version__", "check", "fix", "stats"]
 
 if TYPE_CHECKING:
     from convlint.api import check, fix, stats
-else:
 
-    def check(*args: Any, **kwargs: Any) -> Any:
+
+def __getattr__(name: str) -> Any:
+    """``convlint.check``/``fix``/``stats``: ``convlint.api``'s, imported on first use."""
+    if name in ("check", "fix", "stats"):
         from convlint import api
 
-        return api.check(*args, **kwargs)
+        function = getattr(api, name)
+        globals()[name] = function  # later lookups find it directly
+        return function
+    raise AttributeError(f"module 'convlint' has no attribute {name!r}")
 
-    def fix(*args: Any, **kwargs: Any) -> Any:
-        from convlint import api
 
-        return api.fix(*args, **kwargs)
-
-    def stats(*args: Any, **kwargs: Any) -> Any:
-        from convlint import api
-
-        return api.stats(*args, **kwargs)
-
-    check.__doc__, fix.__doc__, stats.__doc__ = (
-        "convlint.api.check: lint one model (a path or an onnx.ModelProto).",
-        "convlint.api.fix: rewrite, verify and write a model.",
-        "convlint.api.stats: per-node params, MACs and output shapes.",
-    )
+def __dir__() -> list[str]:
+    return sorted([*globals(), "check", "fix", "stats"])

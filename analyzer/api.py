@@ -3,14 +3,16 @@
 Each takes a model as a path (``str`` or ``os.PathLike``) or an ``onnx.ModelProto`` and returns
 the objects the JSON reports are made from: a :class:`~convlint.engine.ModelReport` (its
 ``as_dict()`` is the JSON model object), a :class:`~convlint.rewrite.pipeline.FixResult`, and
-the stats dictionary. Settings resolve as on the command line, which is a thin layer over this
-module: keyword arguments over the configuration found from the model's folder upwards (or
-``config=``) over defaults. Bad input raises :class:`~convlint.errors.ConvlintError` (the
-command line's exit 2), with the file named.
+a :class:`~convlint.nodestats.StatsReport`. Settings resolve as on the command line, which is
+a thin layer over this module: keyword arguments over the configuration found from the
+model's folder upwards (or ``config=``) over defaults. Options are keyword-only and typed; a
+list of codes may be given as one string (``select="CL001"``, or ``"CL001,CL002"`` as on the
+command line). Bad input raises :class:`~convlint.errors.ConvlintError` (the command line's
+exit 2), with the file named.
 
     import convlint
 
-    report = convlint.check("resnet50.onnx", select=["CL001"], input_shapes={"x": (1, 3, 224, 224)})
+    report = convlint.check("resnet50.onnx", select="CL001", input_shapes={"x": (1, 3, 224, 224)})
     for finding in report.findings:
         print(finding.code, finding.node, finding.estimate)
 """
@@ -23,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import onnx
 
@@ -32,10 +34,24 @@ from convlint.engine import ModelReport, Settings, analyze
 from convlint.registry import Registry, load_registry
 
 if TYPE_CHECKING:
+    from convlint.nodestats import StatsReport
     from convlint.rewrite.pipeline import FixResult
 
 ModelLike = str | os.PathLike[str] | onnx.ModelProto
 InputShapes = Mapping[str, Sequence[int]]
+Codes = str | Sequence[str]  # "CL001", "CL001,CL002" or ["CL001", "CL002"]
+
+
+def codes(value: Codes | None, parameter: str) -> list[str] | None:
+    """A list of codes given as a list or as one string (comma-separated, as on the command
+    line); anything else is a TypeError naming the parameter."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    elif not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{parameter}= takes rule codes as a string or a list of strings")
+    return [part.strip().upper() for part in value if part.strip()]
 
 
 @dataclass
@@ -117,24 +133,35 @@ def _as_path(model: ModelLike) -> Iterator[Path]:
 def check(
     model: ModelLike,
     *,
-    select: Sequence[str] | None = None,
-    ignore: Sequence[str] | None = None,
-    extend_select: Sequence[str] | None = None,
+    select: Codes | None = None,
+    ignore: Codes | None = None,
+    extend_select: Codes | None = None,
     config: str | os.PathLike[str] | None = None,
     input_shapes: InputShapes | None = None,
     verbose: bool = False,
     registry: Registry | None = None,
 ) -> ModelReport:
-    """Lint one model; a model that cannot be read gives a report with ``error`` set."""
+    """Lint one model (`convlint check MODEL`) and return its report.
+
+    ``model`` is a path or an ``onnx.ModelProto``. ``select``, ``ignore`` and
+    ``extend_select`` take codes or prefixes (``"CL001"``, ``"CL00"``, ``"ALL"``), as a list or
+    one comma-separated string; ``config`` names a configuration file (default: the one found
+    from the model's folder upwards); ``input_shapes`` binds symbolic dims
+    (``{"input": (1, 3, 224, 224)}``); ``verbose`` keeps why rules passed nodes over
+    (``report.skips``) and notes. The report's ``findings`` each carry ``code``, ``node``,
+    ``message``, ``severity``, ``estimate`` (None for a rule without one) and ``fix``;
+    ``report.as_dict()`` is the JSON model object. A model that cannot be read gives a report
+    with ``error`` set; bad options raise ``ConvlintError``.
+    """
     registry = registry or load_registry()
     with _as_path(model) as path:
         resolved = _resolve_one(
             path,
             registry,
             config,
-            select=select,
-            ignore=ignore,
-            extend_select=extend_select,
+            select=codes(select, "select"),
+            ignore=codes(ignore, "ignore"),
+            extend_select=codes(extend_select, "extend_select"),
             input_shapes=input_shapes,
             verbose=verbose,
         )
@@ -149,34 +176,69 @@ def stats(
     *,
     input_shapes: InputShapes | None = None,
     config: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """The stats JSON object of one model: ``path``, ``inputs``, per-node ``nodes`` (params,
-    MACs, output shapes), ``total`` and ``notes``."""
-    from convlint.nodestats import model_stats
+) -> StatsReport:
+    """Profile one model (`convlint stats MODEL`): per node its op, output shapes, params,
+    MACs (per output pixel too) and activation memory; the totals (params, MACs, memory, the
+    peak of live activations) and the totals per op type.
+
+    Returns a :class:`~convlint.nodestats.StatsReport` (``nodes``, ``total``, ``op_types``,
+    ``inputs``, ``folded``, ``notes``; ``as_dict()`` is the JSON object, and
+    ``report["total"]`` reads it as a dictionary). ``input_shapes`` binds symbolic dims;
+    ``config`` names a configuration file. A model that cannot be read raises
+    ``ConvlintError``.
+    """
+    from convlint.nodestats import StatsReport, model_stats
 
     registry = load_registry()
     with _as_path(model) as path:
         resolved = _resolve_one(path, registry, config, input_shapes=input_shapes)
-        return model_stats(path, registry, resolved.settings)
+        return StatsReport.from_dict(model_stats(path, registry, resolved.settings))
 
 
 def fix(
     model: ModelLike,
     output: str | os.PathLike[str] | None = None,
     *,
-    select: Sequence[str] | None = None,
-    ignore: Sequence[str] | None = None,
+    select: Codes | None = None,
+    ignore: Codes | None = None,
     config: str | os.PathLike[str] | None = None,
     input_shapes: InputShapes | None = None,
     verbose: bool = False,
-    **options: Any,
+    in_place: bool = False,
+    tolerance: float = 1e-3,
+    method: Literal["data-aware", "weight"] = "data-aware",
+    rank: int | None = None,
+    ratio: float | None = None,
+    inputs: str | os.PathLike[str] | None = None,
+    samples: int | None = None,
+    preprocess: str | None = None,
+    objective: Literal["latency", "macs"] | None = None,
+    latency: bool = True,
+    min_top1: float | None = None,
+    latency_threads: int | None = None,
+    latency_batch: int | None = None,
+    provider: str = "CPUExecutionProvider",
+    timeout: float = 300.0,
+    unsafe_fixes: bool = False,
+    seed: int = 0,
 ) -> FixResult:
-    """Rewrite, verify and write ``output`` (the command line's ``fix MODEL -o OUT``).
+    """Rewrite the findings of one model, verify the rewrite with onnxruntime and write
+    ``output`` (`convlint fix MODEL -o OUT`); the options are the command line's:
 
-    ``options`` are those of the command line, as keywords: ``in_place``, ``tolerance``,
-    ``method``, ``rank``, ``ratio``, ``inputs`` (a path), ``samples``, ``timeout``,
-    ``unsafe_fixes``, ``objective``, ``latency`` (False: ``--no-latency``), ``latency_threads``,
-    ``latency_batch``, ``provider``...; the result's ``written`` says whether OUT was written.
+    - ``tolerance``: bound on every output's relative L2 error; ``min_top1``: bound on the
+      top-1 agreement of class-score outputs (0 to 1), both on held-out samples;
+    - ``method`` (``"data-aware"`` or ``"weight"``), ``rank`` or ``ratio``: how to factorize;
+    - ``inputs``: samples to fit and verify on (an ``.npz``, an ``.npy`` or a folder of images,
+      with ``preprocess``), ``samples`` how many (default: 8 of seeded noise);
+    - ``objective`` (``"macs"`` by default, or ``"latency"``), ``latency`` (False:
+      no timing), ``latency_threads``, ``latency_batch``, ``provider``: what is timed and how;
+    - ``in_place`` allows ``output`` to be ``model``; ``unsafe_fixes`` applies fixes that
+      change the function; ``timeout`` bounds each onnxruntime run (seconds); ``seed`` seeds
+      the noise.
+
+    Returns a :class:`~convlint.rewrite.pipeline.FixResult`: ``written`` says whether
+    ``output`` was written (verification passed), ``rewrites`` and ``skipped`` what was done
+    and why not, ``verification`` the measured errors. Bad input raises ``ConvlintError``.
     """
     from convlint.rewrite.pipeline import FixOptions
     from convlint.rewrite.pipeline import fix as run_fix
@@ -184,17 +246,34 @@ def fix(
     if isinstance(model, onnx.ModelProto) and output is None:
         raise TypeError("fix(ModelProto) needs an output path")
     registry = load_registry()
-    if "inputs" in options and options["inputs"] is not None:
-        options["inputs"] = Path(options["inputs"])
     with _as_path(model) as path:
         resolved = _resolve_one(
             path,
             registry,
             config,
-            select=select,
-            ignore=ignore,
+            select=codes(select, "select"),
+            ignore=codes(ignore, "ignore"),
             input_shapes=input_shapes,
             verbose=verbose,
         )
-        fix_options = FixOptions(output=Path(output) if output is not None else None, **options)
-        return run_fix(path, registry, resolved.settings, fix_options, verbose=verbose)
+        options = FixOptions(
+            output=Path(output) if output is not None else None,
+            in_place=in_place,
+            tolerance=tolerance,
+            method=method,
+            rank=rank,
+            ratio=ratio,
+            inputs=Path(inputs) if inputs is not None else None,
+            samples=samples,
+            timeout=timeout,
+            unsafe_fixes=unsafe_fixes,
+            seed=seed,
+            objective=objective,
+            latency=latency,
+            min_top1=min_top1,
+            preprocess=preprocess,
+            latency_threads=latency_threads,
+            latency_batch=latency_batch,
+            provider=provider,
+        )
+        return run_fix(path, registry, resolved.settings, options, verbose=verbose)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from convlint import __version__
 from convlint.cost import ModelCost, model_cost, rows_of_one_sample
@@ -49,6 +50,93 @@ ELEMENT_BITS = {
     14: 64, 15: 128, 16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4, 24: 8, 25: 2,
     26: 2,
 }  # fmt: skip
+
+
+class NodeRow(TypedDict):
+    """One node of ``StatsReport.nodes`` (the JSON node object)."""
+
+    name: str
+    op_type: str
+    output_shapes: list[list[Dim] | None]
+    params: int
+    macs: int | None
+    macs_per_output_pixel: int | None
+    memory: int | None
+
+
+class _Total(TypedDict):
+    params: int
+    macs: int | None
+    memory: int | None
+    peak_memory: int | None
+
+
+class Total(_Total, total=False):
+    """``StatsReport.total``; ``incomplete``, ``unknown_nodes``, ``macs_at_least`` only when
+    some node's MACs are unknown."""
+
+    macs_per_input_pixel: int | float | None
+    incomplete: bool
+    unknown_nodes: list[str]
+    macs_at_least: int
+
+
+class OpTypeRow(TypedDict):
+    """One op type of ``StatsReport.op_types``."""
+
+    op_type: str
+    nodes: int
+    params: int
+    macs: int | None
+    memory: int | None
+
+
+class InputRow(TypedDict):
+    name: str
+    shape: list[Dim] | None
+
+
+@dataclass
+class StatsReport:
+    """What ``convlint.stats`` returns: the stats JSON object of one model, typed."""
+
+    path: str
+    nodes: list[NodeRow]
+    total: Total
+    op_types: list[OpTypeRow] = field(default_factory=list)
+    inputs: list[InputRow] = field(default_factory=list)
+    folded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StatsReport:
+        return cls(
+            path=data["path"],
+            nodes=data["nodes"],
+            total=data["total"],
+            op_types=data.get("op_types", []),
+            inputs=data.get("inputs", []),
+            folded=data.get("folded", []),
+            notes=data.get("notes", []),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object of `convlint stats MODEL --format json` (without its header)."""
+        return {
+            "path": self.path,
+            "inputs": self.inputs,
+            "nodes": self.nodes,
+            "total": self.total,
+            "op_types": self.op_types,
+            "folded": self.folded,
+            "notes": self.notes,
+            "error": None,
+        }
+
+    def __getitem__(self, key: str) -> Any:
+        """``report["total"]``: the dictionary access of convlint 0.1, whose stats returned
+        the JSON object itself."""
+        return self.as_dict()[key]
 
 
 def tensor_bytes(graph: ModelGraph, tensor: str) -> int | None:

@@ -141,4 +141,6 @@ def test_api_names_stay_functions_after_every_module_is_imported() -> None:
     for name in ("check", "fix", "stats"):
         function = getattr(convlint, name)
         assert isinstance(function, types.FunctionType), name
-        assert function.__module__ == "convlint" and function.__doc__.startswith("convlint.api.")
+        # convlint.api's own function: its real signature and docstring (issue 18)
+        assert function is getattr(convlint.api, name) and function.__module__ == "convlint.api"
+        assert function.__doc__ and len(function.__doc__) > 200
