@@ -70,6 +70,12 @@ def test_symbolic_dims_carry_the_per_pixel_costs_of_check(folder: Path, cli: CLI
     total = stats["total"]
     assert (total["params"], total["macs"], total["macs_per_input_pixel"]) == (5352, None, 5296)
     assert total["memory"] is None and total["peak_memory"] is None  # H and W are symbolic
+    # every conv's MACs wait for H and W: the total is incomplete, as check's cost says
+    assert (total["incomplete"], total["unknown_nodes"], total["macs_at_least"]) == (
+        True,
+        ["conv1", "conv2", "conv3"],
+        0,
+    )
     convs = [n for n in stats["nodes"] if n["op_type"] == "Conv"]
     assert [n["macs_per_output_pixel"] for n in convs] == [432, 4608, 256]
     assert all(n["macs"] is None for n in convs)
