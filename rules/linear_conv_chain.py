@@ -306,15 +306,13 @@ def _transposed_chain(
             "a bias before the ConvTranspose reaches its output unevenly (once per kernel tap "
             "that lands on a pixel), which no ConvTranspose bias holds",
         )
-    elif caveat:
-        fix = rewrite_fix(
-            view,
-            [first, second],
-            f"fold {first.name!r} into {second.name!r} ({folded}; the border pixels differ)",
-            Applicability.UNSAFE,
-        )
     else:
         fix = _fix(view, first, second, between)
+        if caveat and fix.applicability is Applicability.SAFE:
+            fix = described_fix(
+                Applicability.UNSAFE,
+                f"fold {first.name!r} into {second.name!r} ({folded}; the border pixels differ)",
+            )
     per_out = Fraction(before_per_in, stride_area)
     after_out = Fraction(folded_per_in, stride_area)
     yield ctx.finding(
