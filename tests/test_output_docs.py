@@ -65,7 +65,7 @@ def test_license_matches_pyproject() -> None:
 def test_changelog_names_this_version() -> None:
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert changelog.startswith("# Changelog\n")
-    assert f"## [Unreleased] ({__version__})" in changelog
+    assert f"## [{__version__}] - " in changelog and "## [Unreleased]" in changelog
 
 
 def test_version(cli: CLI) -> None:
@@ -73,15 +73,22 @@ def test_version(cli: CLI) -> None:
     assert code == 0 and out.startswith(f"convlint {__version__} (onnx ")
 
 
-def test_examples_pin_a_revision_that_exists() -> None:
-    pins = set(re.findall(r"rev: ([0-9a-f]{40})", README))
-    pins |= set(re.findall(r"OWNER/convlint@([0-9a-f]{40})", README))
-    assert len(pins) == 1, pins  # pre-commit, GitHub Actions and GitLab CI pin the same one
-    assert "rev: v0.1.0" not in README and "@v0.1.0" not in README  # no such tag
+def test_examples_pin_this_release() -> None:
+    """pre-commit's rev and pip's @ name the tag of this version, as CHANGELOG releases it."""
+    pins = set(re.findall(r"rev: (\S+)", README))
+    pins |= set(re.findall(r"OWNER/convlint@([^\"\s]+)", README))
+    assert pins == {f"v{__version__}"}, pins  # pre-commit, GitHub Actions and GitLab CI
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    released = rf"^## \[{re.escape(__version__)}\] - \d{{4}}-\d{{2}}-\d{{2}}$"
+    assert re.search(released, changelog, re.M)
     if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout")
-    (sha,) = pins
-    found = subprocess.run(
-        ["git", "merge-base", "--is-ancestor", sha, "HEAD"], cwd=ROOT, capture_output=True
+        return  # an unpacked source tree: the tag cannot be looked up
+    tag = f"v{__version__}"
+    tagged = subprocess.run(
+        ["git", "rev-parse", "-q", "--verify", f"refs/tags/{tag}"], cwd=ROOT, capture_output=True
     )
-    assert found.returncode == 0, f"{sha} is not a commit of this history"
+    if tagged.returncode == 0:  # once tagged, the tag holds this version
+        shown = subprocess.run(
+            ["git", "show", f"{tag}:pyproject.toml"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert f'version = "{__version__}"' in shown.stdout
