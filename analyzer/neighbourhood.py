@@ -67,6 +67,11 @@ def _node(graph: ModelGraph, name: str, role: str) -> SketchNode:
     return SketchNode(f"n{node.index}", name, node.op_type, shape_text(shape), role)
 
 
+def _weight_only(graph: ModelGraph, name: str) -> bool:
+    outputs = [tensor for tensor in graph.nodes[name].outputs if tensor]
+    return bool(outputs) and all(graph.is_constant(tensor) for tensor in outputs)
+
+
 def _dedupe(edges: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     return tuple(dict.fromkeys(edges))
 
@@ -82,6 +87,9 @@ def _before(graph: ModelGraph, finding: Finding, core: list[str]) -> Sketch:
         neighbours.update(producers(graph, name))
         neighbours.update(consumers(graph, name))
     neighbours -= set(roles)
+    # Nodes that only compute weights (torch's Identity of a tied weight, a Cast, a Constant)
+    # are part of the weight they carry, not of the neighbourhood.
+    neighbours = {name for name in neighbours if not _weight_only(graph, name)}
     ordered = sorted(neighbours, key=lambda name: graph.nodes[name].index)
     shown, omitted = ordered[:MAX_NEIGHBOURS], len(ordered) - MAX_NEIGHBOURS
     roles.update(dict.fromkeys(shown, "context"))

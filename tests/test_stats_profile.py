@@ -98,7 +98,7 @@ def test_weight_only_identity_and_cast_are_folded(tmp_path: Path, cli: CLI) -> N
     model = fixtures.conv3x3()
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
     weight = conv.input[1]
-    model.graph.node.insert(0, helper.make_node("Identity", [weight], ["w.tied"], name="tie"))
+    model.graph.node.insert(0, helper.make_node("Identity", [weight], ["w.tied"], name="tie_node"))
     model.graph.node.insert(
         1, helper.make_node("Cast", ["w.tied"], ["w.cast"], name="cast", to=onnx.TensorProto.FLOAT)
     )
@@ -106,11 +106,11 @@ def test_weight_only_identity_and_cast_are_folded(tmp_path: Path, cli: CLI) -> N
     plain = convlint.stats(fixtures.conv3x3())
     stats = convlint.stats(model)
     assert [n["name"] for n in stats["nodes"]] == [n["name"] for n in plain["nodes"]]
-    assert stats["folded"] == ["tie", "cast"]
+    assert stats["folded"] == ["tie_node", "cast"]
     assert stats["total"]["params"] == plain["total"]["params"] == 589_824
     path = fixtures.save(model, tmp_path / "tied.onnx")
     _, out, _ = cli("stats", str(path))
-    assert "2 weight-only Identity/Cast nodes folded into their weights (tie, cast)." in out
+    assert "2 weight-only Identity/Cast nodes folded into their weights (tie_node, cast)." in out
 
 
 def test_diff_matches_inferred_dims_across_models(tmp_path: Path, cli: CLI) -> None:
@@ -158,3 +158,16 @@ def test_peak_counts_weights_out(tmp_path: Path) -> None:
     input_bytes = int(np.prod([d for d in stats["inputs"][0]["shape"] if isinstance(d, int)])) * 4
     assert stats["total"]["peak_memory"] >= input_bytes + conv["memory"]
     assert stats["total"]["peak_memory"] < input_bytes + conv["memory"] + 589_824 * 4
+
+
+def test_weight_only_nodes_stay_out_of_markdown_sketches(tmp_path: Path, cli: CLI) -> None:
+    model = fixtures.conv3x3()
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    model.graph.node.insert(
+        0, helper.make_node("Identity", [conv.input[1]], ["w.tied"], name="tie")
+    )
+    conv.input[1] = "w.tied"
+    path = fixtures.save(model, tmp_path / "tied.onnx")
+    code, out, _ = cli("check", str(path), "--format", "markdown")
+    assert code == 1 and "```mermaid" in out
+    assert "tie_node" not in out and "Identity" not in out
