@@ -469,7 +469,9 @@ def model_paths(args: argparse.Namespace, finder: ConfigFinder) -> list[str]:
     ]
 
 
-def show_settings(path: str, resolved: Resolved, registry: Registry) -> str:
+def show_settings(
+    path: str, resolved: Resolved, registry: Registry, overrides: Sequence[str] = ()
+) -> str:
     """``check --show-settings``: the resolved settings of one model and their source."""
     from convlint.engine import enabled_rules, rule_options
 
@@ -479,6 +481,7 @@ def show_settings(path: str, resolved: Resolved, registry: Registry) -> str:
     lines = [
         f"Settings for {path}",
         f"  configuration: {source}",
+        *(f"  --config {pair}" for pair in overrides),
         f"  select: {', '.join(settings.select)}",
         f"  ignore: {', '.join(settings.ignore) or '(none)'}",
         f"  rules run: {', '.join(rules) or '(none)'}",
@@ -555,7 +558,7 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
         ]
         if args.show_settings:
             for path, one in zip(config_paths, resolved, strict=True):
-                emit(show_settings(path, one, registry), args.output)
+                emit(show_settings(path, one, registry, args.config_overrides), args.output)
             return 0
         refuse_overwriting_inputs(
             [("--output", args.output), ("--write-baseline", args.write_baseline)],

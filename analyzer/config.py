@@ -358,8 +358,8 @@ def _rule_tables(value: Any, registry: Registry, source: str) -> dict[str, dict[
         rule = registry.get(code)
         if rule is None:
             raise UsageError(
-                f"{source}: unknown rule {code!r} in [tool.convlint.rules] "
-                f"(rules: {', '.join(registry.codes())})"
+                f"{source}: unknown rule {code!r} in [tool.convlint.rules]"
+                f"{did_you_mean(code, registry.codes())} (rules: {', '.join(registry.codes())})"
             )
         if not isinstance(options, dict):
             raise UsageError(f"{source}: [tool.convlint.rules.{code}] must be a table")
@@ -375,7 +375,8 @@ def _rule_tables(value: Any, registry: Registry, source: str) -> dict[str, dict[
                 checked[name] = _check_type(option, rule.options[name], where)
             else:
                 raise UsageError(
-                    f"{source}: unknown option {name!r} for {rule.code} (valid: {', '.join(valid)})"
+                    f"{source}: unknown option {name!r} for {rule.code}"
+                    f"{did_you_mean(name, valid)} (valid: {', '.join(valid)})"
                 )
         tables[rule.code] = checked
     return tables

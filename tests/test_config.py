@@ -71,7 +71,7 @@ def test_convlint_toml_and_explicit_config(
         ("[tool.convlint.rules.CL009]\nx = 1\n", "unknown rule 'CL009'"),
         (
             "[tool.convlint.rules.CL001]\nmin-chanels = 3\n",
-            "unknown option 'min-chanels' for CL001 (valid: severity, min-channels, reduction-ratio, min-1d-saving)",
+            "unknown option 'min-chanels' for CL001 (did you mean 'min-channels'?) (valid: severity, min-channels, reduction-ratio, min-1d-saving)",
         ),
         ('[tool.convlint.rules.CL001]\nmin-channels = "many"\n', "expected int, got 'many'"),
         ("[tool.convlint.rules.CL001]\nmin-channels = -4\n", "must be positive"),

@@ -177,6 +177,8 @@ def test_config_key_value_overrides(models: Path, cli: CLI) -> None:
         "--config", "rules.CL001.min-channels=1000", "--config", "fail-on=never",
     )  # fmt: skip
     assert (code, out) == (0, "")
+    _, out, _ = cli("check", naive, "--show-settings", "--config", "fail-on=never")
+    assert "  --config fail-on=never\n" in out and "  fail-on: never\n" in out
     code, _, err = cli("check", naive, "--config", "selct=[]")
     assert code == 2 and "--config selct=[]: unknown key 'selct'" in err
     assert "(did you mean 'select'?)" in err
