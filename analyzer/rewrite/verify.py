@@ -334,13 +334,13 @@ def _serve_time(
     (allocations, lazy kernels) are not timed, and its threads do not spin between runs (a
     spinning pool of one session takes the cores the other's needs: identical models then
     differ by up to 1.8x). At least ``TIME_ROUNDS`` rounds and ``min_runs`` runs of each, more
-    while ``budget`` seconds last; then, for two models, more rounds while the confidence
-    interval of their ratio holds 1 (``latency.undecided``, looked at each time the rounds
-    have grown by ``latency.GROWTH``) and ``confirm_budget`` lasts.
+    while ``budget`` seconds last; then, for two models, more rounds while the 99% interval of
+    their ratio holds 1 (``latency.undecided`` at ``EARLY_CONFIDENCE``, looked at each time
+    the rounds have grown by ``latency.GROWTH``) and ``confirm_budget`` lasts.
     """
     import time
 
-    from convlint.rewrite.latency import GROWTH, undecided
+    from convlint.rewrite.latency import EARLY_CONFIDENCE, GROWTH, undecided
 
     options = _session_options(ort, threads, optimize_all=True)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -395,7 +395,7 @@ def _serve_time(
             count != 2
             or len(times[0]) + per_round > MAX_TIMED_RUNS
             or time.perf_counter() >= deadline
-            or not undecided(times, rounds)
+            or not undecided(times, rounds, EARLY_CONFIDENCE)
         ):
             return times, rounds
         look = math.ceil(len(rounds) * GROWTH)
