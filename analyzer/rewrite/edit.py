@@ -46,6 +46,16 @@ from convlint.rewrite.factorize import (
 )
 
 
+@dataclass(frozen=True)
+class PatchGeometry:
+    """A 2-D conv's output size and how it reads its input (pads: top, left, bottom, right)."""
+
+    out_shape: tuple[int, int]
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    dilations: tuple[int, int]
+
+
 @dataclass
 class Edit:
     """Node replacements by proto index (an empty list deletes), and new initializers."""
@@ -54,6 +64,9 @@ class Edit:
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     new_nodes: list[str] = field(default_factory=list)  # names, for costs on the written model
     reshaped: set[str] = field(default_factory=set)  # tensors whose inferred shape changes
+    # The input tensor of the rewrite's last conv and whether that conv is the k×k one (the
+    # refit of ``budget`` samples its patches there); None where nothing is refitted.
+    tail: tuple[str, bool] | None = None
 
 
 class Names:
@@ -202,6 +215,8 @@ class FactorTarget(Target):
     bias: Array | None = field(default=None, repr=False)
     dtype: np.dtype[Any] = field(default=np.dtype(np.float32), repr=False)
     site: ConvSite
+    patches: PatchGeometry | None = None  # 2-D convs: what a refit samples
+    relu: bool = False  # a ReLU reads the conv's output (and nothing else does)
 
     def replaced_nodes(self) -> list[str]:
         return [self.conv.name]
@@ -231,7 +246,12 @@ class FactorTarget(Target):
             _tensor(w, names.fresh(f"{conv.name}.{part}.weight"), self.dtype)
             for w, part in zip(factors.weights, _parts(factors.kind), strict=True)
         ]
+        if factors.bias is not None:  # refitted: the last conv gets a bias of its own
+            refitted = _tensor(factors.bias, names.fresh(f"{conv.name}.bias/refit"), self.dtype)
+            bias = [refitted.name]
         w_names = [t.name for t in initializers]
+        if factors.bias is not None:
+            initializers.append(refitted)
         nodes: list[onnx.NodeProto] = []
         reduce, expand = f"{conv.name}/reduce", f"{conv.name}/expand"
         spatial = names.fresh(f"{conv.name}/spatial")
@@ -248,7 +268,9 @@ class FactorTarget(Target):
             nodes.append(_conv(names.fresh(reduce), [x, w_names[0]], mid, pointwise))
             nodes.append(_conv(spatial, [mid, w_names[1]], core, self.site.kernel, proto))
             nodes.append(_conv(names.fresh(expand), [core, w_names[2], *bias], y, pointwise))
-        return Edit({conv.index: nodes}, initializers, [n.name for n in nodes])
+        edit = Edit({conv.index: nodes}, initializers, [n.name for n in nodes])
+        edit.tail = (nodes[-1].input[0], factors.kind == "svd-reduce")
+        return edit
 
 
 def _parts(kind: str) -> list[str]:

@@ -98,6 +98,8 @@ class Factors:
     macs: int
     params: int
     method: str = "weight"
+    # The last conv's bias when a refit replaced the original one (``budget.refit``).
+    bias: Array | None = field(default=None, repr=False)
 
     @property
     def key(self) -> tuple[str, int | tuple[int, int]]:
@@ -232,6 +234,14 @@ class ConvFactorizer:
     @property
     def method(self) -> str:
         return "weight" if self.stats is None else "data-aware"
+
+    @property
+    def input_side(self) -> InputSide:
+        return self._in
+
+    @property
+    def output_side(self) -> OutputSide:
+        return self._out
 
     # -- costs ---------------------------------------------------------------------------
     def cost(self, kind: str, rank: int | tuple[int, int]) -> tuple[int, int]:
@@ -421,6 +431,13 @@ class PoolProjection:
     @property
     def method(self) -> str:
         return "weight" if self.input_moment is None else "data-aware"
+
+    @property
+    def max_rank(self) -> int:
+        return self._side.max_rank
+
+    def proxy(self, rank: int) -> float:
+        return self._side.proxy(rank)
 
     def cost(self, rank: int) -> tuple[int, int]:
         """(MACs, params) of the projection and the consumers' pooled slices at ``rank``."""

@@ -47,7 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +65,18 @@ from convlint.graph import build_graph
 from convlint.paths import external_data_files
 from convlint.registry import Registry
 from convlint.rewrite import latency, weightstore
+from convlint.rewrite.budget import (
+    MAX_REFIT_WIDTH,
+    Allocation,
+    Candidate,
+    allocation_path,
+    factor_candidates,
+    most_aggressive,
+    pool_candidates,
+    refit,
+    refit_rows,
+    relative_error,
+)
 from convlint.rewrite.calibration import Samples, parse_preprocess, read_samples
 from convlint.rewrite.edit import (
     Edit,
@@ -93,6 +105,7 @@ from convlint.rewrite.verify import (
     Feed,
     InputSpec,
     Outputs,
+    PatchSpec,
     Runtime,
     RuntimeFailure,
     bind_dims,
@@ -109,6 +122,14 @@ MARGIN = 0.8  # aim the proxy below the budget: the proxy is an estimate
 MAX_TRIALS = 4  # onnxruntime confirmations per rewrite during rank selection
 MAX_ROUNDS = 8  # rounds of timing, verifying and re-linting until the rewrites are stable
 NO_SAVING = "no rank within tolerance lowers MACs"
+NEEDS_DATA = (
+    "approximate rewrite: it is fitted and verified on real samples only; pass --inputs with "
+    "data the model sees (or --allow-noise to fit generated noise)"
+)
+OUT_OF_BUDGET = "the whole-model budget was spent on layers that save more MACs per unit of error"
+VERIFY_MIN = 64  # held-out samples, when the user gives that many
+FIT_MIN = 16  # fitting samples kept when the held-out set grows to VERIFY_MIN
+REFIT_ROUNDS = 1  # refits of every chosen layer against the approximated model's inputs
 KIND_ORDER = {"fold": 0, "pool-projection": 1, "factorize": 2}  # exact rewrites claim first
 STAGES = ("analysis", "inputs", "factorization", "onnxruntime", "latency", "writing")
 
@@ -133,6 +154,7 @@ class FixOptions:
     latency_threads: int | None = None  # intra-op threads when timing; None: every CPU
     latency_batch: int | None = None  # the timing feed's batch; None: the sample's own
     provider: str = DEFAULT_PROVIDER  # onnxruntime execution provider for timing
+    allow_noise: bool = False  # lossy rewrites fitted on generated noise (demos, tests)
 
 
 @dataclass
@@ -203,6 +225,7 @@ class _Choice:
     timed: bool = False
 
 
+UNMEASURED = Errors(math.nan, math.nan, False, problem="not measured yet")
 Log = Callable[[str], None]
 
 
@@ -351,22 +374,33 @@ def recount(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]], path: Pat
     return model_cost(build_graph(loader.infer_shapes(skeleton, path)))
 
 
+def probe(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs include ``tensors`` (to read them)."""
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    outputs = {o.name for o in probed.graph.output}
+    for tensor in dict.fromkeys(tensors):
+        if tensor not in outputs:
+            probed.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    return probed
+
+
 def collect_statistics(
     runtime: Runtime, model: onnx.ModelProto, tensors: Sequence[str], feeds: Sequence[Feed]
 ) -> dict[str, Array]:
     """Second moments (and means) of intermediate tensors, run as extra graph outputs; the
     moments are computed in the runtime's process, one sample at a time."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    for tensor in tensors:
-        if tensor not in outputs:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-    moments = runtime.moments(probe, feeds, list(tensors))
+    moments = runtime.moments(probe(model, tensors), feeds, list(tensors))
     stats: dict[str, Array] = {}
     for tensor in tensors:
         stats[tensor], stats[f"{tensor}#mean"] = moments[tensor]
     return stats
+
+
+def held_out_count(samples: int) -> int:
+    """How many of the samples (the last ones) verify, disjoint from those that fit: half,
+    and at least ``VERIFY_MIN`` when that still leaves ``FIT_MIN`` to fit on."""
+    return max(samples - samples // 2, min(VERIFY_MIN, samples - FIT_MIN))
 
 
 def peak_rss() -> int | None:
@@ -394,6 +428,8 @@ class Fixer:
         self.timer = _Timer(self.timings)
         self.objective = options.objective or DEFAULT_OBJECTIVE
         self.notes: list[str] = []  # for the report's notes (--verbose)
+        self._factors: dict[tuple[str, str, Any], Factors] = {}  # (target, kind, rank)
+        self._responses: dict[tuple[str, PatchSpec], Array] = {}  # the original's, sampled
 
     # -- analysis ----------------------------------------------------------------------
     def analyze(self) -> tuple[ModelReport, list[Target], list[Skipped]]:
@@ -509,22 +545,35 @@ class Fixer:
                 samples = random_feeds(self.specs, count, self.options.seed)
             source = "noise"
             origin = _count(len(samples), "seeded random sample")
+        every = list(range(len(samples)))
         if self.options.method == "weight":
-            return [], samples, origin, {"source": source, "fit": 0, "verify": len(samples)}
+            record = {"source": source, "fit": 0, "verify": len(samples), "verify_samples": every}
+            return [], samples, origin, record
         if len(samples) < 2:
-            record = {"source": source, "fit": len(samples), "verify": len(samples)}
+            record = {
+                "source": source,
+                "fit": len(samples),
+                "verify": len(samples),
+                "verify_samples": every,
+            }
             return (
                 samples,
                 samples,
                 f"{origin}: statistics fitted and verified on the same one",
                 record,
             )
-        half = len(samples) // 2
-        record = {"source": source, "fit": half, "verify": len(samples) - half}
+        held_out = held_out_count(len(samples))
+        fit = len(samples) - held_out
+        record = {
+            "source": source,
+            "fit": fit,
+            "verify": held_out,
+            "verify_samples": list(range(fit, len(samples))),
+        }
         return (
-            samples[:half],
-            samples[half:],
-            f"{origin}: statistics fitted on {half}, verified on the other {len(samples) - half}",
+            samples[:fit],
+            samples[fit:],
+            f"{origin}: statistics fitted on {fit}, verified on the other {held_out}",
             record,
         )
 
@@ -908,27 +957,221 @@ class Fixer:
             return
         self.stats = None
         lossy = [t for t in targets if t.lossy]
+        if lossy and self.samples is None and not options.allow_noise:
+            result.skipped.extend(Skipped(t.code, t.node, NEEDS_DATA) for t in lossy)
+            self.notes.append(
+                f"{_count(len(lossy), 'approximate rewrite')} not applied: no --inputs "
+                "(generated noise would fit and verify them on data the model never sees)"
+            )
+            lossy = []
         if options.method == "data-aware" and lossy:
             tensors = list(dict.fromkeys(t for target in lossy for t in target.stat_tensors()))
             with self.timer("onnxruntime"):
                 self.stats = collect_statistics(self.runtime, self.light, tensors, fit)
+        fixed_rank = options.rank is not None or options.ratio is not None
+        # Exact rewrites first (and every rewrite at a rank the user fixed), one at a time.
+        one_by_one = [t for t in targets if not t.lossy or (fixed_rank and t in lossy)]
         budget = options.tolerance / math.sqrt(max(len(lossy), 1))
         choices: dict[str, _Choice] = {}
-        for target in progress(targets) if progress else targets:
-            choice = self.select(target, budget)
-            if isinstance(choice, _Choice):
-                choices[f"{target.code}:{target.node}"] = choice
-            else:
-                reason = choice
-                if choice == NO_SAVING:
-                    reason += _retrained_hint(report, target)
-                result.skipped.append(Skipped(target.code, target.node, reason))
+        for target in progress(one_by_one) if progress else one_by_one:
+            self._settle_one(target, self.select(target, budget), choices, result, report)
+        if lossy and not fixed_rank:
+            choices.update(self.spend_budget(lossy, choices, fit, result, report))
         result.latency = self.settle(choices, result, report)
         with self.timer("factorization"):
             combined = apply_edits(self.light, [c.edit for c in choices.values()])
         result.cost_after = recount(combined, self.bound, self.path)
         result.rewrites = [self._rewrite(c, report, result.cost_after) for c in choices.values()]
         result.verification, result.written = self.write(combined)
+
+    def _settle_one(
+        self,
+        target: Target,
+        choice: _Choice | str,
+        choices: dict[str, _Choice],
+        result: FixResult,
+        report: ModelReport,
+    ) -> None:
+        if isinstance(choice, _Choice):
+            choices[_key(target)] = choice
+            return
+        reason = choice
+        if choice == NO_SAVING:
+            reason += _retrained_hint(report, target)
+        result.skipped.append(Skipped(target.code, target.node, reason))
+
+    # -- one budget for the whole model (``budget``) -----------------------------------
+    def spend_budget(
+        self,
+        lossy: list[Target],
+        exact: dict[str, _Choice],
+        fit: list[Feed],
+        result: FixResult,
+        report: ModelReport,
+    ) -> dict[str, _Choice]:
+        """Every lossy rewrite's rank, chosen together: the most aggressive allocation on the
+        path of ``budget.allocation_path`` whose whole model holds the tolerance (and
+        --min-top1) on the held-out samples, each layer refitted to the original response."""
+        searches: dict[str, tuple[Target, Any]] = {}
+        curves: dict[str, list[Candidate]] = {}
+        baselines: dict[str, int] = {}
+        with self.timer("factorization"):
+            for target in lossy:
+                key = _key(target)
+                if isinstance(target, FactorTarget):
+                    search: Any = target.search(self.stats)
+                    baselines[key] = target.site.macs()
+                    curve = factor_candidates(search, baselines[key])
+                else:
+                    assert isinstance(target, PoolTarget)
+                    search = target.search(self.stats)
+                    baselines[key] = search.baseline()[0]
+                    curve = pool_candidates(search)
+                if not curve:
+                    self._settle_one(target, NO_SAVING, {}, result, report)
+                    continue
+                searches[key], curves[key] = (target, search), curve
+            total = report.cost.macs if report.cost is not None else None
+            path = allocation_path(curves, baselines, total or sum(baselines.values()))
+        fixed = [c.edit for c in exact.values()]
+        tried: dict[int, tuple[dict[str, _Choice], Errors]] = {}
+
+        def holds(allocation: Allocation) -> bool:
+            chosen = self.build(allocation, searches, fit, fixed)
+            with self.timer("factorization"):
+                combined = apply_edits(self.light, [*fixed, *(c.edit for c in chosen.values())])
+            errors = self.measure(combined, "verifying an allocation of the error budget")
+            tried[id(allocation)] = (chosen, errors)
+            saved = sum(baselines[k] - c.macs for k, c in allocation.items())
+            self.log(
+                f"budget: {len(allocation)} rewrites saving {saved:,} MACs: rel L2 "
+                f"{errors.rel_l2_error:.2e}, top-1 {errors.top1_agreement} "
+                f"[{'ok' if errors.ok else 'over'}]"
+            )
+            return errors.ok
+
+        best = most_aggressive(path, holds) if len(path) > 1 else 0
+        chosen = tried[id(path[best])][0] if best else {}
+        for key, (target, _) in searches.items():
+            if key not in chosen:
+                reason = NO_SAVING if best == 0 else OUT_OF_BUDGET
+                self._settle_one(target, reason, {}, result, report)
+        for key, choice in chosen.items():  # each rewrite's own error, alone
+            with self.timer("factorization"):
+                alone = apply_edits(self.light, [choice.edit])
+            what = f"verifying the rewrite of {choice.target.node!r}"
+            chosen[key] = dataclasses.replace(choice, errors=self.measure(alone, what))
+        return chosen
+
+    def build(
+        self,
+        allocation: Allocation,
+        searches: dict[str, tuple[Target, Any]],
+        fit: list[Feed],
+        fixed: list[Edit],
+    ) -> dict[str, _Choice]:
+        """The rewrites of one allocation, refitted (data-aware) to the original response."""
+        chosen: dict[str, _Choice] = {}
+        with self.timer("factorization"):
+            for key, candidate in allocation.items():
+                target, search = searches[key]
+                cached = self._factors.get((key, candidate.kind, candidate.rank))
+                if cached is None:
+                    if isinstance(target, FactorTarget):
+                        cached = search.at_rank(candidate.kind, candidate.rank)
+                    else:
+                        cached = search.at_rank(candidate.rank)
+                    self._factors[(key, candidate.kind, candidate.rank)] = cached
+                edit = self._edit(target, cached)
+                chosen[key] = _Choice(target, cached, edit, UNMEASURED, self.options.tolerance)
+        if self.stats is not None and fit:
+            for _ in range(REFIT_ROUNDS):
+                self.refit(chosen, fit, fixed)
+        return chosen
+
+    def refit(self, chosen: dict[str, _Choice], fit: list[Feed], fixed: list[Edit]) -> None:
+        """One round of response reconstruction: each chosen conv's last factor refitted, by
+        least squares, from the inputs the model with every rewrite produces to the original
+        model's response (after its ReLU), where that lowers the layer's sampled error."""
+        jobs = []
+        for key, choice in chosen.items():
+            target, edit = choice.target, choice.edit
+            if not isinstance(target, FactorTarget) or target.patches is None:
+                continue
+            if edit.tail is None or choice.factors is None:
+                continue
+            last = choice.factors.weights[-1]
+            width = int(np.prod(last.shape[1:]))
+            if width > MAX_REFIT_WIDTH:
+                continue
+            geometry = target.patches
+            rows = refit_rows(width, len(fit), math.prod(geometry.out_shape))
+            seed = target.conv.index
+            tensor, spatial = edit.tail
+            if spatial:
+                features = PatchSpec(
+                    tensor,
+                    geometry.out_shape,
+                    (int(last.shape[2]), int(last.shape[3])),
+                    geometry.strides,
+                    geometry.pads,
+                    geometry.dilations,
+                    rows,
+                    seed,
+                )
+            else:
+                features = PatchSpec(tensor, geometry.out_shape, per_sample=rows, seed=seed)
+            output = PatchSpec(
+                target.conv.outputs[0], geometry.out_shape, per_sample=rows, seed=seed
+            )
+            jobs.append((key, features, output))
+        if not jobs:
+            return
+        missing = [job for job in jobs if (job[0], job[2]) not in self._responses]
+        if missing:
+            with self.timer("onnxruntime"):
+                specs = [job[2] for job in missing]
+                found = self.runtime.sample(
+                    probe(self.light, (spec.tensor for spec in specs)),
+                    fit,
+                    specs,
+                    "sampling the original",
+                )
+            for job, rows in zip(missing, found, strict=True):
+                self._responses[(job[0], job[2])] = rows
+        with self.timer("factorization"):
+            model = apply_edits(self.light, [*fixed, *(c.edit for c in chosen.values())])
+        specs = [spec for job in jobs for spec in job[1:]]
+        with self.timer("onnxruntime"):
+            sampled = self.runtime.sample(
+                probe(model, (spec.tensor for spec in specs)),
+                fit,
+                specs,
+                "sampling the rewritten model",
+            )
+        with self.timer("factorization"):
+            for index, (key, _, output) in enumerate(jobs):
+                features, current = sampled[2 * index], sampled[2 * index + 1]
+                choice = chosen[key]
+                target = choice.target
+                assert isinstance(target, FactorTarget) and choice.factors is not None
+                response = self._responses[(key, output)]
+                weight, bias = refit(features, response, target.relu)
+                prediction = features.astype(np.float64) @ weight.T + bias
+                before = relative_error(current, response, target.relu)
+                after = relative_error(prediction, response, target.relu)
+                if not after < before:
+                    continue
+                last = choice.factors.weights[-1]
+                factors = dataclasses.replace(
+                    choice.factors,
+                    weights=[*choice.factors.weights[:-1], weight.reshape(last.shape)],
+                    bias=bias,
+                    method="data-aware",
+                )
+                chosen[key] = dataclasses.replace(
+                    choice, factors=factors, edit=self._edit(target, factors)
+                )
 
     def settle(
         self, choices: dict[str, _Choice], result: FixResult, report: ModelReport
@@ -1119,6 +1362,10 @@ def _create_from(source: Path, path: Path) -> None:
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, "appeared while writing", str(path)) from None
         os.rename(source, path)
+
+
+def _key(target: Target) -> str:
+    return f"{target.code}:{target.node}"
 
 
 def _count(number: int, noun: str) -> str:

@@ -16,7 +16,14 @@ import numpy as np
 from convlint.cost import spatial_pixels
 from convlint.findings import Finding
 from convlint.graph import ACTIVATIONS, ModelGraph, Node
-from convlint.rewrite.edit import FactorTarget, FoldTarget, PoolTarget, Target, Weights
+from convlint.rewrite.edit import (
+    FactorTarget,
+    FoldTarget,
+    PatchGeometry,
+    PoolTarget,
+    Target,
+    Weights,
+)
 from convlint.rewrite.factorize import (
     Array,
     ConvSite,
@@ -85,6 +92,13 @@ def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weigh
         out_pixels=out_px,
         has_bias=bias is not None,
     )
+    out = conv.outputs[0]
+    readers = graph.consumers_of(out)
+    relu = (
+        len(readers) == 1
+        and out not in graph.graph_outputs
+        and View(graph).activation_name(readers[0]) == "ReLU"
+    )
     return FactorTarget(
         code=finding.code,
         node=finding.node,
@@ -95,6 +109,43 @@ def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weigh
         bias=bias,
         dtype=weights.dtype(conv.inputs[1]),
         site=site,
+        patches=patch_geometry(conv, graph, site.kernel),
+        relu=relu,
+    )
+
+
+def patch_geometry(conv: Node, graph: ModelGraph, kernel: Sequence[int]) -> PatchGeometry | None:
+    """How a 2-D conv reads its input, pads made explicit (auto_pad resolved); None for
+    other convs or unknown sizes (a refit then keeps the factors as they are)."""
+    shape_in, shape_out = graph.shape(conv.inputs[0]), graph.shape(conv.outputs[0])
+    if shape_in is None or shape_out is None or len(shape_in) != 4 or len(shape_out) != 4:
+        return None
+    sizes_in, sizes_out = shape_in[2:], shape_out[2:]
+    if not all(isinstance(d, int) for d in (*sizes_in, *sizes_out)):
+        return None
+    strides = [int(v) for v in conv.attrs.get("strides") or [1, 1]]
+    dilations = [int(v) for v in conv.attrs.get("dilations") or [1, 1]]
+    pads = [int(v) for v in conv.attrs.get("pads") or [0, 0, 0, 0]]
+    auto_pad = conv.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if len(kernel) != 2:
+        return None
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for axis in range(2):
+            need = (sizes_out[axis] - 1) * strides[axis] + (kernel[axis] - 1) * dilations[axis]
+            total = max(0, need + 1 - int(sizes_in[axis]))
+            small, large = total // 2, total - total // 2
+            first = small if auto_pad == "SAME_UPPER" else large
+            pads[axis], pads[axis + 2] = first, total - first
+    elif auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    return PatchGeometry(
+        (int(sizes_out[0]), int(sizes_out[1])),
+        (strides[0], strides[1]),
+        (pads[0], pads[1], pads[2], pads[3]),
+        (dilations[0], dilations[1]),
     )
 
 

@@ -116,6 +116,12 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--unsafe-fixes", action="store_true", help="also apply rewrites that change the function"
     )
+    parser.add_argument(
+        "--allow-noise",
+        action="store_true",
+        help="without --inputs, still apply approximate rewrites, fitted and verified on "
+        "generated noise (demos and tests; the result says nothing of real data)",
+    )
 
 
 def _error_text(errors: Errors) -> str:
@@ -313,6 +319,7 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
         preprocess=args.preprocess,
         timeout=args.timeout,
         unsafe_fixes=args.unsafe_fixes,
+        allow_noise=args.allow_noise,
     )
     out = options.output or (model if args.in_place else None)
     refuse_overwriting_inputs(
