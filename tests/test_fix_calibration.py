@@ -19,7 +19,7 @@ from convlint.errors import ConvlintError, UsageError
 from convlint.fixtures._builder import GraphBuilder
 from convlint.rewrite.calibration import PRESETS, parse_preprocess, read_samples
 
-FAST = ["--method", "weight", "--no-latency"]
+FAST = ["--method", "weight", "--no-latency", "--allow-noise"]
 SHAPE = (1, 256, 6, 6)
 
 

@@ -28,7 +28,17 @@ def test_json_report_has_the_contract_fields(
     planted: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = planted.with_name("out.onnx")
-    argv = ["fix", str(planted), "-o", str(out), "--method", "weight", "--format", "json"]
+    argv = [
+        "fix",
+        str(planted),
+        "-o",
+        str(out),
+        "--method",
+        "weight",
+        "--allow-noise",
+        "--format",
+        "json",
+    ]
     assert main([*argv, "--samples", "2"]) == 0
     document = json.loads(capsys.readouterr().out)
     (model,) = document["models"]
@@ -51,7 +61,17 @@ def test_json_model_object_is_at_the_top_and_in_models(
 ) -> None:
     """The contract's `doc["rewrites"]` and check's `doc["models"][0]` both read the report."""
     out = planted.with_name("out.onnx")
-    argv = ["fix", str(planted), "-o", str(out), "--method", "weight", "--format", "json"]
+    argv = [
+        "fix",
+        str(planted),
+        "-o",
+        str(out),
+        "--method",
+        "weight",
+        "--allow-noise",
+        "--format",
+        "json",
+    ]
     assert main([*argv, "--samples", "2"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["tool"]["name"] == "convlint"
@@ -74,7 +94,22 @@ def test_text_report_lists_rewrite_and_verification(
     planted: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = planted.with_name("out.onnx")
-    assert main(["fix", str(planted), "-o", str(out), "--method", "weight", "--samples", "2"]) == 0
+    assert (
+        main(
+            [
+                "fix",
+                str(planted),
+                "-o",
+                str(out),
+                "--method",
+                "weight",
+                "--allow-noise",
+                "--samples",
+                "2",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "CL001 svd-reduce rank 48 (weight): params 589,824 -> 122,880" in text
     assert f"[ok]; wrote {out}" in text
@@ -87,7 +122,16 @@ def test_output_equal_to_model_is_refused_without_in_place(
     assert main(["fix", str(planted), "-o", str(planted)]) == 2
     assert "--in-place" in capsys.readouterr().err
     assert planted.read_bytes() == before
-    argv = ["fix", str(planted), "--in-place", "--method", "weight", "--samples", "2"]
+    argv = [
+        "fix",
+        str(planted),
+        "--in-place",
+        "--method",
+        "weight",
+        "--allow-noise",
+        "--samples",
+        "2",
+    ]
     assert main(argv) == 0
     assert planted.read_bytes() != before
 
@@ -96,7 +140,17 @@ def test_failed_verification_exits_1_and_writes_nothing(
     planted: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = planted.with_name("out.onnx")
-    argv = ["fix", str(planted), "-o", str(out), "--method", "weight", "--rank", "4"]
+    argv = [
+        "fix",
+        str(planted),
+        "-o",
+        str(out),
+        "--method",
+        "weight",
+        "--allow-noise",
+        "--rank",
+        "4",
+    ]
     assert main([*argv, "--samples", "2", "--format", "json"]) == 1
     captured = capsys.readouterr()
     model = json.loads(captured.out)["models"][0]
@@ -166,7 +220,15 @@ def test_inputs_of_another_kind_exit_2(
 def test_inputs_of_the_same_kind_are_cast(planted: Path, tmp_path: Path) -> None:
     values = np.random.default_rng(0).standard_normal((2, 1, 256, 6, 6))  # float64
     np.savez(tmp_path / "f64.npz", input=values)
-    argv = ["fix", str(planted), "-o", str(tmp_path / "o.onnx"), "--method", "weight"]
+    argv = [
+        "fix",
+        str(planted),
+        "-o",
+        str(tmp_path / "o.onnx"),
+        "--method",
+        "weight",
+        "--allow-noise",
+    ]
     assert main([*argv, "--inputs", str(tmp_path / "f64.npz"), "--quiet"]) == 0
 
 
@@ -219,7 +281,18 @@ def test_hanging_or_crashing_runtime_exits_2_with_one_line(
 
 def test_subprocess_run(planted: Path) -> None:
     out = planted.with_name("out.onnx")
-    argv = ["fix", str(planted), "-o", str(out), "--method", "weight", "--samples", "2", "--quiet"]
+    argv = [
+        "fix",
+        str(planted),
+        "-o",
+        str(out),
+        "--method",
+        "weight",
+        "--allow-noise",
+        "--samples",
+        "2",
+        "--quiet",
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "convlint", *argv], capture_output=True, text=True, timeout=120
     )
@@ -234,7 +307,7 @@ def test_demo_ends_with_the_verified_rewrite(capsys: pytest.CaptureFixture[str])
     assert "CL001 svd-reduce rank 24 (weight): params 221,184 -> 32,256" in out
     assert "model: params 387,072 -> 68,352" in out and "[ok]; wrote" in out
     # the command it shows is the one it ran (untimed: the demo's output is reproducible)
-    assert "--method weight --samples 2 --no-latency (the rewrites" in out
+    assert "--method weight --samples 2 --no-latency --allow-noise (the rewrites" in out
     assert "; 2 seeded random samples)" in out and "latency" not in out.split("--no-latency")[1]
 
 
@@ -249,7 +322,10 @@ def test_sample_counts_read_as_english(
     planted: Path, extra: list[str], phrase: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = planted.with_name("out.onnx")
-    assert main(["fix", str(planted), "-o", str(out), "--method", "weight", *extra]) == 0
+    assert (
+        main(["fix", str(planted), "-o", str(out), "--method", "weight", "--allow-noise", *extra])
+        == 0
+    )
     assert phrase in capsys.readouterr().out
 
 
@@ -258,6 +334,14 @@ def test_one_sample_from_inputs_is_singular(
 ) -> None:
     inputs = tmp_path / "one.npz"
     np.savez(inputs, input=np.random.default_rng(0).standard_normal((1, 256, 6, 6), np.float32))
-    argv = ["fix", str(planted), "-o", str(tmp_path / "o.onnx"), "--method", "weight"]
+    argv = [
+        "fix",
+        str(planted),
+        "-o",
+        str(tmp_path / "o.onnx"),
+        "--method",
+        "weight",
+        "--allow-noise",
+    ]
     assert main([*argv, "--inputs", str(inputs)]) == 0
     assert f"; 1 sample from {inputs})" in capsys.readouterr().out

@@ -21,7 +21,7 @@ import pytest
 from convlint import fixtures
 from convlint.cli import main
 
-FAST = ["--method", "weight", "--samples", "2", "--quiet"]
+FAST = ["--method", "weight", "--samples", "2", "--allow-noise", "--quiet"]
 Cli = Callable[..., tuple[int, str, str]]
 
 

@@ -120,7 +120,16 @@ def test_a_baseline_and_a_bad_schema_version(models: Path, cli: CLI) -> None:
 
 def test_fix_reports_validate(models: Path, cli: CLI) -> None:
     code, document = run_json(
-        cli, "fix", "planted.onnx", "-o", "fixed.onnx", "--method", "weight", "--samples", "2"
+        cli,
+        "fix",
+        "planted.onnx",
+        "-o",
+        "fixed.onnx",
+        "--method",
+        "weight",
+        "--samples",
+        "2",
+        "--allow-noise",
     )
     assert code == 0
     validate("fix", document)
@@ -162,7 +171,17 @@ def test_stats_of_an_unreadable_model_and_a_diff_validate(models: Path, cli: CLI
     assert code == 2
     validate("stats", document)
     assert [bool(m["error"]) for m in document["models"]] == [False, True]
-    cli("fix", "planted.onnx", "-o", "fixed.onnx", "--method", "weight", "--samples", "2")
+    cli(
+        "fix",
+        "planted.onnx",
+        "-o",
+        "fixed.onnx",
+        "--method",
+        "weight",
+        "--samples",
+        "2",
+        "--allow-noise",
+    )
     code, document = run_json(cli, "stats", "--diff", "planted.onnx", "fixed.onnx")
     assert code == 0
     validate("stats", document)

@@ -111,7 +111,17 @@ def test_a_static_model_has_no_hint(folder: Path, cli: CLI) -> None:
 def test_diff_of_a_verified_rewrite(folder: Path, cli: CLI) -> None:
     planted = fixtures.inception_3a_naive(planted_rank=24, seed=0)
     fixtures.save(planted, folder / "naive.onnx")
-    argv = ("fix", "naive.onnx", "-o", "fixed.onnx", "--method", "weight", "--samples", "2")
+    argv = (
+        "fix",
+        "naive.onnx",
+        "-o",
+        "fixed.onnx",
+        "--method",
+        "weight",
+        "--samples",
+        "2",
+        "--allow-noise",
+    )
     assert cli(*argv)[0] == 0
     code, document = stats_json(cli, "--diff", "naive.onnx", "fixed.onnx")
     assert code == 0

@@ -13,13 +13,13 @@ any of the error budget. Only the Pareto front (no other candidate both cheaper 
 kept.
 
 **One budget.** Ranks are chosen for every layer together, as Zhang et al. (2015, section 3.3)
-choose them under one whole-model constraint: for a multiplier ``μ`` each layer independently
-takes the candidate minimizing ``MACs / model MACs + μ · proxy²`` (no rewrite: its own MACs,
-error 0), so every layer spends error where it buys the most MACs per unit of added (squared)
-error. Sweeping ``μ`` from large to small gives a path of allocations from "rewrite nothing" to
-"the cheapest form everywhere"; the fixer bisects that path for the most aggressive allocation
-whose *whole model*, measured end to end on held-out samples, stays within ``--tolerance``
-and ``--min-top1``. No layer gets a fixed share of the tolerance.
+choose them under one whole-model constraint: starting from "rewrite nothing", each step moves
+the one layer whose next cheaper candidate saves the most MACs per unit of added squared
+error, until every layer is at its cheapest form (``allocation_path``); the fixer bisects that
+path for the most aggressive allocation whose *whole model*, measured end to end on held-out
+samples, stays within ``--tolerance`` and ``--min-top1``. No layer gets a fixed share of the
+tolerance. Where a ReLU follows a conv, the proxy of its output-side forms is the energy of its
+response *after* the ReLU (a channel the ReLU always zeroes costs nothing to drop).
 
 **Response reconstruction** (Zhang et al. section 3.2, asymmetric). The factors above come from
 the original layer's own statistics; each layer's last conv is then refitted by least squares so
@@ -37,17 +37,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from convlint.rewrite.factorize import Array, ConvFactorizer, PoolProjection
 
+T = TypeVar("T")
 STEP = 8
 MIN_SAVING = 0.10
-PATH_POINTS = 481  # multipliers from 1e12 down to 1e-12, 20 per decade
 MAX_EVALS = 12  # whole-model verifications while bisecting the path
-ALS_ITERATIONS = 6
+ALS_ITERATIONS = 20
 MAX_REFIT_WIDTH = 1152  # patch width (channels × kernel area) of a refitted conv, at most
+MAX_PATCH_WIDTH = 4608  # input patch width (C_in × kernel area) of a conv refitted whole
 REFIT_ROWS = 4  # sampled rows per unknown of the refit, at least
 MIN_ROWS, MAX_ROWS = 2048, 8192
 RIDGE = 1e-6  # of the mean diagonal of the normal equations
@@ -121,40 +123,35 @@ def pareto(candidates: Iterable[Candidate]) -> list[Candidate]:
 Allocation = dict[str, Candidate]  # target key -> its chosen form (absent: not rewritten)
 
 
-def allocate(
-    curves: Mapping[str, Sequence[Candidate]],
-    baselines: Mapping[str, int],
-    total_macs: int,
-    multiplier: float,
-) -> Allocation:
-    """Each layer's candidate minimizing ``MACs / total + multiplier · proxy²``."""
-    chosen: Allocation = {}
-    scale = max(total_macs, 1)
-    for key, candidates in curves.items():
-        best_score, best = baselines[key] / scale, None
-        for candidate in candidates:
-            score = candidate.macs / scale + multiplier * candidate.proxy**2
-            if score < best_score:
-                best_score, best = score, candidate
-        if best is not None:
-            chosen[key] = best
-    return chosen
-
-
 def allocation_path(
-    curves: Mapping[str, Sequence[Candidate]], baselines: Mapping[str, int], total_macs: int
+    curves: Mapping[str, Sequence[Candidate]], baselines: Mapping[str, int]
 ) -> list[Allocation]:
-    """Distinct allocations from the most careful (nothing rewritten) to the most aggressive,
-    each saving more MACs than the one before."""
+    """Allocations from the most careful (nothing rewritten) to the most aggressive (every
+    layer at its cheapest form), one step at a time: each step moves the one layer whose next
+    cheaper candidate saves the most MACs per unit of added squared error (marginal analysis:
+    the greedy solution of the Lagrangian ``MACs + μ · Σ proxy²`` that, unlike sweeping μ,
+    also visits every candidate off the convex hull of a layer's curve)."""
+    position = {key: -1 for key in curves}  # index into the layer's curve, costliest first
+    ladders = {key: list(reversed(curve)) for key, curve in curves.items()}
+    current: Allocation = {}
     path: list[Allocation] = [{}]
-    saved = 0
-    for multiplier in np.logspace(12, -12, PATH_POINTS):
-        chosen = allocate(curves, baselines, total_macs, float(multiplier))
-        saving = sum(baselines[key] - c.macs for key, c in chosen.items())
-        if saving > saved:
-            path.append(chosen)
-            saved = saving
-    return path
+    while True:
+        best_key, best_ratio = None, -1.0
+        for key, ladder_ in ladders.items():
+            step = position[key] + 1
+            if step >= len(ladder_):
+                continue
+            now = current.get(key)
+            macs, proxy = (now.macs, now.proxy) if now else (baselines[key], 0.0)
+            following = ladder_[step]
+            ratio = (macs - following.macs) / max(following.proxy**2 - proxy**2, 1e-30)
+            if ratio > best_ratio:
+                best_key, best_ratio = key, ratio
+        if best_key is None:
+            return path
+        position[best_key] += 1
+        current = {**current, best_key: ladders[best_key][position[best_key]]}
+        path.append(current)
 
 
 def most_aggressive(path: Sequence[Allocation], holds: Callable[[Allocation], bool]) -> int:
@@ -189,21 +186,81 @@ def refit(features: Array, response: Array, relu: bool) -> tuple[Array, Array]:
     # The products in float32 (the rows are float32 activations; float64 is twice the time),
     # the normal equations solved in float64.
     x = np.concatenate([features, np.ones((len(features), 1), np.float32)], axis=1)
-    y = response.astype(np.float32)
     gram = (x.T @ x).astype(np.float64)
     gram[np.diag_indices_from(gram)] += RIDGE * float(np.trace(gram)) / len(gram)
     inverse = np.linalg.inv(gram)  # once: the ALS iterations only change the right side
 
-    def solve(target: Array) -> Array:
-        return inverse @ (x.T @ target.astype(np.float32)).astype(np.float64)
+    def solve(goal: Array) -> Array:
+        return inverse @ (x.T @ goal.astype(np.float32)).astype(np.float64)
 
-    solution = solve(y)
-    if relu:
-        active = y > 0
-        for _ in range(ALS_ITERATIONS):
-            prediction = x @ solution.astype(np.float32)
-            solution = solve(np.where(active, y, np.minimum(prediction, 0.0)))
+    def predict(solution: Array) -> Array:
+        return (x @ solution.astype(np.float32)).astype(np.float64)
+
+    solution = _alternate(solve, predict, response.astype(np.float64), relu)
     return solution[:-1].T, solution[-1]
+
+
+def _alternate(
+    solve: Callable[[Array], T], predict: Callable[[T], Array], response: Array, relu: bool
+) -> T:
+    """Least squares of the response, after a ReLU when ``relu`` (Zhang et al. 2015, section
+    3.2, solved by alternating): where the original ReLU outputs zero, any value at or below
+    zero reproduces it, so the targets there follow the prediction down to zero and the fit is
+    solved again, ``ALS_ITERATIONS`` times at most, while the error still falls by 1%."""
+    if not relu:
+        return solve(response)
+    active = response > 0
+    # Start from the response with its negative part clipped at each channel's typical
+    # positive size: a channel the ReLU always zeroes starts as a constant (no variance for
+    # the fit to keep), one it zeroes half the time keeps most of its linear structure.
+    positive = np.maximum(response, 0.0)
+    floor = -np.sqrt(np.mean(positive**2, axis=0))
+    solution = solve(np.maximum(response, floor))
+    error = math.inf
+    for _ in range(ALS_ITERATIONS):
+        prediction = predict(solution)
+        now = relative_error(prediction, response, relu=True)
+        if now > 0.99 * error:
+            break
+        error = now
+        solution = solve(np.where(active, response, np.minimum(prediction, 0.0)))
+    return solution
+
+
+def reduced_rank_refit(
+    responses: Array, targets: Array, rank: int, relu: bool
+) -> tuple[Array, Array, Array]:
+    """The output-side factors of Zhang et al. (2015, eq. 8-12): ``targets ≈ P·responses + c``
+    with P of rank ``rank``, P = B·A (B: C_out × r, the 1×1 conv; A: r × C_out, applied to the
+    original conv's weight to give the k×k conv). ``responses`` are the original conv's
+    responses (bias left out) to the inputs the approximated model produces, ``targets`` the
+    original model's own; with ``relu`` the fit is of the responses after the ReLU (alternating
+    least squares, as ``refit``). Returns (B, A, c)."""
+    y = responses.astype(np.float64)
+    z = targets.astype(np.float64)
+    y_mean = y.mean(axis=0)
+    centred = y - y_mean
+    gram = centred.T @ centred
+    gram[np.diag_indices_from(gram)] += RIDGE * float(np.trace(gram)) / len(gram) + 1e-30
+    inverse = np.linalg.inv(gram)
+
+    def solve(goal: Array) -> tuple[Array, Array, Array]:
+        goal_mean = goal.mean(axis=0)
+        full = ((goal - goal_mean).T @ centred) @ inverse  # C_out × C_out, least squares
+        fitted = centred @ full.T
+        _, vectors = np.linalg.eigh(fitted.T @ fitted)
+        b = vectors[:, ::-1][:, :rank]
+        a = b.T @ full
+        return b, a, goal_mean - b @ (a @ y_mean)
+
+    # With a ReLU, start from the response after it: a channel it always zeroes is then a
+    # constant (the bias takes it) rather than variance the rank must keep.
+    def predict(factors: tuple[Array, Array, Array]) -> Array:
+        b, a, c = factors
+        prediction: Array = y @ (b @ a).T + c
+        return prediction
+
+    return _alternate(solve, predict, z, relu)
 
 
 def relative_error(prediction: Array, response: Array, relu: bool) -> float:
@@ -217,13 +274,13 @@ def relative_error(prediction: Array, response: Array, relu: bool) -> float:
 __all__ = [
     "Allocation",
     "Candidate",
-    "allocate",
     "allocation_path",
     "factor_candidates",
     "ladder",
     "most_aggressive",
     "pareto",
     "pool_candidates",
+    "reduced_rank_refit",
     "refit",
     "refit_rows",
 ]

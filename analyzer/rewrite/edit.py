@@ -45,6 +45,9 @@ from convlint.rewrite.factorize import (
     Statistics,
 )
 
+# Ops that only carry a constant on (a weight's Constant node, its Identity or Cast).
+CONSTANT_STEPS = frozenset({"Constant", "Identity", "Cast"})
+
 
 @dataclass(frozen=True)
 class PatchGeometry:
@@ -111,6 +114,30 @@ def apply_edits(model: onnx.ModelProto, edits: Iterable[Edit]) -> onnx.ModelProt
     read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
     read |= _subgraph_reads(graph)
     candidates = {t for n in removed for t in n.input} - read
+    # The replaced weights may come from Constant nodes (or a constant's Identity or Cast, as
+    # exporters write shared weights): drop those too, up the chain, so OUT holds no dead
+    # constants and its size follows its params.
+    producers = {o: n for n in graph.node for o in n.output}
+    external = {o.name for o in graph.output} | _subgraph_reads(graph)
+    pending, dead = list(candidates), set()
+    while pending:
+        node = producers.get(pending.pop())
+        if node is None or id(node) in dead or node.op_type not in CONSTANT_STEPS:
+            continue
+        if any(o in read for o in node.output):
+            continue
+        dead.add(id(node))
+        for tensor in node.input:
+            read_elsewhere = any(
+                tensor in n.input for n in graph.node if id(n) not in dead and n is not node
+            )
+            if tensor and not read_elsewhere and tensor not in external:
+                candidates.add(tensor)
+                pending.append(tensor)
+    if dead:
+        alive = [n for n in graph.node if id(n) not in dead]
+        del graph.node[:]
+        graph.node.extend(alive)
     keep = [t for t in graph.initializer if t.name not in candidates]
     del graph.initializer[:]
     graph.initializer.extend(keep)
@@ -217,12 +244,14 @@ class FactorTarget(Target):
     site: ConvSite
     patches: PatchGeometry | None = None  # 2-D convs: what a refit samples
     relu: bool = False  # a ReLU reads the conv's output (and nothing else does)
+    activated: str | None = None  # that ReLU's output
 
     def replaced_nodes(self) -> list[str]:
         return [self.conv.name]
 
     def stat_tensors(self) -> list[str]:
-        return [self.conv.inputs[0], self.conv.outputs[0]]
+        after = [self.activated] if self.activated else []
+        return [self.conv.inputs[0], self.conv.outputs[0], *after]
 
     def search(
         self, stats: dict[str, Array] | None, kinds: Sequence[str] = KINDS
@@ -230,10 +259,14 @@ class FactorTarget(Target):
         if stats is None:
             return ConvFactorizer(self.weight, self.site, kinds=kinds)
         response = stats[self.conv.outputs[0]]
+        activated = None
+        if self.activated is not None:  # the covariance of the response after the ReLU
+            mean = stats[f"{self.activated}#mean"]
+            activated = stats[self.activated] - np.outer(mean, mean)
         return ConvFactorizer(
             self.weight,
             self.site,
-            Statistics(stats[self.conv.inputs[0]], _minus_bias(response, stats, self)),
+            Statistics(stats[self.conv.inputs[0]], _minus_bias(response, stats, self), activated),
             kinds=kinds,
         )
 

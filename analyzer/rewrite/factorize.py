@@ -196,6 +196,14 @@ class OutputSide:
     def proxy(self, rank: int) -> float:
         return math.sqrt(max(self.tail[min(rank, len(self.tail) - 1)], 0.0) / self.total)
 
+    def measure_after_relu(self, covariance: Array) -> None:
+        """Estimate errors from the response after the ReLU: what a rank-r response keeps of
+        its covariance (a bias carries its mean), of the total energy. The factors stay those
+        of the response before it; ``budget``'s refit fits the response after it."""
+        values, _ = _principal(covariance)
+        self.tail = _tail(values)
+        self.total = max(float(np.trace(covariance)), 1e-300)
+
     def factors(self, rank: int) -> tuple[Array, Array]:
         """(B, A): B = U_r (C_out × r), A = U_rᵀ M (r × cols)."""
         b = self.u[:, :rank]
@@ -208,6 +216,8 @@ class Statistics:
 
     input_moment: Array  # C_in × C_in, E[x xᵀ] over pixels and samples
     response_moment: Array | None = None  # C_out × C_out, E[y0 y0ᵀ], y0 = conv output - bias
+    # C_out × C_out, the covariance of the response after the ReLU that follows the conv
+    activated_covariance: Array | None = None
 
 
 @dataclass
@@ -230,6 +240,8 @@ class ConvFactorizer:
             trace = float(np.trace(self.stats.input_moment))
             self._in = InputSide(m_in, self.stats.input_moment)
             self._out = OutputSide(m_out, self.stats.response_moment, trace * self.site.k)
+            if self.stats.activated_covariance is not None:
+                self._out.measure_after_relu(self.stats.activated_covariance)
 
     @property
     def method(self) -> str:

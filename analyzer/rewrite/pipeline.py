@@ -66,6 +66,7 @@ from convlint.paths import external_data_files
 from convlint.registry import Registry
 from convlint.rewrite import latency, weightstore
 from convlint.rewrite.budget import (
+    MAX_PATCH_WIDTH,
     MAX_REFIT_WIDTH,
     Allocation,
     Candidate,
@@ -73,6 +74,7 @@ from convlint.rewrite.budget import (
     factor_candidates,
     most_aggressive,
     pool_candidates,
+    reduced_rank_refit,
     refit,
     refit_rows,
     relative_error,
@@ -1031,10 +1033,10 @@ class Fixer:
                     self._settle_one(target, NO_SAVING, {}, result, report)
                     continue
                 searches[key], curves[key] = (target, search), curve
-            total = report.cost.macs if report.cost is not None else None
-            path = allocation_path(curves, baselines, total or sum(baselines.values()))
+            path = allocation_path(curves, baselines)
         fixed = [c.edit for c in exact.values()]
         tried: dict[int, tuple[dict[str, _Choice], Errors]] = {}
+        closest: dict[str, float] = {}  # the least error of an allocation with the target
 
         def holds(allocation: Allocation) -> bool:
             chosen = self.build(allocation, searches, fit, fixed)
@@ -1042,6 +1044,8 @@ class Fixer:
                 combined = apply_edits(self.light, [*fixed, *(c.edit for c in chosen.values())])
             errors = self.measure(combined, "verifying an allocation of the error budget")
             tried[id(allocation)] = (chosen, errors)
+            for key in allocation:
+                closest[key] = min(closest.get(key, math.inf), errors.rel_l2_error)
             saved = sum(baselines[k] - c.macs for k, c in allocation.items())
             self.log(
                 f"budget: {len(allocation)} rewrites saving {saved:,} MACs: rel L2 "
@@ -1055,6 +1059,11 @@ class Fixer:
         for key, (target, _) in searches.items():
             if key not in chosen:
                 reason = NO_SAVING if best == 0 else OUT_OF_BUDGET
+                if target.unsafe and math.isfinite(closest.get(key, math.inf)):
+                    reason = (
+                        f"{reason} (unsafe: the best projection tried moved the outputs by "
+                        f"{closest[key]:.2e} relative L2)"
+                    )
                 self._settle_one(target, reason, {}, result, report)
         for key, choice in chosen.items():  # each rewrite's own error, alone
             with self.timer("factorization"):
@@ -1090,47 +1099,18 @@ class Fixer:
         return chosen
 
     def refit(self, chosen: dict[str, _Choice], fit: list[Feed], fixed: list[Edit]) -> None:
-        """One round of response reconstruction: each chosen conv's last factor refitted, by
-        least squares, from the inputs the model with every rewrite produces to the original
-        model's response (after its ReLU), where that lowers the layer's sampled error."""
-        jobs = []
-        for key, choice in chosen.items():
-            target, edit = choice.target, choice.edit
-            if not isinstance(target, FactorTarget) or target.patches is None:
-                continue
-            if edit.tail is None or choice.factors is None:
-                continue
-            last = choice.factors.weights[-1]
-            width = int(np.prod(last.shape[1:]))
-            if width > MAX_REFIT_WIDTH:
-                continue
-            geometry = target.patches
-            rows = refit_rows(width, len(fit), math.prod(geometry.out_shape))
-            seed = target.conv.index
-            tensor, spatial = edit.tail
-            if spatial:
-                features = PatchSpec(
-                    tensor,
-                    geometry.out_shape,
-                    (int(last.shape[2]), int(last.shape[3])),
-                    geometry.strides,
-                    geometry.pads,
-                    geometry.dilations,
-                    rows,
-                    seed,
-                )
-            else:
-                features = PatchSpec(tensor, geometry.out_shape, per_sample=rows, seed=seed)
-            output = PatchSpec(
-                target.conv.outputs[0], geometry.out_shape, per_sample=rows, seed=seed
-            )
-            jobs.append((key, features, output))
+        """One round of response reconstruction (``budget``): each chosen conv refitted, from
+        the inputs the model with every rewrite produces to the original model's response
+        (after its ReLU), where that lowers the layer's error on the sampled pixels. An
+        ``svd-expand`` form is refitted whole (``reduced_rank_refit``), other forms in their
+        last conv (``refit``)."""
+        jobs = [job for key, choice in chosen.items() if (job := _refit_job(key, choice, fit))]
         if not jobs:
             return
-        missing = [job for job in jobs if (job[0], job[2]) not in self._responses]
+        missing = [job for job in jobs if (job.key, job.output) not in self._responses]
         if missing:
             with self.timer("onnxruntime"):
-                specs = [job[2] for job in missing]
+                specs = [job.output for job in missing]
                 found = self.runtime.sample(
                     probe(self.light, (spec.tensor for spec in specs)),
                     fit,
@@ -1138,10 +1118,10 @@ class Fixer:
                     "sampling the original",
                 )
             for job, rows in zip(missing, found, strict=True):
-                self._responses[(job[0], job[2])] = rows
+                self._responses[(job.key, job.output)] = rows
         with self.timer("factorization"):
             model = apply_edits(self.light, [*fixed, *(c.edit for c in chosen.values())])
-        specs = [spec for job in jobs for spec in job[1:]]
+        specs = [spec for job in jobs for spec in (job.features, job.output)]
         with self.timer("onnxruntime"):
             sampled = self.runtime.sample(
                 probe(model, (spec.tensor for spec in specs)),
@@ -1150,27 +1130,37 @@ class Fixer:
                 "sampling the rewritten model",
             )
         with self.timer("factorization"):
-            for index, (key, _, output) in enumerate(jobs):
+            for index, job in enumerate(jobs):
                 features, current = sampled[2 * index], sampled[2 * index + 1]
-                choice = chosen[key]
-                target = choice.target
-                assert isinstance(target, FactorTarget) and choice.factors is not None
-                response = self._responses[(key, output)]
-                weight, bias = refit(features, response, target.relu)
-                prediction = features.astype(np.float64) @ weight.T + bias
+                choice = chosen[job.key]
+                target, factors = choice.target, choice.factors
+                assert isinstance(target, FactorTarget) and factors is not None
+                response = self._responses[(job.key, job.output)]
+                last = factors.weights[-1]
+                if job.whole:
+                    matrix = target.weight.reshape(target.site.cout, -1)
+                    responses = features.astype(np.float64) @ matrix.T
+                    rank = int(last.shape[1])
+                    b, a, bias = reduced_rank_refit(responses, response, rank, target.relu)
+                    prediction = responses @ (b @ a).T + bias
+                    weights = [
+                        (a @ matrix).reshape(factors.weights[0].shape),
+                        b.reshape(last.shape),
+                    ]
+                else:
+                    weight, bias = refit(features, response, target.relu)
+                    prediction = features.astype(np.float64) @ weight.T + bias
+                    weights = [*factors.weights[:-1], weight.reshape(last.shape)]
                 before = relative_error(current, response, target.relu)
                 after = relative_error(prediction, response, target.relu)
+                self.log(f"refit {target.node}: sampled error {before:.3e} -> {after:.3e}")
                 if not after < before:
                     continue
-                last = choice.factors.weights[-1]
-                factors = dataclasses.replace(
-                    choice.factors,
-                    weights=[*choice.factors.weights[:-1], weight.reshape(last.shape)],
-                    bias=bias,
-                    method="data-aware",
+                refitted = dataclasses.replace(
+                    factors, weights=weights, bias=bias, method="data-aware"
                 )
-                chosen[key] = dataclasses.replace(
-                    choice, factors=factors, edit=self._edit(target, factors)
+                chosen[job.key] = dataclasses.replace(
+                    choice, factors=refitted, edit=self._edit(target, refitted)
                 )
 
     def settle(
@@ -1362,6 +1352,64 @@ def _create_from(source: Path, path: Path) -> None:
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, "appeared while writing", str(path)) from None
         os.rename(source, path)
+
+
+@dataclass(frozen=True)
+class _RefitJob:
+    key: str
+    features: PatchSpec  # in the rewritten model: what the refitted conv(s) read
+    output: PatchSpec  # the layer's output, in the original model and in the rewritten one
+    whole: bool  # svd-expand: both convs refitted from the conv's input patches
+
+
+def _refit_job(key: str, choice: _Choice, fit: list[Feed]) -> _RefitJob | None:
+    """What one chosen rewrite's refit samples, or None when it is not refitted: a pooling
+    projection, a conv that is not 2-D, or patches wider than the refit's bound."""
+    target, edit, factors = choice.target, choice.edit, choice.factors
+    if not isinstance(target, FactorTarget) or target.patches is None:
+        return None
+    if edit.tail is None or factors is None:
+        return None
+    geometry = target.patches
+    pixels, seed = math.prod(geometry.out_shape), target.conv.index
+    output_rows = refit_rows(target.site.cout, len(fit), pixels)
+    output = PatchSpec(
+        target.conv.outputs[0], geometry.out_shape, per_sample=output_rows, seed=seed
+    )
+    kxk = (int(target.site.kernel[0]), int(target.site.kernel[1]))
+    if factors.kind == "svd-expand" and target.site.cin * target.site.k <= MAX_PATCH_WIDTH:
+        features = PatchSpec(
+            target.conv.inputs[0],
+            geometry.out_shape,
+            kxk,
+            geometry.strides,
+            geometry.pads,
+            geometry.dilations,
+            output_rows,
+            seed,
+        )
+        return _RefitJob(key, features, output, whole=True)
+    last = factors.weights[-1]
+    width = int(np.prod(last.shape[1:]))
+    if width > MAX_REFIT_WIDTH:
+        return None
+    rows = refit_rows(width, len(fit), pixels)
+    output = dataclasses.replace(output, per_sample=rows)
+    tensor, spatial = edit.tail
+    if spatial:
+        features = PatchSpec(
+            tensor,
+            geometry.out_shape,
+            kxk,
+            geometry.strides,
+            geometry.pads,
+            geometry.dilations,
+            rows,
+            seed,
+        )
+    else:
+        features = PatchSpec(tensor, geometry.out_shape, per_sample=rows, seed=seed)
+    return _RefitJob(key, features, output, whole=False)
 
 
 def _key(target: Target) -> str:

@@ -111,6 +111,7 @@ def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weigh
         site=site,
         patches=patch_geometry(conv, graph, site.kernel),
         relu=relu,
+        activated=readers[0].outputs[0] if relu else None,
     )
 
 
