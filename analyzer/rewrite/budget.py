@@ -41,7 +41,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from convlint.rewrite.factorize import Array, ConvFactorizer, PoolProjection
+from convlint.rewrite.factorize import Array, ChannelPruner, ConvFactorizer, PoolProjection
 
 T = TypeVar("T")
 STEP = 8
@@ -108,6 +108,17 @@ def pool_candidates(search: PoolProjection) -> list[Candidate]:
         macs, params = search.cost(rank)
         if macs <= (1 - MIN_SAVING) * baseline:
             found.append(Candidate("pool-projection", rank, macs, params, search.proxy(rank)))
+    return pareto(found)
+
+
+def prune_candidates(pruner: ChannelPruner) -> list[Candidate]:
+    """Channel counts that save ``MIN_SAVING`` of the conv and its producer together."""
+    baseline = pruner.baseline()
+    found = []
+    for count in ladder(pruner.site.cin - 1):
+        macs, params = pruner.cost(count)
+        if macs <= (1 - MIN_SAVING) * baseline:
+            found.append(Candidate("prune", count, macs, params, pruner.proxy(count)))
     return pareto(found)
 
 
@@ -280,6 +291,7 @@ __all__ = [
     "most_aggressive",
     "pareto",
     "pool_candidates",
+    "prune_candidates",
     "reduced_rank_refit",
     "refit",
     "refit_rows",

@@ -37,6 +37,7 @@ from convlint.graph import Node
 from convlint.rewrite.factorize import (
     KINDS,
     Array,
+    ChannelPruner,
     Consumer,
     ConvFactorizer,
     ConvSite,
@@ -47,6 +48,29 @@ from convlint.rewrite.factorize import (
 
 # Ops that only carry a constant on (a weight's Constant node, its Identity or Cast).
 CONSTANT_STEPS = frozenset({"Constant", "Identity", "Cast"})
+
+
+@dataclass(frozen=True)
+class Prunable:
+    """A conv whose input channels can be pruned: the MACs of the conv producing them, and
+    the values of every constant between (the producer's weight and bias, BN's parameters)."""
+
+    producer: str  # the producing conv's name
+    producer_output: str  # and its output tensor
+    producer_macs: int
+    originals: dict[str, Array] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Narrow:
+    """Keep only ``kept`` channels of ``tensor``: its producing conv's output channels and every
+    per-channel constant on the way are sliced (``apply_edits`` does it last, on the edited
+    graph, so a producer that another rewrite replaced is narrowed in its new form)."""
+
+    tensor: str
+    kept: tuple[int, ...]
+    originals: dict[str, Array] = field(repr=False)
+    dtype: np.dtype[Any] = field(default=np.dtype(np.float32), repr=False)
 
 
 @dataclass(frozen=True)
@@ -70,6 +94,7 @@ class Edit:
     # The input tensor of the rewrite's last conv and whether that conv is the k×k one (the
     # refit of ``budget`` samples its patches there); None where nothing is refitted.
     tail: tuple[str, bool] | None = None
+    narrow: list[Narrow] = field(default_factory=list)  # channel pruning's producer side
 
 
 class Names:
@@ -97,7 +122,8 @@ def apply_edits(model: onnx.ModelProto, edits: Iterable[Edit]) -> onnx.ModelProt
     replace: dict[int, list[onnx.NodeProto]] = {}
     added: list[onnx.TensorProto] = []
     changed: set[str] = set()
-    for edit in edits:
+    edits_list = list(edits)
+    for edit in edits_list:
         replace.update(edit.replace)
         added.extend(edit.initializers)
         changed |= edit.reshaped
@@ -111,9 +137,14 @@ def apply_edits(model: onnx.ModelProto, edits: Iterable[Edit]) -> onnx.ModelProt
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(added)
+    inline = {t.name: t for t in added}
+    narrowed: set[str] = set()  # constants that channel pruning replaced by sliced copies
+    for edit in edits_list:
+        for narrow in edit.narrow:
+            changed |= _narrow(graph, narrow, inline, narrowed)
     read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
     read |= _subgraph_reads(graph)
-    candidates = {t for n in removed for t in n.input} - read
+    candidates = ({t for n in removed for t in n.input} | narrowed) - read
     # The replaced weights may come from Constant nodes (or a constant's Identity or Cast, as
     # exporters write shared weights): drop those too, up the chain, so OUT holds no dead
     # constants and its size follows its params.
@@ -150,6 +181,51 @@ def apply_edits(model: onnx.ModelProto, edits: Iterable[Edit]) -> onnx.ModelProt
     del graph.value_info[:]
     graph.value_info.extend(infos)
     return new
+
+
+def _narrow(
+    graph: onnx.GraphProto,
+    narrow: Narrow,
+    inline: dict[str, onnx.TensorProto],
+    narrowed: set[str],
+) -> set[str]:
+    """Slice ``narrow.kept`` channels out of everything that produces ``narrow.tensor``, up to
+    and including its conv; returns the tensors whose shapes changed."""
+    producers = {o: n for n in graph.node for o in n.output}
+    kept = list(narrow.kept)
+    tensor, changed = narrow.tensor, set()
+    while True:
+        node = producers[tensor]
+        changed.update(node.output)
+        constants = [i for i, t in enumerate(node.input) if t in inline or t in narrow.originals]
+        for position in constants:
+            name = node.input[position]
+            values = (
+                numpy_helper.to_array(inline[name]) if name in inline else narrow.originals[name]
+            )
+            if node.op_type == "Conv" or node.op_type == "BatchNormalization":
+                axis = 0
+            elif values.size == 1:
+                continue  # a scalar (a clip bound, a shared scale) applies to any width
+            else:  # a per-channel constant broadcasting against N×C×H×W
+                axis = values.ndim - 3
+            sliced = np.take(values, kept, axis=axis)
+            new = _tensor(sliced, f"{name}/kept{len(kept)}.{_digest(kept)}", narrow.dtype)
+            if new.name not in inline:
+                inline[new.name] = new
+                graph.initializer.append(new)
+            node.input[position] = new.name
+            narrowed.add(name)
+        if node.op_type == "Conv":
+            return changed
+        data = [t for i, t in enumerate(node.input) if t and i not in constants]
+        tensor = data[0]
+
+
+def _digest(kept: Sequence[int]) -> str:
+    import hashlib
+
+    return hashlib.sha1(",".join(map(str, kept)).encode()).hexdigest()[:8]
 
 
 def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
@@ -245,6 +321,7 @@ class FactorTarget(Target):
     patches: PatchGeometry | None = None  # 2-D convs: what a refit samples
     relu: bool = False  # a ReLU reads the conv's output (and nothing else does)
     activated: str | None = None  # that ReLU's output
+    prunable: Prunable | None = None  # its input channels can be pruned
 
     def replaced_nodes(self) -> list[str]:
         return [self.conv.name]
@@ -270,7 +347,15 @@ class FactorTarget(Target):
             kinds=kinds,
         )
 
+    def pruner(self, stats: dict[str, Array] | None) -> ChannelPruner | None:
+        if self.prunable is None or stats is None:
+            return None
+        moment = stats[self.conv.inputs[0]]
+        return ChannelPruner(self.weight, self.site, moment, self.prunable.producer_macs)
+
     def edit(self, factors: Factors, names: Names) -> Edit:
+        if factors.kind == "prune":
+            return self._prune(factors, names)
         proto, conv = self.conv.proto, self.conv
         x, y = conv.inputs[0], conv.outputs[0]
         pointwise = [1] * len(self.site.kernel)
@@ -303,6 +388,28 @@ class FactorTarget(Target):
             nodes.append(_conv(names.fresh(expand), [core, w_names[2], *bias], y, pointwise))
         edit = Edit({conv.index: nodes}, initializers, [n.name for n in nodes])
         edit.tail = (nodes[-1].input[0], factors.kind == "svd-reduce")
+        return edit
+
+    def _prune(self, factors: Factors, names: Names) -> Edit:
+        """The conv reading only the kept channels; its producer narrowed (``Narrow``)."""
+        assert self.prunable is not None and factors.kept is not None
+        conv = self.conv
+        x = conv.inputs[0]
+        weight = _tensor(factors.weights[0], names.fresh(f"{conv.name}.weight/pruned"), self.dtype)
+        initializers = [weight]
+        node = onnx.NodeProto()
+        node.CopyFrom(conv.proto)
+        node.input[1] = weight.name
+        if factors.bias is not None:
+            bias = _tensor(factors.bias, names.fresh(f"{conv.name}.bias/refit"), self.dtype)
+            initializers.append(bias)
+            if len(node.input) > 2:
+                node.input[2] = bias.name
+            else:
+                node.input.append(bias.name)
+        edit = Edit({conv.index: [node]}, initializers, [node.name])
+        edit.narrow = [Narrow(x, factors.kept, self.prunable.originals, self.dtype)]
+        edit.tail = (x, True)
         return edit
 
 

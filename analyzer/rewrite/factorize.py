@@ -100,6 +100,7 @@ class Factors:
     method: str = "weight"
     # The last conv's bias when a refit replaced the original one (``budget.refit``).
     bias: Array | None = field(default=None, repr=False)
+    kept: tuple[int, ...] | None = None  # channel pruning: the input channels kept
 
     @property
     def key(self) -> tuple[str, int | tuple[int, int]]:
@@ -494,6 +495,83 @@ class PoolProjection:
             macs,
             params,
             self.method,
+        )
+
+
+# -- channel pruning (He, Zhang and Sun 2017) -----------------------------------------------
+
+
+@dataclass
+class ChannelPruner:
+    """Keep c of a conv's input channels (and of the conv that produces them), reconstruct.
+
+    Selection: channels in order of the energy of their contribution to the response,
+    ``E[x_c²]·‖W[:, c]‖²`` (a greedy stand-in for the LASSO of He et al.). Reconstruction, per
+    kernel offset, from the kept channels' correlation with the pruned ones: ``W_S' = W_S +
+    W_D·C_DS·C_SS⁻¹`` (least squares at one pixel; ``budget``'s refit then fits patches of the
+    approximated model's inputs, and the response after a ReLU). The proxy error is the
+    response energy left unexplained, ``Σ_k tr(W_kD (C_DD − C_DS C_SS⁻¹ C_SD) W_kDᵀ)``, of the
+    total ``Σ_k tr(W_k C W_kᵀ)``. ``extra_macs`` are the producer's MACs per input channel
+    (they go with each pruned channel); ``producer_macs`` its MACs in all."""
+
+    weight: Array
+    site: ConvSite
+    input_moment: Array
+    producer_macs: int = 0
+
+    def __post_init__(self) -> None:
+        self.weight = np.asarray(self.weight, dtype=np.float64)
+        moment = (self.input_moment + self.input_moment.T) / 2
+        floor = DATA_FLOOR * max(float(np.trace(moment)) / len(moment), 1e-30)
+        self._moment = moment + floor * np.eye(len(moment))
+        flat = self.weight.reshape(self.site.cout, self.site.cin, -1)
+        energy = np.einsum("ock,ock->c", flat, flat) * np.diag(self._moment)
+        self.order = [int(c) for c in np.argsort(-energy, kind="stable")]
+        offsets = self.weight.reshape(self.site.cout, self.site.cin, -1)  # (C_out, C_in, K)
+        self._offsets = np.moveaxis(offsets, 2, 0)  # (K, C_out, C_in)
+        self._total = max(
+            float(np.einsum("koc,cd,kod->", self._offsets, self._moment, self._offsets)), 1e-300
+        )
+
+    def kept(self, count: int) -> list[int]:
+        return sorted(self.order[:count])
+
+    def cost(self, count: int) -> tuple[int, int]:
+        """(MACs, params) of the pruned conv plus the producer at ``count`` channels."""
+        s = self.site
+        per_pixel = s.cout * count * s.k
+        producer = self.producer_macs * count // max(s.cin, 1)
+        return per_pixel * s.out_pixels + producer, per_pixel + (s.cout if s.has_bias else 0)
+
+    def baseline(self) -> int:
+        return self.site.macs() + self.producer_macs
+
+    def _split(self, count: int) -> tuple[list[int], list[int], Array]:
+        kept = self.kept(count)
+        dropped = sorted(set(range(self.site.cin)) - set(kept))
+        c = self._moment
+        # C_SS⁻¹ C_SD: how the kept channels predict the pruned ones
+        mix = np.linalg.solve(c[np.ix_(kept, kept)], c[np.ix_(kept, dropped)])
+        return kept, dropped, mix
+
+    def proxy(self, count: int) -> float:
+        if count >= self.site.cin:
+            return 0.0
+        kept, dropped, mix = self._split(count)
+        c = self._moment
+        schur = c[np.ix_(dropped, dropped)] - c[np.ix_(dropped, kept)] @ mix
+        w_dropped = self._offsets[:, :, dropped]
+        lost = float(np.einsum("koc,cd,kod->", w_dropped, schur, w_dropped))
+        return math.sqrt(max(lost, 0.0) / self._total)
+
+    def at_count(self, count: int) -> Factors:
+        kept, dropped, mix = self._split(count)
+        w = self._offsets
+        pruned = w[:, :, kept] + w[:, :, dropped] @ mix.T  # (K, C_out, c)
+        weight = np.moveaxis(pruned, 0, 2).reshape(self.site.cout, count, *self.site.kernel)
+        macs, params = self.cost(count)
+        return Factors(
+            "prune", count, [weight], self.proxy(count), macs, params, "prune", kept=tuple(kept)
         )
 
 

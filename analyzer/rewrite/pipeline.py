@@ -73,7 +73,9 @@ from convlint.rewrite.budget import (
     allocation_path,
     factor_candidates,
     most_aggressive,
+    pareto,
     pool_candidates,
+    prune_candidates,
     reduced_rank_refit,
     refit,
     refit_rows,
@@ -90,10 +92,11 @@ from convlint.rewrite.edit import (
     Weights,
     apply_edits,
 )
-from convlint.rewrite.factorize import KINDS, Array, Factors
+from convlint.rewrite.factorize import KINDS, Array, ChannelPruner, Factors
 from convlint.rewrite.latency import Latency
 from convlint.rewrite.plan import NotRewritable, plan
 from convlint.rewrite.report import (
+    DEFAULT_METHOD,
     DEFAULT_OBJECTIVE,
     DEFAULT_PROVIDER,
     DEFAULT_SAMPLES,
@@ -141,7 +144,7 @@ class FixOptions:
     output: Path | None  # None: MODEL itself, with in_place
     in_place: bool = False
     tolerance: float = 1e-3
-    method: str = "data-aware"
+    method: str = DEFAULT_METHOD
     rank: int | None = None
     ratio: float | None = None
     inputs: Path | None = None
@@ -173,11 +176,14 @@ class Rewrite:
     verified: Errors
     unsafe: bool = False
     latency: Latency | None = None  # its nodes alone, with --objective latency
+    kept_channels: list[int] | None = None  # channel pruning: the input channels it keeps
 
     def as_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["verified"] = self.verified.as_dict()
         data.pop("unsafe")
+        if self.kept_channels is None:
+            data.pop("kept_channels")
         if self.latency is None:
             data.pop("latency")
         else:
@@ -966,7 +972,7 @@ class Fixer:
                 "(generated noise would fit and verify them on data the model never sees)"
             )
             lossy = []
-        if options.method == "data-aware" and lossy:
+        if options.method != "weight" and lossy:
             tensors = list(dict.fromkeys(t for target in lossy for t in target.stat_tensors()))
             with self.timer("onnxruntime"):
                 self.stats = collect_statistics(self.runtime, self.light, tensors, fit)
@@ -1014,25 +1020,37 @@ class Fixer:
         """Every lossy rewrite's rank, chosen together: the most aggressive allocation on the
         path of ``budget.allocation_path`` whose whole model holds the tolerance (and
         --min-top1) on the held-out samples, each layer refitted to the original response."""
-        searches: dict[str, tuple[Target, Any]] = {}
+        searches: dict[str, tuple[Target, Any, ChannelPruner | None]] = {}
         curves: dict[str, list[Candidate]] = {}
         baselines: dict[str, int] = {}
+        method = self.options.method
         with self.timer("factorization"):
             for target in lossy:
                 key = _key(target)
+                pruner = None
                 if isinstance(target, FactorTarget):
                     search: Any = target.search(self.stats)
-                    baselines[key] = target.site.macs()
-                    curve = factor_candidates(search, baselines[key])
+                    if method in ("auto", "prune"):
+                        pruner = target.pruner(self.stats)
+                    extra = pruner.producer_macs if pruner is not None else 0
+                    baselines[key] = target.site.macs() + extra
+                    curve = []
+                    if method != "prune":
+                        curve = [
+                            dataclasses.replace(c, macs=c.macs + extra)
+                            for c in factor_candidates(search, target.site.macs())
+                        ]
+                    if pruner is not None:
+                        curve = pareto([*curve, *prune_candidates(pruner)])
                 else:
                     assert isinstance(target, PoolTarget)
                     search = target.search(self.stats)
                     baselines[key] = search.baseline()[0]
-                    curve = pool_candidates(search)
+                    curve = pool_candidates(search) if method != "prune" else []
                 if not curve:
                     self._settle_one(target, NO_SAVING, {}, result, report)
                     continue
-                searches[key], curves[key] = (target, search), curve
+                searches[key], curves[key] = (target, search, pruner), curve
             path = allocation_path(curves, baselines)
         fixed = [c.edit for c in exact.values()]
         tried: dict[int, tuple[dict[str, _Choice], Errors]] = {}
@@ -1056,7 +1074,7 @@ class Fixer:
 
         best = most_aggressive(path, holds) if len(path) > 1 else 0
         chosen = tried[id(path[best])][0] if best else {}
-        for key, (target, _) in searches.items():
+        for key, (target, _, _) in searches.items():
             if key not in chosen:
                 reason = NO_SAVING if best == 0 else OUT_OF_BUDGET
                 if target.unsafe and math.isfinite(closest.get(key, math.inf)):
@@ -1075,7 +1093,7 @@ class Fixer:
     def build(
         self,
         allocation: Allocation,
-        searches: dict[str, tuple[Target, Any]],
+        searches: dict[str, tuple[Target, Any, ChannelPruner | None]],
         fit: list[Feed],
         fixed: list[Edit],
     ) -> dict[str, _Choice]:
@@ -1083,10 +1101,13 @@ class Fixer:
         chosen: dict[str, _Choice] = {}
         with self.timer("factorization"):
             for key, candidate in allocation.items():
-                target, search = searches[key]
+                target, search, pruner = searches[key]
                 cached = self._factors.get((key, candidate.kind, candidate.rank))
                 if cached is None:
-                    if isinstance(target, FactorTarget):
+                    if candidate.kind == "prune":
+                        assert pruner is not None and isinstance(candidate.rank, int)
+                        cached = pruner.at_count(candidate.rank)
+                    elif isinstance(target, FactorTarget):
                         cached = search.at_rank(candidate.kind, candidate.rank)
                     else:
                         cached = search.at_rank(candidate.rank)
@@ -1129,6 +1150,15 @@ class Fixer:
                 specs,
                 "sampling the rewritten model",
             )
+        # A conv whose output channels another rewrite prunes is fitted on the kept ones.
+        narrowed = {
+            c.target.prunable.producer_output: list(c.factors.kept)
+            for c in chosen.values()
+            if isinstance(c.target, FactorTarget)
+            and c.target.prunable is not None
+            and c.factors is not None
+            and c.factors.kept is not None
+        }
         with self.timer("factorization"):
             for index, job in enumerate(jobs):
                 features, current = sampled[2 * index], sampled[2 * index + 1]
@@ -1136,6 +1166,9 @@ class Fixer:
                 target, factors = choice.target, choice.factors
                 assert isinstance(target, FactorTarget) and factors is not None
                 response = self._responses[(job.key, job.output)]
+                kept = narrowed.get(job.output.tensor)
+                if kept is not None:
+                    response = response[:, kept]
                 last = factors.weights[-1]
                 if job.whole:
                     matrix = target.weight.reshape(target.site.cout, -1)
@@ -1143,6 +1176,10 @@ class Fixer:
                     rank = int(last.shape[1])
                     b, a, bias = reduced_rank_refit(responses, response, rank, target.relu)
                     prediction = responses @ (b @ a).T + bias
+                    b, bias = _widen(b, bias, kept, target.site.cout)
+                    if b.shape[1] < rank:  # fewer kept channels than the rank: pad with zeros
+                        b = np.pad(b, ((0, 0), (0, rank - b.shape[1])))
+                        a = np.pad(a, ((0, rank - a.shape[0]), (0, 0)))
                     weights = [
                         (a @ matrix).reshape(factors.weights[0].shape),
                         b.reshape(last.shape),
@@ -1150,6 +1187,7 @@ class Fixer:
                 else:
                     weight, bias = refit(features, response, target.relu)
                     prediction = features.astype(np.float64) @ weight.T + bias
+                    weight, bias = _widen(weight, bias, kept, target.site.cout)
                     weights = [*factors.weights[:-1], weight.reshape(last.shape)]
                 before = relative_error(current, response, target.relu)
                 after = relative_error(prediction, response, target.relu)
@@ -1214,6 +1252,14 @@ class Fixer:
         old = [before.nodes[n] for n in choice.target.replaced_nodes()]
         new = [after.nodes[n] for n in choice.edit.new_nodes if n in after.nodes]
         factors = choice.factors
+        kept = None
+        if factors is not None and factors.kept is not None:
+            kept = list(factors.kept)
+            assert isinstance(choice.target, FactorTarget) and choice.target.prunable
+            producer = choice.target.prunable.producer
+            if producer in after.nodes:  # narrowed in place, not rewritten by another finding
+                old.append(before.nodes[producer])
+                new.append(after.nodes[producer])
         rank = None if factors is None else factors.rank
         return Rewrite(
             code=choice.target.code,
@@ -1228,6 +1274,7 @@ class Fixer:
             verified=choice.errors,
             unsafe=choice.target.unsafe,
             latency=choice.latency,
+            kept_channels=kept,
         )
 
     def write(self, model: onnx.ModelProto) -> tuple[Errors, bool]:
@@ -1410,6 +1457,18 @@ def _refit_job(key: str, choice: _Choice, fit: list[Feed]) -> _RefitJob | None:
     else:
         features = PatchSpec(tensor, geometry.out_shape, per_sample=rows, seed=seed)
     return _RefitJob(key, features, output, whole=False)
+
+
+def _widen(rows: Array, bias: Array, kept: list[int] | None, count: int) -> tuple[Array, Array]:
+    """Rows fitted for the ``kept`` output channels back in place among ``count`` (zeros for
+    the others, which the pruning of the consumer slices away)."""
+    if kept is None:
+        return rows, bias
+    full = np.zeros((count, *rows.shape[1:]))
+    full[kept] = rows
+    full_bias = np.zeros(count)
+    full_bias[kept] = bias
+    return full, full_bias
 
 
 def _key(target: Target) -> str:

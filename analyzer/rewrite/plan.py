@@ -21,6 +21,7 @@ from convlint.rewrite.edit import (
     FoldTarget,
     PatchGeometry,
     PoolTarget,
+    Prunable,
     Target,
     Weights,
 )
@@ -112,7 +113,57 @@ def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weigh
         patches=patch_geometry(conv, graph, site.kernel),
         relu=relu,
         activated=readers[0].outputs[0] if relu else None,
+        prunable=prune_chain(conv, graph, weights),
     )
+
+
+# Roles a channel pruning narrows on its way up to the producing conv: each computes channel by
+# channel (their per-channel constants are sliced with the channels).
+PRUNE_THROUGH = frozenset({"activation", "affine", "passthrough", "pool"})
+
+
+def prune_chain(conv: Node, graph: ModelGraph, weights: Weights) -> Prunable | None:
+    """What pruning ``conv``'s input channels narrows: every node between it and the conv
+    that produces them (each read by the next alone), with the values of their constants;
+    None when a node on the way is shared, mixes channels, or is not a plain float Conv."""
+    view = View(graph)
+    tensor = conv.inputs[0]
+    originals: dict[str, Array] = {}
+    macs = 0
+    while True:
+        readers = graph.consumers_of(tensor)
+        if len(readers) != 1 or tensor in graph.graph_outputs:
+            return None
+        node = graph.producer_of(tensor)
+        if node is None:
+            return None
+        if view.role(node) == "conv":
+            if node.op_type != "Conv" or int(node.attrs.get("group", 1)) != 1:
+                return None
+            try:
+                weight, bias = _conv_weight(node, weights)
+            except NotRewritable:
+                return None
+            originals[node.inputs[1]] = weight
+            if bias is not None:
+                originals[node.inputs[2]] = bias
+            pixels = spatial_pixels(graph, node.outputs[0])
+            if pixels is None:
+                return None
+            macs += int(weight.size) * pixels
+            return Prunable(node.name, node.outputs[0], int(macs), originals)
+        if view.role(node) not in PRUNE_THROUGH or len(node.outputs) != 1:
+            return None
+        data = view.data_input(node)
+        if data is None or view.graph.producer_of(data) is None:
+            return None
+        for operand in node.inputs:
+            if operand and operand != data and graph.is_constant(operand):
+                value = weights.get(operand)
+                if value is None:
+                    return None
+                originals[operand] = value
+        tensor = data
 
 
 def patch_geometry(conv: Node, graph: ModelGraph, kernel: Sequence[int]) -> PatchGeometry | None:

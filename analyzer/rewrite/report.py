@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     from convlint.rewrite.pipeline import FixResult
     from convlint.rewrite.verify import Errors
 
-METHODS = ("data-aware", "weight")
+METHODS = ("auto", "data-aware", "weight", "prune")
+DEFAULT_METHOD = "auto"
 OBJECTIVES = ("latency", "macs")
 DEFAULT_OBJECTIVE = "macs"
 DEFAULT_PROVIDER = "CPUExecutionProvider"  # the onnxruntime execution provider timed on
 DEFAULT_SAMPLES = 8  # seeded random samples without --inputs
-INPUT_SAMPLES = 32  # samples taken from --inputs unless --samples says otherwise
+INPUT_SAMPLES = 128  # samples taken from --inputs unless --samples says otherwise (64 verify)
+FEW_SAMPLES = 50  # a top-1 agreement from fewer held-out samples is reported with a warning
 
 
 def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +47,10 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method",
         choices=METHODS,
-        default="data-aware",
-        help="how to factorize (default data-aware)",
+        default=DEFAULT_METHOD,
+        help="how to rewrite a lossy finding: data-aware factorization, channel pruning "
+        "(prune), both with the best per layer (auto), or weight SVD (weight) "
+        f"(default {DEFAULT_METHOD})",
     )
     ranks = parser.add_mutually_exclusive_group()
     ranks.add_argument("--rank", type=int, metavar="N", help="factorize at rank N")
@@ -128,7 +132,12 @@ def _error_text(errors: Errors) -> str:
     rel, worst = errors.rel_l2_error, errors.max_abs_error
     rel_text = f"{rel:.2e}" if math.isfinite(rel) else "inf"
     abs_text = f"{worst:.2e}" if math.isfinite(worst) else "inf"
-    top1 = "" if errors.top1_agreement is None else f", top-1 {errors.top1_agreement:.1%}"
+    top1 = ""
+    if errors.top1_agreement is not None:
+        top1 = f", top-1 {errors.top1_agreement:.1%}"
+        if errors.top1_interval is not None:
+            low, high = errors.top1_interval
+            top1 += f" (95% {low:.1%}-{high:.1%} of {errors.top1_samples})"
     return f"rel L2 {rel_text}, max abs {abs_text}{top1} [{'ok' if errors.ok else 'FAIL'}]"
 
 
@@ -191,11 +200,12 @@ def render_text(
     if not quiet:
         lines.append(_header(result))
     for rw in result.rewrites:
-        rank = (
-            ""
-            if rw.rank is None
-            else f" rank {'x'.join(map(str, rw.rank)) if isinstance(rw.rank, list) else rw.rank}"
-        )
+        if rw.kept_channels is not None:
+            rank = f" to {len(rw.kept_channels)} input channels"
+        elif rw.rank is None:
+            rank = ""
+        else:
+            rank = f" rank {'x'.join(map(str, rw.rank)) if isinstance(rw.rank, list) else rw.rank}"
         unsafe = " (unsafe)" if rw.unsafe else ""
         alone = "" if rw.latency is None else f"; alone {rw.latency.short()}"
         lines.append(
@@ -234,6 +244,16 @@ def render_text(
         lines.append(
             f"model: {totals}{timed}verified {_error_text(result.verification)}{problem}; "
             f"{outcome}{_noise_note(result)}"
+        )
+    verified = result.verification
+    if (
+        verified is not None
+        and verified.top1_agreement is not None
+        and 0 < verified.top1_samples < FEW_SAMPLES
+    ):
+        lines.append(
+            f"warning: top-1 agreement from {verified.top1_samples} held-out samples, fewer "
+            f"than {FEW_SAMPLES}: its interval is wide; pass more samples with --inputs"
         )
     if timings and not quiet and result.timings:
         lines.append(_timings_text(result))
