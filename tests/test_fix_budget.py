@@ -1,0 +1,242 @@
+"""`convlint fix` on trained-like weights: one budget for the whole model, response
+reconstruction after the ReLU, channel pruning, real data for lossy rewrites, honest numbers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fix_helpers import rel_l2
+from onnx import helper, numpy_helper
+
+from convlint import fixtures
+from convlint.cli import main
+from convlint.engine import Settings
+from convlint.registry import load_registry
+from convlint.rewrite import budget
+from convlint.rewrite.budget import Candidate
+from convlint.rewrite.pipeline import NEEDS_DATA, FixOptions, fix, held_out_count
+from convlint.rewrite.verify import compare, wilson_interval
+
+
+def _inputs(path: Path, shape: tuple[int, ...], count: int = 96, seed: int = 1) -> Path:
+    rng = np.random.default_rng(seed)
+    np.savez(path, input=rng.standard_normal((count, *shape)).astype(np.float32))
+    return path
+
+
+def _fix(path: Path, **options):  # type: ignore[no-untyped-def]
+    out = path.with_name(f"{path.stem}.fixed.onnx")
+    return fix(path, load_registry(), Settings(), FixOptions(output=out, **options)), out
+
+
+# -- lossy rewrites need real data ---------------------------------------------------------
+
+
+def test_without_inputs_lossy_rewrites_are_refused_and_exact_ones_applied(tmp_path: Path) -> None:
+    planted = fixtures.save(fixtures.conv3x3(planted_rank=48, hw=6), tmp_path / "planted.onnx")
+    result, out = _fix(planted, method="weight", samples=2, latency=False)
+    assert result.written and result.rewrites == []
+    assert [(s.code, s.node, s.reason) for s in result.skipped] == [("CL001", "conv", NEEDS_DATA)]
+    assert any("1 approximate rewrite not applied: no --inputs" in n for n in result.report.notes)
+    # The same model with --allow-noise: the planted rank is found.
+    result, _ = _fix(planted, method="weight", samples=2, latency=False, allow_noise=True)
+    assert [(r.kind, r.rank) for r in result.rewrites] == [("svd-reduce", 48)]
+    # An exact fold needs no data.
+    chain = fixtures.save(fixtures.linear_conv_chain_bad(), tmp_path / "chain.onnx")
+    result, _ = _fix(chain, samples=2, latency=False)
+    assert [(r.code, r.kind) for r in result.rewrites] == [("CL003", "fold")]
+
+
+def test_the_command_line_says_it_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    planted = fixtures.save(fixtures.conv3x3(planted_rank=48, hw=6), tmp_path / "planted.onnx")
+    argv = ["fix", str(planted), "-o", str(tmp_path / "o.onnx"), "--samples", "2"]
+    assert main([*argv, "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert f"conv: CL001 skipped: {NEEDS_DATA}" in out
+    assert "model: no rewrite applies (1 finding, none rewritten)" in out
+
+
+# -- response reconstruction -----------------------------------------------------------------
+
+
+def test_response_after_relu_is_reconstructed_where_weight_svd_finds_no_rank(
+    tmp_path: Path,
+) -> None:
+    """Rank 32 reproduces the conv's output after its ReLU (96 of 128 channels are always
+    zeroed), while the weight itself is full rank: the data-aware refit finds rank 32 within 5%;
+    truncating the weight finds nothing within 5%."""
+    path = fixtures.save(fixtures.relu_low_rank_response(), tmp_path / "relu.onnx")
+    data = _inputs(tmp_path / "in.npz", (128, 12, 12))
+    options = {"inputs": data, "samples": 96, "tolerance": 0.05, "latency": False}
+    aware, out = _fix(path, method="data-aware", **options)
+    assert [(r.kind, r.rank, r.method) for r in aware.rewrites] == [
+        ("svd-expand", 32, "data-aware")
+    ]
+    (rewrite,) = aware.rewrites
+    assert rewrite.macs_before == 21_233_664 and rewrite.macs_after == 5_898_240
+    assert rewrite.verified.rel_l2_error < 0.05
+    feeds = [{"input": a[None]} for a in np.load(data)["input"][-16:]]
+    assert rel_l2(path, out, feeds) < 0.05
+    weight, _ = _fix(path, method="weight", **options)
+    assert weight.rewrites == []
+    assert weight.skipped[0].reason.startswith("no rank within tolerance lowers MACs")
+
+
+def test_reduced_rank_refit_recovers_an_activated_response_exactly() -> None:
+    rng = np.random.default_rng(0)
+    responses = rng.standard_normal((4096, 64))
+    bias = np.full(64, -50.0)
+    bias[:16] = 0.0
+    targets = responses + bias  # 48 channels always below zero: rank 16 after the ReLU
+    linear = budget.reduced_rank_refit(responses, targets, 16, relu=False)
+    relu = budget.reduced_rank_refit(responses, targets, 16, relu=True)
+
+    def error(factors: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
+        b, a, c = factors
+        return budget.relative_error(responses @ (b @ a).T + c, targets, relu=True)
+
+    assert error(linear) > 0.5
+    assert error(relu) < 0.02
+
+
+# -- channel pruning -------------------------------------------------------------------------
+
+
+def test_known_prunable_channels_are_pruned_exactly(tmp_path: Path) -> None:
+    model = fixtures.prunable_channels()
+    weight = numpy_helper.to_array(
+        next(t for t in model.graph.initializer if t.name == "conv2.weight")
+    )
+    used = [c for c in range(128) if np.any(weight[:, c])]
+    assert len(used) == 48
+    path = fixtures.save(model, tmp_path / "prune.onnx")
+    data = _inputs(tmp_path / "in.npz", (32, 12, 12))
+    result, out = _fix(path, method="prune", inputs=data, samples=96, tolerance=1e-3, latency=False)
+    (rewrite,) = result.rewrites
+    assert (rewrite.kind, rewrite.method, rewrite.kept_channels) == ("prune", "prune", used)
+    assert rewrite.verified.rel_l2_error < 1e-5
+    assert result.cost_after is not None and result.report.cost is not None
+    assert (result.report.cost.macs, result.cost_after.macs) == (26_542_080, 9_953_280)
+    written = onnx.load(out)
+    shapes = {t.name: tuple(t.dims) for t in written.graph.initializer}
+    conv1 = next(n for n in written.graph.node if n.name == "conv1")
+    assert shapes[conv1.input[1]] == (48, 32, 3, 3) and shapes[conv1.input[2]] == (48,)
+    assert rewrite.as_dict()["kept_channels"] == used
+
+
+# -- clean output ----------------------------------------------------------------------------
+
+
+def _constants_for_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every initializer as a Constant node, as paddle2onnx and some TensorFlow exports write."""
+    nodes = [
+        helper.make_node("Constant", [], [t.name], name=f"{t.name}/const", value=t)
+        for t in model.graph.initializer
+    ]
+    rest = list(model.graph.node)
+    del model.graph.initializer[:]
+    del model.graph.node[:]
+    model.graph.node.extend([*nodes, *rest])
+    return model
+
+
+def test_out_keeps_no_dead_constant_and_shrinks_with_its_params(tmp_path: Path) -> None:
+    model = _constants_for_weights(fixtures.linear_conv_chain_bad())
+    path = tmp_path / "chain.onnx"
+    onnx.save(model, path)
+    result, out = _fix(path, samples=2, latency=False)
+    assert [r.kind for r in result.rewrites] == ["fold"]
+    written = onnx.load(out)
+    read = {t for n in written.graph.node for t in n.input}
+    constants = [n.output[0] for n in written.graph.node if n.op_type == "Constant"]
+    # The folded convs' and BN's constants are gone; the BN after the fold keeps its four.
+    assert constants == [f"conv_bn.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
+    assert all(t in read for t in constants)
+    assert all(t.name in read for t in written.graph.initializer)
+    assert result.cost_after is not None and result.report.cost is not None
+    ratio = result.cost_after.params / result.report.cost.params
+    assert out.stat().st_size / path.stat().st_size == pytest.approx(ratio, rel=0.05)
+
+
+# -- the budget's arithmetic -----------------------------------------------------------------
+
+
+def _curve(*points: tuple[int, float]) -> list[Candidate]:
+    return [
+        Candidate("svd-reduce", i + 1, macs, macs, proxy) for i, (macs, proxy) in enumerate(points)
+    ]
+
+
+def test_pareto_keeps_only_candidates_no_other_beats() -> None:
+    front = budget.pareto(_curve((10, 0.5), (20, 0.6), (30, 0.1), (25, 0.1), (40, 0.0)))
+    assert [(c.macs, c.proxy) for c in front] == [(10, 0.5), (25, 0.1), (40, 0.0)]
+
+
+def test_allocation_path_moves_one_layer_one_step_by_saving_per_error() -> None:
+    curves = {
+        "a": _curve((10, 0.5), (50, 0.1)),  # from 100: 50 saved for 0.01, then 40 for 0.24
+        "b": _curve((20, 0.2)),  # from 100: 80 saved for 0.04
+    }
+    path = budget.allocation_path(curves, {"a": 100, "b": 100})
+    steps = [{k: c.macs for k, c in allocation.items()} for allocation in path]
+    assert steps == [{}, {"a": 50}, {"a": 50, "b": 20}, {"a": 10, "b": 20}]
+
+
+def test_bisection_finds_the_last_allocation_that_holds() -> None:
+    path: list[dict[str, Candidate]] = [{} for _ in range(100)]
+    calls: list[int] = []
+
+    def holds(allocation: dict[str, Candidate]) -> bool:
+        index = next(i for i, a in enumerate(path) if a is allocation)
+        calls.append(index)
+        return index <= 37
+
+    assert budget.most_aggressive(path, holds) == 37
+    assert len(calls) <= budget.MAX_EVALS and calls[0] == 99
+    assert budget.most_aggressive(path, lambda a: True) == 99
+
+
+def test_ranks_are_multiples_of_eight_where_the_layer_is_wide_enough() -> None:
+    assert budget.ladder(40) == [8, 16, 24, 32, 40]
+    assert budget.ladder(12) == list(range(1, 13))
+
+
+# -- honest numbers ------------------------------------------------------------------------
+
+
+def test_wilson_interval_of_top1_agreement() -> None:
+    low, high = wilson_interval(64, 64)
+    assert (round(low, 4), high) == (0.9434, 1.0)
+    low, high = wilson_interval(6, 6)
+    assert round(low, 3) == 0.61  # "top-1 100%" from 6 images says little
+    low, high = wilson_interval(45, 50)
+    assert (round(low, 3), round(high, 3)) == (0.786, 0.957)
+
+
+def test_held_out_samples_are_disjoint_and_at_least_64_when_given() -> None:
+    assert [held_out_count(n) for n in (2, 32, 80, 128, 300)] == [1, 16, 64, 64, 150]
+
+
+def test_top1_agreement_comes_with_its_interval_and_sample_count() -> None:
+    reference = [[np.array([[0.1, 0.9]], np.float32)] for _ in range(50)]
+    flipped = [[np.array([[0.9, 0.1]], np.float32)] for _ in range(5)]
+    errors = compare(reference, [*reference[:45], *flipped], 10.0)
+    assert errors.top1_agreement == 0.9 and errors.top1_samples == 50
+    assert errors.as_dict()["top1_agreement_interval"] == list(wilson_interval(45, 50))
+
+
+def test_an_output_near_zero_passes_on_its_absolute_floor() -> None:
+    """A sigmoid map of an empty page: values ~1e-6 that a fold moves by rounding only."""
+    reference = [[np.full((1, 1, 8, 8), 1e-6, np.float32)]]
+    candidate = [[np.full((1, 1, 8, 8), 1.2e-6, np.float32)]]
+    errors = compare(reference, candidate, 1e-3)
+    assert errors.rel_l2_error == pytest.approx(0.2, rel=1e-3) and errors.ok
+    moved = [[np.full((1, 1, 8, 8), 1e-3, np.float32)]]
+    assert not compare(reference, moved, 1e-3).ok
+    assert math.isclose(compare(reference, reference, 1e-3).rel_l2_error, 0.0)
