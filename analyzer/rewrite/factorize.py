@@ -529,9 +529,9 @@ class ChannelPruner:
         self.order = [int(c) for c in np.argsort(-energy, kind="stable")]
         offsets = self.weight.reshape(self.site.cout, self.site.cin, -1)  # (C_out, C_in, K)
         self._offsets = np.moveaxis(offsets, 2, 0)  # (K, C_out, C_in)
-        self._total = max(
-            float(np.einsum("koc,cd,kod->", self._offsets, self._moment, self._offsets)), 1e-300
-        )
+        # Σ_k tr(W_k C W_kᵀ) = Σ C ∘ G with G = Σ_k W_kᵀ W_k: the energies in O(C²) each
+        self._gram = np.einsum("koc,kod->cd", self._offsets, self._offsets, optimize=True)
+        self._total = max(float(np.sum(self._moment * self._gram)), 1e-300)
 
     def kept(self, count: int) -> list[int]:
         return sorted(self.order[:count])
@@ -560,8 +560,7 @@ class ChannelPruner:
         kept, dropped, mix = self._split(count)
         c = self._moment
         schur = c[np.ix_(dropped, dropped)] - c[np.ix_(dropped, kept)] @ mix
-        w_dropped = self._offsets[:, :, dropped]
-        lost = float(np.einsum("koc,cd,kod->", w_dropped, schur, w_dropped))
+        lost = float(np.sum(schur * self._gram[np.ix_(dropped, dropped)]))
         return math.sqrt(max(lost, 0.0) / self._total)
 
     def at_count(self, count: int) -> Factors:

@@ -132,6 +132,8 @@ NEEDS_DATA = (
     "data the model sees (or --allow-noise to fit generated noise)"
 )
 OUT_OF_BUDGET = "the whole-model budget was spent on layers that save more MACs per unit of error"
+EARLY_SAMPLES = 16  # held-out samples a bisection step is first measured on
+EARLY_MARGIN = 3.0  # ... and fails at once beyond this many times the tolerance
 VERIFY_MIN = 64  # held-out samples, when the user gives that many
 FIT_MIN = 16  # fitting samples kept when the held-out set grows to VERIFY_MIN
 REFIT_ROUNDS = 1  # refits of every chosen layer against the approximated model's inputs
@@ -585,11 +587,31 @@ class Fixer:
             record,
         )
 
-    def measure(self, model: onnx.ModelProto | Path, what: str) -> Errors:
+    def measure(self, model: onnx.ModelProto | Path, what: str, early: bool = False) -> Errors:
+        """The model's errors on every held-out sample. ``early``: first on a few of them,
+        and a model already far outside the budget there (``EARLY_MARGIN`` times the
+        tolerance) fails without running the rest: most of the budget's bisection steps that
+        fail, fail by far."""
+        feeds, reference = self.verify_feeds, self.reference
         with self.timer("onnxruntime"):
-            outputs = self.runtime.run(model, self.verify_feeds, what=what)
+            if early and len(feeds) > 2 * EARLY_SAMPLES:
+                model = (
+                    self.runtime.save(model, "measured.onnx")
+                    if not isinstance(model, Path)
+                    else model
+                )
+                first = self.runtime.run(model, feeds[:EARLY_SAMPLES], what=what)
+                errors = compare(
+                    reference[:EARLY_SAMPLES], first, self.options.tolerance, self.output_names
+                )
+                if errors.rel_l2_error > EARLY_MARGIN * self.options.tolerance:
+                    return dataclasses.replace(errors, ok=False)
+                rest = self.runtime.run(model, feeds[EARLY_SAMPLES:], what=what)
+                outputs = [*first, *rest]
+            else:
+                outputs = self.runtime.run(model, feeds, what=what)
             return compare(
-                self.reference,
+                reference,
                 outputs,
                 self.options.tolerance,
                 self.output_names,
@@ -1060,7 +1082,9 @@ class Fixer:
             chosen = self.build(allocation, searches, fit, fixed)
             with self.timer("factorization"):
                 combined = apply_edits(self.light, [*fixed, *(c.edit for c in chosen.values())])
-            errors = self.measure(combined, "verifying an allocation of the error budget")
+            errors = self.measure(
+                combined, "verifying an allocation of the error budget", early=True
+            )
             tried[id(allocation)] = (chosen, errors)
             for key in allocation:
                 closest[key] = min(closest.get(key, math.inf), errors.rel_l2_error)
