@@ -65,7 +65,12 @@ def test_arrays_with_or_without_the_batch_axis(
     argv = _fix(planted, "--inputs", str(path), "--no-latency", "--format", "json")
     assert main(argv) == 0
     model = _json(capsys)
-    assert model["calibration"] == {"source": suffix[1:], "fit": 3, "verify": 3}
+    assert model["calibration"] == {
+        "source": suffix[1:],
+        "fit": 3,
+        "verify": 3,
+        "verify_samples": [3, 4, 5],
+    }
     assert model["verification"]["ok"] and model["latency"] is None
     assert model["bound"] == {}
 
@@ -134,7 +139,12 @@ def test_noise_is_named_in_the_summary_and_the_json(
     )
     argv = _fix(planted, "--samples", "4", "--no-latency", "--format", "json")
     assert main(argv) == 0
-    assert _json(capsys)["calibration"] == {"source": "noise", "fit": 2, "verify": 2}
+    assert _json(capsys)["calibration"] == {
+        "source": "noise",
+        "fit": 2,
+        "verify": 2,
+        "verify_samples": [2, 3],
+    }
 
 
 def test_symbolic_dims_take_the_sizes_of_the_data(
@@ -218,7 +228,12 @@ def test_a_folder_of_images_with_a_preset(
     ) in first
     assert main([*argv, "--select", "CL001", "--format", "json"]) == 0
     model_json = _json(capsys)
-    assert model_json["calibration"] == {"source": "images", "fit": 2, "verify": 2}
+    assert model_json["calibration"] == {
+        "source": "images",
+        "fit": 2,
+        "verify": 2,
+        "verify_samples": [2, 3],
+    }
     (rewrite,) = model_json["rewrites"]
     assert rewrite["verified"]["top1_agreement"] == 1.0
 
@@ -335,8 +350,12 @@ def test_top1_agreement_is_reported_for_class_scores(
     assert model["verification"]["top1_agreement"] == 1.0
     (rewrite,) = model["rewrites"]
     assert rewrite["verified"]["top1_agreement"] == 1.0
+    assert rewrite["verified"]["top1_samples"] == 4
+    assert rewrite["verified"]["top1_agreement_interval"] == [pytest.approx(0.5101, abs=1e-4), 1.0]
     assert main(_fix(path, "--samples", "4", *FAST)) == 0
-    assert "top-1 100.0% [ok]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "top-1 100.0% (95% 51.0%-100.0% of 4) [ok]" in out
+    assert "warning: top-1 agreement from 4 held-out samples, fewer than 50" in out
 
 
 def test_no_top1_without_class_scores(planted: Path, capsys: pytest.CaptureFixture[str]) -> None:

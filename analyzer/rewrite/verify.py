@@ -255,7 +255,9 @@ def wilson_interval(same: int, total: int, z: float = WILSON_Z) -> tuple[float, 
     denominator = 1 + z * z / total
     centre = (share + z * z / (2 * total)) / denominator
     half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if same == 0 else max(0.0, centre - half)
+    high = 1.0 if same == total else min(1.0, centre + half)
+    return (low, high)
 
 
 def top1_counts(
