@@ -252,11 +252,11 @@ def test_a_combination_that_breaks_the_tolerance_drops_the_worst_rewrite(
     measure = Fixer.measure
     failed: list[str] = []
 
-    def failing_once(self, model, what):  # type: ignore[no-untyped-def]
+    def failing_once(self, model, what, early=False):  # type: ignore[no-untyped-def]
         if what == "verifying the combined rewrites" and not failed:
             failed.append(what)
             return Errors(1.0, 1.0, False)
-        return measure(self, model, what)
+        return measure(self, model, what, early)
 
     monkeypatch.setattr(Fixer, "measure", failing_once)
     path = fixtures.save(fixtures.inception_3a_naive(planted_rank=24), tmp_path / "3a.onnx")

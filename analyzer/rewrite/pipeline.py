@@ -493,7 +493,11 @@ class Fixer:
                             target.code,
                             target.node,
                             "unsafe fix: a consumer of the concat is nonlinear in the pooled "
-                            "channels; pass --unsafe-fixes to apply it",
+                            "channels; pass --unsafe-fixes to apply it"
+                            if target.kind == "pool-projection"
+                            else "unsafe fix: the folded conv differs at the borders, where a "
+                            "bias or cropped rows meet the zero padding; pass --unsafe-fixes to "
+                            "apply it (still held to the tolerance)",
                         )
                     )
                 else:
