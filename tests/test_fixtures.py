@@ -66,6 +66,8 @@ EXPECTED_OUTPUT_SHAPES: dict[str, list[Dims]] = {
     "tcn_block_1d_k7": [[1, 128, 250]],
     "yolo_seg_proto": [[1, 32, 40, 40]],
     "yolo_seg_proto_no_bias": [[1, 32, 40, 40]],
+    "relu_low_rank_response": [[1, 128, 12, 12]],
+    "prunable_channels": [[1, 128, 12, 12]],
     # computed shapes: ONNX inference alone (no data propagation) loses these dims
     "crnn_bilstm_computed_rows": [["?", "?", "?"]],
     "tf_flatten_dense": [["?", 10]],
