@@ -240,3 +240,27 @@ def test_an_output_near_zero_passes_on_its_absolute_floor() -> None:
     moved = [[np.full((1, 1, 8, 8), 1e-3, np.float32)]]
     assert not compare(reference, moved, 1e-3).ok
     assert math.isclose(compare(reference, reference, 1e-3).rel_l2_error, 0.0)
+
+
+def test_paddle_style_free_dims_take_the_data_sizes(tmp_path: Path) -> None:
+    """paddle2onnx declares [-1, 3, "?", "?"]: -1 is any batch, and two "?" need not be equal."""
+    model = fixtures.linear_conv_chain_bad()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].Clear()
+    dims[0].dim_value = -1
+    for dim in dims[2:]:
+        dim.Clear()
+        dim.dim_param = "?"
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    path = tmp_path / "paddle.onnx"
+    onnx.save(model, path)
+    data = _inputs(tmp_path / "in.npz", (64, 7, 9), count=4)
+    result, _ = _fix(path, inputs=data, latency=False)
+    assert result.bound == {"input[0]": 1, "input[2]": 7, "input[3]": 9}
+    # MACs exact at the data's sizes (OUT keeps the free dims, so the border fold waits)
+    # 63 pixels: 1×1 64->256 (16,384 each), BN (256), 3×3 256->64 (147,456), BN (64)
+    assert result.report.cost is not None
+    assert result.report.cost.macs == (16_384 + 256 + 147_456 + 64) * 63 == 10_342_080
+    (skip,) = result.skipped
+    assert "the spatial size is symbolic" in skip.reason

@@ -380,6 +380,7 @@ def fill_output_types(model: onnx.ModelProto, path: Path) -> None:
 def recount(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]], path: Path) -> ModelCost:
     """Params and MACs of a rewritten model, after shape inference with the same bindings."""
     skeleton = _skeleton(model)
+    loader.clear_negative_dims(skeleton)
     loader.bind_input_shapes(skeleton, bound, path)
     return model_cost(build_graph(loader.infer_shapes(skeleton, path)))
 
@@ -508,7 +509,8 @@ class Fixer:
     def _lint(self, model: onnx.ModelProto) -> ModelReport:
         """``check``'s report on ``model`` (weights left out of inference), graph kept."""
         skeleton = _skeleton(model)
-        notes = loader.bind_input_shapes(skeleton, self.lint_settings.input_shapes, self.path)
+        notes = loader.clear_negative_dims(skeleton)  # -1 dims are free, as `check` reads them
+        notes += loader.bind_input_shapes(skeleton, self.lint_settings.input_shapes, self.path)
         inferred = loader.infer_shapes(skeleton, self.path)
         report = ModelReport(path=str(self.path))
         loaded = loader.LoadedModel(str(self.path), inferred, notes)
@@ -1508,8 +1510,13 @@ def _count(number: int, noun: str) -> str:
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    """The declared dims; a dim_value of -1 or 0 and a dim_param of "?" (paddle2onnx writes
+    both for "any size") are free dims without a name, as an absent one: two "?" dims need
+    not be equal."""
     return [
-        d.dim_value if d.HasField("dim_value") else d.dim_param or None
+        (d.dim_value if d.dim_value > 0 else None)
+        if d.HasField("dim_value")
+        else (d.dim_param if d.dim_param not in ("", "?") else None)
         for d in value.type.tensor_type.shape.dim
     ]
 
