@@ -206,7 +206,7 @@ def fix(
     verbose: bool = False,
     in_place: bool = False,
     tolerance: float = 1e-3,
-    method: Literal["data-aware", "weight"] = "data-aware",
+    method: Literal["auto", "data-aware", "prune", "weight"] = "auto",
     rank: int | None = None,
     ratio: float | None = None,
     inputs: str | os.PathLike[str] | None = None,
@@ -220,6 +220,8 @@ def fix(
     provider: str = "CPUExecutionProvider",
     timeout: float = 300.0,
     unsafe_fixes: bool = False,
+    allow_noise: bool = False,
+    min_saving: float = 0.10,
     seed: int = 0,
 ) -> FixResult:
     """Rewrite the findings of one model, verify the rewrite with onnxruntime and write
@@ -227,9 +229,13 @@ def fix(
 
     - ``tolerance``: bound on every output's relative L2 error; ``min_top1``: bound on the
       top-1 agreement of class-score outputs (0 to 1), both on held-out samples;
-    - ``method`` (``"data-aware"`` or ``"weight"``), ``rank`` or ``ratio``: how to factorize;
+    - ``method`` (``"auto"``: factorization or channel pruning, whichever the whole-model
+      budget prefers per layer; ``"data-aware"``, ``"prune"`` or ``"weight"``), ``rank`` or
+      ``ratio``: how to rewrite; ``min_saving``: the least share of a layer's MACs a lossy
+      rewrite must save;
     - ``inputs``: samples to fit and verify on (an ``.npz``, an ``.npy`` or a folder of images,
-      with ``preprocess``), ``samples`` how many (default: 8 of seeded noise);
+      with ``preprocess``), ``samples`` how many; without them approximate rewrites are skipped
+      unless ``allow_noise`` (fitted on ``samples`` seeded noise, default 8);
     - ``objective`` (``"macs"`` by default, or ``"latency"``), ``latency`` (False:
       no timing), ``latency_threads``, ``latency_batch``, ``provider``: what is timed and how;
     - ``in_place`` allows ``output`` to be ``model``; ``unsafe_fixes`` applies fixes that
@@ -267,6 +273,8 @@ def fix(
             samples=samples,
             timeout=timeout,
             unsafe_fixes=unsafe_fixes,
+            allow_noise=allow_noise,
+            min_saving=min_saving,
             seed=seed,
             objective=objective,
             latency=latency,

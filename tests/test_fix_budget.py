@@ -264,3 +264,31 @@ def test_paddle_style_free_dims_take_the_data_sizes(tmp_path: Path) -> None:
     assert result.report.cost.macs == (16_384 + 256 + 147_456 + 64) * 63 == 10_342_080
     (skip,) = result.skipped
     assert "the spatial size is symbolic" in skip.reason
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "phrase"),
+    [
+        ("--min-saving", "1.5", "--min-saving must be in [0, 1)"),
+        ("--min-saving", "-0.1", "--min-saving must be in [0, 1)"),
+        ("--method", "svd", "invalid choice: 'svd'"),
+    ],
+)
+def test_bad_values_of_the_new_options_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, phrase: str
+) -> None:
+    planted = fixtures.save(fixtures.conv3x3(hw=6), tmp_path / "conv.onnx")
+    assert main(["fix", str(planted), "-o", str(tmp_path / "o.onnx"), option, value]) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "Traceback" not in err
+
+
+def test_a_higher_minimum_saving_leaves_a_small_saving_alone(tmp_path: Path) -> None:
+    planted = fixtures.save(fixtures.conv3x3(planted_rank=192, hw=6), tmp_path / "planted.onnx")
+    options = {"method": "weight", "samples": 2, "latency": False, "allow_noise": True}
+    result, _ = _fix(planted, **options)
+    (rewrite,) = result.rewrites  # rank 192 of 256: 17% fewer MACs
+    assert rewrite.macs_after is not None and rewrite.macs_before is not None
+    assert 0.1 <= 1 - rewrite.macs_after / rewrite.macs_before < 0.5
+    result, _ = _fix(planted, min_saving=0.5, **options)
+    assert result.rewrites == [] and result.skipped[0].reason.startswith("no rank")

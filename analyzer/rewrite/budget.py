@@ -74,10 +74,12 @@ def ladder(maximum: int, step: int = STEP) -> list[int]:
     return list(range(step, maximum + 1, step))
 
 
-def factor_candidates(search: ConvFactorizer, baseline: int) -> list[Candidate]:
-    """The Pareto front of every factored form of one conv that saves ``MIN_SAVING``."""
+def factor_candidates(
+    search: ConvFactorizer, baseline: int, min_saving: float = MIN_SAVING
+) -> list[Candidate]:
+    """The Pareto front of every factored form of one conv that saves ``min_saving``."""
     found: list[Candidate] = []
-    limit = (1 - MIN_SAVING) * baseline
+    limit = (1 - min_saving) * baseline
     inputs, outputs = search.input_side, search.output_side
     for kind in search.kinds:
         if kind == "svd-reduce":
@@ -100,24 +102,24 @@ def factor_candidates(search: ConvFactorizer, baseline: int) -> list[Candidate]:
     return pareto(found)
 
 
-def pool_candidates(search: PoolProjection) -> list[Candidate]:
-    """The projection widths of a pooling branch that save ``MIN_SAVING`` of its consumers."""
+def pool_candidates(search: PoolProjection, min_saving: float = MIN_SAVING) -> list[Candidate]:
+    """The projection widths of a pooling branch that save ``min_saving`` of its consumers."""
     baseline = search.baseline()[0]
     found = []
     for rank in ladder(search.max_rank):
         macs, params = search.cost(rank)
-        if macs <= (1 - MIN_SAVING) * baseline:
+        if macs <= (1 - min_saving) * baseline:
             found.append(Candidate("pool-projection", rank, macs, params, search.proxy(rank)))
     return pareto(found)
 
 
-def prune_candidates(pruner: ChannelPruner) -> list[Candidate]:
-    """Channel counts that save ``MIN_SAVING`` of the conv and its producer together."""
+def prune_candidates(pruner: ChannelPruner, min_saving: float = MIN_SAVING) -> list[Candidate]:
+    """Channel counts that save ``min_saving`` of the conv and its producer together."""
     baseline = pruner.baseline()
     found = []
     for count in ladder(pruner.site.cin - 1):
         macs, params = pruner.cost(count)
-        if macs <= (1 - MIN_SAVING) * baseline:
+        if macs <= (1 - min_saving) * baseline:
             found.append(Candidate("prune", count, macs, params, pruner.proxy(count)))
     return pareto(found)
 

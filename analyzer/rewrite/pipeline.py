@@ -68,6 +68,7 @@ from convlint.rewrite import latency, weightstore
 from convlint.rewrite.budget import (
     MAX_PATCH_WIDTH,
     MAX_REFIT_WIDTH,
+    MIN_SAVING,
     Allocation,
     Candidate,
     allocation_path,
@@ -162,6 +163,7 @@ class FixOptions:
     latency_batch: int | None = None  # the timing feed's batch; None: the sample's own
     provider: str = DEFAULT_PROVIDER  # onnxruntime execution provider for timing
     allow_noise: bool = False  # lossy rewrites fitted on generated noise (demos, tests)
+    min_saving: float = MIN_SAVING  # of a layer's MACs, at least, for a lossy rewrite
 
 
 @dataclass
@@ -1066,15 +1068,22 @@ class Fixer:
                     if method != "prune":
                         curve = [
                             dataclasses.replace(c, macs=c.macs + extra)
-                            for c in factor_candidates(search, target.site.macs())
+                            for c in factor_candidates(
+                                search, target.site.macs(), self.options.min_saving
+                            )
                         ]
                     if pruner is not None:
-                        curve = pareto([*curve, *prune_candidates(pruner)])
+                        saving = self.options.min_saving
+                        curve = pareto([*curve, *prune_candidates(pruner, saving)])
                 else:
                     assert isinstance(target, PoolTarget)
                     search = target.search(self.stats)
                     baselines[key] = search.baseline()[0]
-                    curve = pool_candidates(search) if method != "prune" else []
+                    curve = (
+                        pool_candidates(search, self.options.min_saving)
+                        if method != "prune"
+                        else []
+                    )
                 if not curve:
                     self._settle_one(target, NO_SAVING, {}, result, report)
                     continue
@@ -1568,6 +1577,8 @@ def fix(
         raise UsageError(f"--method must be one of {', '.join(METHODS)}")
     if not 0 < options.tolerance < math.inf:
         raise UsageError("--tolerance must be a finite positive number")
+    if not 0 <= options.min_saving < 1:
+        raise UsageError("--min-saving must be in [0, 1) (a share of the layer's MACs)")
     if options.rank is not None and options.rank < 1:
         raise UsageError("--rank must be at least 1")
     if options.ratio is not None and not 0 < options.ratio <= 1:

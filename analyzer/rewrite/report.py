@@ -121,6 +121,13 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
         "--unsafe-fixes", action="store_true", help="also apply rewrites that change the function"
     )
     parser.add_argument(
+        "--min-saving",
+        type=float,
+        default=0.10,
+        metavar="F",
+        help="the least share of a layer's MACs a lossy rewrite must save (default 0.1)",
+    )
+    parser.add_argument(
         "--allow-noise",
         action="store_true",
         help="without --inputs, still apply approximate rewrites, fitted and verified on "
@@ -340,6 +347,7 @@ def cmd_fix(args: argparse.Namespace, registry: Registry, settings: Settings) ->
         timeout=args.timeout,
         unsafe_fixes=args.unsafe_fixes,
         allow_noise=args.allow_noise,
+        min_saving=args.min_saving,
     )
     out = options.output or (model if args.in_place else None)
     refuse_overwriting_inputs(
