@@ -98,7 +98,7 @@ def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weigh
     relu = (
         len(readers) == 1
         and out not in graph.graph_outputs
-        and View(graph).activation_name(readers[0]) == "ReLU"
+        and View(graph).activation_name(readers[0]) in ("ReLU", "ReLU6")
     )
     return FactorTarget(
         code=finding.code,
