@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TextIO
 
 from convlint.baseline import Baseline
@@ -115,6 +116,7 @@ def iter_reports(
         spent = time.perf_counter() - started
         if jobs > 1 and first and spent / first * (len(paths) - first) > SERIAL_SECONDS:
             break
+        _fault(paths[first])
         report = _for_rendering(analyze(paths[first], registry, settings[first]), settings[first])
         first += 1
         if on_done is not None:
@@ -163,9 +165,15 @@ def _pooled(
     gc.freeze()
     try:
         # A forked worker inherits the registry; a spawned one loads its own (plugins too).
-        with context.Pool(
-            workers, initializer=_start_worker, initargs=(registry if method == "fork" else None,)
-        ) as pool:
+        # Ctrl-C is held back while the workers start: a worker must not get it before it
+        # ignores it (a traceback each), nor this process while the pool is half made.
+        with _sigint_held():
+            pool = context.Pool(
+                workers,
+                initializer=_start_worker,
+                initargs=(registry if method == "fork" else None,),
+            )
+        with pool:
             waiting: dict[int, ModelReport] = {}
             following = first
             for index, report in pool.imap_unordered(_analyze_task, tasks, chunksize=chunk):
@@ -184,13 +192,40 @@ def _can_fork(methods: Sequence[str]) -> bool:
     return "fork" in methods and sys.platform != "darwin"
 
 
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """SIGINT blocked in this thread (and the processes it starts) while inside; one that came
+    meanwhile is delivered on leaving."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 _REGISTRY: Registry | None = None
+# A test hook: "hang:NAME" makes the process (a worker, or this one) that checks the model
+# named NAME wait until killed.
+WORKER_FAULT_ENV = "CONVLINT_TEST_WORKER_FAULT"
+
+
+def _fault(path: str) -> None:
+    """The test hook (``WORKER_FAULT_ENV``), for the model at ``path``."""
+    fault, _, name = os.environ.get(WORKER_FAULT_ENV, "").partition(":")
+    if fault == "hang" and os.path.basename(path) == name:
+        while True:
+            signal.pause()
 
 
 def _start_worker(registry: Registry | None) -> None:
     # Ctrl-C reaches every process of the terminal's group: the parent stops the pool, and
-    # workers stay quiet (no traceback each).
+    # workers stay quiet (no traceback each). It was blocked since the fork (_sigint_held).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     global _REGISTRY
     _REGISTRY = registry if registry is not None else load_registry()
 
@@ -198,6 +233,7 @@ def _start_worker(registry: Registry | None) -> None:
 def _analyze_task(task: tuple[int, str, Settings]) -> tuple[int, ModelReport]:
     index, path, settings = task
     assert _REGISTRY is not None
+    _fault(path)
     return index, _for_rendering(analyze(path, _REGISTRY, settings), settings)
 
 

@@ -24,8 +24,13 @@ of the ratio holds 1 (``latency.undecided``, numpy only). The child's first line
 execution providers its onnxruntime has (``Runtime.providers``), so that an unknown
 ``--provider`` is refused before any work.
 ``CONVLINT_TEST_RUNTIME_FAULT=hang|crash`` in the environment makes the child hang or abort on
-its next request (``hang:N``, ``crash:N``: on its N-th request, from 1): a test
-hook for the timeout, crash and interruption paths.
+its next request (``hang:N``, ``crash:N``: on its N-th request, from 1; ``hang:0``, ``crash:0``:
+while starting, before it says it is ready): a test hook for the timeout, crash and
+interruption paths.
+
+Starting the child (importing onnxruntime, numpy and onnx) is not bounded by ``timeout`` but by
+``max(timeout, START_TIMEOUT)``: on a busy machine the imports alone can take seconds, and a
+short ``--timeout`` is meant for the model's runs, not for Python's start-up.
 
 Errors compare every output over all samples; an output that looks like class scores
 (``class_rows``) also gets its top-1 agreement, which ``min_top1`` bounds as ``tolerance``
@@ -80,6 +85,7 @@ WEIGHTS_FILE = "weights.bin"  # in the runtime's folder, beside every model it i
 # relative error (float32 rounding of a fold is about 1e-7 of the values involved).
 ABSOLUTE_FLOOR = 1e-5
 WILSON_Z = 1.959964  # the normal quantile of a two-sided 95% interval
+START_TIMEOUT = 120.0  # seconds for the child to start, whatever --timeout says (at least)
 MAX_WAIT = 1e8  # seconds (three years): select() overflows its time_t on much larger timeouts
 
 
@@ -509,6 +515,15 @@ def _serve_check(ort: Any, model_path: str) -> str:
     return ""
 
 
+def _fault(fault: str) -> None:
+    """The test hook (``FAULT_ENV``): hang until killed, or abort."""
+    if fault == "hang":
+        while True:
+            signal.pause()
+    if fault == "crash":
+        os.abort()
+
+
 def serve() -> None:
     """The child's loop: one request per stdin line, one answer per stdout line."""
     # Keep stdout for the protocol alone: whatever else writes to fd 1 (C libraries included)
@@ -516,12 +531,14 @@ def serve() -> None:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    fault, _, at = os.environ.get(FAULT_ENV, "").partition(":")
+    if at == "0":  # the test hook, while starting
+        _fault(fault)
     import onnxruntime as ort
 
     # The providers this onnxruntime has, for --provider to be checked against.
     out.write(f"ready {','.join(ort.get_available_providers())}\n")
     out.flush()
-    fault, _, at = os.environ.get(FAULT_ENV, "").partition(":")
     handlers: dict[str, Callable[..., Any]] = {
         "run": _serve_run,
         "moments": _serve_moments,
@@ -534,10 +551,7 @@ def serve() -> None:
         if not line.strip():
             break
         if not at or int(at) == request:
-            if fault == "hang":
-                signal.pause()
-            if fault == "crash":
-                os.abort()
+            _fault(fault)
         try:
             with open(folder / "request.pkl", "rb") as handle:
                 kind, *arguments = pickle.load(handle)
@@ -616,10 +630,12 @@ class Runtime:
         if proc is None:
             raise RuntimeFailure("onnxruntime is not running")
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], min(self.timeout, MAX_WAIT))
+        limit = self.timeout if what is not None else max(self.timeout, START_TIMEOUT)
+        ready, _, _ = select.select([proc.stdout], [], [], min(limit, MAX_WAIT))
         if not ready:
             doing = "start" if what is None else f"finish {what}"
-            raise self._fail(f"onnxruntime did not {doing} within {self.timeout:g} s (--timeout)")
+            option = " (--timeout)" if limit == self.timeout else ""
+            raise self._fail(f"onnxruntime did not {doing} within {limit:g} s{option}")
         line = proc.stdout.readline()
         if not line:
             code = proc.wait()
