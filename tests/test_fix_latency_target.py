@@ -43,7 +43,8 @@ def symbolic(tmp_path: Path) -> Path:
 
 def _argv(model: Path, *options: str) -> list[str]:
     out = model.with_name("out.onnx")
-    return ["fix", str(model), "-o", str(out), "--method", "weight", "--samples", "2", *options]
+    argv = ["fix", str(model), "-o", str(out), "--method", "weight", "--samples", "2"]
+    return [*argv, "--allow-noise", *options]
 
 
 def _refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -131,6 +132,7 @@ def test_the_api_takes_the_target(symbolic: Path) -> None:
         symbolic.with_name("out.onnx"),
         method="weight",
         samples=2,
+        allow_noise=True,
         latency_threads=1,
         latency_batch=2,
     )
