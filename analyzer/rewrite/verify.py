@@ -8,7 +8,13 @@ temporary folder (the model, the inputs) and one line on the child's stdin/stdou
 model never blocks a pipe. This is the only module that imports onnxruntime, and only in the
 child. The child starts isolated (``-I``): neither the working directory nor the user's site
 folder nor ``PYTHONPATH`` is on its ``sys.path``, so an ``onnxruntime.py``, ``numpy.py`` or
-``pickle.py`` in the folder where ``convlint fix`` runs is never imported.
+``pickle.py`` in the folder where ``convlint fix`` runs is never imported. What it needs is put
+back explicitly: the ``sys.path`` entries this process imported convlint, onnx and numpy from
+(and where it would import onnxruntime from, the working directory left out), in this process's
+order, so the child imports each from exactly where this process did, also when they come
+through ``PYTHONPATH``, ``pip install --target`` or the user site (``import_roots``). A child
+that cannot import them says so in its first line (``cannot import convlint in the onnxruntime
+process: ...``) instead of ``ready``.
 
 Requests: run a model on feeds (its outputs come back); accumulate channel second moments of
 named tensors sample by sample (only channels × channels matrices come back, never the
@@ -87,6 +93,50 @@ ABSOLUTE_FLOOR = 1e-5
 WILSON_Z = 1.959964  # the normal quantile of a two-sided 95% interval
 START_TIMEOUT = 120.0  # seconds for the child to start, whatever --timeout says (at least)
 MAX_WAIT = 1e8  # seconds (three years): select() overflows its time_t on much larger timeouts
+
+
+CHILD_PACKAGES = ("convlint", "onnx", "onnxruntime", "numpy")
+# The child's program: the import roots (its arguments) first on sys.path, then serve().
+CHILD_CODE = """import sys
+sys.path[0:0] = sys.argv[1:]
+try:
+    from convlint.rewrite.verify import serve
+except BaseException as exc:
+    why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    print(f"cannot import convlint in the onnxruntime process: {why}", flush=True)
+    raise SystemExit(3) from None
+serve()
+"""
+
+
+def import_roots() -> list[str]:
+    """The ``sys.path`` entries that ``CHILD_PACKAGES`` come from in this process, in the order
+    of ``sys.path``. A package not imported yet (onnxruntime) is looked up as an import would
+    find it, the working directory left out; a package that an import hook maps from a folder
+    of another name (an editable install) is left to the same hook in the child."""
+    import importlib.machinery
+    import importlib.util
+
+    here = {"", ".", os.getcwd()}
+    searched = [entry for entry in sys.path if entry not in here]
+    roots: list[str] = []
+    for name in CHILD_PACKAGES:
+        module = sys.modules.get(name)
+        spec = (
+            module.__spec__
+            if module is not None
+            else importlib.machinery.PathFinder.find_spec(name, searched)
+        )
+        locations = list(spec.submodule_search_locations or []) if spec is not None else []
+        if not locations or Path(locations[0]).name != name:
+            continue
+        root = str(Path(locations[0]).parent)
+        if root not in roots:
+            roots.append(root)
+    position: dict[str, int] = {}
+    for index, entry in enumerate(sys.path):
+        position.setdefault(os.path.realpath(entry or "."), index)
+    return sorted(roots, key=lambda root: position.get(os.path.realpath(root), len(sys.path)))
 
 
 class RuntimeFailure(ConvlintError):
@@ -534,7 +584,13 @@ def serve() -> None:
     fault, _, at = os.environ.get(FAULT_ENV, "").partition(":")
     if at == "0":  # the test hook, while starting
         _fault(fault)
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except Exception as exc:
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        out.write(f"cannot import onnxruntime in the onnxruntime process: {why}\n")
+        out.flush()
+        return
 
     # The providers this onnxruntime has, for --provider to be checked against.
     out.write(f"ready {','.join(ort.get_available_providers())}\n")
@@ -577,15 +633,18 @@ class Runtime:
         self._folder = Path(tempfile.mkdtemp(prefix="convlint-ort-"))
         try:
             self._stderr = open(self._folder / "stderr.log", "wb")  # noqa: SIM115
-            # -I: no working directory, user site or PYTHONPATH on the child's sys.path.
+            # -I: no working directory, user site or PYTHONPATH on the child's sys.path; the
+            # places this process imports from are given instead.
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", "from convlint.rewrite.verify import serve; serve()"],
+                [sys.executable, "-I", "-c", CHILD_CODE, *import_roots()],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
                 text=True,
             )
             ready = self._answer(None)
+            if not ready.startswith("ready"):
+                raise self._fail(ready)
             self.providers: tuple[str, ...] = tuple(filter(None, ready[6:].split(",")))
         except BaseException:  # no `with` block owns the folder yet: remove it here
             self.close(kill=True)
