@@ -4,6 +4,10 @@ Only a regular file (or a name not taken yet) is replaced that way. A symlink is
 its target replaced, so the link stays a link; a character device, FIFO or socket (``--output
 /dev/null`` as root, a pipe a CI step reads) is written through, as a shell redirection does,
 since renaming a file over it would replace the device node itself.
+
+A file that is rewritten in place (``fix --in-place``) is held under an exclusive lock
+(``exclusive_lock``) from before it is read until its replacement is in place, so that runs on
+the same file take turns: each reads the whole pair of model and data file the one before left.
 """
 
 from __future__ import annotations
@@ -11,7 +15,14 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
 
 
 def new_file_mode(path: Path) -> int:
@@ -94,3 +105,37 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file at ``path`` (waiting for it while another process
+    holds it). Replacing the file by a rename does not release the lock, so once it is held the
+    name is checked to be still that file: if another holder replaced it meanwhile, the new
+    file is locked instead. A missing file (or one that cannot be opened) is not locked: reading
+    it reports why."""
+    fd = None
+    while fcntl is not None:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks
+            break
+        except BaseException:  # Ctrl-C while waiting
+            os.close(fd)
+            raise
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except OSError:  # removed meanwhile: open reports it
+            pass
+        os.close(fd)
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock

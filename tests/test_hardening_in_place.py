@@ -183,6 +183,55 @@ def test_in_place_twice_alternates_data_names_and_removes_the_old(tmp_path: Path
     assert np.max(np.abs(twice[0][0] - once[0][0])) < 1e-2
 
 
+def _waiting_for_lock(path: Path) -> int:
+    """How many processes wait for a lock on ``path``'s file (Linux's /proc/locks)."""
+    inode = f":{path.stat().st_ino} "
+    with open("/proc/locks") as locks:
+        return sum(1 for line in locks if " -> " in line and inode in line)
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_concurrent_in_place_runs_take_turns(tmp_path: Path) -> None:
+    """Issue 20, item 1: three `fix --in-place` runs started together on one model. The test
+    holds the model's lock until all three wait for it (the ready signal), then lets them go:
+    they run one after another, each on the pair the one before wrote."""
+    import fcntl
+
+    path = _save_external(tmp_path)
+    original = onnx.load(path)
+    feeds = random_inputs(original)
+    expected = ort_run(path, feeds)
+    argv = ["fix", str(path), "--in-place", "--no-latency", *FAST]
+    held = os.open(path, os.O_RDONLY)
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "convlint", *argv],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        deadline = time.monotonic() + 300
+        while _waiting_for_lock(path) < 3:
+            running = [p.poll() is None for p in processes]
+            assert all(running) and time.monotonic() < deadline, "the runs never waited"
+            time.sleep(0.05)
+    finally:
+        os.close(held)  # lets them go
+        results = [(p.wait(timeout=600), p.stderr.read() if p.stderr else "") for p in processes]
+    assert [code for code, _ in results] == [0, 0, 0], results
+    onnx.checker.check_model(str(path), full_check=True)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names in (["model.onnx", "model.onnx.data"], ["model.onnx", "model.onnx.1.data"])
+    got = ort_run(path, feeds)
+    assert len(onnx.load(path).graph.node) == 2  # the first run's rewrite, kept by the others
+    assert np.max(np.abs(got[0][0] - expected[0][0])) < 1e-2
+
+
 def test_data_file_of_another_name_is_left_alone(tmp_path: Path) -> None:
     """Weights in a file not named after MODEL may be shared by another model: kept."""
     path = tmp_path / "model.onnx"

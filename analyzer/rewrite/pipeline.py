@@ -57,7 +57,14 @@ import numpy as np
 import onnx
 
 from convlint import loader
-from convlint.atomic import fsync_file, fsync_folder, new_file_mode, special_kind, write_target
+from convlint.atomic import (
+    exclusive_lock,
+    fsync_file,
+    fsync_folder,
+    new_file_mode,
+    special_kind,
+    write_target,
+)
 from convlint.cost import ModelCost, model_cost, spatial_pixels
 from convlint.engine import ModelReport, Settings, lint
 from convlint.errors import ConvlintError, ModelError, UsageError
@@ -1615,5 +1622,7 @@ def fix(
 
     if not options.latency and options.objective is None:
         options = dataclasses.replace(options, objective="macs")
-    fixer = Fixer(path, registry, settings, options, log)
-    return fixer.run(_progress_bar(sys.stderr.isatty() and not verbose))
+    # Runs that replace the same file take turns (concurrent `fix --in-place`).
+    with exclusive_lock(write_target(output)):
+        fixer = Fixer(path, registry, settings, options, log)
+        return fixer.run(_progress_bar(sys.stderr.isatty() and not verbose))
