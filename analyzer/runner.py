@@ -3,7 +3,9 @@
 Models are checked in this process while those left would take less time than starting workers
 costs; the rest go to a pool of worker processes created once per run (``fork`` on Linux, so a
 worker starts with everything this process imported and the registry it loaded; one model per
-message, or chunks of a few when each takes under 10 ms). Reports come back without per-node
+message, or chunks of a few when each takes under 10 ms, answered model by model: a worker that
+dies, of a SIGBUS or the OOM killer's SIGKILL, makes the model it was checking that model's
+error, ``worker died: signal 9 (SIGKILL)``, and another worker takes its place). Reports come back without per-node
 costs, and without the rules' reasons for passing nodes over unless ``--verbose``: no format
 shows them otherwise. They come back in any order and are handed on in the order of the paths
 given: each as soon as it and every model before it are done, so what is printed is the same
@@ -14,6 +16,7 @@ the end. On a terminal, a progress line on stderr counts the models done.
 
 from __future__ import annotations
 
+import collections
 import gc
 import os
 import signal
@@ -21,7 +24,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TextIO
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 from convlint.baseline import Baseline
 from convlint.engine import ModelReport, Settings, analyze
@@ -152,31 +156,70 @@ def _pooled(
     on_done: Callable[[], None] | None,
     chunk: int | None = None,
 ) -> Iterator[ModelReport]:
-    """The reports of ``paths[first:]`` from a pool of ``workers`` processes, in order."""
+    """The reports of ``paths[first:]`` from ``workers`` processes, in order.
+
+    Each worker is given a few models at a time and answers model by model, so this process
+    knows which model a worker was checking when it died (a SIGBUS, the OOM killer's SIGKILL):
+    that model's report is the error ``worker died: signal N (NAME)``, the worker's other
+    models go back in the queue, a new worker takes its place, and the run goes on."""
     import multiprocessing  # only runs that start workers pay for importing it
+    from multiprocessing.connection import wait
 
     method = "fork" if _can_fork(multiprocessing.get_all_start_methods()) else "spawn"
-    context = multiprocessing.get_context(method)
-    tasks = [(i, paths[i], settings[i]) for i in range(first, len(paths))]
+    context: Any = multiprocessing.get_context(method)
+    queue = collections.deque((i, paths[i], settings[i]) for i in range(first, len(paths)))
     if chunk is None:
-        chunk = max(1, min(MAX_CHUNK, len(tasks) // (workers * 4)))
+        chunk = max(1, min(MAX_CHUNK, len(queue) // (workers * 4)))
+    # A forked worker inherits the registry; a spawned one loads its own (plugins too).
+    inherited = registry if method == "fork" else None
+    running: dict[Any, _Worker] = {}  # by the worker's end of its pipe
+
+    def start() -> _Worker:
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_work, args=(theirs, inherited), daemon=True)
+        # Ctrl-C is held back while the worker starts: it must not get one before it ignores
+        # it (a traceback each).
+        with _sigint_held():
+            process.start()
+        theirs.close()
+        running[ours] = _Worker(process, ours)
+        return running[ours]
+
+    def give(worker: _Worker) -> None:
+        tasks = [queue.popleft() for _ in range(min(chunk, len(queue)))]
+        worker.pending = collections.deque(tasks)
+        worker.connection.send(tasks if tasks else None)
+
+    waiting: dict[int, ModelReport] = {}
+    following = first
     # Objects that exist now are left out of the cyclic GC's passes, so that a forked worker's
     # collections do not touch (and copy) every page it shares with this process.
     gc.freeze()
     try:
-        # A forked worker inherits the registry; a spawned one loads its own (plugins too).
-        # Ctrl-C is held back while the workers start: a worker must not get it before it
-        # ignores it (a traceback each), nor this process while the pool is half made.
-        with _sigint_held():
-            pool = context.Pool(
-                workers,
-                initializer=_start_worker,
-                initargs=(registry if method == "fork" else None,),
-            )
-        with pool:
-            waiting: dict[int, ModelReport] = {}
-            following = first
-            for index, report in pool.imap_unordered(_analyze_task, tasks, chunksize=chunk):
+        for _ in range(workers):
+            start()
+        for worker in list(running.values()):
+            give(worker)
+        while following < len(paths):
+            for ready in wait(list(running)):
+                worker = running[ready]
+                try:
+                    index, report = worker.connection.recv()
+                except (EOFError, OSError):  # the worker ended: told to, or it died
+                    del running[ready]
+                    worker.connection.close()
+                    worker.process.join()
+                    if not worker.pending:
+                        continue
+                    index, path, _ = worker.pending.popleft()
+                    report = ModelReport(path=path, error=_death(worker.process.exitcode))
+                    queue.extendleft(reversed(worker.pending))
+                    if queue:
+                        give(start())
+                else:
+                    worker.pending.popleft()
+                    if not worker.pending:
+                        give(worker)
                 if on_done is not None:
                     on_done()
                 waiting[index] = report
@@ -185,6 +228,49 @@ def _pooled(
                     following += 1
     finally:
         gc.unfreeze()
+        for worker in running.values():
+            if worker.process.is_alive():
+                worker.process.terminate()
+        for worker in running.values():
+            worker.process.join()
+            worker.connection.close()
+
+
+@dataclass
+class _Worker:
+    process: Any  # multiprocessing's Process of the context in use
+    connection: Any  # this process's end of the pipe to it
+    pending: collections.deque[tuple[int, str, Settings]] = field(default_factory=collections.deque)
+
+
+def _death(exitcode: int | None) -> str:
+    """How a worker ended, as the error of the model it was checking."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"worker died: signal {-exitcode} ({signal.Signals(-exitcode).name})"
+        except ValueError:
+            return f"worker died: signal {-exitcode}"
+    return f"worker died: exit code {exitcode}"
+
+
+def _work(connection: Any, registry: Registry | None) -> None:
+    """A worker: check the models it is sent, answering model by model, until told to stop."""
+    _start_worker(registry)
+    while True:
+        try:
+            tasks = connection.recv()
+        except (EOFError, OSError):  # the run ended
+            return
+        if tasks is None:
+            return
+        for task in tasks:
+            _fault(task[1], worker=True)
+            try:
+                answer = _analyze_task(task)
+            except Exception as exc:  # the model's error, not the run's
+                message = f"internal error: {type(exc).__name__}: {exc}"
+                answer = (task[0], ModelReport(path=task[1], error=message))
+            connection.send(answer)
 
 
 def _can_fork(methods: Sequence[str]) -> bool:
@@ -208,16 +294,20 @@ def _sigint_held() -> Iterator[None]:
 
 _REGISTRY: Registry | None = None
 # A test hook: "hang:NAME" makes the process (a worker, or this one) that checks the model
-# named NAME wait until killed.
+# named NAME wait until killed; "kill:NAME" makes the worker that checks it kill itself.
 WORKER_FAULT_ENV = "CONVLINT_TEST_WORKER_FAULT"
 
 
-def _fault(path: str) -> None:
+def _fault(path: str, worker: bool = False) -> None:
     """The test hook (``WORKER_FAULT_ENV``), for the model at ``path``."""
     fault, _, name = os.environ.get(WORKER_FAULT_ENV, "").partition(":")
-    if fault == "hang" and os.path.basename(path) == name:
+    if os.path.basename(path) != name:
+        return
+    if fault == "hang":
         while True:
             signal.pause()
+    if fault == "kill" and worker:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _start_worker(registry: Registry | None) -> None:
@@ -233,7 +323,6 @@ def _start_worker(registry: Registry | None) -> None:
 def _analyze_task(task: tuple[int, str, Settings]) -> tuple[int, ModelReport]:
     index, path, settings = task
     assert _REGISTRY is not None
-    _fault(path)
     return index, _for_rendering(analyze(path, _REGISTRY, settings), settings)
 
 

@@ -203,3 +203,50 @@ def test_reports_carry_what_the_command_line_renders(
     expected_skips = [r.skips for r in whole] if verbose else [[] for _ in whole]
     assert [r.skips for r in reports] == expected_skips
     assert any(expected_skips) == verbose
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_a_worker_that_dies_is_its_models_error_and_the_run_goes_on(
+    folder: list[str], chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20, item 3: the test hook makes the worker that gets the second model kill itself
+    (as the OOM killer would); in chunks of three, the models queued behind it in its chunk
+    are checked by the worker that replaces it."""
+    monkeypatch.setattr(runner, "SERIAL_SECONDS", 0.0)
+    monkeypatch.setenv(runner.WORKER_FAULT_ENV, f"kill:{Path(folder[1]).name}")
+    registry = load_registry()
+    settings = [Settings()] * len(folder)
+    reports = list(runner._pooled(folder, registry, settings, 0, 2, None, chunk))
+    expected = _serial(folder)
+    assert [r.path for r in reports] == folder
+    assert reports[1].error == "worker died: signal 9 (SIGKILL)"
+    for got, want in zip(reports, expected, strict=True):
+        if got is not reports[1]:
+            assert got.error == want.error
+            assert [f.code for f in got.findings] == [f.code for f in want.findings]
+
+
+def test_check_finishes_when_a_worker_dies(tmp_path: Path) -> None:
+    """The command line: the dead worker's model is one error line, the others are reported."""
+    import subprocess
+    import sys
+
+    data = fixtures.big_chain().SerializeToString()
+    for index in range(8):  # each takes long enough that the later ones go to workers
+        (tmp_path / f"chain{index}.onnx").write_bytes(data)
+    fixtures.save(fixtures.vgg_stack(), tmp_path / "vgg.onnx")
+    env = {**os.environ, runner.WORKER_FAULT_ENV: "kill:chain5.onnx"}
+    result = subprocess.run(
+        [sys.executable, "-m", "convlint", "check", "--jobs", "2", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"convlint: error: {tmp_path / 'chain5.onnx'}: worker died: signal 9 (SIGKILL)\n"
+    )
+    assert "vgg.onnx:features.conv1: CL001" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("Found 4 findings in 9 models")
+    assert result.stdout.endswith("; 1 model could not be read.\n")
