@@ -4,11 +4,11 @@ Models are checked in this process while those left would take less time than st
 costs; the rest go to a pool of worker processes created once per run (``fork`` on Linux, so a
 worker starts with everything this process imported and the registry it loaded; one model per
 message, or chunks of a few when each takes under 10 ms, answered model by model: a worker that
-dies, of a SIGBUS or the OOM killer's SIGKILL, makes the model it was checking that model's
-error, ``worker died: signal 9 (SIGKILL)``, and another worker takes its place). Reports come
-back without per-node costs, and without the rules' reasons for passing nodes over unless
-``--verbose``: no format shows them otherwise. They come back in any order and are handed on in the order of the paths
-given: each as soon as it and every model before it are done, so what is printed is the same
+dies, of a SIGBUS or the OOM killer's SIGKILL, makes the model it was checking that model's error,
+``worker died: signal 9 (SIGKILL)``, and another worker takes its place). Reports come back without
+per-node costs, and without the rules' reasons for passing nodes over unless ``--verbose``: no
+format shows them otherwise. They come back in any order and are handed on in the order of the
+paths given: each as soon as it and every model before it are done, so what is printed is the same
 bytes whatever ``jobs`` is. ``text`` and ``github`` reports are printed that way, model by model;
 the other formats are documents (``json``, ``sarif``, ``junit``, ``markdown``), rendered whole at
 the end. On a terminal, a progress line on stderr counts the models done.
