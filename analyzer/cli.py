@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import mmap
 import os
 import signal
 import sys
@@ -396,14 +395,18 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
 def _mentions(path: Path, name: str) -> bool:
     """Whether the file's bytes contain ``name``: every model that keeps weights in a file
     named so does (its location is stored verbatim), and few others."""
+    # Read a block at a time, not memory-mapped: a mapped file that shrinks is SIGBUS.
+    wanted = os.fsencode(name)
     try:
-        with (
-            open(path, "rb") as handle,
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
-        ):
-            return mapped.find(os.fsencode(name)) >= 0
-    except (OSError, ValueError):  # unreadable, or empty (nothing to map)
+        with open(path, "rb") as handle:
+            tail = b""
+            while block := handle.read(1 << 20):
+                if wanted in tail + block:
+                    return True
+                tail = (tail + block)[len(tail) + len(block) - len(wanted) + 1 :]
+    except OSError:  # unreadable
         return False
+    return False
 
 
 def _data_file_owner(target: Path, models: Sequence[str | os.PathLike[str]]) -> str | None:

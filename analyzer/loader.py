@@ -8,9 +8,9 @@ and the values of weights stored inside the file are left out (:mod:`convlint.sk
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,23 +201,24 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     return _read_model(Path(path))[0]
 
 
-def _parse_mapped(path: Path) -> onnx.ModelProto | None:
-    """The model in ``path``, parsed from the file mapped into memory rather than read into a
-    bytes object first (a fifth quicker on a model of tens of MB; protobuf still copies the
-    buffer, so the peak memory is the same); None when the file cannot be mapped."""
+def _parse_file(path: Path) -> onnx.ModelProto | None:
+    """The model in ``path``, read into one buffer and parsed from it; None when the file has
+    no size to go by (a pipe, a device). Not memory-mapped: a mapped file that another program
+    shrinks meanwhile kills the process with SIGBUS; read, it is a :class:`ModelError`."""
     with open(path, "rb") as handle:
-        try:
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
+        size = os.fstat(handle.fileno()).st_size
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode) or size == 0:
             return None
-        with mapped:
-            _refuse_lfs_pointer(mapped[: len(GIT_LFS_POINTER)], path)
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        try:
+            if handle.readinto(view) != size or handle.read(1):
+                raise ModelError(path, skeleton.changed_size(size))
+            _refuse_lfs_pointer(bytes(view[: len(GIT_LFS_POINTER)]), path)
             model = onnx.ModelProto()
-            view = memoryview(mapped)
-            try:
-                model.ParseFromString(view)
-            finally:
-                view.release()
+            model.ParseFromString(view)
+        finally:
+            view.release()
     return model
 
 
@@ -285,8 +286,8 @@ def _read_model(path: Path, weights: bool = True) -> tuple[onnx.ModelProto, byte
         elif serialized is not None:
             model = onnx.load_model_from_string(serialized)
         else:
-            mapped = _parse_mapped(path)
-            if mapped is None:  # a file that cannot be mapped (a pipe, a device)
+            mapped = _parse_file(path)
+            if mapped is None:  # a file without a size (a pipe, a device)
                 serialized = path.read_bytes()
                 _refuse_lfs_pointer(serialized, path)
                 mapped = onnx.load_model_from_string(serialized)

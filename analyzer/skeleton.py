@@ -15,23 +15,26 @@ Two ways to the same model:
 
 - :func:`strip_weights` clears those values in a parsed model (upb parses a file at memory speed,
   so for files up to :data:`WIRE_READ_BYTES` this is the quickest);
-- :func:`read_without_weights` never reads the large ones: it maps the file and walks the
-  protobuf encoding of the model and its graph, copying every field except the values of
-  weights of :data:`LARGE_TENSOR_BYTES` or more (decoding a tensor costs Python time, reading
-  a small one costs protobuf next to nothing); it returns that encoding, for protobuf to parse
-  and :func:`strip_weights` to finish. A file it cannot walk (damaged, or an encoding it does
+- :func:`read_without_weights` never reads the large ones: it walks the protobuf encoding of the
+  model and its graph in the file (through a :class:`FileWindow`, a block at a time: a memory map
+  would kill the process with SIGBUS if the file shrank meanwhile), copying every field except the
+  values of weights of :data:`LARGE_TENSOR_BYTES` or more (decoding a tensor costs Python time,
+  reading a small one costs protobuf next to nothing); it returns that encoding, for protobuf to
+  parse and :func:`strip_weights` to finish. A file it cannot walk (damaged, or an encoding it does
   not expect) gives None, and the caller parses the file as a whole, which names what is wrong.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import onnx
+
+from convlint.errors import ModelError
 
 # More than any reader of values asks for (at most 64 elements: MAX_READ_ELEMENTS in the view,
 # MAX_SHAPE_VALUES in the loader).
@@ -74,7 +77,63 @@ _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 DROP = b""  # what a rewrite returns to leave a field out (a message it rewrites is never empty)
 # A rewrite of a message's fields: (data, field number, wire type, value start, end) -> the
 # field's new value (length-delimited fields only), DROP, or None to keep the field as it is.
-_Rewrite = Callable[[mmap.mmap, int, int, int, int], "bytes | None"]
+_Rewrite = Callable[["FileWindow", int, int, int, int], "bytes | None"]
+
+
+class FileWindow:
+    """A file's bytes by index and slice, as a memory map gives them, read with ``os.pread`` a
+    block at a time. A file that ends before the size it had when opened (shrunk by another
+    program meanwhile) is a :class:`ModelError` where a memory map's page would be SIGBUS."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd = fd
+        self._path = path
+        self._size = os.fstat(fd).st_size
+        self._start = 0
+        self._block = b""
+
+    def __len__(self) -> int:
+        return self._size
+
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+    def __getitem__(self, key: int | slice) -> int | bytes:
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self._size)
+            if stop <= start:
+                return b""
+            offset = start - self._start
+            if offset >= 0 and stop - self._start <= len(self._block):
+                return self._block[offset : stop - self._start]
+            if stop - start > self.BLOCK:
+                return self._read(start, stop - start)
+            self._load(start)
+            return self._block[: stop - start]
+        offset = key - self._start
+        if 0 <= offset < len(self._block):
+            return self._block[offset]
+        if not 0 <= key < self._size:
+            raise IndexError("index out of range")
+        self._load(key)
+        return self._block[0]
+
+    def _load(self, pos: int) -> None:
+        self._block = self._read(pos, min(self.BLOCK, self._size - pos))
+        self._start = pos
+
+    def _read(self, pos: int, count: int) -> bytes:
+        data = os.pread(self._fd, count, pos)
+        if len(data) < count:
+            raise ModelError(self._path, changed_size(self._size))
+        return data
+
+
+def changed_size(size: int) -> str:
+    return f"changed size while being read (it had {size:,} bytes; another program wrote it?)"
 
 
 def is_weight(data_type: int, dims: list[int] | tuple[int, ...]) -> bool:
@@ -103,10 +162,8 @@ def read_without_weights(path: Path) -> bytes | None:
     when it has none or the file is not a model this walk can read (the caller then parses it
     whole)."""
     try:
-        with (
-            open(path, "rb") as handle,
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
-        ):
+        with open(path, "rb") as handle:
+            data = FileWindow(handle.fileno(), path)
             return _message(data, 0, len(data), _model_field)
     except (OSError, ValueError, IndexError):
         return None
@@ -115,7 +172,7 @@ def read_without_weights(path: Path) -> bytes | None:
 # -- the protobuf encoding ---------------------------------------------------------------------
 
 
-def _varint(data: mmap.mmap, pos: int) -> tuple[int, int]:
+def _varint(data: FileWindow, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         byte = data[pos]
@@ -128,7 +185,7 @@ def _varint(data: mmap.mmap, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+def _fields(data: FileWindow, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """(field number, wire type, start of the field, start of its value, end) of each field of
     the message encoded in ``data[start:end]``."""
     pos = start
@@ -162,7 +219,7 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _message(data: mmap.mmap, start: int, end: int, rewrite: _Rewrite) -> bytes | None:
+def _message(data: FileWindow, start: int, end: int, rewrite: _Rewrite) -> bytes | None:
     """The message in ``data[start:end]`` with the fields ``rewrite`` replaces replaced (None
     when it replaces none): runs of other fields are copied as they are."""
     pieces: list[bytes] = []
@@ -183,19 +240,19 @@ def _message(data: mmap.mmap, start: int, end: int, rewrite: _Rewrite) -> bytes 
     return b"".join(pieces)
 
 
-def _model_field(data: mmap.mmap, number: int, wire: int, start: int, end: int) -> bytes | None:
+def _model_field(data: FileWindow, number: int, wire: int, start: int, end: int) -> bytes | None:
     if number == _MODEL_GRAPH and wire == _LENGTH:
         return _message(data, start, end, _graph_field)
     return None
 
 
-def _graph_field(data: mmap.mmap, number: int, wire: int, start: int, end: int) -> bytes | None:
+def _graph_field(data: FileWindow, number: int, wire: int, start: int, end: int) -> bytes | None:
     if number == _GRAPH_INITIALIZER and wire == _LENGTH and end - start >= LARGE_TENSOR_BYTES:
         return _tensor(data, start, end)
     return None
 
 
-def _tensor(data: mmap.mmap, start: int, end: int) -> bytes | None:
+def _tensor(data: FileWindow, start: int, end: int) -> bytes | None:
     """A TensorProto without its values if it is a weight, else None (kept as it is)."""
     data_type = 0
     dims: list[int] = []
@@ -223,5 +280,5 @@ def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _drop_values(data: mmap.mmap, number: int, wire: int, start: int, end: int) -> bytes | None:
+def _drop_values(data: FileWindow, number: int, wire: int, start: int, end: int) -> bytes | None:
     return DROP if number in _TENSOR_VALUES else None

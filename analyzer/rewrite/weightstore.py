@@ -19,7 +19,6 @@ over (the file's bytes, the parsed model, each copy of it), so instead:
 from __future__ import annotations
 
 import math
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from convlint import loader
 from convlint.errors import ModelError
 
 # One reader of the protobuf encoding: the skeleton loader's.
-from convlint.skeleton import _encode_varint, _fields
+from convlint.skeleton import FileWindow, _encode_varint, _fields
 
 WALK_BYTES = 16 << 20  # model files from this size on are walked; smaller ones parsed whole
 WEIGHT_BYTES = 1024  # values of at least this many bytes stay on disk
@@ -256,10 +255,8 @@ def _walk(path: Path) -> tuple[bytes, dict[str, Span]] | None:
     """The encoding of the model without its main graph's large raw_data values, and their
     spans in the file; None when the file is not an encoding this walk reads."""
     try:
-        with (
-            open(path, "rb") as handle,
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
-        ):
+        with open(path, "rb") as handle:
+            data = FileWindow(handle.fileno(), path)
             spans: dict[str, Span] = {}
             pieces: list[bytes] = []
             copied = 0
@@ -274,7 +271,9 @@ def _walk(path: Path) -> tuple[bytes, dict[str, Span]] | None:
         return None
 
 
-def _walk_graph(data: mmap.mmap, start: int, end: int, path: Path, spans: dict[str, Span]) -> bytes:
+def _walk_graph(
+    data: FileWindow, start: int, end: int, path: Path, spans: dict[str, Span]
+) -> bytes:
     pieces: list[bytes] = []
     copied = start
     for number, wire, first, value, after in _fields(data, start, end):
@@ -289,7 +288,7 @@ def _walk_graph(data: mmap.mmap, start: int, end: int, path: Path, spans: dict[s
 
 
 def _walk_tensor(
-    data: mmap.mmap, start: int, end: int, path: Path, spans: dict[str, Span]
+    data: FileWindow, start: int, end: int, path: Path, spans: dict[str, Span]
 ) -> bytes | None:
     """The tensor's encoding without raw_data if that is large, noting its span; else None."""
     name, raw = None, None
