@@ -83,3 +83,21 @@ def test_error_severity_and_awkward_names() -> None:
     assert line == (
         "::error file=odd%2C name%3A1.onnx,title=CL001 wide-conv-without-reduction::n (Conv): m"
     )
+
+
+def test_control_characters_from_the_model_are_escaped_as_in_text() -> None:
+    """Issue 20, item 7: an ESC in a node name must not reach the log raw (it would recolour
+    it); the runner's own escapes (%, CR, LF) still apply to what convlint writes."""
+    node = "conv\x1b[31m\x07"
+    finding = Finding(
+        "CL001", "wide-conv-without-reduction", Severity.WARNING, node, "Co\x1bnv", "reads\x1b[0m"
+    )
+    report = ModelReport(path="m\x1b.onnx", findings=[finding])
+    error = ModelReport(path="bad.onnx", error="node 'a\x1b[2J' is odd")
+    lines = render_github([report, error], load_registry()).splitlines()
+    assert lines == [
+        "::warning file=m\\x1b.onnx,title=CL001 wide-conv-without-reduction::"
+        "conv\\x1b[31m\\x07 (Co\\x1bnv): reads\\x1b[0m",
+        "::error file=bad.onnx,title=convlint%3A model not readable::node 'a\\x1b[2J' is odd",
+    ]
+    assert not any(ord(char) < 32 for line in lines for char in line)

@@ -6,7 +6,10 @@ models are ``::error``, info findings ``::notice``. Findings a baseline knew are
 an annotation asks for attention on a pull request, and the baseline says they have had it (the
 other formats still list them). With ``--verbose``, notes and candidates passed over are
 ``::debug`` lines (shown when the run has step debug logging on). Escaping is the runner's:
-``%``, CR and LF in messages; also ``:`` and ``,`` in properties.
+``%``, CR and LF in messages; also ``:`` and ``,`` in properties. Before that, what comes from
+the model (node names, op types, paths, messages that quote them) has its control characters
+written as Python writes them (``\x1b``), as the text format does: an ESC in a node name would
+recolour the log.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from convlint.engine import ModelReport
 from convlint.findings import Finding, Severity
 from convlint.paths import display_path
 from convlint.registry import Registry
-from convlint.reporters.common import describe_estimate
+from convlint.reporters.common import describe_estimate, printable
 
 COMMANDS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -37,12 +40,13 @@ def command(name: str, message: str, **properties: str) -> str:
 
 
 def _annotation(path: str, finding: Finding) -> str:
-    message = f"{finding.node} ({finding.op_type}): {finding.message}"
+    message = printable(f"{finding.node} ({finding.op_type}): {finding.message}")
     estimate = describe_estimate(finding)
     if estimate:
-        message += f"\n{estimate}"
+        message += f"\n{printable(estimate)}"
     if finding.fix:
-        message += f"\nfix ({finding.fix.applicability.value}): {finding.fix.description}"
+        fix = f"fix ({finding.fix.applicability.value}): {finding.fix.description}"
+        message += f"\n{printable(fix)}"
     title = f"{finding.code} {finding.rule}"
     return command(COMMANDS[finding.severity], message, file=path, title=title)
 
@@ -50,17 +54,18 @@ def _annotation(path: str, finding: Finding) -> str:
 def render_github(reports: Sequence[ModelReport], registry: Registry, verbose: bool = False) -> str:
     lines: list[str] = []
     for report in reports:
-        path = display_path(report.path)
+        path = printable(display_path(report.path))
         if report.error:
-            lines.append(
-                command("error", report.error, file=path, title="convlint: model not readable")
-            )
+            error = printable(report.error)
+            lines.append(command("error", error, file=path, title="convlint: model not readable"))
             continue
         lines.extend(_annotation(path, f) for f in report.findings)
         if verbose:  # shown when the run has step debug logging on
-            lines.extend(command("debug", f"{path}: note: {note}") for note in report.notes)
             lines.extend(
-                command("debug", f"{path}:{s.node}: {s.code} passed over: {s.reason}")
+                command("debug", f"{path}: note: {printable(note)}") for note in report.notes
+            )
+            lines.extend(
+                command("debug", printable(f"{path}:{s.node}: {s.code} passed over: {s.reason}"))
                 for s in report.skips
             )
     return "".join(line + "\n" for line in lines)
