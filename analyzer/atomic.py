@@ -3,7 +3,8 @@
 Only a regular file (or a name not taken yet) is replaced that way. A symlink is followed and
 its target replaced, so the link stays a link; a character device, FIFO or socket (``--output
 /dev/null`` as root, a pipe a CI step reads) is written through, as a shell redirection does,
-since renaming a file over it would replace the device node itself.
+since renaming a file over it would replace the device node itself. A FIFO that no program
+reads is refused at once (``ENXIO``) rather than waited on.
 
 A file that is rewritten in place (``fix --in-place``) is held under an exclusive lock
 (``exclusive_lock``) from before it is read until its replacement is in place, so that runs on
@@ -12,6 +13,7 @@ the same file take turns: each reads the whole pair of model and data file the o
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -89,7 +91,17 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     if special_kind(target) is not None:
         # No O_CREAT: if the device vanished meanwhile, fail rather than create a file there.
-        fd = os.open(target, os.O_WRONLY)
+        fifo = stat.S_ISFIFO(target.stat().st_mode)
+        try:
+            # A FIFO is opened without waiting: with no program reading it, open would block
+            # until one comes (forever, in a CI step nobody reads).
+            fd = os.open(target, os.O_WRONLY | (os.O_NONBLOCK if fifo else 0))
+        except OSError as exc:
+            if fifo and exc.errno == errno.ENXIO:
+                raise OSError(errno.ENXIO, "a FIFO that no program is reading") from None
+            raise
+        if fifo:
+            os.set_blocking(fd, True)
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
         return

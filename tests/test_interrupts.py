@@ -72,3 +72,37 @@ def test_a_baseline_that_is_not_a_regular_file_is_refused(
     code, _, err = cli("check", str(path), "--baseline", str(fifo))
     assert code == 2
     assert err == f"convlint: error: --baseline {fifo}: not a regular file\n"
+
+
+def test_an_output_fifo_that_no_program_reads_is_refused_at_once(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    """Issue 20, item 7: opening it would wait for a reader, forever in a CI step."""
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    path = fixtures.save(fixtures.conv3x3(), tmp_path / "conv.onnx")
+    code, out, err = cli("check", str(path), "--output", str(fifo))
+    assert (code, out) == (2, "")
+    assert (
+        err
+        == f"convlint: error: --output {fifo}: cannot write: a FIFO that no program is reading\n"
+    )
+    code, _, err = cli("check", str(path), "--write-baseline", str(fifo))
+    assert code == 2
+    assert err == f"convlint: error: --write-baseline {fifo}: a FIFO that no program is reading\n"
+
+
+def test_an_output_fifo_that_a_program_reads_gets_the_report(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    path = fixtures.save(fixtures.conv3x3(), tmp_path / "conv.onnx")
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the reader is there before the run
+    try:
+        code, out, _ = cli("check", str(path), "--output", str(fifo), "--format", "json")
+        received = os.read(reader, 1 << 16)
+    finally:
+        os.close(reader)
+    assert (code, out) == (1, "")
+    assert b'"code": "CL001"' in received
