@@ -106,3 +106,27 @@ def test_an_output_fifo_that_a_program_reads_gets_the_report(
         os.close(reader)
     assert (code, out) == (1, "")
     assert b'"code": "CL001"' in received
+
+
+def test_ctrl_c_while_convlint_imports_is_one_line_and_130(tmp_path: Path) -> None:
+    """Issue 20, item 7: the signal lands while the CLI's modules are imported (the first
+    half-second of a run), sent by the process itself at that moment: no timing involved."""
+    path = fixtures.save(fixtures.conv3x3(), tmp_path / "conv.onnx")
+    code = (
+        "import builtins, os, signal\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "plain = builtins.__import__\n"
+        "def importing(name, *args, **kwargs):\n"
+        "    if name == 'convlint.cli':\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return plain(name, *args, **kwargs)\n"
+        "builtins.__import__ = importing\n"
+        "from convlint.entry import run\n"
+        "run()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "check", str(path)], capture_output=True, timeout=300
+    )
+    assert result.returncode == 130
+    assert result.stderr == b"convlint: interrupted\n"
+    assert result.stdout == b""
