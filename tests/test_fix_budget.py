@@ -3,9 +3,11 @@ reconstruction after the ReLU, channel pruning, real data for lossy rewrites, ho
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import pytest
@@ -19,7 +21,10 @@ from convlint.registry import load_registry
 from convlint.rewrite import budget
 from convlint.rewrite.budget import Candidate
 from convlint.rewrite.pipeline import NEEDS_DATA, FixOptions, fix, held_out_count
+from convlint.rewrite.report import render_json
 from convlint.rewrite.verify import compare, wilson_interval
+
+FIX_SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "fix.schema.json"
 
 
 def _inputs(path: Path, shape: tuple[int, ...], count: int = 96, seed: int = 1) -> Path:
@@ -128,6 +133,9 @@ def test_known_prunable_channels_are_pruned_exactly(tmp_path: Path) -> None:
     conv1 = next(n for n in written.graph.node if n.name == "conv1")
     assert shapes[conv1.input[1]] == (48, 32, 3, 3) and shapes[conv1.input[2]] == (48,)
     assert rewrite.as_dict()["kept_channels"] == used
+    document = json.loads(render_json(result))
+    jsonschema.Draft202012Validator(json.loads(FIX_SCHEMA.read_text())).validate(document)
+    assert document["rewrites"][0]["method"] == "prune"
 
 
 # -- clean output ----------------------------------------------------------------------------
