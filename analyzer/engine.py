@@ -278,7 +278,13 @@ def analyze(
         lint(report, loaded, registry, settings, rules)
     except ModelError as exc:
         report.error = exc.problem
+    except Exception as exc:  # a failure of convlint's: still this model's error, one line
+        report.error = internal_error(exc)
     return report
+
+
+def internal_error(exc: BaseException) -> str:
+    return " ".join(f"internal error: {type(exc).__name__}: {exc}".split())[:500]
 
 
 def validate_graph(
@@ -294,6 +300,11 @@ def validate_graph(
     for sub, view in views if views is not None else graph_views(graph):
         for conv in sub.of_type("Conv"):
             inputs = conv.inputs
+            if not conv.outputs or len(inputs) < 2:  # strict inference skips some bodies
+                raise ModelError(
+                    path,
+                    f"invalid model: conv {conv.name!r} needs an input, a weight and an output",
+                )
             geometry = view.geometry(conv)
             if geometry is not None:
                 expected: int = geometry.cin
@@ -360,9 +371,14 @@ def lint(
             report.notes.append(f"analyzed subgraph of {sub_owner}")
         chosen = enabled_rules(registry, settings) if rules is None else rules
         report.checked = [rule.code for rule in chosen]
-        report.findings, report.skips = run_rules(
-            graph, loaded.model, chosen, settings, views, report.suppressed
-        )
+        findings, skips = run_rules(graph, loaded.model, chosen, settings, views, report.suppressed)
+        for shown in (*findings, *skips, *report.suppressed):
+            if type(shown.node) is not str:  # protobuf's bytes for a name not UTF-8
+                report.suppressed = []
+                raise ModelError(
+                    loaded.path, f"invalid model: a node name is not UTF-8: {shown.node!r}"[:300]
+                )
+        report.findings, report.skips = findings, skips
     except GraphError as exc:
         raise ModelError(loaded.path, f"invalid model: {exc}") from None
     finally:

@@ -435,6 +435,8 @@ class ModelGraph:
         return graph
 
     def _add_constant(self, proto: onnx.NodeProto) -> None:
+        if not proto.output:  # invalid; shape inference names it
+            return
         for attr in proto.attribute:
             if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                 shape = tuple(int(d) for d in attr.t.dims)

@@ -73,7 +73,7 @@ class GraphNodes(NamedTuple):
 
 
 def walk_graphs(model: onnx.ModelProto) -> list[GraphNodes]:
-    """The main graph and the subgraphs of its If/Loop/Scan nodes, recursively.
+    """The main graph and the subgraphs of its If/Loop/Scan/SequenceMap nodes, recursively.
 
     Each graph's nodes are read once for every check, in comprehensions (reading a protobuf
     field from Python builds an object, which adds up on large graphs); the nodes of the few
@@ -95,9 +95,9 @@ def walk_graphs(model: onnx.ModelProto) -> list[GraphNodes]:
             if custom or not op_types.isdisjoint(TENSOR_ATTRIBUTE_OPS)
             else []
         )
-        if not op_types.isdisjoint(SUBGRAPH_OPS):
+        if not op_types.isdisjoint(WALKED_SUBGRAPH_OPS):
             for node in nodes:
-                if node.op_type in SUBGRAPH_OPS:
+                if node.op_type in WALKED_SUBGRAPH_OPS:
                     for attr in node.attribute:
                         if attr.type == onnx.AttributeProto.GRAPH:
                             stack.append(attr.g)
@@ -170,6 +170,13 @@ def check_external_locations(
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if type(location) is not str:  # protobuf's bytes for a string that is not UTF-8
+            raise ModelError(
+                path,
+                f"external data of {tensor.name!r} has a location that is not UTF-8: {location!r}"[
+                    :300
+                ],
+            )
         if location in checked:
             continue
         checked.add(location)
@@ -418,6 +425,8 @@ def _run_inference(
 
 
 SUBGRAPH_OPS = ("If", "Loop", "Scan")
+# Standard ops whose graph attributes are walked for their tensors and checks.
+WALKED_SUBGRAPH_OPS = frozenset({*SUBGRAPH_OPS, "SequenceMap"})
 # How onnx names a node its inference failed on; errors are listed in graph order.
 _FAILED_NODE = re.compile(r"\(op_type:(\w+)(?:, node name: ([^)]*))?\)")
 
@@ -994,6 +1003,7 @@ def validate(
         declared.add("ai.onnx")
     opset = next((int(e.version) for e in model.opset_import if e.domain in STANDARD_DOMAINS), 0)
     for walked in graphs if graphs is not None else walk_graphs(model):
+        _refuse_undecodable_text(walked, path)
         _refuse_unknown_operators(walked, opset, path)
         undeclared = walked.domains - declared
         if undeclared:
@@ -1003,6 +1013,18 @@ def validate(
                 path,
                 f"invalid model: node {node.name or node.op_type!r} uses domain "
                 f"{domain!r}, which opset_import does not declare",
+            )
+
+
+def _refuse_undecodable_text(walked: GraphNodes, path: str | Path) -> None:
+    """An op type or domain that is not UTF-8: protobuf hands such a string over as bytes,
+    which no later step expects. (Node names are checked where they are shown: the findings.)"""
+    for text in (*walked.op_types, *walked.domains):
+        if type(text) is not str:
+            node = next(n for n in walked.graph.node if text in (n.op_type, n.domain))
+            what = "op type" if node.op_type == text else "domain"
+            raise ModelError(
+                path, f"invalid model: node {node.name!r} has an {what} that is not UTF-8: {text!r}"
             )
 
 

@@ -301,6 +301,11 @@ def model_stats(path: str | Path, registry: Registry, settings: Settings) -> dic
     assert report.cost is not None
     inputs = [{"name": name, "shape": _listed(graph.shape(name))} for name in graph.data_inputs]
     rows = stats_rows(graph, report.cost)
+    for name in (*(n["name"] for n in rows["nodes"]), *rows["folded"]):
+        if type(name) is not str:  # protobuf's bytes for a name not UTF-8
+            raise loader.ModelError(
+                path, f"invalid model: a node name is not UTF-8: {name!r}"[:300]
+            )
     rows["total"]["macs_per_input_pixel"] = report.cost.macs_per_input_pixel
     return {"path": str(path), "inputs": inputs, **rows, "notes": list(report.notes), "error": None}
 
