@@ -99,6 +99,8 @@ def load_baseline(path: str | os.PathLike[str]) -> Baseline:
         raise UsageError(f"{where}: not JSON ({exc.msg}, line {exc.lineno})") from None
     except RecursionError:
         raise UsageError(f"{where}: not a baseline (JSON nested too deeply)") from None
+    except ValueError:  # Python's limit on the digits of an integer it converts
+        raise UsageError(f"{where}: not a baseline (a number of thousands of digits)") from None
     if not isinstance(data, list):
         raise UsageError(f"{where}: expected a JSON list of {{path, code, node}} objects")
     known = set()

@@ -34,6 +34,14 @@ from convlint.errors import ConvlintError, UsageError
 Feed = dict[str, npt.NDArray[Any]]
 # What --inputs may hold in all (declared sizes, checked before any array is read).
 MAX_INPUT_BYTES = 2 * 2**30
+# Images: a side of a resize or crop, the pixels of an image once resized, and the aspect ratio
+# of an image (checked from its header, before it is decoded: a 3 KB PNG of 1,000,000×1 pixels
+# would become gigabytes once its shorter side is resized).
+MAX_IMAGE_SIDE = 16384
+MAX_RESIZED_PIXELS = 1 << 26
+MAX_ASPECT = 64
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 Dims = Sequence[int | str | None]  # an input's declared dims: sizes, names of symbolic dims
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -154,25 +162,26 @@ def _with_key(base: Preprocess, key: str, value: str) -> Preprocess:
     try:
         if key == "resize":
             size = int(value)
-            if size < 1:
+            if not 1 <= size <= MAX_IMAGE_SIDE:
                 raise ValueError
             return replace(base, resize=size)
         if key == "crop":
             height, _, width = value.lower().partition("x")
             crop = (int(height), int(width or height))
-            if min(crop) < 1:
+            if not 1 <= min(crop) <= max(crop) <= MAX_IMAGE_SIDE:
                 raise ValueError
             return replace(base, crop=crop)
         if key == "scale":
             numerator, _, denominator = value.partition("/")
             scale = float(numerator) / float(denominator or 1)
-            if not math.isfinite(scale) or scale <= 0:
+            if not FLOAT32_TINY <= scale <= FLOAT32_MAX:
                 raise ValueError
             return replace(base, scale=scale)
         if key in ("mean", "std"):
             values = tuple(float(v) for v in value.replace("/", ":").split(":"))
-            if not all(math.isfinite(v) for v in values) or (
-                key == "std" and not all(v > 0 for v in values)
+            # Values that float32, the pixels' type, holds (beyond it numpy warns, then inf).
+            if not all(abs(v) <= FLOAT32_MAX for v in values) or (
+                key == "std" and not all(v >= FLOAT32_TINY for v in values)
             ):
                 raise ValueError
             return replace(base, mean=values) if key == "mean" else replace(base, std=values)
@@ -185,13 +194,13 @@ def _with_key(base: Preprocess, key: str, value: str) -> Preprocess:
         if order not in ("RGB", "BGR"):
             raise ValueError
         return replace(base, order=order)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         expected = {
-            "resize": "a number of pixels",
-            "crop": "N or HxW pixels",
-            "scale": "a positive number or a fraction such as 1/255",
-            "mean": "numbers separated by ':' (one, or one per channel)",
-            "std": "positive numbers separated by ':' (one, or one per channel)",
+            "resize": f"a number of pixels, at most {MAX_IMAGE_SIDE}",
+            "crop": f"N or HxW pixels, at most {MAX_IMAGE_SIDE}",
+            "scale": "a positive number or a fraction such as 1/255 (a float32)",
+            "mean": "numbers separated by ':' (one, or one per channel; float32s)",
+            "std": "positive numbers separated by ':' (one, or one per channel; float32s)",
             "layout": "NCHW or NHWC",
             "order": "RGB or BGR",
         }[key]
@@ -312,8 +321,15 @@ def _read_arrays(path: Path, names: Sequence[str]) -> dict[str, npt.NDArray[Any]
                 f"({', '.join(names)}): give an .npz with one array per input"
             )
         return {names[0]: loaded}
-    with loaded as data:
-        arrays = {name: data[name] for name in data.files}
+    try:
+        with loaded as data:  # the arrays are read here, one by one
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if "allow_pickle" in str(exc):
+            raise ConvlintError(
+                f"{path}: holds an array of Python objects (pickled), not numbers"
+            ) from None
+        raise ConvlintError(f"{path}: not a readable .npz file ({exc})") from None
     for name in names:
         if name not in arrays:
             raise ConvlintError(
@@ -481,12 +497,23 @@ def read_images(
     for file in files:
         try:
             with Image.open(file) as image:
-                image = image.convert("L" if channels == 1 else "RGB")
+                wide, high = image.size  # from the header: nothing decoded yet
+                if max(wide, high) > MAX_ASPECT * min(wide, high):
+                    raise ConvlintError(
+                        f"--inputs {folder}: image {file.name} is {wide}x{high} pixels: an "
+                        f"aspect ratio beyond 1:{MAX_ASPECT} is no photograph to calibrate on"
+                    )
                 scale = resize / min(image.size)
                 new_size = (
                     max(crop[1], round(image.size[0] * scale)),
                     max(crop[0], round(image.size[1] * scale)),
                 )
+                if new_size[0] * new_size[1] > MAX_RESIZED_PIXELS:
+                    raise ConvlintError(
+                        f"--inputs {folder}: image {file.name} resized would be "
+                        f"{new_size[0]}x{new_size[1]} pixels (at most {MAX_RESIZED_PIXELS:,})"
+                    )
+                image = image.convert("L" if channels == 1 else "RGB")
                 image = image.resize(new_size, Image.Resampling.BILINEAR)
                 left = (new_size[0] - crop[1]) // 2
                 top = (new_size[1] - crop[0]) // 2
@@ -500,7 +527,8 @@ def read_images(
             pixels = pixels[..., None]
         elif preprocess.order == "BGR":
             pixels = pixels[..., ::-1]
-        pixels = (pixels * np.float32(preprocess.scale) - mean) / std
+        with np.errstate(over="ignore", invalid="ignore"):  # an inf is refused by name later
+            pixels = (pixels * np.float32(preprocess.scale) - mean) / std
         images.append(pixels if layout == "NHWC" else pixels.transpose(2, 0, 1))
     stack = np.stack(images).astype(np.float32)
     return stack, preprocess.describe(channels, crop, layout)

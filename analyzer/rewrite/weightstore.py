@@ -195,6 +195,8 @@ _FOUR_BIT = {
 def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
     if tensor.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
         return None
+    if tensor.data_type not in _DEFINED_TYPES:  # check_weight_sizes names it
+        return None
     count = math.prod(tensor.dims)
     if tensor.data_type in _FOUR_BIT:
         return (count + 1) // 2
@@ -202,15 +204,39 @@ def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
     return count * itemsize
 
 
+_DEFINED_TYPES = frozenset(onnx.TensorProto.DataType.values())
+
+
+def _check_input_types(model: onnx.ModelProto, path: Path) -> None:
+    """`fix` feeds every data input a tensor: each must say of which element type."""
+    stored = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in stored:
+            continue
+        if not value.type.HasField("tensor_type"):
+            raise ModelError(
+                path, f"input {value.name!r} is not a tensor (no type, or a sequence or map)"
+            )
+        elem_type = value.type.tensor_type.elem_type
+        if elem_type == onnx.TensorProto.UNDEFINED or elem_type not in _DEFINED_TYPES:
+            raise ModelError(path, f"input {value.name!r} has no element type ONNX defines")
+
+
 def check_weight_sizes(model: onnx.ModelProto, path: Path, spans: dict[str, Span]) -> None:
     """Every stored tensor holds as many values as its dims say (else numpy fails deep in a
     rewrite, or onnxruntime refuses the model)."""
+    _check_input_types(model, path)
     for tensor in external_data_helper._get_all_tensors(model):
         if tensor.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
             continue
         count = math.prod(tensor.dims)
         dims = "x".join(map(str, tensor.dims)) or "a scalar"
         name = tensor.name or "(unnamed)"
+        if tensor.data_type not in _DEFINED_TYPES:
+            raise ModelError(
+                path,
+                f"tensor {name!r} has data type {tensor.data_type}, which ONNX does not define",
+            )
         span = spans.get(tensor.name)
         if span is not None or tensor.HasField("raw_data"):
             expected = _expected_bytes(tensor)
