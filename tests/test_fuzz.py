@@ -1,10 +1,13 @@
-"""A seeded mutation fuzz of check and stats: bit flips, wrong attribute types, bad dims, hostile
-names, cycles and external-data locations over the fixtures.
+"""A seeded mutation fuzz of check, stats and fix: bit flips, wrong attribute types, bad dims,
+hostile names, cycles, external-data locations and text that is not UTF-8 (names, op types,
+locations) over the fixtures.
 
 Every case must end with exit 0, 1 or 2, never "internal error", with the file named in every
-error line, within a time bound. A bounded number of cases runs on every CI run; a longer run:
+error line, within a time bound; `fix` must leave its input as it was and write only a model
+onnx.checker accepts. A bounded number of cases runs on every CI run (48 of check and stats, 10
+of fix); a longer run:
 
-    CONVLINT_FUZZ_CASES=2000 CONVLINT_FUZZ_SEED=7 pytest tests/test_fuzz.py
+    CONVLINT_FUZZ_CASES=2000 CONVLINT_FUZZ_FIX_CASES=200 CONVLINT_FUZZ_SEED=7 pytest tests/test_fuzz.py
 """
 
 from __future__ import annotations
@@ -84,6 +87,34 @@ def _external_location(model: onnx.ModelProto, rng: random.Random) -> bytes:
     return model.SerializeToString()
 
 
+def _undecodable_text(model: onnx.ModelProto, rng: random.Random) -> bytes:
+    """A node name, op type, tensor name or external-data location that is not UTF-8 (protobuf
+    reads it back as bytes, not str): written as a placeholder, then its bytes replaced."""
+    placeholder = b"QQTEXTQQ"
+    node = rng.choice(list(model.graph.node))
+    where = rng.choice(["name", "op_type", "tensor", "location"])
+    if where == "name":
+        node.name = placeholder.decode()
+    elif where == "op_type":
+        node.op_type = placeholder.decode()
+    elif where == "tensor" and node.output:
+        old = node.output[0]
+        for each in model.graph.node:
+            each.input[:] = [placeholder.decode() if n == old else n for n in each.input]
+            each.output[:] = [placeholder.decode() if n == old else n for n in each.output]
+        for value in [*model.graph.output, *model.graph.value_info]:
+            if value.name == old:
+                value.name = placeholder.decode()
+    else:
+        tensor = rng.choice(list(model.graph.initializer))
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        entry = tensor.external_data.add()
+        entry.key, entry.value = "location", placeholder.decode()
+    raw = rng.choice([b"\xffQTEXT\xfeQ", b"QQ\xc3(EXTQQ", b"\x80QTEXTQQ"])
+    return model.SerializeToString().replace(placeholder, raw)
+
+
 MUTATIONS: list[Callable[[onnx.ModelProto, random.Random], bytes]] = [
     _bit_flips,
     _attribute_type,
@@ -91,7 +122,10 @@ MUTATIONS: list[Callable[[onnx.ModelProto, random.Random], bytes]] = [
     _hostile_names,
     _cycle,
     _external_location,
+    _undecodable_text,
 ]
+FIX_CASES = int(os.environ.get("CONVLINT_FUZZ_FIX_CASES", "10"))
+FIX_OPTIONS = ["--method", "weight", "--samples", "2", "--allow-noise", "--no-latency", "--quiet"]
 
 
 @pytest.mark.parametrize("case", range(CASES))
@@ -115,3 +149,29 @@ def test_mutated_model_gets_a_clean_verdict(
                 assert str(path) in line, (mutate.__name__, line)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert peak_kib < 3 * 1024 * 1024  # the whole test process, KiB: under 3 GiB
+
+
+@pytest.mark.parametrize("case", range(FIX_CASES))
+def test_mutated_model_through_fix_gets_a_clean_verdict(
+    case: int, tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    """`fix` on small mutated seeds: exit 0, 1 or 2 with the file named, the input untouched,
+    and what it wrote a model onnx.checker accepts."""
+    rng = random.Random(SEED * 100_003 + 50_000 + case)
+    mutate = MUTATIONS[case % len(MUTATIONS)]
+    model = fixtures.BUILDERS[rng.choice(BASES)]()
+    path = tmp_path / f"case{case}.onnx"
+    data = mutate(model, rng)
+    path.write_bytes(data)
+    out = tmp_path / "out.onnx"
+    code, _, err = cli("fix", str(path), "-o", str(out), "--timeout", "120", *FIX_OPTIONS)
+    assert code in (0, 1, 2), (mutate.__name__, code, err)
+    assert "internal error" not in err and "Traceback" not in err, (mutate.__name__, err)
+    for line in err.splitlines():
+        if line.startswith("convlint: error:"):
+            assert str(path) in line, (mutate.__name__, line)
+    assert path.read_bytes() == data
+    if code == 0:
+        onnx.checker.check_model(str(out), full_check=True)
+    else:
+        assert not out.exists()
