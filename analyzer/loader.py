@@ -1060,9 +1060,10 @@ def load(
     """
     path = Path(path)
     model, serialized = _read_model(path, weights=False)
-    if skeleton.strip_weights(model):  # analysis reads no weight values: hold none
-        serialized = None
     graphs = walk_graphs(model)
+    # Analysis reads no weight values: hold none.
+    if skeleton.strip_weights(model, graphs[0].constants):
+        serialized = None
     check_external_locations(model, path, graphs)
     validate(model, path, graphs)
     notes = clear_negative_dims(model)

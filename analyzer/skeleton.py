@@ -8,7 +8,7 @@ copy shape inference makes.
 
 Which tensors lose their values (:func:`is_weight`): the main graph's initializers of at least
 :data:`WEIGHT_ELEMENTS` elements and an element type that cannot be a shape (not int32, int64 or
-string). They keep everything else (name, dims, type, external-data fields). Subgraphs (If, Loop
+string), and such tensors held inline by a main-graph node's attribute (a Constant's ``value``). They keep everything else (name, dims, type, external-data fields). Subgraphs (If, Loop
 and Scan bodies) are kept whole: their weights are rare and small.
 
 Two ways to the same model:
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, overload
 
@@ -66,6 +66,9 @@ def _number(message: Any, name: str) -> int:
 
 _MODEL_GRAPH = _number(onnx.ModelProto, "graph")
 _GRAPH_INITIALIZER = _number(onnx.GraphProto, "initializer")
+_GRAPH_NODE = _number(onnx.GraphProto, "node")
+_NODE_ATTRIBUTE = _number(onnx.NodeProto, "attribute")
+_ATTRIBUTE_TENSOR = _number(onnx.AttributeProto, "t")
 _TENSOR_DIMS = _number(onnx.TensorProto, "dims")
 _TENSOR_DATA_TYPE = _number(onnx.TensorProto, "data_type")
 _TENSOR_VALUES = frozenset(
@@ -140,10 +143,19 @@ def is_weight(data_type: int, dims: list[int] | tuple[int, ...]) -> bool:
     return data_type not in KEPT_TYPES and math.prod(dims) >= WEIGHT_ELEMENTS
 
 
-def strip_weights(model: onnx.ModelProto) -> bool:
-    """Clear the values of ``model``'s weights; returns whether any had values."""
+def strip_weights(model: onnx.ModelProto, holders: Iterable[onnx.NodeProto] | None = None) -> bool:
+    """Clear the values of ``model``'s weights, those of its main graph's initializers and of
+    the tensors its main graph's nodes hold inline (a Constant's ``value``: ``holders`` are the
+    nodes that may hold one, every node when not known); returns whether any had values."""
     stripped = False
-    for tensor in model.graph.initializer:
+    nodes = model.graph.node if holders is None else holders
+    inline = [
+        attr.t
+        for node in nodes
+        for attr in node.attribute
+        if attr.type == onnx.AttributeProto.TENSOR
+    ]
+    for tensor in [*model.graph.initializer, *inline]:
         if tensor.data_type in KEPT_TYPES or math.prod(tensor.dims) < WEIGHT_ELEMENTS:
             continue
         if tensor.HasField("raw_data"):  # reading raw_data would copy it: ask, then clear
@@ -247,7 +259,25 @@ def _model_field(data: FileWindow, number: int, wire: int, start: int, end: int)
 
 
 def _graph_field(data: FileWindow, number: int, wire: int, start: int, end: int) -> bytes | None:
-    if number == _GRAPH_INITIALIZER and wire == _LENGTH and end - start >= LARGE_TENSOR_BYTES:
+    if wire != _LENGTH or end - start < LARGE_TENSOR_BYTES:
+        return None
+    if number == _GRAPH_INITIALIZER:
+        return _tensor(data, start, end)
+    if number == _GRAPH_NODE:  # a Constant holding a large tensor inline
+        return _message(data, start, end, _node_field)
+    return None
+
+
+def _node_field(data: FileWindow, number: int, wire: int, start: int, end: int) -> bytes | None:
+    if number == _NODE_ATTRIBUTE and wire == _LENGTH and end - start >= LARGE_TENSOR_BYTES:
+        return _message(data, start, end, _attribute_field)
+    return None
+
+
+def _attribute_field(
+    data: FileWindow, number: int, wire: int, start: int, end: int
+) -> bytes | None:
+    if number == _ATTRIBUTE_TENSOR and wire == _LENGTH and end - start >= LARGE_TENSOR_BYTES:
         return _tensor(data, start, end)
     return None
 
