@@ -8,8 +8,9 @@ copy shape inference makes.
 
 Which tensors lose their values (:func:`is_weight`): the main graph's initializers of at least
 :data:`WEIGHT_ELEMENTS` elements and an element type that cannot be a shape (not int32, int64 or
-string), and such tensors held inline by a main-graph node's attribute (a Constant's ``value``). They keep everything else (name, dims, type, external-data fields). Subgraphs (If, Loop
-and Scan bodies) are kept whole: their weights are rare and small.
+string), and such tensors held inline by a main-graph node's attribute (a Constant's ``value``).
+They keep everything else (name, dims, type, external-data fields). Subgraphs (If, Loop and Scan
+bodies) are kept whole: their weights are rare and small.
 
 Two ways to the same model:
 
