@@ -993,6 +993,11 @@ def validate(
         raise ModelError(path, "invalid model: no opset_import")
     newest = onnx.defs.onnx_opset_version()
     for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version < 1:
+            # No operator schema has a version below 1: nothing would check the nodes.
+            raise ModelError(
+                path, f"invalid model: opset {entry.version} (ONNX's opsets start at 1)"
+            )
         if entry.domain in ("", "ai.onnx") and entry.version > newest:
             raise ModelError(
                 path,

@@ -200,3 +200,23 @@ def test_a_failure_of_convlint_is_that_models_error(
     assert code == 2
     assert err == f"convlint: error: {bad}: internal error: RuntimeError: no rule expected this\n"
     assert "b.onnx:features.conv1: CL001" in out
+
+
+@pytest.mark.parametrize("command", ["check", "stats", "fix"])
+def test_opset_0_is_refused_where_nothing_would_check_the_attributes(
+    tmp_path: Path, cli: CLI, command: str
+) -> None:
+    """Issue 20, item 6: at opset 0 no schema checks a node, so a wrong-typed attribute (pads
+    as an int) used to reach the rewrite's arithmetic."""
+    model = fixtures.conv3x3()
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", 0))
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != "pads"]
+    del node.attribute[:]
+    node.attribute.extend([*kept, helper.make_attribute("pads", -3)])
+    path = fixtures.save(model, tmp_path / "opset0.onnx")
+    extra = ["-o", str(tmp_path / "out.onnx"), "--allow-noise"] if command == "fix" else []
+    code, _, err = cli(command, str(path), *extra)
+    assert code == 2
+    assert err == f"convlint: error: {path}: invalid model: opset 0 (ONNX's opsets start at 1)\n"
