@@ -28,7 +28,7 @@ by an independent onnxruntime script (``heldout_eval.py``) on the held-out sampl
 ratio on 2 intra-op threads with its spread, the top-1 agreement with the original (count and
 95% Wilson interval) and the relative L2 error of the outputs::
 
-    python benchmarks/bench_fix.py --trained [--model vgg16-mri] [--budget "--min-top1 0.99"]
+    python benchmarks/bench_fix.py --trained [--model vgg16-mri] [--budget "--min-top1 0.99 ..."]
         [--cache ~/.cache/convlint-bench] [--runs 60] [--threads 2]
 
 ``--fixtures RUNS`` measures instead what chose the default objective: on small fixtures with
@@ -243,7 +243,9 @@ def _total_macs(path: Path, shape: list[str]) -> int | None:
     return None if macs is None else int(macs)
 
 
-def trained_model(name: str, budget: list[str], cache: Path, runs: int, threads: int) -> None:
+def trained_model(
+    name: str, budget: list[str] | None, cache: Path, runs: int, threads: int
+) -> None:
     """Build the model's data, run `fix` on it as a user does, measure on the held-out samples."""
     import trained_models  # beside this script
 
@@ -261,6 +263,7 @@ def trained_model(name: str, budget: list[str], cache: Path, runs: int, threads:
     shape = ["--input-shape", f"{model.input_name}={sample_shape}"]
     fixed = folder / "fixed.onnx"
     fixed.unlink(missing_ok=True)
+    budget = list(model.budget) if budget is None else budget
     argv = ["--inputs", str(calib), "--samples", str(calib_shape[0]), *shape, *budget]
     start = time.perf_counter()
     proc = _cli("fix", str(original), "-o", str(fixed), "--format", "json", *argv)
@@ -274,6 +277,8 @@ def trained_model(name: str, budget: list[str], cache: Path, runs: int, threads:
         print(f"  fix failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
         return
     report = json.loads(proc.stdout)
+    (folder / "fix.json").write_text(proc.stdout)
+    (folder / "fix.log").write_text(proc.stderr)
     model_report = report["models"][0] if "models" in report else report
     rewrites = model_report.get("rewrites") or []
     if proc.returncode == 1 or not fixed.exists():
@@ -328,9 +333,13 @@ def trained_model(name: str, budget: list[str], cache: Path, runs: int, threads:
     else:
         print(f"  rel L2 {result['rel_l2']:.2e} (per sample median {result['rel_l2_median']:.2e})")
     verification = model_report.get("verification") or {}
+    own = model_report.get("latency") or {}
+    calibration = model_report.get("calibration") or {}
     print(
-        f"  fix's own report: rel L2 {verification.get('rel_l2_error')}, top-1 "
-        f"{verification.get('top1_agreement')}, latency {model_report.get('latency')}"
+        f"  fix's own report ({calibration.get('fit')} samples fitted, "
+        f"{calibration.get('verify')} verified): rel L2 {verification.get('rel_l2_error')}, "
+        f"top-1 {verification.get('top1_agreement')} {verification.get('top1_agreement_interval')}"
+        f", latency ratio {own.get('ratio')} {own.get('interval')}"
     )
 
 
@@ -350,8 +359,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", help="with --trained: one model (repeatable)")
     parser.add_argument(
         "--budget",
-        default="--min-top1 0.99",
-        help="with --trained: fix's budget options, as one string (default %(default)r)",
+        help="with --trained: fix's budget options, as one string (default: each model's own, "
+        "'--min-top1 0.99 --tolerance 0.1' for the classifiers, '--tolerance 0.05' for captcha)",
     )
     parser.add_argument(
         "--cache",
@@ -367,9 +376,10 @@ def main() -> None:
         import trained_models
 
         names = args.model or [m.name for m in trained_models.MODELS]
-        print(f"convlint fix on trained models, budget {args.budget!r}, {os.cpu_count()} CPUs")
+        print(f"convlint fix on trained models, {os.cpu_count()} CPUs")
         for name in names:
-            trained_model(name, args.budget.split(), args.cache, args.runs, args.threads)
+            budget = args.budget.split() if args.budget is not None else None
+            trained_model(name, budget, args.cache, args.runs, args.threads)
         return
     if args.fixtures:
         fixture_table(args.fixtures)
