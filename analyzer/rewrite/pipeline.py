@@ -1470,27 +1470,10 @@ def _refit_job(key: str, choice: _Choice, fit: list[Feed]) -> _RefitJob | None:
         target.conv.outputs[0], geometry.out_shape, per_sample=output_rows, seed=seed
     )
     kxk = (int(target.site.kernel[0]), int(target.site.kernel[1]))
-    if factors.kind == "svd-expand" and target.site.cin * target.site.k <= MAX_PATCH_WIDTH:
-        features = PatchSpec(
-            target.conv.inputs[0],
-            geometry.out_shape,
-            kxk,
-            geometry.strides,
-            geometry.pads,
-            geometry.dilations,
-            output_rows,
-            seed,
-        )
-        return _RefitJob(key, features, output, whole=True)
-    last = factors.weights[-1]
-    width = int(np.prod(last.shape[1:]))
-    if width > MAX_REFIT_WIDTH:
-        return None
-    rows = refit_rows(width, len(fit), pixels)
-    output = dataclasses.replace(output, per_sample=rows)
-    tensor, spatial = edit.tail
-    if spatial:
-        features = PatchSpec(
+
+    def patches(tensor: str, rows: int) -> PatchSpec:
+        """What the k×k conv reads of ``tensor`` at the sampled output pixels."""
+        return PatchSpec(
             tensor,
             geometry.out_shape,
             kxk,
@@ -1500,6 +1483,18 @@ def _refit_job(key: str, choice: _Choice, fit: list[Feed]) -> _RefitJob | None:
             rows,
             seed,
         )
+
+    if factors.kind == "svd-expand" and target.site.cin * target.site.k <= MAX_PATCH_WIDTH:
+        return _RefitJob(key, patches(target.conv.inputs[0], output_rows), output, whole=True)
+    last = factors.weights[-1]
+    width = int(np.prod(last.shape[1:]))
+    if width > MAX_REFIT_WIDTH:
+        return None
+    rows = refit_rows(width, len(fit), pixels)
+    output = dataclasses.replace(output, per_sample=rows)
+    tensor, spatial = edit.tail
+    if spatial:
+        features = patches(tensor, rows)
     else:
         features = PatchSpec(tensor, geometry.out_shape, per_sample=rows, seed=seed)
     return _RefitJob(key, features, output, whole=False)

@@ -95,10 +95,11 @@ def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weigh
     )
     out = conv.outputs[0]
     readers = graph.consumers_of(out)
+    view = View(graph)  # one view for the ReLU and the pruning chain: its roles are cached
     relu = (
         len(readers) == 1
         and out not in graph.graph_outputs
-        and View(graph).activation_name(readers[0]) in ("ReLU", "ReLU6")
+        and view.activation_name(readers[0]) in ("ReLU", "ReLU6")
     )
     return FactorTarget(
         code=finding.code,
@@ -113,7 +114,7 @@ def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weigh
         patches=patch_geometry(conv, graph, site.kernel),
         relu=relu,
         activated=readers[0].outputs[0] if relu else None,
-        prunable=prune_chain(conv, graph, weights),
+        prunable=prune_chain(conv, graph, weights, view),
     )
 
 
@@ -122,11 +123,10 @@ def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weigh
 PRUNE_THROUGH = frozenset({"activation", "affine", "passthrough", "pool"})
 
 
-def prune_chain(conv: Node, graph: ModelGraph, weights: Weights) -> Prunable | None:
+def prune_chain(conv: Node, graph: ModelGraph, weights: Weights, view: View) -> Prunable | None:
     """What pruning ``conv``'s input channels narrows: every node between it and the conv
     that produces them (each read by the next alone), with the values of their constants;
     None when a node on the way is shared, mixes channels, or is not a plain float Conv."""
-    view = View(graph)
     tensor = conv.inputs[0]
     originals: dict[str, Array] = {}
     macs = 0
