@@ -23,6 +23,17 @@ Two ways to the same model:
   reading a small one costs protobuf next to nothing); it returns that encoding, for protobuf to
   parse and :func:`strip_weights` to finish. A file it cannot walk (damaged, or an encoding it does
   not expect) gives None, and the caller parses the file as a whole, which names what is wrong.
+
+What the walk leaves out, protobuf never sees, so the walk checks it at least as strictly as
+protobuf would (upb, as ``onnx.load`` parses): every tag and length it steps over (a tag of at
+most 5 bytes with a field number, a wire type protobuf knows, a length of at most 5 bytes inside
+the message and under 2 GiB, varints of at most 10 bytes), and each value field it drops (packed
+``float_data``/``double_data`` a whole number of 4 or 8 bytes; packed ``int32_data``,
+``int64_data`` and ``uint64_data`` whole varints, checked with numpy a chunk at a time, the only
+values it reads). Whatever fails a check, the caller's whole parse judges: a damaged large file
+gets the verdict and the message a small one gets. So that its time follows the number of tensors
+and not the number of fields of other kinds, the walk steps over at most
+:data:`MAX_WALKED_FIELDS` fields (or packed dims); a file with more is parsed whole.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, overload
 
+import numpy as np
 import onnx
 
 from convlint.errors import ModelError
@@ -77,7 +89,21 @@ _TENSOR_VALUES = frozenset(
 )
 LARGE_TENSOR_BYTES = 64 << 10  # the walk looks inside initializers from this size on
 
+# Fields (and packed dims) one walk steps over before it leaves the file to a whole parse: a
+# chain of 100,000 nodes has 150,000 (nodes, initializers, inputs), walked in 0.18 s.
+MAX_WALKED_FIELDS = 1 << 19
+MAX_LENGTH = (1 << 31) - 2  # upb refuses a length of INT32_MAX or more
+VARINT_CHUNK = 4 << 20  # bytes of a packed varint field checked at a time
+
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+# Packed value fields: the fixed width of each element, or None for varints.
+_PACKED_WIDTH: dict[int, int | None] = {
+    _number(onnx.TensorProto, "float_data"): 4,
+    _number(onnx.TensorProto, "double_data"): 8,
+    _number(onnx.TensorProto, "int32_data"): None,
+    _number(onnx.TensorProto, "int64_data"): None,
+    _number(onnx.TensorProto, "uint64_data"): None,
+}
 DROP = b""  # what a rewrite returns to leave a field out (a message it rewrites is never empty)
 # A rewrite of a message's fields: (data, field number, wire type, value start, end) -> the
 # field's new value (length-delimited fields only), DROP, or None to keep the field as it is.
@@ -87,7 +113,8 @@ _Rewrite = Callable[["FileWindow", int, int, int, int], "bytes | None"]
 class FileWindow:
     """A file's bytes by index and slice, as a memory map gives them, read with ``os.pread`` a
     block at a time. A file that ends before the size it had when opened (shrunk by another
-    program meanwhile) is a :class:`ModelError` where a memory map's page would be SIGBUS."""
+    program meanwhile) is a :class:`ModelError` where a memory map's page would be SIGBUS.
+    It also keeps the walk's budget of fields (:meth:`spend`)."""
 
     BLOCK = 1 << 20
 
@@ -97,6 +124,13 @@ class FileWindow:
         self._size = os.fstat(fd).st_size
         self._start = 0
         self._block = b""
+        self._fields_left = MAX_WALKED_FIELDS
+
+    def spend(self, fields: int) -> None:
+        """Count ``fields`` more stepped over; ValueError past :data:`MAX_WALKED_FIELDS`."""
+        self._fields_left -= fields
+        if self._fields_left < 0:
+            raise ValueError(f"more than {MAX_WALKED_FIELDS} fields")
 
     def __len__(self) -> int:
         return self._size
@@ -203,11 +237,17 @@ def _fields(data: FileWindow, start: int, end: int) -> Iterator[tuple[int, int, 
     the message encoded in ``data[start:end]``."""
     pos = start
     while pos < end:
+        data.spend(1)
         first = pos
         tag, pos = _varint(data, pos)
+        if pos - first > 5 or tag > 0xFFFFFFFF or tag >> 3 == 0:
+            raise ValueError("invalid tag")  # as upb: 5 bytes at most, field number 0 refused
         wire = tag & 7
         if wire == _LENGTH:
+            value = pos
             length, pos = _varint(data, pos)
+            if pos - value > 5 or length > MAX_LENGTH:
+                raise ValueError("invalid length")
             value, pos = pos, pos + length
         elif wire == _VARINT:
             value = pos
@@ -216,7 +256,7 @@ def _fields(data: FileWindow, start: int, end: int) -> Iterator[tuple[int, int, 
             value, pos = pos, pos + 8
         elif wire == _FIXED32:
             value, pos = pos, pos + 4
-        else:  # groups: not in ONNX's schema
+        else:  # groups (not in ONNX's schema: left to protobuf) or no wire type at all
             raise ValueError(f"wire type {wire}")
         if pos > end:
             raise ValueError("truncated")
@@ -290,13 +330,14 @@ def _tensor(data: FileWindow, start: int, end: int) -> bytes | None:
     values = False
     for number, wire, _, value, after in _fields(data, start, end):
         if number == _TENSOR_DATA_TYPE and wire == _VARINT:
-            data_type = _varint(data, value)[0]
+            data_type = _int32(_varint(data, value)[0])
         elif number == _TENSOR_DIMS:
             if wire == _VARINT:
                 dims.append(_varint(data, value)[0])
             elif wire == _LENGTH:  # packed
                 pos = value
                 while pos < after:
+                    data.spend(1)
                     dim, pos = _varint(data, pos)
                     dims.append(dim)
         elif number in _TENSOR_VALUES:
@@ -306,10 +347,46 @@ def _tensor(data: FileWindow, start: int, end: int) -> bytes | None:
     return _message(data, start, end, _drop_values)
 
 
+def _int32(value: int) -> int:
+    """An int32 field's value as protobuf reads it from its varint (the low 32 bits, signed)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def _signed(value: int) -> int:
     """An int64 from its varint (negative values take ten bytes, two's complement)."""
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _drop_values(data: FileWindow, number: int, wire: int, start: int, end: int) -> bytes | None:
-    return DROP if number in _TENSOR_VALUES else None
+    if number not in _TENSOR_VALUES:
+        return None
+    if wire == _LENGTH and number in _PACKED_WIDTH:  # packed: checked, as protobuf would
+        width = _PACKED_WIDTH[number]
+        if width is None:
+            check_packed_varints(data, start, end)
+        elif (end - start) % width:
+            raise ValueError(f"packed field of {end - start} bytes, elements of {width}")
+    # Other wire types: the value itself is an element (or, mismatched, an unknown field).
+    return DROP
+
+
+def check_packed_varints(data: FileWindow | bytes, start: int, end: int) -> None:
+    """ValueError unless ``data[start:end]`` is a run of whole varints of at most 10 bytes each
+    (as protobuf reads a packed int32, int64 or uint64 field), checked a chunk at a time."""
+    run = 0  # continuation bytes (high bit set) since the last varint ended
+    for chunk_start in range(start, end, VARINT_CHUNK):
+        chunk = np.frombuffer(data[chunk_start : min(chunk_start + VARINT_CHUNK, end)], np.uint8)
+        ends = np.flatnonzero(chunk < 0x80)  # the last byte of each varint
+        if ends.size == 0:
+            run += chunk.size
+        else:
+            # Bytes per varint: the first's includes the run carried over from the last chunk.
+            longest = max(run + int(ends[0]) + 1, int(np.diff(ends).max(initial=0)))
+            if longest > 10:
+                raise ValueError("a packed varint longer than 10 bytes")
+            run = chunk.size - 1 - int(ends[-1])
+        if run >= 10:
+            raise ValueError("a packed varint longer than 10 bytes")
+    if run:
+        raise ValueError("a packed varint runs past the end of its field")
