@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from convlint.version import __version__
+
 __all__ = ["__version__", "check", "fix", "stats"]
 
 if TYPE_CHECKING:

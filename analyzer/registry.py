@@ -18,7 +18,9 @@ from convlint.findings import Applicability, Finding, Severity
 if TYPE_CHECKING:
     import ast
 
-    from convlint.engine import RuleContext
+# A rule's check: ``check(ctx: convlint.engine.RuleContext) -> Iterator[Finding]``. The context
+# is typed where it is made (the engine, above this table), so the table imports no stage.
+Check = Callable[[Any], Iterator[Finding]]
 
 CODE_PATTERN = re.compile(r"^[A-Z]{1,3}[0-9]{0,3}$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -49,7 +51,7 @@ class Rule:
     severity: Severity
     fix: str  # "always", "sometimes" or "never": whether `convlint fix` can rewrite it
     summary: str
-    check: Callable[[RuleContext], Iterator[Finding]]
+    check: Check
     options: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
     origin: str = "convlint"
@@ -240,8 +242,8 @@ def _literal(node: ast.expr) -> Any:
     return ast.literal_eval(node)
 
 
-def _deferred_check(module_name: str) -> Callable[[RuleContext], Iterator[Finding]]:
-    def check(ctx: RuleContext) -> Iterator[Finding]:
+def _deferred_check(module_name: str) -> Check:
+    def check(ctx: Any) -> Iterator[Finding]:
         rule: Rule = import_module(module_name).RULE
         return rule.check(ctx)
 

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from convlint.baseline import Baseline
 from convlint.engine import ModelReport, Settings, analyze
 from convlint.errors import ConvlintError
+from convlint.output import write_stream
 from convlint.registry import Registry, load_registry
 from convlint.reporters import RENDERERS, render_text
 
@@ -88,7 +89,7 @@ def check_and_render(
             if chunk:
                 printed.append(chunk)
                 shown.clear()
-                _write(stream, chunk)
+                write_stream(stream, chunk)
                 shown.draw()
     shown.clear()
     text = _render(reports, registry, format, verbose, color, quiet)
@@ -356,21 +357,6 @@ def _report_lines(
         if quiet:
             text = "".join(line + "\n" for line in text.splitlines())
     return text
-
-
-def _write(stream: TextIO, text: str) -> None:
-    """Write and flush; a reader that went away (``| head``) gets nothing more (the stream
-    writes to the null device from then on), and the run goes on so that its findings decide
-    the exit code."""
-    try:
-        stream.write(text)
-        stream.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, stream.fileno())
-        finally:
-            os.close(devnull)
 
 
 class _Progress:

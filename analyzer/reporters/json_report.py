@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from convlint import __version__
 from convlint.engine import ModelReport
 from convlint.registry import Registry
 from convlint.reporters.common import SCHEMA_VERSION, json_text, summary
+from convlint.version import __version__
 
 
 def model_dict(report: ModelReport, verbose: bool = False) -> dict[str, Any]:

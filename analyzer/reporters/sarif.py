@@ -19,12 +19,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from convlint import __version__
 from convlint.engine import ModelReport
 from convlint.findings import Finding, Severity
 from convlint.paths import artifact_uri
 from convlint.registry import Registry, Rule
 from convlint.reporters.common import describe_estimate, json_text
+from convlint.version import __version__
 
 SCHEMA_URI = (
     "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"

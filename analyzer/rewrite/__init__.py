@@ -2,7 +2,7 @@
 
 One module per step, in the order a run goes through them (``pipeline.fix`` drives them):
 
-- ``report``: the command's options; at the end, its text and JSON reports and its exit code.
+- ``options``: the vocabularies and defaults of its options (methods, objectives, tolerance).
 - ``weightstore``: the model read without its weights' values; weights staged and streamed.
 - ``calibration``: the samples, ``--inputs`` (.npz, .npy, images with ``--preprocess``) or noise.
 - ``plan``: a finding -> a rewrite target, or the plain reason it cannot be rewritten.
@@ -11,7 +11,9 @@ One module per step, in the order a run goes through them (``pipeline.fix`` driv
 - ``verify``: onnxruntime in a child process under a time limit; the error measures.
 - ``latency``: timing summaries; one rewrite's nodes cut out to time them alone.
 - ``pipeline``: rank selection, end-to-end verification, timing, re-lint, the atomic write.
+- ``report``: at the end, its text and JSON reports.
 
-Nothing is imported here: the command line's parser imports ``report`` alone, the other
-modules are imported when `fix` runs. The Python API's ``convlint.fix`` calls ``pipeline.fix``.
+Nothing is imported here: the command line's parser imports ``options`` alone, the other
+modules are imported when `fix` runs (the command itself is ``convlint.commands.fix``). The
+Python API's ``convlint.fix`` calls ``pipeline.fix``.
 """

@@ -102,8 +102,7 @@ from convlint.rewrite.edit import (
 )
 from convlint.rewrite.factorize import KINDS, Array, ChannelPruner, Factors
 from convlint.rewrite.latency import Latency
-from convlint.rewrite.plan import NotRewritable, plan
-from convlint.rewrite.report import (
+from convlint.rewrite.options import (
     DEFAULT_METHOD,
     DEFAULT_OBJECTIVE,
     DEFAULT_PROVIDER,
@@ -112,6 +111,7 @@ from convlint.rewrite.report import (
     METHODS,
     OBJECTIVES,
 )
+from convlint.rewrite.plan import NotRewritable, plan
 from convlint.rewrite.verify import (
     WEIGHTS_FILE,
     Errors,

@@ -1,7 +1,8 @@
-"""`convlint demo`: the whole pipeline on a built-in GoogLeNet-3a-style block."""
+"""Commands layer: `convlint demo`, the whole pipeline on a built-in GoogLeNet-3a-style block."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -85,3 +86,7 @@ def run_demo(registry: Registry, fmt: str = "text") -> int:
         out.write("\n" + _literature_comparison(Path(tmp)))
         out.write("\n" + _verified_rewrite(path, registry))
     return 0
+
+
+def cmd_demo(args: argparse.Namespace, registry: Registry) -> int:
+    return run_demo(registry, args.format)

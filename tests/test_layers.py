@@ -1,0 +1,106 @@
+"""The house's layers, read from the installed package's imports: no import circles, and
+nothing below the commands layer imports it (issue 17, part 3)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pkgutil
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+import convlint
+
+PACKAGES = ("convlint", "convlint.rules", "convlint.fixtures")
+COMMANDS = ("convlint.cli", "convlint.commands")  # the layer above the library
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the installed packages and its source file."""
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.origin is not None
+        found[package] = Path(spec.origin)
+        locations = list(spec.submodule_search_locations or [])
+        for info in pkgutil.walk_packages(locations, f"{package}."):
+            sub = importlib.util.find_spec(info.name)
+            assert sub is not None and sub.origin is not None
+            found.setdefault(info.name, Path(sub.origin))
+    return found
+
+
+def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules that ``name`` imports anywhere in its source: at the top, inside
+    functions (imported when they run) and under ``TYPE_CHECKING`` alike. ``from a import b``
+    is an import of ``a.b`` where that is a module, else of ``a``."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                targets.add(full if full in modules else base)
+    return {target for target in targets if target in modules and target != name}
+
+
+def _graph() -> nx.DiGraph:
+    modules = _modules()
+    graph = nx.DiGraph()
+    for name, path in modules.items():
+        graph.add_node(name)
+        graph.add_edges_from((name, target) for target in _imported(name, path, modules))
+    return graph
+
+
+@pytest.fixture(scope="module")
+def imports() -> nx.DiGraph:
+    return _graph()
+
+
+def test_the_graph_is_read_from_the_installed_package(imports: nx.DiGraph) -> None:
+    assert convlint.__file__ is not None
+    # a few arrows every reader of the house knows, so that an empty graph cannot pass
+    assert imports.has_edge("convlint.engine", "convlint.registry")
+    assert imports.has_edge("convlint.cli", "convlint.commands")
+    assert imports.has_edge("convlint.rules.wide_conv_without_reduction", "convlint.engine")
+    assert {"convlint.commands.check", "convlint.output", "convlint.rewrite.options"} <= set(
+        imports
+    )
+    assert imports.number_of_nodes() > 60 and imports.number_of_edges() > 200
+
+
+def test_no_import_circles(imports: nx.DiGraph) -> None:
+    cycles = sorted(" -> ".join([*cycle, cycle[0]]) for cycle in nx.simple_cycles(imports))
+    assert cycles == []
+
+
+def test_an_import_circle_is_found() -> None:
+    """The check itself: a circle added to the graph is reported."""
+    graph = _graph()
+    graph.add_edge("convlint.registry", "convlint.engine")
+    assert ["convlint.engine", "convlint.registry"] in [
+        sorted(cycle) for cycle in nx.simple_cycles(graph)
+    ]
+
+
+def test_nothing_below_the_commands_imports_them(imports: nx.DiGraph) -> None:
+    def commands_layer(name: str) -> bool:
+        return any(name == top or name.startswith(f"{top}.") for top in COMMANDS)
+
+    upward = sorted(
+        f"{source} -> {target}"
+        for source, target in imports.edges
+        if commands_layer(target) and not commands_layer(source)
+    )
+    # convlint.entry runs the process around cli.main, and __main__ runs entry
+    assert upward == ["convlint.entry -> convlint.cli"]
