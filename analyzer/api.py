@@ -5,10 +5,12 @@ the objects the JSON reports are made from: a :class:`~convlint.engine.ModelRepo
 ``as_dict()`` is the JSON model object), a :class:`~convlint.rewrite.pipeline.FixResult`, and
 a :class:`~convlint.nodestats.StatsReport`. Settings resolve as on the command line, which is
 a thin layer over this module: keyword arguments over the configuration found from the
-model's folder upwards (or ``config=``) over defaults. Options are keyword-only and typed; a
-list of codes may be given as one string (``select="CL001"``, or ``"CL001,CL002"`` as on the
-command line). Bad input raises :class:`~convlint.errors.ConvlintError` (the command line's
-exit 2), with the file named.
+model's folder upwards (or ``config=``) over defaults. A ``ModelProto`` has no folder: its
+configuration is found from the working directory upwards, as for ``convlint check -`` (its
+globs match ``<graph name>.onnx`` there), never from the temporary folder it is saved in.
+Options are keyword-only and typed; a list of codes may be given as one string
+(``select="CL001"``, or ``"CL001,CL002"`` as on the command line). Bad input raises
+:class:`~convlint.errors.ConvlintError` (the command line's exit 2), with the file named.
 
     import convlint
 
@@ -118,16 +120,19 @@ def _resolve_one(
 
 
 @contextmanager
-def _as_path(model: ModelLike) -> Iterator[Path]:
-    """A path for ``model``: itself, or a temporary file holding a ModelProto."""
+def _as_path(model: ModelLike) -> Iterator[tuple[Path, Path]]:
+    """A path for ``model`` and the path its configuration is found and matched for: the path
+    itself twice, or a temporary file holding a ModelProto and ``<graph name>.onnx`` in the
+    working directory (the temporary folder is anyone's: its parents' files are not the
+    user's configuration)."""
     if not isinstance(model, onnx.ModelProto):
-        yield Path(model)
+        yield Path(model), Path(model)
         return
     with tempfile.TemporaryDirectory(prefix="convlint-") as folder:
         name = (model.graph.name or "model").replace(os.sep, "_")
         path = Path(folder) / f"{name}.onnx"
         onnx.save(model, path)
-        yield path
+        yield path, Path.cwd() / path.name
 
 
 def check(
@@ -146,7 +151,8 @@ def check(
     ``model`` is a path or an ``onnx.ModelProto``. ``select``, ``ignore`` and
     ``extend_select`` take codes or prefixes (``"CL001"``, ``"CL00"``, ``"ALL"``), as a list or
     one comma-separated string; ``config`` names a configuration file (default: the one found
-    from the model's folder upwards); ``input_shapes`` binds symbolic dims
+    from the model's folder upwards, or from the working directory's for a ``ModelProto``);
+    ``input_shapes`` binds symbolic dims
     (``{"input": (1, 3, 224, 224)}``); ``verbose`` keeps why rules passed nodes over
     (``report.skips``) and notes. The report's ``findings`` each carry ``code``, ``node``,
     ``message``, ``severity``, ``estimate`` (None for a rule without one) and ``fix``;
@@ -154,9 +160,9 @@ def check(
     with ``error`` set; bad options raise ``ConvlintError``.
     """
     registry = registry or load_registry()
-    with _as_path(model) as path:
+    with _as_path(model) as (path, configured_as):
         resolved = _resolve_one(
-            path,
+            configured_as,
             registry,
             config,
             select=codes(select, "select"),
@@ -190,8 +196,8 @@ def stats(
     from convlint.nodestats import StatsReport, model_stats
 
     registry = load_registry()
-    with _as_path(model) as path:
-        resolved = _resolve_one(path, registry, config, input_shapes=input_shapes)
+    with _as_path(model) as (path, configured_as):
+        resolved = _resolve_one(configured_as, registry, config, input_shapes=input_shapes)
         return StatsReport.from_dict(model_stats(path, registry, resolved.settings))
 
 
@@ -252,9 +258,9 @@ def fix(
     if isinstance(model, onnx.ModelProto) and output is None:
         raise TypeError("fix(ModelProto) needs an output path")
     registry = load_registry()
-    with _as_path(model) as path:
+    with _as_path(model) as (path, configured_as):
         resolved = _resolve_one(
-            path,
+            configured_as,
             registry,
             config,
             select=codes(select, "select"),

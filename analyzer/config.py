@@ -8,19 +8,27 @@ In each folder ``.convlint.toml`` is looked for first, then ``convlint.toml``, t
 ``pyproject.toml`` with a ``[tool.convlint]`` table (ruff's order). ``extend = "PATH"`` reads
 another configuration first (relative to the file that names it) and overrides its keys;
 ``--config KEY=VALUE`` overrides the keys of whichever file applies.
+
+Trust, as git's ``safe.directory``: a file the search finds is ignored, with a one-line note on
+stderr, when it (or, for a symbolic link, the link or its target) is owned by a user other than
+the one running convlint or root, or when it is a symbolic link whose target lies outside the
+folder that holds the link: a shared ``/tmp`` or a multi-user machine cannot silence findings
+below it. A file named by ``--config`` or ``extend`` is read as named. Values from a file are
+quoted in messages at most :data:`~convlint.errors.SHOWN_CHARACTERS` long.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convlint.errors import UsageError, did_you_mean
+from convlint.errors import UsageError, did_you_mean, printable, shown
 from convlint.registry import Registry
 
 if sys.version_info >= (3, 11):
@@ -57,23 +65,61 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return parse(text)
 
 
-def find_config(start: Path) -> Path | None:
+Note = Callable[[str], None]
+
+
+def note_on_stderr(text: str) -> None:
+    print(printable(f"convlint: warning: {text}"), file=sys.stderr)
+
+
+def current_uid() -> int | None:
+    """The user running convlint (its effective uid), or None where the system has no uids."""
+    geteuid = getattr(os, "geteuid", None)
+    return int(geteuid()) if geteuid is not None else None
+
+
+def distrust(candidate: Path) -> str | None:
+    """Why a configuration file the search found is not to be read, or None to read it."""
+    uid = current_uid()
+    try:
+        owners = {candidate.lstat().st_uid, candidate.stat().st_uid}
+    except OSError:
+        return None  # gone meanwhile: reading it names the problem
+    if uid is not None:
+        for owner in sorted(owners):
+            if owner not in (uid, 0):
+                return f"owned by another user (uid {owner}), not by you (uid {uid}) or root"
+    if candidate.is_symlink():
+        folder = candidate.parent.resolve()
+        target = candidate.resolve()
+        if not target.is_relative_to(folder):
+            return f"a symbolic link to {target}, outside {folder}"
+    return None
+
+
+def find_config(start: Path, note: Note = note_on_stderr) -> Path | None:
     """The nearest .convlint.toml, convlint.toml, or pyproject.toml with a [tool.convlint]
-    table, upwards."""
+    table, upwards; a file :func:`distrust` refuses is passed over with a ``note``."""
     for folder in [start, *start.parents]:
         for name in CONFIG_NAMES:
             candidate = folder / name
             if candidate.is_file():
-                return candidate
+                why = distrust(candidate)
+                if why is None:
+                    return candidate
+                note(f"ignoring {candidate}: {why}")
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
             try:
                 data = tomllib.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
                 continue
             tool = data.get("tool", {})
             if isinstance(tool, dict) and "convlint" in tool:
-                return candidate
+                why = distrust(candidate)
+                if why is None:
+                    return candidate
+                note(f"ignoring {candidate}: {why}")
     return None
 
 
@@ -97,7 +143,7 @@ def read_config(path: Path) -> dict[str, Any]:
     if table is None and path.name != "pyproject.toml":
         table = {k: v for k, v in data.items() if k != "tool"}
     if not isinstance(table, dict):
-        raise UsageError(f"{path}: [tool.convlint] must be a table, got {table!r}")
+        raise UsageError(f"{path}: [tool.convlint] must be a table, got {shown(table)}")
     return dict(table)
 
 
@@ -111,12 +157,23 @@ def load_config(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base is None:
         return table
     if not isinstance(base, str) or not base:
-        raise UsageError(f"{path}: [tool.convlint] extend: expected a path, got {base!r}")
-    target = (path.parent / Path(base).expanduser()).resolve()
+        raise UsageError(f"{path}: [tool.convlint] extend: expected a path, got {shown(base)}")
+    try:
+        target = (path.parent / Path(base).expanduser()).resolve()
+        exists = target.exists()
+    except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a loop, a NUL
+        problem = getattr(exc, "strerror", None) or str(exc)
+        raise UsageError(
+            f"{path}: [tool.convlint] extend: {shown(base, quote=False)}: {problem}"
+        ) from None
     if target in chain or target == path.resolve():
-        raise UsageError(f"{path}: [tool.convlint] extend: {base} extends itself (a cycle)")
-    if not target.exists():
-        raise UsageError(f"{path}: [tool.convlint] extend: {base}: no such file")
+        raise UsageError(
+            f"{path}: [tool.convlint] extend: {shown(base, quote=False)} extends itself (a cycle)"
+        )
+    if not exists:
+        raise UsageError(
+            f"{path}: [tool.convlint] extend: {shown(base, quote=False)}: no such file"
+        )
     return merge_tables(load_config(target, (*chain, path.resolve())), table)
 
 
@@ -170,7 +227,7 @@ def _codes(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UsageError(f"{where}: expected a list of rule codes or prefixes, got {value!r}")
+        raise UsageError(f"{where}: expected a list of rule codes or prefixes, got {shown(value)}")
     return [v.strip().upper() for v in value if v.strip()]
 
 
@@ -187,11 +244,11 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
         ok = isinstance(value, type(default))
     if not ok:
         kind = "a number" if default is None else type(default).__name__
-        raise UsageError(f"{where}: expected {kind}, got {value!r}")
+        raise UsageError(f"{where}: expected {kind}, got {shown(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise UsageError(f"{where}: must be a finite number, got {value!r}")
+        raise UsageError(f"{where}: must be a finite number, got {shown(value)}")
     if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-        raise UsageError(f"{where}: must be positive, got {value!r}")
+        raise UsageError(f"{where}: must be positive, got {shown(value)}")
     return value
 
 
@@ -202,7 +259,7 @@ def validate_config(table: Mapping[str, Any], registry: Registry, source: str) -
         where = f"{source}: [tool.convlint] {key}"
         if key not in TOP_LEVEL_KEYS:
             raise UsageError(
-                f"{source}: unknown key {key!r} in [tool.convlint]"
+                f"{source}: unknown key {shown(key)} in [tool.convlint]"
                 f"{did_you_mean(key, TOP_LEVEL_KEYS)} (valid: {', '.join(TOP_LEVEL_KEYS)})"
             )
         if key == "extend":  # followed by load_config before validation
@@ -217,7 +274,7 @@ def validate_config(table: Mapping[str, Any], registry: Registry, source: str) -
             settings[key] = _input_shape_tables(value, where)
         elif key == "fail-on":
             if value not in FAIL_ON:
-                raise UsageError(f"{where}: {value!r} is not one of {', '.join(FAIL_ON)}")
+                raise UsageError(f"{where}: {shown(value)} is not one of {', '.join(FAIL_ON)}")
             settings[key] = value
         elif key in ("per-file-ignores", "per-node-ignores"):
             settings[key] = _glob_codes(value, registry, where, key.split("-")[1])
@@ -239,7 +296,10 @@ def _glob_codes(value: Any, registry: Registry, where: str, what: str) -> dict[s
         glob = "path glob" if what == "file" else "node-name glob"
         raise UsageError(f"{where}: expected a table of {glob} = [codes]")
     return {
-        glob: registry.known_selectors(_codes(codes, f"{where}.{glob}"), f"{where}.{glob}")
+        glob: registry.known_selectors(
+            _codes(codes, f"{where}.{shown(glob, quote=False)}"),
+            f"{where}.{shown(glob, quote=False)}",
+        )
         for glob, codes in value.items()
     }
 
@@ -248,7 +308,7 @@ def _globs(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise UsageError(f"{where}: expected a list of path globs, got {value!r}")
+        raise UsageError(f"{where}: expected a list of path globs, got {shown(value)}")
     return list(value)
 
 
@@ -261,7 +321,7 @@ def _input_shape_tables(value: Any, where: str) -> dict[str, dict[str, tuple[int
             tables[glob] = dict(parse_input_shape(f"{n}={s}") for n, s in shapes.items())
         except ValueError as exc:
             raise UsageError(
-                f"{where}.{glob!r}: {str(exc).replace('--input-shape ', '')}"
+                f"{where}.{shown(glob)}: {str(exc).replace('--input-shape ', '')}"
             ) from None
     return tables
 
@@ -322,9 +382,12 @@ class ConfigFinder:
         registry: Registry,
         explicit: Path | None = None,
         overrides: Sequence[str] = (),
+        note: Note = note_on_stderr,
     ) -> None:
         self.registry = registry
         self.explicit = explicit
+        self._note = note
+        self._noted: set[str] = set()
         # ``--config KEY=VALUE`` pairs, in order, each checked now so that a bad one is named.
         self.overrides: dict[str, Any] = {}
         for text in overrides:
@@ -340,7 +403,7 @@ class ConfigFinder:
         else:
             folder = model.resolve().parent
             if folder not in self._by_folder:
-                self._by_folder[folder] = find_config(folder)
+                self._by_folder[folder] = find_config(folder, self._note_once)
             source = self._by_folder[folder]
         if source not in self._by_file:
             raw = load_config(source) if source is not None else {}
@@ -348,6 +411,11 @@ class ConfigFinder:
             table = validate_config(merge_tables(raw, self.overrides), self.registry, where)
             self._by_file[source] = Configuration(source, table)
         return self._by_file[source]
+
+    def _note_once(self, text: str) -> None:
+        if text not in self._noted:  # each model's folder searches the same parents
+            self._noted.add(text)
+            self._note(text)
 
 
 def _rule_tables(value: Any, registry: Registry, source: str) -> dict[str, dict[str, Any]]:
@@ -358,7 +426,7 @@ def _rule_tables(value: Any, registry: Registry, source: str) -> dict[str, dict[
         rule = registry.get(code)
         if rule is None:
             raise UsageError(
-                f"{source}: unknown rule {code!r} in [tool.convlint.rules]"
+                f"{source}: unknown rule {shown(code)} in [tool.convlint.rules]"
                 f"{did_you_mean(code, registry.codes())} (rules: {', '.join(registry.codes())})"
             )
         if not isinstance(options, dict):
@@ -369,13 +437,15 @@ def _rule_tables(value: Any, registry: Registry, source: str) -> dict[str, dict[
             where = f"{source}: [tool.convlint.rules.{rule.code}] {name}"
             if name == "severity":
                 if option not in SEVERITIES:
-                    raise UsageError(f"{where}: {option!r} is not one of {', '.join(SEVERITIES)}")
+                    raise UsageError(
+                        f"{where}: {shown(option)} is not one of {', '.join(SEVERITIES)}"
+                    )
                 checked[name] = option
             elif name in rule.options:
                 checked[name] = _check_type(option, rule.options[name], where)
             else:
                 raise UsageError(
-                    f"{source}: unknown option {name!r} for {rule.code}"
+                    f"{source}: unknown option {shown(name)} for {rule.code}"
                     f"{did_you_mean(name, valid)} (valid: {', '.join(valid)})"
                 )
         tables[rule.code] = checked

@@ -29,6 +29,20 @@ class GraphError(ConvlintError):
     that finds it; the engine reports it as a ModelError of that file."""
 
 
+SHOWN_CHARACTERS = 40  # of a value from a configuration (or the command line) in a message
+
+
+def shown(value: object, quote: bool = True) -> str:
+    """``value`` as a message names it (its ``repr``, or a string as it is without ``quote``),
+    cut to :data:`SHOWN_CHARACTERS` with an ellipsis: a configuration file's values are named,
+    never echoed at length (a file that is not the user's must not be able to fill their
+    terminal through convlint)."""
+    text = repr(value) if quote or not isinstance(value, str) else value
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return text[: SHOWN_CHARACTERS - 3] + "..."
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'X'?)`` for the choice closest to a mistyped ``word``, else ``""``."""
     import difflib  # only a mistake pays for it

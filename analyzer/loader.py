@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper, serialization
 
 from convlint import skeleton
-from convlint.errors import ModelError
+from convlint.errors import ModelError, shown
 
 InputShapes = Mapping[str, tuple[int, ...]]
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
@@ -50,15 +50,17 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     """Parse ``NAME=1x3x224x224`` as given to ``--input-shape``."""
     name, sep, dims = text.rpartition("=")
     if not sep or not name:
-        raise ValueError(f"--input-shape {text!r}: expected NAME=1x3x224x224")
+        raise ValueError(f"--input-shape {shown(text)}: expected NAME=1x3x224x224")
     try:
         shape = tuple(int(d) for d in dims.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input-shape {text!r}: dims must be integers joined by 'x'") from None
+        raise ValueError(
+            f"--input-shape {shown(text)}: dims must be integers joined by 'x'"
+        ) from None
     if any(d <= 0 for d in shape):
-        raise ValueError(f"--input-shape {text!r}: dims must be positive")
+        raise ValueError(f"--input-shape {shown(text)}: dims must be positive")
     if any(d >= 2**63 for d in shape):
-        raise ValueError(f"--input-shape {text!r}: dims must fit in 64 bits")
+        raise ValueError(f"--input-shape {shown(text)}: dims must fit in 64 bits")
     return name, shape
 
 
@@ -374,7 +376,9 @@ def bind_input_shapes(
         if name in inputs:
             chosen[name] = (source, tuple(shape))
         else:
-            notes.append(f"{source}: no input {name!r} in this model (inputs: {valid}); skipped")
+            notes.append(
+                f"{source}: no input {shown(name)} in this model (inputs: {valid}); skipped"
+            )
     for name, shape in input_shapes.items():
         if name not in inputs:
             raise ModelError(path, f"--input-shape names unknown input {name!r} (inputs: {valid})")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from convlint.errors import ConvlintError, UsageError, did_you_mean
+from convlint.errors import ConvlintError, UsageError, did_you_mean, shown
 from convlint.findings import Applicability, Finding, Severity
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class Registry:
             if selector != "ALL" and not any(code.startswith(selector) for code in codes):
                 hint = did_you_mean(selector, codes)
                 raise UsageError(
-                    f"{where}: {selector!r} matches no rule{hint} (rules: {', '.join(codes)})"
+                    f"{where}: {shown(selector)} matches no rule{hint} (rules: {', '.join(codes)})"
                 )
         return list(selectors)
 
