@@ -51,6 +51,7 @@ TOP_LEVEL_KEYS = (
     "input-shapes",
 )
 FAIL_ON = ("error", "warning", "info", "never")
+MAX_INTEGER = (1 << 63) - 1  # an option's integers are counts ONNX stores as int64
 SEVERITIES = ("info", "warning", "error")
 
 
@@ -112,7 +113,7 @@ def find_config(start: Path, note: Note = note_on_stderr) -> Path | None:
         if candidate.is_file():
             try:
                 data = tomllib.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
+            except (OSError, ValueError, RecursionError):  # not TOML, not UTF-8, too deep
                 continue
             tool = data.get("tool", {})
             if isinstance(tool, dict) and "convlint" in tool:
@@ -136,6 +137,8 @@ def read_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: cannot read config: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError:  # Python's limit on the digits of an integer it converts
+        raise UsageError(f"{path}: invalid TOML: an integer too long to read") from None
     except RecursionError:
         raise UsageError(f"{path}: invalid TOML: nested too deeply") from None
     tool = data.get("tool", {})
@@ -208,15 +211,17 @@ def parse_override(text: str) -> dict[str, Any]:
     key, _, value = text.partition("=")
     key = key.strip()
     if not key or not _:
-        raise UsageError(f"--config {text}: expected a file or KEY=VALUE")
+        raise UsageError(f"--config {shown(text, quote=False)}: expected a file or KEY=VALUE")
     try:
         return dict(tomllib.loads(f"{key} = {value.strip()}"))
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # not TOML (or an integer too long to read): a string
         pass
     try:
         return dict(tomllib.loads(f"{key} = {_toml_string(value.strip())}"))
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--config {text}: not a TOML KEY = VALUE pair: {exc}") from None
+        raise UsageError(
+            f"--config {shown(text, quote=False)}: not a TOML KEY = VALUE pair: {exc}"
+        ) from None
 
 
 def _toml_string(text: str) -> str:
@@ -249,6 +254,8 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
         raise UsageError(f"{where}: must be a finite number, got {shown(value)}")
     if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
         raise UsageError(f"{where}: must be positive, got {shown(value)}")
+    if isinstance(value, int) and value > MAX_INTEGER:
+        raise UsageError(f"{where}: must be at most {MAX_INTEGER} (2**63 - 1), got {shown(value)}")
     return value
 
 
@@ -392,7 +399,7 @@ class ConfigFinder:
         self.overrides: dict[str, Any] = {}
         for text in overrides:
             pair = parse_override(text)
-            validate_config(pair, registry, f"--config {text}")
+            validate_config(pair, registry, f"--config {shown(text, quote=False)}")
             self.overrides = merge_tables(self.overrides, pair)
         self._by_file: dict[Path | None, Configuration] = {}
         self._by_folder: dict[Path, Path | None] = {}

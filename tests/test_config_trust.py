@@ -166,3 +166,24 @@ def test_a_model_proto_is_not_configured_from_the_temporary_folder(
     assert convlint.check(model).findings == []
     _write(work / "convlint.toml", '[per-file-ignores]\n"dense_head_bad.onnx" = ["CL004"]\n')
     assert convlint.check(model).findings == []  # globs match <graph name>.onnx there
+
+
+@pytest.mark.parametrize(
+    ("digits", "problem"),
+    [
+        (5_000, "invalid TOML: an integer too long to read"),  # past Python's int() limit
+        (300, "[tool.convlint.rules.CL001] min-channels: must be at most 9223372036854775807"),
+    ],
+)
+def test_a_huge_integer_in_a_configuration_is_named(
+    digits: int, problem: str, tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    config_file = _write(
+        tmp_path / "convlint.toml", f"[rules.CL001]\nmin-channels = 1{'0' * digits}\n"
+    )
+    code, out, err = cli("check", str(_model(tmp_path)))
+    assert (code, out) == (2, "") and len(err.splitlines()) == 1
+    assert err.startswith(f"convlint: error: {config_file}: {problem}")
+    assert "0" * SHOWN_CHARACTERS not in err
+    code, _, err = cli("check", str(_model(tmp_path)), "--config", f"fail-on=1{'0' * digits}")
+    assert code == 2 and len(err) < 300
