@@ -57,6 +57,9 @@ class ModelReport:
     baselined: list[Finding] | None = None
     # Findings silenced by their node's ``convlint.ignore`` metadata (the model's own noqa).
     suppressed: list[Finding] = field(default_factory=list)
+    # Codes of the rules that raised on this model (its ``error`` names them); the other
+    # rules' findings are still in ``findings``.
+    failed_rules: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -191,40 +194,69 @@ def run_rules(
     settings: Settings,
     views: Sequence[tuple[ModelGraph, View]] | None = None,
     suppressed: list[Finding] | None = None,
+    failures: list[RuleFailure] | None = None,
 ) -> tuple[list[Finding], list[Skip]]:
     """The findings of ``rules`` and what they passed over; findings a node's
-    ``convlint.ignore`` silences go to ``suppressed`` (and, as a reason, to the skips)."""
+    ``convlint.ignore`` silences go to ``suppressed`` (and, as a reason, to the skips).
+
+    A rule that raises is left out (what it found before it raised too: its findings are not
+    to be trusted) and goes to ``failures``; the other rules' findings are still returned
+    (without ``failures`` to collect them, the first failure raises ``ConvlintError``).
+    """
     findings: list[Finding] = []
     skips: list[Skip] = []
     if views is None:
         views = graph_views(graph)
     for rule in rules:
         options, severity = rule_options(rule, settings)
-        for sub, view in views:
-            ctx = RuleContext(rule, sub, model, options, severity, view)
-            try:
+        found: list[Finding] = []
+        passed: list[Skip] = []
+        silenced: list[Finding] = []
+        try:
+            for sub, view in views:
+                ctx = RuleContext(rule, sub, model, options, severity, view)
                 for finding in rule.check(ctx):
                     if _node_ignored(finding.node, finding.code, settings.per_node_ignores):
-                        skips.append(Skip(rule.code, finding.node, "ignored by per-node-ignores"))
+                        passed.append(Skip(rule.code, finding.node, "ignored by per-node-ignores"))
                     elif _silenced(sub, finding):
-                        if suppressed is not None:
-                            suppressed.append(finding)
-                        skips.append(Skip(rule.code, finding.node, SUPPRESSED_REASON))
+                        silenced.append(finding)
+                        passed.append(Skip(rule.code, finding.node, SUPPRESSED_REASON))
                     else:
                         if sub is not graph and finding.fix is not None:
                             finding = replace(finding, fix=SUBGRAPH_FIX)
-                        findings.append(replace(finding, context=neighbourhood(sub, finding)))
-            except GraphError:
-                raise  # the model is invalid, not the rule broken
-            except Exception as exc:  # a broken rule must not hide the others' findings
-                raise ConvlintError(
-                    f"rule {rule.code} ({rule.origin}) failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            skips.extend(ctx.skips)
+                        found.append(replace(finding, context=neighbourhood(sub, finding)))
+                passed.extend(ctx.skips)
+        except GraphError:
+            raise  # the model is invalid, not the rule broken
+        except Exception as exc:  # a broken rule must not hide the others' findings
+            failure = RuleFailure(rule.code, rule.origin, exc)
+            if failures is None:
+                raise ConvlintError(failure.message) from exc
+            failures.append(failure)
+            continue
+        findings.extend(found)
+        skips.extend(passed)
+        if suppressed is not None:
+            suppressed.extend(silenced)
     if findings:  # in graph order (a large graph without findings need not be listed)
         order = {name: i for i, name in enumerate(n.name for g in graph.all_graphs() for n in g)}
         findings.sort(key=lambda f: (order.get(f.node, len(order)), f.code))
     return findings, skips
+
+
+@dataclass(frozen=True)
+class RuleFailure:
+    """A rule that raised on a model: that model's error, naming the rule and the exception."""
+
+    code: str
+    origin: str
+    exception: BaseException
+
+    @property
+    def message(self) -> str:
+        exc = self.exception
+        text = f"rule {self.code} ({self.origin}) failed: {type(exc).__name__}: {exc}"
+        return " ".join(text.split())[:500]
 
 
 SUPPRESSED_REASON = f"suppressed by the node's metadata_props {IGNORE_KEY}"
@@ -371,7 +403,10 @@ def lint(
             report.notes.append(f"analyzed subgraph of {sub_owner}")
         chosen = enabled_rules(registry, settings) if rules is None else rules
         report.checked = [rule.code for rule in chosen]
-        findings, skips = run_rules(graph, loaded.model, chosen, settings, views, report.suppressed)
+        failures: list[RuleFailure] = []
+        findings, skips = run_rules(
+            graph, loaded.model, chosen, settings, views, report.suppressed, failures
+        )
         for shown in (*findings, *skips, *report.suppressed):
             if type(shown.node) is not str:  # protobuf's bytes for a name not UTF-8
                 report.suppressed = []
@@ -379,6 +414,9 @@ def lint(
                     loaded.path, f"invalid model: a node name is not UTF-8: {shown.node!r}"[:300]
                 )
         report.findings, report.skips = findings, skips
+        if failures:  # the model's error; the other rules' findings stay in the report
+            report.failed_rules = [failure.code for failure in failures]
+            raise ModelError(loaded.path, "; ".join(failure.message for failure in failures))
     except GraphError as exc:
         raise ModelError(loaded.path, f"invalid model: {exc}") from None
     finally:

@@ -130,3 +130,44 @@ def test_malformed_plugin_names_the_plugin(
     result = convlint(env, "rules")
     assert result.returncode == 2
     assert "plugin 'convlint_bad'" in result.stderr and "expected a convlint Rule" in result.stderr
+
+
+BROKEN_SOURCE = """
+from convlint.findings import Severity
+from convlint.registry import Rule
+
+
+def check(ctx):
+    for node in ctx.graph:
+        if node.op_type == "Conv":
+            yield ctx.finding(node, "seen before the rule breaks")
+    raise KeyError("weights")
+
+
+RULE = Rule(
+    code="XB1",
+    name="breaks-on-every-model",
+    severity=Severity.WARNING,
+    fix="never",
+    summary="a plugin rule that raises",
+    check=check,
+)
+"""
+
+
+def test_a_broken_plugin_rule_is_that_models_error_and_the_others_still_report(
+    tmp_path: Path, install: Callable[..., dict[str, str]], model_file: Callable[..., Path]
+) -> None:
+    """Issue 17, part 4: the built-in rules' findings are reported, the model's error names
+    the plugin rule and its exception, exit 2."""
+    env = install(
+        build_wheel(tmp_path, "convlint_xb", "convlint_xb", BROKEN_SOURCE, "convlint_xb:RULE")
+    )
+    model = model_file("conv3x3")
+    result = convlint(env, "check", str(model))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"convlint: error: {model}: rule XB1 (plugin 'convlint_xb' (convlint_xb:RULE)) failed: KeyError: 'weights'\n"
+    )
+    assert ": CL001 " in result.stdout and "XB1" not in result.stdout
+    assert result.stdout.rstrip().endswith("; a rule failed on 1 model.")

@@ -92,5 +92,19 @@ def summary(reports: Sequence[ModelReport]) -> dict[str, Any]:
     }
 
 
+def error_title(report: ModelReport) -> str:
+    """What a model's error is: a rule that raised on it (the other rules' findings are still
+    reported) or a model that could not be read."""
+    return "rule failed" if report.failed_rules else "model not readable"
+
+
+def error_counts(reports: Sequence[ModelReport], separator: str = ", ") -> str:
+    """``, 1 model could not be read, a rule failed on 1 model`` (empty without errors)."""
+    broken = sum(1 for r in reports if r.error and r.failed_rules)
+    unreadable = sum(1 for r in reports if r.error) - broken
+    text = f"{separator}{plural(unreadable, 'model')} could not be read" if unreadable else ""
+    return text + (f"{separator}a rule failed on {plural(broken, 'model')}" if broken else "")
+
+
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -20,7 +20,7 @@ from convlint.engine import ModelReport
 from convlint.findings import Finding, Severity
 from convlint.paths import display_path
 from convlint.registry import Registry
-from convlint.reporters.common import describe_estimate, printable
+from convlint.reporters.common import describe_estimate, error_title, printable
 
 COMMANDS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -57,8 +57,8 @@ def render_github(reports: Sequence[ModelReport], registry: Registry, verbose: b
         path = printable(display_path(report.path))
         if report.error:
             error = printable(report.error)
-            lines.append(command("error", error, file=path, title="convlint: model not readable"))
-            continue
+            title = f"convlint: {error_title(report)}"
+            lines.append(command("error", error, file=path, title=title))
         lines.extend(_annotation(path, f) for f in report.findings)
         if verbose:  # shown when the run has step debug logging on
             lines.extend(

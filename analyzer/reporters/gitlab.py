@@ -21,7 +21,7 @@ from convlint.engine import ModelReport
 from convlint.findings import Finding, Severity
 from convlint.paths import display_path
 from convlint.registry import Registry
-from convlint.reporters.common import describe_estimate, json_text
+from convlint.reporters.common import describe_estimate, error_title, json_text
 
 SEVERITIES = {Severity.ERROR: "critical", Severity.WARNING: "major", Severity.INFO: "minor"}
 
@@ -56,15 +56,14 @@ def render_gitlab(reports: Sequence[ModelReport], registry: Registry, verbose: b
             issues.append(
                 {
                     "type": "issue",
-                    "description": f"model not readable: {report.error}",
-                    "check_name": "convlint model-not-readable",
+                    "description": f"{error_title(report)}: {report.error}",
+                    "check_name": f"convlint {error_title(report).replace(' ', '-')}",
                     "fingerprint": _fingerprint(path, "error"),
                     "severity": "blocker",
                     "categories": ["Bug Risk"],
                     "location": {"path": path, "lines": {"begin": 1}},
                 }
             )
-            continue
         issues.extend(_issue(path, finding) for finding in report.findings)
     seen: set[str] = set()
     for issue in issues:  # GitLab shows one issue per fingerprint: keep each distinct

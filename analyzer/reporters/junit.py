@@ -5,7 +5,8 @@ A ``<testsuite>`` per model (named by its path). Each finding is a testcase of i
 JUnit readers (GitLab, Jenkins, test-report actions) show one failure per testcase; a rule
 checked that found nothing new is one passing testcase ("CL001 wide-conv-without-reduction").
 A finding a baseline knew is a ``<skipped>`` testcase (known, not failing). A model that could
-not be read is one testcase with an ``<error>``. Counts follow the usual meaning: ``tests``,
+not be read is one testcase with an ``<error>``; a rule that raised on a model, that rule's
+testcase (the other rules' are as usual). Counts follow the usual meaning: ``tests``,
 ``failures``, ``errors`` and ``skipped`` count testcases.
 """
 
@@ -47,7 +48,7 @@ def _suite(report: ModelReport, registry: Registry, verbose: bool = False) -> ET
     path = _xml(report.path)
     suite = ET.Element("testsuite", name=path)
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    if report.error:
+    if report.error and not report.failed_rules:
         case = _case(suite, path, READ_CASE)
         error = ET.SubElement(case, "error", message=_xml(report.error), type="ModelError")
         error.text = _xml(f"{report.path}: {report.error}")
@@ -56,6 +57,13 @@ def _suite(report: ModelReport, registry: Registry, verbose: bool = False) -> ET
     for code in report.checked:
         rule = registry.get(code)
         title = f"{code} {rule.name}" if rule else code
+        if code in report.failed_rules:  # the rule raised: its testcase is in error
+            case = _case(suite, path, title)
+            error = ET.SubElement(case, "error", message=_xml(report.error or ""), type="RuleError")
+            error.text = _xml(f"{report.path}: {report.error}")
+            counts["tests"] += 1
+            counts["errors"] += 1
+            continue
         found = [f for f in report.findings if f.code == code]
         for finding in found:
             case = _case(suite, path, f"{title}: {finding.node}")

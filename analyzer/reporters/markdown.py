@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from convlint.engine import ModelReport
 from convlint.findings import Applicability, Finding
 from convlint.registry import Registry
-from convlint.reporters.common import describe_estimate, fmt_int, plural, printable
+from convlint.reporters.common import (
+    describe_estimate,
+    error_counts,
+    fmt_int,
+    plural,
+    printable,
+)
 from convlint.sketch import Sketch, SketchNode
 
 MAX_DIAGRAMS = 25  # findings drawn; Mermaid renders each chart on the page, slowly past a few dozen
@@ -137,12 +143,14 @@ def _lines(*lines: str) -> str:
 
 def _model(index: int, report: ModelReport, verbose: bool) -> list[_Block]:
     head = [f"## {_code(report.path)}", ""]
-    if report.error:
+    if report.error and not report.failed_rules:
         return [
             _Block(
                 _lines(*head, f"**Could not be read:** {_cell(report.error)}", ""), "head", index
             )
         ]
+    if report.error:  # a rule failed: its error, then what the other rules found
+        head += [f"**Rule failed:** {_cell(report.error)}", ""]
     known = report.baselined or []
     params = report.cost.params if report.cost else None
     macs = report.cost.macs if report.cost else None
@@ -264,7 +272,7 @@ def render_markdown(
     if known:
         totals += f", {known} known in the baseline"
     if errors:
-        totals += f", {plural(errors, 'model')} could not be read"
+        totals += error_counts(reports)
     head = _lines("# convlint report", "", totals + ".", "")
 
     blocks = [block for i, report in enumerate(reports) for block in _model(i, report, verbose)]

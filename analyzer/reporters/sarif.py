@@ -163,7 +163,6 @@ def render_sarif(reports: Sequence[ModelReport], registry: Registry, verbose: bo
                 }
             )
             failed = True
-            continue
         if verbose:
             notifications.extend(_verbose_notifications(report, index))
         new_state = "new" if report.baselined is not None else None

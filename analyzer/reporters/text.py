@@ -20,7 +20,13 @@ from typing import TextIO
 from convlint.engine import ModelReport
 from convlint.findings import Applicability, Finding, Severity
 from convlint.registry import Registry
-from convlint.reporters.common import describe_estimate, plural, printable, summary
+from convlint.reporters.common import (
+    describe_estimate,
+    error_counts,
+    plural,
+    printable,
+    summary,
+)
 
 MARKERS = {Applicability.SAFE: "[*]", Applicability.APPROXIMATE: "[~]"}
 # The summary's clause for each applicability `convlint fix` can apply, in this order.
@@ -84,8 +90,8 @@ def render_text(
     paint = _Paint(color)
     lines: list[str] = []
     for report in reports:
-        if report.error:
-            continue  # errors go to stderr, one line each (see cli)
+        # A model's error goes to stderr, one line (see convlint.commands.check); a model a rule
+        # failed on still shows the other rules' findings.
         if verbose:
             lines.extend(
                 printable(f"{report.path}: ") + f"{paint('note:', DIM)} {printable(note)}"
@@ -121,9 +127,7 @@ def summary_line(reports: Sequence[ModelReport]) -> str:
     errors = counts["errors"]
     known = sum(len(r.baselined or []) for r in reports)
     models = plural(counts["models"], "model")
-    notes = (f"; {known} known in the baseline" if known else "") + (
-        f"; {plural(errors, 'model')} could not be read" if errors else ""
-    )
+    notes = (f"; {known} known in the baseline" if known else "") + error_counts(reports, "; ")
     if not findings and errors:
         return f"No findings in the models that could be read ({models}{notes})."
     if not findings:
