@@ -111,17 +111,29 @@ def find_config(start: Path, note: Note = note_on_stderr) -> Path | None:
                 note(f"ignoring {candidate}: {why}")
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
+            why = distrust(candidate)
+            if why is not None:  # not parsed: noted if it looks like it configures convlint
+                if _mentions_convlint(candidate):
+                    note(f"ignoring {candidate}: {why}")
+                continue
             try:
                 data = tomllib.loads(candidate.read_text(encoding="utf-8"))
             except (OSError, ValueError, RecursionError):  # not TOML, not UTF-8, too deep
                 continue
             tool = data.get("tool", {})
             if isinstance(tool, dict) and "convlint" in tool:
-                why = distrust(candidate)
-                if why is None:
-                    return candidate
-                note(f"ignoring {candidate}: {why}")
+                return candidate
     return None
+
+
+def _mentions_convlint(path: Path, limit: int = 1 << 20) -> bool:
+    """Whether the first ``limit`` bytes of an untrusted pyproject.toml name convlint (it is
+    never parsed: another user's file of any size must not cost the user its reading)."""
+    try:
+        with open(path, "rb") as handle:
+            return b"convlint" in handle.read(limit)
+    except OSError:
+        return False
 
 
 def read_config(path: Path) -> dict[str, Any]:

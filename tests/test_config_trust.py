@@ -187,3 +187,12 @@ def test_a_huge_integer_in_a_configuration_is_named(
     assert "0" * SHOWN_CHARACTERS not in err
     code, _, err = cli("check", str(_model(tmp_path)), "--config", f"fail-on=1{'0' * digits}")
     assert code == 2 and len(err) < 300
+
+
+def test_another_users_pyproject_without_convlint_is_passed_over_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    other = _write(tmp_path / "pyproject.toml", "[tool.black]\nline-length = 100\n")
+    _give_away(other, monkeypatch)
+    code, out, err = cli("check", str(_model(tmp_path / "models")))
+    assert (code, err) == (1, "") and "CL004" in out
