@@ -159,6 +159,16 @@ class FileWindow:
         self._load(key)
         return self._block[0]
 
+    def block(self, pos: int) -> tuple[int, bytes]:
+        """The block the window holds from ``pos`` on (read if it does not hold ``pos`` and
+        the next :data:`_MAX_HEADER` bytes), and where it starts in the file."""
+        if not 0 <= pos < self._size:
+            raise IndexError("index out of range")
+        held = pos - self._start
+        if held < 0 or held + _MAX_HEADER > len(self._block):
+            self._load(pos)
+        return self._start, self._block
+
     def _load(self, pos: int) -> None:
         self._block = self._read(pos, min(self.BLOCK, self._size - pos))
         self._start = pos
@@ -295,8 +305,86 @@ def _message(data: FileWindow, start: int, end: int, rewrite: _Rewrite) -> bytes
 
 def _model_field(data: FileWindow, number: int, wire: int, start: int, end: int) -> bytes | None:
     if number == _MODEL_GRAPH and wire == _LENGTH:
-        return _message(data, start, end, _graph_field)
+        return _graph_message(data, start, end)
     return None
+
+
+def _graph_message(data: FileWindow, start: int, end: int) -> bytes | None:
+    """``_message(data, start, end, _graph_field)``, for the one message of a model that has a
+    field per node, initializer and tensor type (hundreds of thousands in a large graph): each
+    field's header is decoded inline from the block the window holds, not byte by byte through
+    calls, and only fields of :data:`LARGE_TENSOR_BYTES` or more are looked into."""
+    pieces: list[bytes] = []
+    copied = pos = start
+    base, block = data.block(pos)
+    while pos < end:
+        offset = pos - base
+        if offset + _MAX_HEADER > len(block) and base + len(block) < len(data):
+            base, block = data.block(pos)
+            offset = 0
+        first = pos
+        # The tag and (for a length-delimited field) the length: varints of one byte mostly.
+        tag = block[offset]
+        offset += 1
+        if tag >= 0x80:
+            tag, offset = _block_varint(block, offset, tag)
+        wire = tag & 7
+        if wire == _LENGTH:
+            length = block[offset]
+            offset += 1
+            if length >= 0x80:
+                length, offset = _block_varint(block, offset, length)
+            value = base + offset
+            pos = value + length
+        elif wire == _VARINT:
+            value = base + offset
+            while block[offset] >= 0x80:
+                offset += 1
+            offset += 1
+            pos = base + offset
+            if offset - (value - base) > 10:
+                raise ValueError("varint too long")
+        elif wire == _FIXED64:
+            value, pos = base + offset, base + offset + 8
+        elif wire == _FIXED32:
+            value, pos = base + offset, base + offset + 4
+        else:  # groups: not in ONNX's schema
+            raise ValueError(f"wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated")
+        if wire != _LENGTH or length < LARGE_TENSOR_BYTES:
+            continue
+        replaced = _graph_field(data, tag >> 3, wire, value, pos)
+        if replaced is None:
+            continue
+        pieces.append(data[copied:first])
+        if replaced is not DROP:
+            pieces.append(_encode_varint(tag >> 3 << 3 | _LENGTH))
+            pieces.append(_encode_varint(len(replaced)))
+            pieces.append(replaced)
+        copied = pos
+    if not pieces:
+        return None
+    pieces.append(data[copied:end])
+    return b"".join(pieces)
+
+
+_MAX_HEADER = 20  # a field's tag and length: two varints of at most 10 bytes
+
+
+def _block_varint(block: bytes, offset: int, first: int) -> tuple[int, int]:
+    """The rest of a varint whose first byte ``first`` (at ``offset - 1``) had its high bit
+    set, and where it ends."""
+    result, shift = first & 0x7F, 7
+    while True:
+        byte = block[offset]
+        offset += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, offset
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
 
 
 def _graph_field(data: FileWindow, number: int, wire: int, start: int, end: int) -> bytes | None:
