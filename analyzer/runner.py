@@ -5,18 +5,23 @@ costs; the rest go to a pool of worker processes created once per run (``fork`` 
 worker starts with everything this process imported and the registry it loaded; one model per
 message, or chunks of a few when each takes under 10 ms, answered model by model: a worker that
 dies, of a SIGBUS or the OOM killer's SIGKILL, makes the model it was checking that model's error,
-``worker died: signal 9 (SIGKILL)``, and another worker takes its place). Reports come back without
-per-node costs, and without the rules' reasons for passing nodes over unless ``--verbose``: no
-format shows them otherwise. They come back in any order and are handed on in the order of the
-paths given: each as soon as it and every model before it are done, so what is printed is the same
-bytes whatever ``jobs`` is. ``text`` and ``github`` reports are printed that way, model by model;
-the other formats are documents (``json``, ``sarif``, ``junit``, ``markdown``), rendered whole at
-the end. On a terminal, a progress line on stderr counts the models done.
+``worker died: signal 9 (SIGKILL)``, and another worker takes its place). When the sizes of the
+files alone say that the run is long enough for a pool, the pool starts at once, each worker with
+its first models as soon as it is forked, and this process checks the first model meanwhile.
+Reports come back without per-node costs, without the findings' neighbourhood sketches unless
+the format draws them (markdown), and without the rules' reasons for passing nodes over unless
+``--verbose``: no format shows them otherwise. They come back in any order and are handed on in
+the order of the paths given: each as soon as it and every model before it are done, so what is
+printed is the same bytes whatever ``jobs`` is. ``text`` and ``github`` reports are printed that
+way, model by model; the other formats are documents (``json``, ``sarif``, ``junit``,
+``markdown``), rendered whole at the end. On a terminal, a progress line on stderr counts the
+models done.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import os
 import signal
@@ -24,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from convlint.baseline import Baseline
@@ -39,6 +44,10 @@ MAX_CHUNK = 8  # models per message to a worker: fewer messages, and results sti
 # Checking this much in this process costs less than starting workers (fork, first messages).
 SERIAL_SECONDS = 0.25
 SOLO_SECONDS = 0.01  # models that take this long each are sent to workers one by one
+# The least a model file costs to check, per byte (a 2,000-node graph of 2.6 MB takes 40-60 ms;
+# weights make a file larger, not slower, as they are not read): files whose sizes alone say that
+# they take longer than SERIAL_SECONDS start the pool at once.
+SECONDS_PER_BYTE = 1 / 50e6
 
 
 def default_jobs() -> int:
@@ -77,7 +86,8 @@ def check_and_render(
     shown = _Progress(progress if not quiet else None, len(paths))
     printed: list[str] = []
     reports: list[ModelReport] = []
-    for report in iter_reports(paths, registry, settings, jobs, shown.advance):
+    sketches = format == "markdown"  # the only format that draws a finding's neighbourhood
+    for report in iter_reports(paths, registry, settings, jobs, shown.advance, sketches):
         if names:
             report.path = names.get(report.path, report.path)
         if known is not None:
@@ -105,14 +115,22 @@ def iter_reports(
     settings: Sequence[Settings],
     jobs: int | None = None,
     on_done: Callable[[], None] | None = None,
+    sketches: bool = True,
 ) -> Iterator[ModelReport]:
     """The reports of ``paths`` in their order, each as soon as it and every one before it are
-    done; ``on_done`` is called whenever a model is done (in any order)."""
+    done; ``on_done`` is called whenever a model is done (in any order). Without ``sketches``,
+    findings come without their neighbourhood (``Finding.context``, which markdown draws)."""
     jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
         raise ConvlintError("--jobs must be at least 1")
     if len(settings) != len(paths):
         raise ValueError("one Settings per path")
+    if jobs > 1 and len(paths) > 2 and _file_seconds(paths[1:]) > SERIAL_SECONDS:
+        # Long enough by the files alone: the workers start now, on all but the first model,
+        # which this process checks while they start.
+        workers = min(jobs, len(paths) - 1)
+        yield from _pooled(paths, registry, settings, 0, workers, on_done, None, sketches, True)
+        return
     # Models are checked here, in order, while those left would take less time than starting
     # workers costs (a folder of small models is done before a pool would be up); the rest go
     # to the pool.
@@ -122,7 +140,7 @@ def iter_reports(
         if jobs > 1 and first and spent / first * (len(paths) - first) > SERIAL_SECONDS:
             break
         _fault(paths[first])
-        report = _for_rendering(analyze(paths[first], registry, settings[first]), settings[first])
+        report = _analyze_task((first, paths[first], settings[first]), registry, sketches)[1]
         first += 1
         if on_done is not None:
             on_done()
@@ -132,19 +150,31 @@ def iter_reports(
         # is left idle at the end while another finishes a chunk.
         spent = time.perf_counter() - started
         chunk = 1 if spent / max(first, 1) >= SOLO_SECONDS else None
-        yield from _pooled(
-            paths, registry, settings, first, min(jobs, len(paths) - first), on_done, chunk
-        )
+        workers = min(jobs, len(paths) - first)
+        yield from _pooled(paths, registry, settings, first, workers, on_done, chunk, sketches)
 
 
-def _for_rendering(report: ModelReport, settings: Settings) -> ModelReport:
+def _file_seconds(paths: Sequence[str]) -> float:
+    """The least time checking ``paths`` takes, judged by the sizes of the files."""
+    size = 0
+    for path in paths:
+        with contextlib.suppress(OSError):  # the model's own error, when it is checked
+            size += os.stat(path).st_size
+    return size * SECONDS_PER_BYTE
+
+
+def _for_rendering(report: ModelReport, settings: Settings, sketches: bool = True) -> ModelReport:
     """The report less what no format the command line renders shows: the cost of each node
-    (reports show the model's totals) and, without ``--verbose``, why rules passed nodes over.
-    A worker sends back a tenth of what it would on a large graph."""
+    (reports show the model's totals), the findings' neighbourhood sketches unless
+    ``sketches``, and, without ``--verbose``, why rules passed nodes over. A worker sends back a
+    tenth of what it would on a large graph, and a finding a third."""
     if report.cost is not None:
         report.cost.nodes = {}
     if not settings.verbose:
         report.skips = []
+    if not sketches:
+        report.findings = [replace(f, context=None) for f in report.findings]
+        report.suppressed = [replace(f, context=None) for f in report.suppressed]
     return report
 
 
@@ -156,8 +186,11 @@ def _pooled(
     workers: int,
     on_done: Callable[[], None] | None,
     chunk: int | None = None,
+    sketches: bool = True,
+    here: bool = False,
 ) -> Iterator[ModelReport]:
-    """The reports of ``paths[first:]`` from ``workers`` processes, in order.
+    """The reports of ``paths[first:]`` from ``workers`` processes, in order; with ``here``,
+    this process checks ``paths[first]`` itself once the workers are started.
 
     Each worker is given a few models at a time and answers model by model, so this process
     knows which model a worker was checking when it died (a SIGBUS, the OOM killer's SIGKILL):
@@ -168,7 +201,8 @@ def _pooled(
 
     method = "fork" if _can_fork(multiprocessing.get_all_start_methods()) else "spawn"
     context: Any = multiprocessing.get_context(method)
-    queue = collections.deque((i, paths[i], settings[i]) for i in range(first, len(paths)))
+    pooled = range(first + 1 if here else first, len(paths))
+    queue = collections.deque((i, paths[i], settings[i]) for i in pooled)
     if chunk is None:
         chunk = max(1, min(MAX_CHUNK, len(queue) // (workers * 4)))
     # A forked worker inherits the registry; a spawned one loads its own (plugins too).
@@ -177,7 +211,7 @@ def _pooled(
 
     def start() -> _Worker:
         ours, theirs = context.Pipe()
-        process = context.Process(target=_work, args=(theirs, inherited), daemon=True)
+        process = context.Process(target=_work, args=(theirs, inherited, sketches), daemon=True)
         # Ctrl-C is held back while the worker starts: it must not get one before it ignores
         # it (a traceback each).
         with _sigint_held():
@@ -197,11 +231,20 @@ def _pooled(
     # collections do not touch (and copy) every page it shares with this process.
     gc.freeze()
     try:
-        for _ in range(workers):
-            start()
-        for worker in list(running.values()):
-            give(worker)
+        for _ in range(workers):  # each to work as soon as it is forked
+            give(start())
+        if here:
+            _fault(paths[first])
+            task = (first, paths[first], settings[first])
+            waiting[first] = _analyze_task(task, registry, sketches)[1]
+            if on_done is not None:
+                on_done()
         while following < len(paths):
+            while following in waiting:
+                yield waiting.pop(following)
+                following += 1
+            if following == len(paths):
+                break
             for ready in wait(list(running)):
                 worker = running[ready]
                 try:
@@ -254,9 +297,10 @@ def _death(exitcode: int | None) -> str:
     return f"worker died: exit code {exitcode}"
 
 
-def _work(connection: Any, registry: Registry | None) -> None:
+def _work(connection: Any, registry: Registry | None, sketches: bool = True) -> None:
     """A worker: check the models it is sent, answering model by model, until told to stop."""
     _start_worker(registry)
+    assert _REGISTRY is not None
     while True:
         try:
             tasks = connection.recv()
@@ -267,7 +311,7 @@ def _work(connection: Any, registry: Registry | None) -> None:
         for task in tasks:
             _fault(task[1], worker=True)
             try:
-                answer = _analyze_task(task)
+                answer = _analyze_task(task, _REGISTRY, sketches)
             except Exception as exc:  # the model's error, not the run's
                 message = f"internal error: {type(exc).__name__}: {exc}"
                 answer = (task[0], ModelReport(path=task[1], error=message))
@@ -321,10 +365,12 @@ def _start_worker(registry: Registry | None) -> None:
     _REGISTRY = registry if registry is not None else load_registry()
 
 
-def _analyze_task(task: tuple[int, str, Settings]) -> tuple[int, ModelReport]:
+def _analyze_task(
+    task: tuple[int, str, Settings], registry: Registry, sketches: bool = True
+) -> tuple[int, ModelReport]:
+    """One model checked, by a worker or by this process: its index and its report."""
     index, path, settings = task
-    assert _REGISTRY is not None
-    return index, _for_rendering(analyze(path, _REGISTRY, settings), settings)
+    return index, _for_rendering(analyze(path, registry, settings), settings, sketches)
 
 
 # -- rendering ------------------------------------------------------------------------------
