@@ -12,7 +12,16 @@ alternately, and each row gives the medians of ``--repeat`` runs. Sections:
   with the same weights in an external data file.
 - ``folder``: folders of 40 models checked with ``--jobs 1`` and ``--jobs 2`` (issue 10: at
   least 1.6× on 2 cores): the fixture models (cycled), and 2,000-node chains.
-- ``scale``: check time and peak memory at 1,000, 10,000 and 100,000 nodes.
+- ``scale``: check time and peak memory at 1,000, 10,000 and 100,000 nodes, against the
+  reference (issue 21: within 1.3× at 100,000 nodes, and a ratio that does not grow with size).
+- ``parallel``: 64 models of 2,000 nodes (issue 21). The serial part is measured directly: a
+  ``check`` process timed from inside (``--timeline``: this process's busy time while the
+  workers run, less the model it checks itself, per model received; each worker's time per
+  model; the fixed start-up and exit), and the speed-up that predicts (Amdahl, per model:
+  (p + w) / (p + w/N) for parent time p and worker time w per model; and for the whole run,
+  with the fixed part F of ``--jobs 1``: T1 / (F + M·(p + w/N))) is printed at 4, 8, 16 and 64
+  workers next to the speed-ups measured at the worker counts this machine has (1, 2, 4, ...
+  up to its cores). Issue 21 asks for at least 12× predicted at 16 workers.
 
 The models are built in child processes, so that this process stays small: Linux carries a
 parent's peak memory over into a child it starts. Bytecode of convlint's own modules is written
@@ -21,7 +30,7 @@ one warm-up run compiles it).
 Rerun with:
 
     python benchmarks/bench_check.py [--repeat 7] [--nodes 20000] \
-        [--sections big,embedded,folder,scale]
+        [--sections big,embedded,folder,scale,parallel]
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-SECTIONS = ("big", "embedded", "folder", "scale")
+SECTIONS = ("big", "embedded", "folder", "scale", "parallel")
 # The references, as one-line programs: what any tool pays to read (and shape-infer) a model.
 LOAD_AND_INFER = (
     "import sys, onnx; model = onnx.load(sys.argv[1], load_external_data=False); "
@@ -47,6 +56,8 @@ LOAD = "import sys, onnx; onnx.load(sys.argv[1])"
 FOLDER_SKIP = ("big_chain", "vgg16", "resnet50")
 FOLDER_MODELS = 40
 CHAIN_NODES = 2_000
+ZOO_MODELS = 64  # the parallel section's folder (issue 21)
+PREDICTED_WORKERS = (4, 8, 16, 64)
 
 
 def _environment() -> dict[str, str]:
@@ -70,7 +81,7 @@ def build(kind: str, path: Path, nodes: int = 0) -> Path:
 def _build_here(kind: str, nodes: int, path: str) -> None:
     from convlint import fixtures
 
-    if kind in ("folder", "chains"):
+    if kind in ("folder", "chains", "zoo"):
         Path(path).mkdir(parents=True, exist_ok=True)
     if kind == "big_chain":
         model = fixtures.big_chain(nodes=nodes)
@@ -80,8 +91,8 @@ def _build_here(kind: str, nodes: int, path: str) -> None:
             builder = builders[index % len(builders)]
             fixtures.save(builder(), Path(path) / f"{index:02d}_{builder.__name__}.onnx")
         return
-    elif kind == "chains":
-        for index in range(FOLDER_MODELS):
+    elif kind in ("chains", "zoo"):
+        for index in range(FOLDER_MODELS if kind == "chains" else ZOO_MODELS):
             chain = fixtures.big_chain(nodes=nodes, seed=index)
             fixtures.save(chain, Path(path) / f"{index:02d}_chain.onnx")
         return
@@ -249,9 +260,157 @@ def section_scale(repeat: int, tmp: Path) -> list[str]:
     return lines
 
 
+def _timeline_here(folder: str, jobs: int) -> None:
+    """``convlint check FOLDER --jobs JOBS`` in this process, timed from inside; prints JSON.
+
+    Reaches into the runner (its private ``_analyze_task`` and ``_pooled``, and multiprocessing's
+    ``wait``) to time what it does, as a profiler would: forked workers inherit the wrappers
+    and append each model's span to a file of their own.
+    """
+    import gc
+    import io
+    import json
+    import multiprocessing.connection
+
+    started = time.perf_counter()
+    gc.disable()  # as convlint's entry point imports
+    from convlint import runner
+    from convlint.cli import main as convlint_main
+
+    gc.freeze()
+    gc.enable()
+    imported = time.perf_counter()
+    spans_dir = tempfile.mkdtemp(prefix="convlint-timeline-")
+    waited = [0.0]
+    pool_started = [0.0]
+    wait = multiprocessing.connection.wait
+    analyze_task = runner._analyze_task
+    pooled = runner._pooled
+
+    def timed_wait(*args: object, **kwargs: object) -> object:
+        before = time.perf_counter()
+        try:
+            return wait(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            waited[0] += time.perf_counter() - before
+
+    def timed_task(*args: object, **kwargs: object) -> object:
+        before = time.perf_counter()
+        answer = analyze_task(*args, **kwargs)  # type: ignore[arg-type]
+        with open(os.path.join(spans_dir, str(os.getpid())), "a") as spans:
+            spans.write(f"{before} {time.perf_counter()}\n")
+        return answer
+
+    def timed_pooled(*args: object, **kwargs: object) -> object:
+        pool_started[0] = time.perf_counter()
+        return (yield from pooled(*args, **kwargs))  # type: ignore[arg-type]
+
+    multiprocessing.connection.wait = timed_wait  # type: ignore[assignment]
+    runner._analyze_task = timed_task  # type: ignore[assignment]
+    runner._pooled = timed_pooled  # type: ignore[assignment]
+    stdout, sys.stdout = sys.stdout, io.StringIO()
+    try:
+        convlint_main(["check", folder, "--jobs", str(jobs)])
+    finally:
+        sys.stdout = stdout
+    ended = time.perf_counter()
+    parent: list[float] = []
+    workers: list[float] = []
+    for name in os.listdir(spans_dir):
+        with open(os.path.join(spans_dir, name)) as spans:
+            found = [float(b) - float(a) for a, b in (line.split() for line in spans)]
+        (parent if int(name) == os.getpid() else workers).extend(found)
+    pooled_seconds = ended - pool_started[0] if pool_started[0] else 0.0
+    # The parent's own checking inside the pooled phase is model work, not serial overhead.
+    own = sum(parent) if pool_started[0] else 0.0
+    busy = max(0.0, pooled_seconds - waited[0] - own) if pool_started[0] else 0.0
+    print(
+        json.dumps(
+            {
+                "jobs": jobs,
+                "seconds": ended - started,
+                "imports": imported - started,
+                "models_here": len(parent),
+                "models_pooled": len(workers),
+                "here_per_model": statistics.median(parent) if parent else None,
+                "worker_per_model": statistics.median(workers) if workers else None,
+                "parent_per_model": busy / len(workers) if workers else None,
+                "checking": sum(parent),
+            }
+        )
+    )
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def timeline(folder: Path, jobs: int) -> dict[str, float]:
+    """One timed ``check`` in a child process (see ``_timeline_here``)."""
+    import json
+
+    found = subprocess.run(
+        [sys.executable, __file__, "--timeline", str(folder), str(jobs)],
+        check=True,
+        env=ENV,
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(found.stdout.splitlines()[-1]))
+
+
+def section_parallel(repeat: int, tmp: Path) -> list[str]:
+    folder = build("zoo", tmp / "zoo", CHAIN_NODES)
+    models = len(list(folder.iterdir()))
+    counts = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= cores()]
+    runs = measure(repeat, [check(folder, "--jobs", str(n)) for n in counts])
+    measured = dict(zip(counts, runs, strict=True))
+    # The serial part, measured from inside: one run alone, all its models here, gives each
+    # model's time and the fixed part (start-up, settings, exit); runs with the most workers
+    # give the parent's time per model received and the workers' time per model.
+    serial = [timeline(folder, 1) for _ in range(repeat)]
+    pooled = [timeline(folder, max(counts)) for _ in range(repeat)]
+    one = statistics.median(t["seconds"] for t in serial)
+    w1 = statistics.median(t["here_per_model"] for t in serial)
+    fixed = statistics.median(t["seconds"] - t["checking"] for t in serial)
+    p = statistics.median(t["parent_per_model"] for t in pooled)
+    w = statistics.median(t["worker_per_model"] for t in pooled)
+    serial_fraction = p / (p + w)
+    lines = [
+        f"{models} models of {CHAIN_NODES:,} nodes, {cores()} cores: parent {p * 1e3:.2f} ms and "
+        f"worker {w * 1e3:.1f} ms per model (with {max(counts)} workers; {w1 * 1e3:.1f} ms per "
+        f"model alone), serial fraction {serial_fraction:.2%}; fixed start-up and exit "
+        f"{fixed:.2f} s of the {one:.2f} s of one process",
+        "",
+        row("workers", "predicted, per model", "predicted, whole run", "measured", "time"),
+        row("---", "---", "---", "---", "---"),
+    ]
+    for n in sorted({*counts, *PREDICTED_WORKERS}):
+        per_model = (p + w) / (p + w / n)
+        whole = one / (fixed + models * (p + w / n)) if n > 1 else 1.0
+        got = measured.get(n)
+        lines.append(
+            row(
+                n,
+                f"{per_model:.1f}×",
+                f"{whole:.1f}×",
+                f"{measured[1][0] / got[0]:.2f}×" if got else "(not measured)",
+                f"{got[0]:.2f} s" if got else "",
+            )
+        )
+    return lines
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--build"]:
         _build_here(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        return
+    if sys.argv[1:2] == ["--timeline"]:
+        _timeline_here(sys.argv[2], int(sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
@@ -265,7 +424,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     today = time.strftime("%Y-%m-%d")
-    print(f"medians of {args.repeat} runs, whole process, {os.cpu_count()} cores, {today}")
+    print(f"medians of {args.repeat} runs, whole process, {cores()} cores, {today}")
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         for section in chosen:
@@ -276,6 +435,8 @@ def main() -> None:
                 lines = section_embedded(args.repeat, tmp)
             elif section == "folder":
                 lines = section_folder(args.repeat, tmp)
+            elif section == "parallel":
+                lines = section_parallel(args.repeat, tmp)
             else:
                 lines = section_scale(args.repeat, tmp)
             print("\n".join(lines), flush=True)
