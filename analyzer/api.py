@@ -211,7 +211,7 @@ def fix(
     input_shapes: InputShapes | None = None,
     verbose: bool = False,
     in_place: bool = False,
-    tolerance: float = 1e-3,
+    tolerance: float | None = None,
     method: Literal["auto", "data-aware", "prune", "weight"] = "auto",
     rank: int | None = None,
     ratio: float | None = None,
@@ -233,8 +233,9 @@ def fix(
     """Rewrite the findings of one model, verify the rewrite with onnxruntime and write
     ``output`` (`convlint fix MODEL -o OUT`); the options are the command line's:
 
-    - ``tolerance``: bound on every output's relative L2 error; ``min_top1``: bound on the
-      top-1 agreement of class-score outputs (0 to 1), both on held-out samples;
+    - ``tolerance``: bound on every output's relative L2 error (None: 1e-3, or no bound when
+      ``min_top1`` is given alone); ``min_top1``: bound on the top-1 agreement of class-score
+      outputs (0 to 1), both on held-out samples;
     - ``method`` (``"auto"``: factorization or channel pruning, whichever the whole-model
       budget prefers per layer; ``"data-aware"``, ``"prune"`` or ``"weight"``), ``rank`` or
       ``ratio``: how to rewrite; ``min_saving``: the least share of a layer's MACs a lossy

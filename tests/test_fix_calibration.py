@@ -382,6 +382,26 @@ def test_min_top1_bounds_the_verification(
     assert "top-1 agreement is below --min-top1 1" in err and not out.exists()
 
 
+def test_min_top1_alone_leaves_the_outputs_error_unbounded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--min-top1 without --tolerance is the whole budget: the default 1e-3 does not bind
+    (the JSON's tolerance is null), while without --min-top1 it does."""
+    path = _classifier(tmp_path, rank=None)
+    rank1 = ["--samples", "16", *FAST, "--rank", "1"]
+    assert main(_fix(path, *rank1, "--min-top1", "0", "--format", "json")) == 0
+    model = _json(capsys)
+    assert model["tolerance"] is None
+    assert model["verification"]["rel_l2_error"] > 1e-3
+    assert model["verification"]["ok"] is True
+    path.with_name("out.onnx").unlink()
+    assert main(_fix(path, *rank1, "--min-top1", "0")) == 0
+    assert "(no tolerance, method weight" in capsys.readouterr().out
+    path.with_name("out.onnx").unlink()
+    assert main(_fix(path, *rank1)) == 1
+    assert "rewritten model breaks --tolerance 0.001" in capsys.readouterr().err
+
+
 def test_min_top1_without_class_scores_exits_2(
     planted: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,6 +4,7 @@ before any work, the pipeline run (``convlint.rewrite.pipeline.fix``) and its ex
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,9 +38,10 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tolerance",
         type=float,
-        default=DEFAULT_TOLERANCE,
+        default=None,
         metavar="T",
-        help="bound on every output's relative L2 error (default 1e-3)",
+        help=f"bound on every output's relative L2 error (default {DEFAULT_TOLERANCE:g}; none "
+        "when --min-top1 is given alone)",
     )
     parser.add_argument(
         "--method",
@@ -163,7 +165,7 @@ def cmd_fix(args: argparse.Namespace, registry: Registry) -> int:
     """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
     from convlint.atomic import write_target
     from convlint.engine import ModelReport
-    from convlint.rewrite.pipeline import FixResult, fix, named_after
+    from convlint.rewrite.pipeline import FixResult, fix, named_after, reported_tolerance
     from convlint.rewrite.report import render_json, render_text
     from convlint.rewrite.verify import RuntimeFailure
 
@@ -225,7 +227,7 @@ def cmd_fix(args: argparse.Namespace, registry: Registry) -> int:
             failed = FixResult(
                 ModelReport(path=str(model), error=problem),
                 str(options.output or model),
-                options.tolerance,
+                reported_tolerance(options),
                 options.method,
             )
             emit(render_json(failed), args.output)
@@ -237,8 +239,9 @@ def cmd_fix(args: argparse.Namespace, registry: Registry) -> int:
     emit(text, args.output)
     if result.verification is not None and not result.written:
         errors = result.verification
-        problem = errors.problem or f"rewritten model breaks --tolerance {result.tolerance:g}"
-        if not errors.problem and errors.rel_l2_error <= result.tolerance:
+        bound = math.inf if result.tolerance is None else result.tolerance
+        problem = errors.problem or f"rewritten model breaks --tolerance {bound:g}"
+        if not errors.problem and errors.rel_l2_error <= bound:
             problem = f"rewritten model's top-1 agreement is below --min-top1 {args.min_top1:g}"
         print(f"convlint: error: {model}: {problem}; {result.output} not written", file=sys.stderr)
         return 1

@@ -107,6 +107,7 @@ from convlint.rewrite.options import (
     DEFAULT_OBJECTIVE,
     DEFAULT_PROVIDER,
     DEFAULT_SAMPLES,
+    DEFAULT_TOLERANCE,
     INPUT_SAMPLES,
     METHODS,
     OBJECTIVES,
@@ -153,7 +154,7 @@ STAGES = ("analysis", "inputs", "factorization", "onnxruntime", "latency", "writ
 class FixOptions:
     output: Path | None  # None: MODEL itself, with in_place
     in_place: bool = False
-    tolerance: float = 1e-3
+    tolerance: float | None = None  # None: DEFAULT_TOLERANCE, or no bound with min_top1 alone
     method: str = DEFAULT_METHOD
     rank: int | None = None
     ratio: float | None = None
@@ -171,6 +172,26 @@ class FixOptions:
     provider: str = DEFAULT_PROVIDER  # onnxruntime execution provider for timing
     allow_noise: bool = False  # lossy rewrites fitted on generated noise (demos, tests)
     min_saving: float = MIN_SAVING  # of a layer's MACs, at least, for a lossy rewrite
+
+
+def output_bound(options: FixOptions) -> float:
+    """The bound on every output's relative L2 error: ``--tolerance``; when it is not given,
+    ``DEFAULT_TOLERANCE``, or none at all (infinity) when ``--min-top1`` is the budget."""
+    if options.tolerance is not None:
+        return options.tolerance
+    return math.inf if options.min_top1 is not None else DEFAULT_TOLERANCE
+
+
+def reported_tolerance(options: FixOptions) -> float | None:
+    """The tolerance a report states: None when the outputs' error is not bounded."""
+    bound = output_bound(options)
+    return None if math.isinf(bound) else bound
+
+
+def layer_budget(bound: float) -> float:
+    """The error budget a single layer's rank search aims at: the bound, at most 1 (a proxy
+    is a relative error: at 1 the cheapest form fits, and the measured top-1 decides)."""
+    return min(bound, 1.0)
 
 
 @dataclass
@@ -216,7 +237,7 @@ class Skipped:
 class FixResult:
     report: ModelReport
     output: str
-    tolerance: float
+    tolerance: float | None  # None: the outputs' error was not bounded (--min-top1 alone)
     method: str
     rewrites: list[Rewrite] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
@@ -443,6 +464,7 @@ class Fixer:
         self.registry = registry
         self.settings = settings
         self.options = options
+        self.error_bound = output_bound(options)
         self.log = log
         self.timings: dict[str, float] = {}
         self.timer = _Timer(self.timings)
@@ -617,9 +639,11 @@ class Fixer:
                 )
                 first = self.runtime.run(model, feeds[:EARLY_SAMPLES], what=what)
                 errors = compare(
-                    reference[:EARLY_SAMPLES], first, self.options.tolerance, self.output_names
+                    reference[:EARLY_SAMPLES], first, self.error_bound, self.output_names
                 )
-                if errors.rel_l2_error > EARLY_MARGIN * self.options.tolerance:
+                if errors.rel_l2_error > EARLY_MARGIN * self.error_bound or self._top1_lost(
+                    errors, len(feeds) / EARLY_SAMPLES
+                ):
                     return dataclasses.replace(errors, ok=False)
                 rest = self.runtime.run(model, feeds[EARLY_SAMPLES:], what=what)
                 outputs = [*first, *rest]
@@ -628,10 +652,19 @@ class Fixer:
             return compare(
                 reference,
                 outputs,
-                self.options.tolerance,
+                self.error_bound,
                 self.output_names,
                 self.options.min_top1,
             )
+
+    def _top1_lost(self, first: Errors, scale: float) -> bool:
+        """Whether the disagreements on the first samples already exceed what --min-top1
+        allows on all of them (``scale`` times as many): the whole measure cannot hold."""
+        if self.options.min_top1 is None or first.top1_agreement is None:
+            return False
+        rows = first.top1_samples or 0
+        lost = round((1 - first.top1_agreement) * rows)
+        return lost > (1 - self.options.min_top1) * rows * scale + 1e-9
 
     # -- rank selection ----------------------------------------------------------------
     def trial(self, target: Target, factors: Factors | None) -> tuple[Edit, Errors]:
@@ -953,7 +986,7 @@ class Fixer:
         result = FixResult(
             report,
             str(options.output),
-            options.tolerance,
+            reported_tolerance(options),
             options.method,
             skipped=skipped,
             objective=self.objective,
@@ -1016,7 +1049,7 @@ class Fixer:
         fixed_rank = options.rank is not None or options.ratio is not None
         # Exact rewrites first (and every rewrite at a rank the user fixed), one at a time.
         one_by_one = [t for t in targets if not t.lossy or (fixed_rank and t in lossy)]
-        budget = options.tolerance / math.sqrt(max(len(lossy), 1))
+        budget = layer_budget(self.error_bound) / math.sqrt(max(len(lossy), 1))
         choices: dict[str, _Choice] = {}
         for target in progress(one_by_one) if progress else one_by_one:
             self._settle_one(target, self.select(target, budget), choices, result, report)
@@ -1159,7 +1192,9 @@ class Fixer:
                         cached = search.at_rank(candidate.rank)
                     self._factors[(key, candidate.kind, candidate.rank)] = cached
                 edit = self._edit(target, cached)
-                chosen[key] = _Choice(target, cached, edit, UNMEASURED, self.options.tolerance)
+                chosen[key] = _Choice(
+                    target, cached, edit, UNMEASURED, layer_budget(self.error_bound)
+                )
         if self.stats is not None and fit:
             for _ in range(REFIT_ROUNDS):
                 self.refit(chosen, fit, fixed)
@@ -1577,7 +1612,7 @@ def fix(
     path = Path(path)
     if options.method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}")
-    if not 0 < options.tolerance < math.inf:
+    if options.tolerance is not None and not 0 < options.tolerance < math.inf:
         raise UsageError("--tolerance must be a finite positive number")
     if not 0 <= options.min_saving < 1:
         raise UsageError("--min-saving must be in [0, 1) (a share of the layer's MACs)")

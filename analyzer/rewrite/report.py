@@ -50,9 +50,8 @@ def _timings_text(result: FixResult) -> str:
 
 
 def _header(result: FixResult) -> str:
-    setting = (
-        f"tolerance {result.tolerance:g}, method {result.method}, objective {result.objective}"
-    )
+    tolerance = "no tolerance" if result.tolerance is None else f"tolerance {result.tolerance:g}"
+    setting = f"{tolerance}, method {result.method}, objective {result.objective}"
     bound = ""
     if result.bound:
         bound = "; bound " + ", ".join(f"{dim}={size}" for dim, size in result.bound.items())
