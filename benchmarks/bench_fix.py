@@ -360,7 +360,7 @@ def main() -> None:
     parser.add_argument(
         "--budget",
         help="with --trained: fix's budget options, as one string (default: each model's own, "
-        "'--min-top1 0.99 --tolerance 0.1' for the classifiers, '--tolerance 0.05' for captcha)",
+        "'--min-top1 0.99' for the classifiers, '--tolerance 0.05' for captcha)",
     )
     parser.add_argument(
         "--cache",

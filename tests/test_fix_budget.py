@@ -138,6 +138,27 @@ def test_known_prunable_channels_are_pruned_exactly(tmp_path: Path) -> None:
     assert document["rewrites"][0]["method"] == "prune"
 
 
+def test_a_pruned_conv_that_still_reads_many_channels_is_kept_and_marked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """conv2 pruned from 256 to the 160 channels it uses still reads >= 128 channels: CL001
+    would flag it again, so `fix` marks it ``convlint.ignore = CL001`` (a second budget on the
+    same layer would compound the error) instead of dropping the pruning."""
+    path = fixtures.save(
+        fixtures.prunable_channels(channels=256, kept=160), tmp_path / "prune.onnx"
+    )
+    data = _inputs(tmp_path / "in.npz", (32, 12, 12))
+    result, out = _fix(path, method="prune", inputs=data, samples=96, tolerance=1e-3, latency=False)
+    (rewrite,) = result.rewrites
+    assert (rewrite.kind, len(rewrite.kept_channels or [])) == ("prune", 160)
+    conv2 = next(n for n in onnx.load(out).graph.node if n.name == "conv2")
+    assert [(e.key, e.value) for e in conv2.metadata_props] == [("convlint.ignore", "CL001")]
+    assert main(["check", str(out), "--format", "json"]) == 0
+    (model,) = json.loads(capsys.readouterr().out)["models"]
+    assert [f["node"] for f in model["findings"] if f["code"] == "CL001"] == []
+    assert [(f["code"], f["node"]) for f in model["suppressed"]] == [("CL001", "conv2")]
+
+
 # -- clean output ----------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from convlint.engine import IGNORE_KEY
 from convlint.graph import Node
 from convlint.rewrite.factorize import (
     KINDS,
@@ -81,6 +82,20 @@ class PatchGeometry:
     strides: tuple[int, int]
     pads: tuple[int, int, int, int]
     dilations: tuple[int, int]
+
+
+def _mark_pruned(node: onnx.NodeProto, code: str) -> None:
+    """Silence ``code`` on a pruned conv (its ``convlint.ignore`` metadata, kept visible in
+    ``check``'s ``suppressed`` list): a conv pruned to the budget's width may still read
+    enough channels for the rule, and a second `fix` would spend a second budget on it,
+    compounding the error on top of the first."""
+    for entry in node.metadata_props:
+        if entry.key == IGNORE_KEY:
+            codes = [part.strip() for part in entry.value.split(",") if part.strip()]
+            if code not in codes and "ALL" not in codes:
+                entry.value = ",".join([*codes, code])
+            return
+    node.metadata_props.add(key=IGNORE_KEY, value=code)
 
 
 @dataclass
@@ -400,6 +415,7 @@ class FactorTarget(Target):
         node = onnx.NodeProto()
         node.CopyFrom(conv.proto)
         node.input[1] = weight.name
+        _mark_pruned(node, self.code)
         if factors.bias is not None:
             bias = _tensor(factors.bias, names.fresh(f"{conv.name}.bias/refit"), self.dtype)
             initializers.append(bias)
