@@ -353,15 +353,15 @@ class View:
         )
 
     def is_float_conv(self, node: Node) -> bool:
-        """A plain Conv (or ConvTranspose) with stored float weights: what ``convlint fix`` can
+        """A plain Conv (or ConvTranspose) with stored float weights (an initializer, or a
+        Constant node's tensor as paddle2onnx writes them): what ``convlint fix`` can
         rewrite."""
         weight = self.conv_weight(node)
-        return (
-            node.op_type in ("Conv", "ConvTranspose")
-            and weight is not None
-            and self.graph.producer_of(weight) is None
-            and self.graph.dtype(weight) in FLOAT_TYPES
-        )
+        if node.op_type not in ("Conv", "ConvTranspose") or weight is None:
+            return False
+        producer = self.graph.producer_of(weight)
+        stored = producer is None or (producer.op_type == "Constant" and "value" in producer.attrs)
+        return stored and self.graph.dtype(weight) in FLOAT_TYPES
 
     def channel_axis(self, tensor: str) -> int:
         """Which axis of ``tensor`` holds channels: 1 (NCHW) unless a layout change moved it."""

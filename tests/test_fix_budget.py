@@ -193,6 +193,21 @@ def test_out_keeps_no_dead_constant_and_shrinks_with_its_params(tmp_path: Path) 
     assert out.stat().st_size / path.stat().st_size == pytest.approx(ratio, rel=0.05)
 
 
+def test_check_promises_the_fold_fix_performs_on_constant_node_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Weights held by Constant nodes (paddle2onnx) are stored weights: check calls the fold
+    safe, and fix performs it."""
+    path = tmp_path / "chain.onnx"
+    onnx.save(_constants_for_weights(fixtures.linear_conv_chain_bad()), path)
+    assert main(["check", str(path), "--format", "json"]) == 0  # CL003 is info
+    (model,) = json.loads(capsys.readouterr().out)["models"]
+    (finding,) = [f for f in model["findings"] if f["code"] == "CL003"]
+    assert finding["fix"]["applicability"] == "safe"
+    result, _ = _fix(path, samples=2, latency=False)
+    assert [(r.code, r.kind) for r in result.rewrites] == [("CL003", "fold")]
+
+
 # -- the budget's arithmetic -----------------------------------------------------------------
 
 
