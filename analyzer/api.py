@@ -27,13 +27,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from convlint.config import ConfigFinder, Configuration
 from convlint.engine import ModelReport, Settings, analyze
-from convlint.registry import Registry, load_registry
+from convlint.registry import DEFAULT_SELECT, Registry, load_registry
+from convlint.rewrite.options import (
+    DEFAULT_METHOD,
+    DEFAULT_PROVIDER,
+    DEFAULT_TIMEOUT,
+    Method,
+    Objective,
+)
 
 if TYPE_CHECKING:
     from convlint.nodestats import StatsReport
@@ -90,7 +97,7 @@ def resolve(
     registry.known_selectors(list(select or []), "--select")
     registry.known_selectors(list(ignore or []), "--ignore")
     registry.known_selectors(list(extend_select or []), "--extend-select")
-    chosen = [*table.get("select", ["ALL"]), *table.get("extend-select", [])]
+    chosen = [*table.get("select", DEFAULT_SELECT), *table.get("extend-select", [])]
     ignored = list(table.get("ignore", []))
     if select:
         chosen, ignored = list(select), []
@@ -212,19 +219,19 @@ def fix(
     verbose: bool = False,
     in_place: bool = False,
     tolerance: float | None = None,
-    method: Literal["auto", "data-aware", "prune", "weight"] = "auto",
+    method: Method = DEFAULT_METHOD,
     rank: int | None = None,
     ratio: float | None = None,
     inputs: str | os.PathLike[str] | None = None,
     samples: int | None = None,
     preprocess: str | None = None,
-    objective: Literal["latency", "macs"] | None = None,
+    objective: Objective | None = None,
     latency: bool = True,
     min_top1: float | None = None,
     latency_threads: int | None = None,
     latency_batch: int | None = None,
-    provider: str = "CPUExecutionProvider",
-    timeout: float = 300.0,
+    provider: str = DEFAULT_PROVIDER,
+    timeout: float = DEFAULT_TIMEOUT,
     unsafe_fixes: bool = False,
     allow_noise: bool = False,
     min_saving: float = 0.10,

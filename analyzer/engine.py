@@ -11,13 +11,13 @@ from typing import Any
 
 import onnx
 
-from convlint import loader
+from convlint import loader, shapes
 from convlint.cost import ModelCost, NodeCost, model_cost, node_cost
 from convlint.errors import ConvlintError, GraphError, ModelError
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity, Skip
 from convlint.graph import SUBGRAPH_OPS, ModelGraph, Node, build_graph
 from convlint.neighbourhood import neighbourhood
-from convlint.registry import Registry, Rule
+from convlint.registry import ALL, DEFAULT_SELECT, Registry, Rule
 from convlint.sketch import Suggestion
 from convlint.view import View
 
@@ -30,7 +30,7 @@ PROBE_SIZES = (1024, 2048)
 class Settings:
     """Resolved options for one run (command line over configuration over defaults)."""
 
-    select: list[str] = field(default_factory=lambda: ["CL"])
+    select: list[str] = field(default_factory=lambda: list(DEFAULT_SELECT))
     ignore: list[str] = field(default_factory=list)
     per_node_ignores: dict[str, list[str]] = field(default_factory=dict)
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -137,7 +137,7 @@ SUBGRAPH_FIX = Fix(
 
 
 def _specificity(code: str, selectors: Sequence[str]) -> int:
-    matches = [len(s) for s in selectors if s == "ALL" or code.startswith(s)]
+    matches = [len(s) for s in selectors if s == ALL or code.startswith(s)]
     return max(matches, default=-1)
 
 
@@ -175,7 +175,7 @@ def model_ignores(node: Node) -> list[str]:
 def _node_ignored(node: str, code: str, per_node_ignores: Mapping[str, Sequence[str]]) -> bool:
     for pattern, codes in per_node_ignores.items():
         if fnmatch.fnmatchcase(node, pattern) and any(
-            c == "ALL" or code.startswith(c) for c in codes
+            c == ALL or code.startswith(c) for c in codes
         ):
             return True
     return False
@@ -267,7 +267,7 @@ def _silenced(graph: ModelGraph, finding: Finding) -> bool:
     if node is None:
         return False
     codes = model_ignores(node)
-    return any(code == "ALL" or finding.code.startswith(code) for code in codes)
+    return any(code == ALL or finding.code.startswith(code) for code in codes)
 
 
 def _scaling_cost(loaded: loader.LoadedModel, graph: ModelGraph, path: Path) -> float | int | None:
@@ -284,7 +284,7 @@ def _scaling_cost(loaded: loader.LoadedModel, graph: ModelGraph, path: Path) -> 
         del probe.graph.value_info[:]
         try:
             loader.bind_input_shapes(probe, {graph.data_inputs[0]: (1, shape[1], size, size)}, path)
-            probe = loader.infer_shapes(probe, path)
+            probe = shapes.infer_shapes(probe, path)
         except ModelError:
             return None
         totals.append(model_cost(build_graph(probe)).macs)
@@ -328,7 +328,7 @@ def validate_graph(
     use, so that its weight and attributes are read once."""
     cycle = graph.find_cycle()
     if cycle:
-        raise loader.cycle_error(path, cycle)
+        raise shapes.cycle_error(path, cycle)
     for sub, view in views if views is not None else graph_views(graph):
         for conv in sub.of_type("Conv"):
             inputs = conv.inputs

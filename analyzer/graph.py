@@ -35,7 +35,7 @@ LINEAR_PASSTHROUGH = frozenset({"BatchNormalization", "Identity", "Dropout", "Ca
 TRANSPARENT = ACTIVATIONS | LINEAR_PASSTHROUGH
 
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
-STANDARD_DOMAINS = ("", "ai.onnx")
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})  # ONNX's own operators (ai.onnx, "" for short)
 
 # Where a convolution keeps its operands: (data, weight, bias) input indices. Quantized convs
 # count as convs for costs and rules (a QDQ or QOperator export gets its float twin's verdict).

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from convlint.registry import Registry
 
 EXAMPLE_SIZE = 224  # what the --input-shape hint puts in place of a symbolic spatial dim
-SORT_KEYS = ("params", "macs", "memory")
 FOLDED_OPS = ("Identity", "Cast")  # weight-only ones are folded into the weight they carry
 # Bits of an element of each ONNX tensor type (strings have no fixed size).
 ELEMENT_BITS = {
@@ -557,10 +556,6 @@ def stats_document(models: Sequence[dict[str, Any]], verbose: bool = False) -> d
     if len(models) == 1:
         return {**head, **_document(models[0], verbose)}
     return {**head, "models": [_document(m, verbose) for m in models]}
-
-
-def render_stats_json(path: str, data: dict[str, Any], verbose: bool = False) -> str:
-    return json_text(stats_document([{"path": path, **data}], verbose))
 
 
 # --- stats --diff MODEL OUT ---------------------------------------------------------------

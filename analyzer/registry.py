@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from convlint.errors import ConvlintError, UsageError, did_you_mean, shown
 from convlint.findings import Applicability, Finding, Severity
@@ -40,6 +40,13 @@ BUILTIN_MODULES = (
     "convlint.rules.wide_expansion_by_spatial_conv",
 )
 ENTRY_POINT_GROUP = "convlint.rules"
+# Whether `convlint fix` can rewrite a rule's findings (ruff's FixAvailability).
+FixAvailability = Literal["always", "sometimes", "never"]
+FIX_AVAILABILITIES: tuple[FixAvailability, ...] = get_args(FixAvailability)
+# Selectors: a code, a prefix of codes, or ALL. Every rule runs unless the configuration or
+# the command line selects fewer (ruff's default is its own set; convlint's rules are few).
+ALL = "ALL"
+DEFAULT_SELECT: tuple[str, ...] = (ALL,)
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class Rule:
     code: str
     name: str
     severity: Severity
-    fix: str  # "always", "sometimes" or "never": whether `convlint fix` can rewrite it
+    fix: FixAvailability  # whether `convlint fix` can rewrite its findings
     summary: str
     check: Check
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -76,7 +83,7 @@ class Rule:
             raise ConvlintError(f"{where}: name {self.name!r} of {self.code} is not kebab-case")
         if not isinstance(self.severity, Severity):
             raise ConvlintError(f"{where}: {self.code} severity must be a convlint Severity")
-        if self.fix not in ("always", "sometimes", "never"):
+        if self.fix not in FIX_AVAILABILITIES:
             raise ConvlintError(f"{where}: {self.code} fix must be always, sometimes or never")
         if not isinstance(self.fixes, tuple) or not all(
             isinstance(a, Applicability) and a is not Applicability.DISPLAY_ONLY for a in self.fixes
@@ -132,7 +139,7 @@ class Registry:
         """The selectors, if each (a code or a prefix; ALL for every rule) names a rule."""
         codes = self.codes()
         for selector in selectors:
-            if selector != "ALL" and not any(code.startswith(selector) for code in codes):
+            if selector != ALL and not any(code.startswith(selector) for code in codes):
                 hint = did_you_mean(selector, codes)
                 raise UsageError(
                     f"{where}: {shown(selector)} matches no rule{hint} (rules: {', '.join(codes)})"

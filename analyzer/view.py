@@ -41,7 +41,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import onnx
@@ -83,15 +83,25 @@ NORMALIZATIONS = frozenset(
     }
 )  # fmt: skip
 
+# What a node means (the module's docstring says what each holds); a closed set, so that a
+# mistyped role is a type error, and at run time a ValueError naming the roles.
+Role = Literal[
+    "conv", "deconv", "affine", "activation", "layout", "quantize", "select", "passthrough",
+    "merge", "pool", "concat", "dense", "flatten", "spatial-reduce", "normalize", "other",
+]  # fmt: skip
+ROLES: frozenset[Role] = frozenset(get_args(Role))
+
 # The walks rules take (sets of roles looked through).
-LINEAR = frozenset({"affine", "passthrough", "layout", "quantize"})  # no nonlinearity
-CHANNEL_PRESERVING = LINEAR | {"activation"}  # same channels, maybe a nonlinearity
-WIDTH_SOURCE = CHANNEL_PRESERVING | {"select"}  # "what set this tensor's width?"
-LAYOUT_ONLY = frozenset({"passthrough", "layout", "quantize"})  # the same values
-FOLDABLE = frozenset({"affine", "passthrough"})  # what `convlint fix` folds between two convs
+LINEAR: frozenset[Role] = frozenset({"affine", "passthrough", "layout", "quantize"})  # linear
+# the same channels, maybe a nonlinearity
+CHANNEL_PRESERVING: frozenset[Role] = LINEAR | {"activation"}
+WIDTH_SOURCE: frozenset[Role] = CHANNEL_PRESERVING | {"select"}  # what set a tensor's width?
+LAYOUT_ONLY: frozenset[Role] = frozenset({"passthrough", "layout", "quantize"})  # same values
+# what `convlint fix` folds between two convs
+FOLDABLE: frozenset[Role] = frozenset({"affine", "passthrough"})
 # What a value reduced over space may pass through and still be one value per channel:
 # ConvNeXt's head normalizes its pooled features channels-last and flattens them.
-AFTER_POOLING = LINEAR | {"activation", "normalize", "flatten"}
+AFTER_POOLING: frozenset[Role] = LINEAR | {"activation", "normalize", "flatten"}
 
 # Names of activations in messages.
 ACTIVATION_NAMES = {"Relu": "ReLU", "Gelu": "GELU", "HardSwish": "HardSwish", "Mish": "Mish"}
@@ -158,20 +168,20 @@ class View:
 
     def __init__(self, graph: ModelGraph) -> None:
         self.graph = graph
-        self._roles: dict[str, str] = {}
+        self._roles: dict[str, Role] = {}
         self._axes: dict[str, int] = {}
         self._geometry: dict[str, ConvGeometry | None] = {}
-        self._by_role: dict[str, list[Node]] = {}
+        self._by_role: dict[Role, list[Node]] = {}
 
     # -- what a node is -----------------------------------------------------------------------
 
-    def role(self, node: Node) -> str:
+    def role(self, node: Node) -> Role:
         role = self._roles.get(node.name)
         if role is None:
             role = self._roles[node.name] = self._role(node)
         return role
 
-    def _role(self, node: Node) -> str:
+    def _role(self, node: Node) -> Role:
         if node.name in self._composite_of:
             return "activation"
         if not node.is_standard:
@@ -214,15 +224,17 @@ class View:
             return "normalize"
         return "other"
 
-    def nodes(self, role: str) -> list[Node]:
+    def nodes(self, role: Role) -> list[Node]:
         """Nodes of a role, in graph order (every rule asks for the convs: listed once)."""
         found = self._by_role.get(role)
         if found is None:
+            if role not in ROLES:  # a plugin's typo would otherwise find nothing, silently
+                raise ValueError(f"no role {role!r} (roles: {', '.join(sorted(ROLES))})")
             found = [node for node in self._candidates(role) if self.role(node) == role]
             self._by_role[role] = found
         return list(found)
 
-    def _candidates(self, role: str) -> Iterable[Node]:
+    def _candidates(self, role: Role) -> Iterable[Node]:
         # Most roles belong to a few op types: ask the graph's index rather than every node.
         by_role = {
             "conv": [op for op in CONV_INPUTS if op != "ConvTranspose"],
@@ -428,7 +440,7 @@ class View:
     # -- walks --------------------------------------------------------------------------------
 
     def source_of(
-        self, tensor: str, through: frozenset[str] = WIDTH_SOURCE
+        self, tensor: str, through: frozenset[Role] = WIDTH_SOURCE
     ) -> tuple[Node | None, list[Node]]:
         """What produced ``tensor``, looking through nodes whose role is in ``through``.
 
@@ -447,7 +459,7 @@ class View:
         return node, walked
 
     def users_of(
-        self, tensor: str, through: frozenset[str] = LINEAR
+        self, tensor: str, through: frozenset[Role] = LINEAR
     ) -> list[tuple[Node, list[Node]]]:
         """Who reads ``tensor``, looking through nodes whose role is in ``through``."""
         found: list[tuple[Node, list[Node]]] = []

@@ -32,11 +32,10 @@ from convlint.rewrite.factorize import (
     compose_pointwise_second,
     constant_response,
 )
-from convlint.view import FOLDABLE, View, border_caveat, transposed_fold
+from convlint.view import ARITHMETIC, FOLDABLE, View, border_caveat, transposed_fold
 
 FACTORIZED = ("CL001", "CL005")
 PARAMETER_FREE_ACTIVATIONS = ACTIVATIONS - {"PRelu", "Clip"}
-ARITHMETIC = frozenset({"Mul", "Add", "Sub", "Div"})
 
 
 class NotRewritable(Exception):
