@@ -316,10 +316,15 @@ def _timeline_here(folder: str, jobs: int) -> None:
     ended = time.perf_counter()
     parent: list[float] = []
     workers: list[float] = []
+    starts: list[float] = []  # of the workers' models
+    last = started  # when the last model was done
     for name in os.listdir(spans_dir):
         with open(os.path.join(spans_dir, name)) as spans:
-            found = [float(b) - float(a) for a, b in (line.split() for line in spans)]
-        (parent if int(name) == os.getpid() else workers).extend(found)
+            found = [(float(a), float(b)) for a, b in (line.split() for line in spans)]
+        if int(name) != os.getpid():
+            starts.extend(a for a, _ in found)
+        (parent if int(name) == os.getpid() else workers).extend(b - a for a, b in found)
+        last = max([last, *(b for _, b in found)])
     pooled_seconds = ended - pool_started[0] if pool_started[0] else 0.0
     # The parent's own checking inside the pooled phase is model work, not serial overhead.
     own = sum(parent) if pool_started[0] else 0.0
@@ -336,6 +341,10 @@ def _timeline_here(folder: str, jobs: int) -> None:
                 "worker_per_model": statistics.median(workers) if workers else None,
                 "parent_per_model": busy / len(workers) if workers else None,
                 "checking": sum(parent),
+                # From the pool's start to the first model a worker starts, and from the last
+                # model done to the end of the run.
+                "first_worker_model": min(starts) - pool_started[0] if starts else None,
+                "after_last_model": ended - last,
             }
         )
     )
@@ -379,12 +388,16 @@ def section_parallel(repeat: int, tmp: Path) -> list[str]:
     fixed = statistics.median(t["seconds"] - t["checking"] for t in serial)
     p = statistics.median(t["parent_per_model"] for t in pooled)
     w = statistics.median(t["worker_per_model"] for t in pooled)
+    first = statistics.median(t["first_worker_model"] for t in pooled)
+    after = statistics.median(t["after_last_model"] for t in pooled)
     serial_fraction = p / (p + w)
     lines = [
         f"{models} models of {CHAIN_NODES:,} nodes, {cores()} cores: parent {p * 1e3:.2f} ms and "
         f"worker {w * 1e3:.1f} ms per model (with {max(counts)} workers; {w1 * 1e3:.1f} ms per "
         f"model alone), serial fraction {serial_fraction:.2%}; fixed start-up and exit "
-        f"{fixed:.2f} s of the {one:.2f} s of one process",
+        f"{fixed:.2f} s of the {one:.2f} s of one process; with {max(counts)} workers, "
+        f"{first * 1e3:.0f} ms from the pool's start to a worker's first model and "
+        f"{after * 1e3:.0f} ms from the last model done to the end",
         "",
         row("workers", "predicted, per model", "predicted, whole run", "measured", "time"),
         row("---", "---", "---", "---", "---"),
