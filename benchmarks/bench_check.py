@@ -283,6 +283,7 @@ def _timeline_here(folder: str, jobs: int) -> None:
     spans_dir = tempfile.mkdtemp(prefix="convlint-timeline-")
     waited = [0.0]
     pool_started = [0.0]
+    cpu = [0.0, 0.0]  # this process's CPU seconds in the pooled phase, and in its own models
     wait = multiprocessing.connection.wait
     analyze_task = runner._analyze_task
     pooled = runner._pooled
@@ -295,15 +296,20 @@ def _timeline_here(folder: str, jobs: int) -> None:
             waited[0] += time.perf_counter() - before
 
     def timed_task(*args: object, **kwargs: object) -> object:
-        before = time.perf_counter()
+        before, cpu_before = time.perf_counter(), time.process_time()
         answer = analyze_task(*args, **kwargs)  # type: ignore[arg-type]
+        cpu[1] += time.process_time() - cpu_before
         with open(os.path.join(spans_dir, str(os.getpid())), "a") as spans:
             spans.write(f"{before} {time.perf_counter()}\n")
         return answer
 
     def timed_pooled(*args: object, **kwargs: object) -> object:
         pool_started[0] = time.perf_counter()
-        return (yield from pooled(*args, **kwargs))  # type: ignore[arg-type]
+        cpu[0] -= time.process_time()
+        try:
+            return (yield from pooled(*args, **kwargs))  # type: ignore[arg-type]
+        finally:
+            cpu[0] += time.process_time()
 
     multiprocessing.connection.wait = timed_wait  # type: ignore[assignment]
     runner._analyze_task = timed_task  # type: ignore[assignment]
@@ -340,6 +346,9 @@ def _timeline_here(folder: str, jobs: int) -> None:
                 "here_per_model": statistics.median(parent) if parent else None,
                 "worker_per_model": statistics.median(workers) if workers else None,
                 "parent_per_model": busy / len(workers) if workers else None,
+                # The same on the CPU clock: what it costs, not counting time it waited for a
+                # core (more processes than cores, or a busy machine).
+                "parent_cpu_per_model": (cpu[0] - cpu[1]) / len(workers) if workers else None,
                 "checking": sum(parent),
                 # From the pool's start to the first model a worker starts, and from the last
                 # model done to the end of the run.
@@ -388,13 +397,15 @@ def section_parallel(repeat: int, tmp: Path) -> list[str]:
     fixed = statistics.median(t["seconds"] - t["checking"] for t in serial)
     p = statistics.median(t["parent_per_model"] for t in pooled)
     w = statistics.median(t["worker_per_model"] for t in pooled)
+    p_cpu = statistics.median(t["parent_cpu_per_model"] for t in pooled)
     first = statistics.median(t["first_worker_model"] for t in pooled)
     after = statistics.median(t["after_last_model"] for t in pooled)
     serial_fraction = p / (p + w)
     lines = [
-        f"{models} models of {CHAIN_NODES:,} nodes, {cores()} cores: parent {p * 1e3:.2f} ms and "
-        f"worker {w * 1e3:.1f} ms per model (with {max(counts)} workers; {w1 * 1e3:.1f} ms per "
-        f"model alone), serial fraction {serial_fraction:.2%}; fixed start-up and exit "
+        f"{models} models of {CHAIN_NODES:,} nodes, {cores()} cores: parent {p * 1e3:.2f} ms "
+        f"({p_cpu * 1e3:.2f} ms of CPU) and worker {w * 1e3:.1f} ms per model (with "
+        f"{max(counts)} workers; {w1 * 1e3:.1f} ms per model alone), serial fraction "
+        f"{serial_fraction:.2%}; fixed start-up and exit "
         f"{fixed:.2f} s of the {one:.2f} s of one process; with {max(counts)} workers, "
         f"{first * 1e3:.0f} ms from the pool's start to a worker's first model and "
         f"{after * 1e3:.0f} ms from the last model done to the end",
