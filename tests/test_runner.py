@@ -250,3 +250,58 @@ def test_check_finishes_when_a_worker_dies(tmp_path: Path) -> None:
     assert "vgg.onnx:features.conv1: CL001" in result.stdout
     assert result.stdout.splitlines()[-1].startswith("Found 4 findings in 9 models")
     assert result.stdout.endswith("; 1 model could not be read.\n")
+
+
+def test_a_run_long_by_its_file_sizes_starts_the_pool_at_once(
+    folder: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the workers start before any model is checked, and this process checks the
+    first model while they start; the reports keep the order of the paths."""
+    monkeypatch.setattr(runner, "analyze", _slow_for_early_models)
+    monkeypatch.setattr(runner, "SERIAL_SECONDS", 0.25)
+    judged: list[int] = []
+
+    def long_files(paths: list[str]) -> float:  # every file looks long
+        judged.append(len(paths))
+        return 1e9
+
+    monkeypatch.setattr(runner, "_file_seconds", long_files)
+    reports = list(runner.iter_reports(folder, load_registry(), [Settings()] * len(folder), 3))
+    assert judged == [len(folder) - 1]  # once, the files after the first one
+    assert [r.path for r in reports] == folder
+    here = f"pid {os.getpid()}"
+    assert [r.notes[0] == here for r in reports] == [True] + [False] * (len(folder) - 1)
+    assert len({r.notes[0] for r in reports[1:]}) > 1  # the workers shared the rest
+
+
+def test_file_sizes_decide_whether_the_pool_starts_at_once(
+    folder: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = sum(os.stat(path).st_size for path in folder[1:])
+    assert runner._file_seconds(folder[1:]) == pytest.approx(size * runner.SECONDS_PER_BYTE)
+    assert runner._file_seconds([*folder[1:], str(Path(folder[0]).parent / "gone.onnx")]) == (
+        pytest.approx(size * runner.SECONDS_PER_BYTE)
+    )
+    # Small files alone: models are checked here first (the adaptive start, as before).
+    monkeypatch.setattr(runner, "analyze", _slow_for_early_models)
+    monkeypatch.setattr(runner, "SERIAL_SECONDS", 60.0)
+    monkeypatch.setattr(runner, "SECONDS_PER_BYTE", 1.0 / size)  # all of them: 1 s
+    reports = list(runner.iter_reports(folder, load_registry(), [Settings()] * len(folder), 2))
+    assert {r.notes[0] for r in reports} == {f"pid {os.getpid()}"}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_findings_come_without_sketches_unless_asked(
+    folder: list[str], jobs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the neighbourhood sketches (drawn by markdown alone) are most of what a worker
+    would send for a finding; the command line asks for them with --format markdown only."""
+    monkeypatch.setattr(runner, "SERIAL_SECONDS", 0.0)
+    registry = load_registry()
+    settings = [Settings()] * len(folder)
+    bare = list(runner.iter_reports(folder, registry, settings, jobs, sketches=False))
+    drawn = list(runner.iter_reports(folder, registry, settings, jobs, sketches=True))
+    assert sum(len(r.findings) for r in bare) == sum(len(r.findings) for r in drawn) > 0
+    assert all(f.context is None for r in bare for f in r.findings)
+    assert all(f.context is not None for r in drawn for f in r.findings)
+    assert [r.findings for r in bare] == [r.findings for r in drawn]  # context is not compared
