@@ -38,6 +38,7 @@ from convlint.rewrite.options import (
     DEFAULT_METHOD,
     DEFAULT_PROVIDER,
     DEFAULT_TIMEOUT,
+    MIN_SAVING,
     Method,
     Objective,
 )
@@ -234,7 +235,7 @@ def fix(
     timeout: float = DEFAULT_TIMEOUT,
     unsafe_fixes: bool = False,
     allow_noise: bool = False,
-    min_saving: float = 0.10,
+    min_saving: float = MIN_SAVING,
     seed: int = 0,
 ) -> FixResult:
     """Rewrite the findings of one model, verify the rewrite with onnxruntime and write

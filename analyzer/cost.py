@@ -53,13 +53,20 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
-from convlint.graph import CONV_INPUTS, STANDARD_DOMAINS, ModelGraph, Node, Shape
+from convlint.graph import (
+    CONV_INPUTS,
+    FLOAT_TYPES,
+    GLOBAL_POOLS,
+    STANDARD_DOMAINS,
+    WINDOW_POOLS,
+    ModelGraph,
+    Node,
+    Shape,
+)
 
 NORMALIZATIONS = frozenset(
     {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
 )
-WINDOW_POOLS = frozenset({"MaxPool", "AveragePool", "LpPool"})
-GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 REDUCTIONS = frozenset(
     {
         "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2",
@@ -303,7 +310,7 @@ def _global_pool(graph: ModelGraph, node: Node) -> NodeCost:
 
 
 def _reduction(graph: ModelGraph, node: Node) -> NodeCost:
-    if graph.dtype(node.inputs[0]) not in FLOATS:  # shape arithmetic, not features
+    if graph.dtype(node.inputs[0]) not in FLOAT_TYPES:  # shape arithmetic, not features
         return FREE
     return _global_pool(graph, node)
 
@@ -314,7 +321,7 @@ def _prelu(graph: ModelGraph, node: Node) -> NodeCost:
 
 def _elementwise(graph: ModelGraph, node: Node) -> NodeCost:
     per_channel = [  # float constants of more than one element: learned or statistics
-        t for t in node.inputs if _const_size(graph, t) > 1 and graph.dtype(t) in FLOATS
+        t for t in node.inputs if _const_size(graph, t) > 1 and graph.dtype(t) in FLOAT_TYPES
     ]
     if not per_channel:
         return FREE
@@ -343,7 +350,6 @@ COST_BY_OP: dict[str, Callable[[ModelGraph, Node], NodeCost]] = {
     **dict.fromkeys(ELEMENTWISE_WITH_WEIGHTS, _elementwise),
 }
 FREE = NodeCost(0, 0)
-FLOATS = frozenset({1, 10, 11, 16})  # ONNX float, float16, double, bfloat16
 
 
 def node_cost(graph: ModelGraph, node: Node) -> NodeCost:

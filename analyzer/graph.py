@@ -33,6 +33,11 @@ ACTIVATIONS = frozenset(
 )  # fmt: skip
 LINEAR_PASSTHROUGH = frozenset({"BatchNormalization", "Identity", "Dropout", "Cast"})
 TRANSPARENT = ACTIVATIONS | LINEAR_PASSTHROUGH
+# Activations with no weights of their own: a channel projection commutes with them.
+PARAMETER_FREE_ACTIVATIONS = ACTIVATIONS - {"PRelu", "Clip"}
+WINDOW_POOLS = frozenset({"MaxPool", "AveragePool", "LpPool"})
+GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+FLOAT_TYPES = frozenset({1, 10, 11, 16})  # ONNX float, float16, double, bfloat16
 
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})  # ONNX's own operators (ai.onnx, "" for short)

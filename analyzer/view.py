@@ -48,7 +48,15 @@ import onnx
 from onnx import numpy_helper
 
 from convlint.cost import numel, spatial_pixels
-from convlint.graph import CONV_INPUTS, ModelGraph, Node, Shape
+from convlint.graph import (
+    CONV_INPUTS,
+    FLOAT_TYPES,
+    GLOBAL_POOLS,
+    WINDOW_POOLS,
+    ModelGraph,
+    Node,
+    Shape,
+)
 
 ELEMENTWISE_NONLINEAR = frozenset(
     {
@@ -66,10 +74,8 @@ PASSTHROUGH = frozenset({"Identity", "Dropout", "Cast"})
 MERGES = frozenset({"Add", "Sum"})
 QUANTIZE = frozenset({"QuantizeLinear", "DequantizeLinear"})
 SELECT = frozenset({"Split", "Slice", "Gather"})
-POOLS = frozenset({"MaxPool", "AveragePool", "LpPool"})
 FLATTENERS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
 DENSE = frozenset({"Gemm", "MatMul"})
-GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 REDUCTIONS = frozenset(
     {
         "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2",
@@ -210,7 +216,7 @@ class View:
             return "activation" if self._clamps_at_zero(node) else "quantize"
         if op in SELECT and self._selects_channels(node):
             return "select"
-        if op in POOLS:
+        if op in WINDOW_POOLS:
             return "pool"
         if op == "Concat":
             return "concat"
@@ -239,7 +245,7 @@ class View:
         by_role = {
             "conv": [op for op in CONV_INPUTS if op != "ConvTranspose"],
             "deconv": ["ConvTranspose"],
-            "pool": sorted(POOLS),
+            "pool": sorted(WINDOW_POOLS),
             "concat": ["Concat"],
             "dense": sorted(DENSE),
         }
@@ -715,7 +721,6 @@ class View:
         return True
 
 
-FLOAT_TYPES = frozenset({1, 10, 11, 16})  # ONNX float, float16, double, bfloat16
 AXIS_KEEPING = (
     ELEMENTWISE_NONLINEAR
     | ARITHMETIC

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from convlint.findings import Applicability, Estimate, Fix, described_fix
-from convlint.graph import Node
-from convlint.view import FLOAT_TYPES, View
+from convlint.graph import FLOAT_TYPES, Node
+from convlint.rewrite.options import MIN_SAVING as MIN_SAVING  # the rules import it from here
+from convlint.view import View
 
-# A finding must promise at least this share of the affected layers' MACs (or, where MACs are
-# unknown, of their per-pixel MACs or params): a suggestion that saves less is not worth one.
-MIN_SAVING = 0.10
+# A finding must promise at least MIN_SAVING of the affected layers' MACs (or, where MACs are
+# unknown, of their per-pixel MACs or params), the same share fix's rewrites must save.
 
 
 def scale(per_pixel: int, pixels: int | None) -> int | None:

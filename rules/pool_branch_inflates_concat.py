@@ -66,7 +66,7 @@ from collections.abc import Iterator
 from convlint.cost import spatial_pixels
 from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Fix, Severity, described_fix
-from convlint.graph import ACTIVATIONS, Node
+from convlint.graph import PARAMETER_FREE_ACTIVATIONS, Node
 from convlint.registry import Rule
 from convlint.rules._conv import MIN_SAVING, saving, scale
 from convlint.sketch import Suggestion
@@ -204,10 +204,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
 
 
 # What `convlint fix` folds a projection through: activations without parameters, after which
-# the projection no longer commutes (as rewrite/plan.py's PARAMETER_FREE_ACTIVATIONS).
-_PARAMETER_FREE_ACTIVATIONS = ACTIVATIONS - {"PRelu", "Clip"}
-
-
+# the projection no longer commutes (graph.PARAMETER_FREE_ACTIVATIONS, as rewrite/plan.py reads).
 def _projection_fix(view: View, concat: Node, channels: int, projected: int) -> Fix:
     """What `convlint fix` can do with the projection, read from the concat's consumers as the
     rewrite reads them (rewrite/plan.py; tests/test_applicability.py holds the two together):
@@ -226,7 +223,7 @@ def _projection_fix(view: View, concat: Node, channels: int, projected: int) -> 
     convs: list[Node] = []
     nonlinear = False
     for consumer in graph.consumers_of(out):
-        if consumer.op_type in _PARAMETER_FREE_ACTIVATIONS and consumer.is_standard:
+        if consumer.op_type in PARAMETER_FREE_ACTIVATIONS and consumer.is_standard:
             after = graph.consumers_of(consumer.outputs[0])
             if consumer.outputs[0] in graph.graph_outputs or not after:
                 convs = []

@@ -21,6 +21,7 @@ from convlint.rewrite.options import (
     DEFAULT_TOLERANCE,
     INPUT_SAMPLES,
     METHODS,
+    MIN_SAVING,
     OBJECTIVES,
 )
 
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `convlint fix` beyond the common ones."""
-    from convlint.rewrite.budget import MIN_SAVING
-
     parser.add_argument("-o", "--output-model", metavar="OUT", help="where to write the model")
     parser.add_argument("--in-place", action="store_true", help="allow OUT to be MODEL")
     parser.add_argument(

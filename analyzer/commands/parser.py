@@ -15,10 +15,10 @@ from typing import Any, NoReturn
 
 from convlint.config import FAIL_ON
 from convlint.errors import did_you_mean
+from convlint.ruledoc import SCHEMAS
 from convlint.version import __version__
 
 FORMATS = ("text", "json", "sarif", "junit", "markdown", "github", "gitlab")
-SCHEMAS = ("check", "fix", "stats")  # the reports `convlint schema` prints the JSON Schema of
 
 
 def _codes_arg(text: str) -> list[str]:

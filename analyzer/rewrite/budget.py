@@ -42,10 +42,10 @@ from typing import TypeVar
 import numpy as np
 
 from convlint.rewrite.factorize import Array, ChannelPruner, ConvFactorizer, PoolProjection
+from convlint.rewrite.options import MIN_SAVING as MIN_SAVING  # the pipeline imports it from here
 
 T = TypeVar("T")
 STEP = 8
-MIN_SAVING = 0.10
 MAX_EVALS = 12  # whole-model verifications while bisecting the path
 ALS_ITERATIONS = 20
 MAX_REFIT_WIDTH = 1152  # patch width (channels × kernel area) of a refitted conv, at most

@@ -15,7 +15,7 @@ import numpy as np
 
 from convlint.cost import spatial_pixels
 from convlint.findings import Finding
-from convlint.graph import ACTIVATIONS, ModelGraph, Node
+from convlint.graph import ACTIVATIONS, PARAMETER_FREE_ACTIVATIONS, ModelGraph, Node
 from convlint.rewrite.edit import (
     FactorTarget,
     FoldTarget,
@@ -35,7 +35,6 @@ from convlint.rewrite.factorize import (
 from convlint.view import ARITHMETIC, FOLDABLE, View, border_caveat, transposed_fold
 
 FACTORIZED = ("CL001", "CL005")
-PARAMETER_FREE_ACTIVATIONS = ACTIVATIONS - {"PRelu", "Clip"}
 
 
 class NotRewritable(Exception):
