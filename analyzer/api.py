@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from convlint.config import ConfigFinder, Configuration
-from convlint.engine import ModelReport, Settings, analyze
+from convlint.engine import Settings, analyze
+from convlint.findings import ModelReport
 from convlint.registry import DEFAULT_SELECT, Registry, load_registry
 from convlint.rewrite.options import (
     DEFAULT_METHOD,

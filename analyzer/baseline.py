@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from convlint.atomic import write_atomic
-from convlint.engine import ModelReport
 from convlint.errors import UsageError
+from convlint.findings import ModelReport
 from convlint.paths import relative_posix
 
 FIELDS = ("path", "code", "node")

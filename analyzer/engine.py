@@ -12,9 +12,17 @@ from typing import Any
 import onnx
 
 from convlint import loader, shapes
-from convlint.cost import ModelCost, NodeCost, model_cost, node_cost
+from convlint.cost import NodeCost, model_cost, node_cost
 from convlint.errors import ConvlintError, GraphError, ModelError
-from convlint.findings import Applicability, Estimate, Finding, Fix, Severity, Skip
+from convlint.findings import (
+    Applicability,
+    Estimate,
+    Finding,
+    Fix,
+    ModelReport,  # the engine's product; callers may import it from here
+    Severity,
+    Skip,
+)
 from convlint.graph import SUBGRAPH_OPS, ModelGraph, Node, build_graph
 from convlint.neighbourhood import neighbourhood
 from convlint.registry import ALL, DEFAULT_SELECT, Registry, Rule
@@ -40,36 +48,6 @@ class Settings:
     # note) and the file and key they came from, for messages.
     configured_input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     configured_source: str = "configuration"
-
-
-@dataclass
-class ModelReport:
-    path: str
-    opset: int | None = None
-    nodes: int = 0
-    cost: ModelCost | None = None
-    findings: list[Finding] = field(default_factory=list)
-    error: str | None = None
-    skips: list[Skip] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    checked: list[str] = field(default_factory=list)  # codes of the rules run on this model
-    # Findings a --baseline knew, moved out of ``findings`` (None: no baseline given).
-    baselined: list[Finding] | None = None
-    # Findings silenced by their node's ``convlint.ignore`` metadata (the model's own noqa).
-    suppressed: list[Finding] = field(default_factory=list)
-    # Codes of the rules that raised on this model (its ``error`` names them); the other
-    # rules' findings are still in ``findings``.
-    failed_rules: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "opset": self.opset,
-            "nodes": self.nodes,
-            "cost": self.cost.as_dict() if self.cost else None,
-            "findings": [f.as_dict() for f in self.findings],
-            "error": self.error,
-        }
 
 
 class RuleContext:

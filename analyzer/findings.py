@@ -1,12 +1,16 @@
-"""What rules produce: findings with a savings estimate and an optional fix."""
+"""What rules produce: findings with a savings estimate and an optional fix; and what the engine
+makes of a model (``ModelReport``), the data every reporter reads."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from convlint.sketch import Neighbourhood, Suggestion
+
+if TYPE_CHECKING:
+    from convlint.cost import ModelCost
 
 
 class Severity(str, Enum):
@@ -138,8 +142,41 @@ __all__ = [
     "Estimate",
     "Finding",
     "Fix",
+    "ModelReport",
     "Severity",
     "Skip",
     "asdict",
     "described_fix",
 ]
+
+
+@dataclass
+class ModelReport:
+    """One model's report: what the engine found (``as_dict()`` is the JSON model object)."""
+
+    path: str
+    opset: int | None = None
+    nodes: int = 0
+    cost: ModelCost | None = None
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None
+    skips: list[Skip] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)  # codes of the rules run on this model
+    # Findings a --baseline knew, moved out of ``findings`` (None: no baseline given).
+    baselined: list[Finding] | None = None
+    # Findings silenced by their node's ``convlint.ignore`` metadata (the model's own noqa).
+    suppressed: list[Finding] = field(default_factory=list)
+    # Codes of the rules that raised on this model (its ``error`` names them); the other
+    # rules' findings are still in ``findings``.
+    failed_rules: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "opset": self.opset,
+            "nodes": self.nodes,
+            "cost": self.cost.as_dict() if self.cost else None,
+            "findings": [f.as_dict() for f in self.findings],
+            "error": self.error,
+        }

@@ -286,7 +286,8 @@ def model_stats(path: str | Path, registry: Registry, settings: Settings) -> dic
     """The stats object of one model: ``path``, ``inputs``, ``nodes``, ``total`` and ``notes``.
     Raises ModelError for a model `check` could not read either."""
     from convlint import loader
-    from convlint.engine import ModelReport, lint
+    from convlint.engine import lint
+    from convlint.findings import ModelReport
 
     loaded = loader.load(
         path, settings.input_shapes, settings.configured_input_shapes, settings.configured_source

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import onnx
-from onnx import external_data_helper
+if TYPE_CHECKING:  # the reporters read paths without importing onnx
+    import onnx
 
 
 def relative_posix(
@@ -45,6 +46,8 @@ def artifact_uri(path: str | os.PathLike[str]) -> tuple[str, str | None]:
 def external_data_files(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Path]:
     """The files ``model``, read from ``path``, keeps its weights in (beside ``path``'s
     target); a tensor without a location names none."""
+    from onnx import external_data_helper
+
     folder = Path(path).resolve().parent
     files = set()
     for tensor in external_data_helper._get_all_tensors(model):

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from convlint.baseline import Baseline
-from convlint.engine import ModelReport, Settings, analyze
+from convlint.engine import Settings, analyze
 from convlint.errors import ConvlintError
+from convlint.findings import ModelReport
 from convlint.output import write_stream
 from convlint.registry import Registry, load_registry
 from convlint.reporters import RENDERERS, render_text

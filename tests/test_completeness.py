@@ -82,3 +82,18 @@ def test_roles_are_a_closed_set() -> None:
     with pytest.raises(ValueError, match="no role 'convs' \\(roles: activation, affine, "):
         view.nodes("convs")  # type: ignore[arg-type]
     assert {view.role(node) for node in view.graph} <= ROLES
+
+
+@pytest.mark.parametrize(
+    "rule", [rule for rule in RULES if rule.fix == "never"], ids=lambda rule: rule.code
+)
+def test_a_display_only_rule_is_never_rewritten(rule: Rule, tmp_path: Path) -> None:
+    bad, _ = fixtures.RULE_TWINS[rule.code]
+    path = fixtures.save(fixtures.BUILDERS[bad](), tmp_path / "bad.onnx")
+    options = FixOptions(tmp_path / "out.onnx", samples=2, latency=False, allow_noise=True)
+    result = fix(path, load_registry(), Settings(select=[rule.code]), options)
+    assert result.report.findings and {f.code for f in result.report.findings} == {rule.code}
+    assert all(
+        f.fix is None or f.fix.applicability.value == "display-only" for f in result.report.findings
+    )
+    assert result.rewrites == [] and result.written

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -104,3 +106,16 @@ def test_nothing_below_the_commands_imports_them(imports: nx.DiGraph) -> None:
     )
     # convlint.entry runs the process around cli.main, and __main__ runs entry
     assert upward == ["convlint.entry -> convlint.cli"]
+
+
+def test_reporters_read_reports_not_the_graph(imports: nx.DiGraph) -> None:
+    """A reporter formats what the engine found (``convlint.findings.ModelReport``); it never
+    imports the model's stages, and rendering imports no onnx."""
+    stages = {"convlint.engine", "convlint.graph", "convlint.view", "convlint.loader"}
+    reporters = sorted(name for name in imports if name.startswith("convlint.reporters"))
+    assert len(reporters) == 10
+    for reporter in reporters:
+        assert not set(imports.successors(reporter)) & stages, reporter
+    code = f"import sys; import {', '.join(reporters)}; print(sorted(sys.modules.keys() & {{'onnx', 'numpy', 'convlint.engine'}}))"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout == "[]\n"

@@ -16,7 +16,7 @@ from convlint.output import emit, refuse_overwriting_inputs
 
 if TYPE_CHECKING:
     from convlint.api import Resolved
-    from convlint.engine import ModelReport
+    from convlint.findings import ModelReport
     from convlint.registry import Registry
 
 

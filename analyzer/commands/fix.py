@@ -163,7 +163,7 @@ def fix_options(args: argparse.Namespace) -> FixOptions:
 def cmd_fix(args: argparse.Namespace, registry: Registry) -> int:
     """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
     from convlint.atomic import write_target
-    from convlint.engine import ModelReport
+    from convlint.findings import ModelReport
     from convlint.rewrite.pipeline import FixResult, fix, named_after, reported_tolerance
     from convlint.rewrite.report import render_json, render_text
     from convlint.rewrite.verify import RuntimeFailure

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from importlib import import_module
 from typing import Protocol
 
-from convlint.engine import ModelReport
+from convlint.findings import ModelReport
 from convlint.registry import Registry
 from convlint.reporters.common import SCHEMA_VERSION, describe_estimate, fmt_int, plural, summary
 from convlint.reporters.json_report import render_json

@@ -9,9 +9,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from convlint.engine import ModelReport
 from convlint.errors import printable as printable  # re-exported for the reporters
-from convlint.findings import Applicability, Finding
+from convlint.findings import Applicability, Finding, ModelReport
 
 # The ``schema_version`` of every JSON report (check, fix, stats): raised on any incompatible
 # change to one of them; adding a field is compatible.

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from convlint.engine import ModelReport
-from convlint.findings import Finding, Severity
+from convlint.findings import Finding, ModelReport, Severity
 from convlint.paths import display_path
 from convlint.registry import Registry
 from convlint.reporters.common import describe_estimate, error_title, printable

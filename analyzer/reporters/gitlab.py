@@ -17,8 +17,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from convlint.engine import ModelReport
-from convlint.findings import Finding, Severity
+from convlint.findings import Finding, ModelReport, Severity
 from convlint.paths import display_path
 from convlint.registry import Registry
 from convlint.reporters.common import describe_estimate, error_title, json_text

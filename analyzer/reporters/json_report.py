@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from convlint.engine import ModelReport
+from convlint.findings import ModelReport
 from convlint.registry import Registry
 from convlint.reporters.common import SCHEMA_VERSION, json_text, summary
 from convlint.version import __version__

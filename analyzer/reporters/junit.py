@@ -16,8 +16,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from convlint.engine import ModelReport
-from convlint.findings import Finding
+from convlint.findings import Finding, ModelReport
 from convlint.registry import Registry
 from convlint.reporters.common import describe_estimate
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from convlint.engine import ModelReport
-from convlint.findings import Applicability, Finding
+from convlint.findings import Applicability, Finding, ModelReport
 from convlint.registry import Registry
 from convlint.reporters.common import (
     describe_estimate,

@@ -19,8 +19,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from convlint.engine import ModelReport
-from convlint.findings import Finding, Severity
+from convlint.findings import Finding, ModelReport, Severity
 from convlint.paths import artifact_uri
 from convlint.registry import Registry, Rule
 from convlint.reporters.common import describe_estimate, json_text

@@ -16,8 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from convlint.engine import ModelReport
-from convlint.findings import Applicability
+from convlint.findings import Applicability, ModelReport
 from convlint.registry import Registry
 from convlint.reporters.text import MARKERS  # as the text report marks them, safe ones first
 

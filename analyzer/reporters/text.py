@@ -17,8 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from convlint.engine import ModelReport
-from convlint.findings import Applicability, Finding, Severity
+from convlint.findings import Applicability, Finding, ModelReport, Severity
 from convlint.registry import Registry
 from convlint.reporters.common import (
     describe_estimate,
