@@ -13,6 +13,11 @@ if TYPE_CHECKING:
     from convlint.cost import ModelCost
 
 
+# The least share of a layer's MACs a finding must promise (the rules) and a lossy rewrite must
+# save (fix's --min-saving default): one that saves less is not worth making.
+MIN_SAVING = 0.10
+
+
 class Severity(str, Enum):
     INFO = "info"
     WARNING = "warning"

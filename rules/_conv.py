@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from convlint.findings import MIN_SAVING as MIN_SAVING  # the rules import it from here
 from convlint.findings import Applicability, Estimate, Fix, described_fix
 from convlint.graph import FLOAT_TYPES, Node
-from convlint.rewrite.options import MIN_SAVING as MIN_SAVING  # the rules import it from here
 from convlint.view import View
 
 # A finding must promise at least MIN_SAVING of the affected layers' MACs (or, where MACs are

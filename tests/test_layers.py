@@ -17,6 +17,18 @@ import convlint
 
 PACKAGES = ("convlint", "convlint.rules", "convlint.fixtures")
 COMMANDS = ("convlint.cli", "convlint.commands")  # the layer above the library
+# The house's layers, bottom up (README, Layout): a module imports from its own layer or those
+# below it. A name stands for the module and every module under it; the longest name wins.
+LAYERS = {
+    "foundation": "version errors tables atomic distributions sketch findings paths registry "
+    "fixtures",
+    "model": "skeleton loader shapes graph view cost",
+    "analysis": "engine neighbourhood baseline config rules",
+    "fix": "rewrite",
+    "output": "reporters rewrite.report ruledoc nodestats runner output",
+    "api": "api",
+    "commands": "commands cli entry __main__",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -34,13 +46,23 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+def _imported(
+    name: str, path: Path, modules: dict[str, Path], typing_only: bool = True
+) -> set[str]:
     """The package's modules that ``name`` imports anywhere in its source: at the top, inside
-    functions (imported when they run) and under ``TYPE_CHECKING`` alike. ``from a import b``
-    is an import of ``a.b`` where that is a module, else of ``a``."""
+    functions (imported when they run) and under ``TYPE_CHECKING`` (unless ``typing_only`` is
+    False). ``from a import b`` is an import of ``a.b`` where that is a module, else of ``a``."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped: set[int] = set()
+    if not typing_only:
+        for block in ast.walk(tree):
+            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test):
+                skipped.update(id(inner) for inner in ast.walk(block))
     targets: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -55,12 +77,13 @@ def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return {target for target in targets if target in modules and target != name}
 
 
-def _graph() -> nx.DiGraph:
+def _graph(typing_only: bool = True) -> nx.DiGraph:
     modules = _modules()
     graph = nx.DiGraph()
     for name, path in modules.items():
         graph.add_node(name)
-        graph.add_edges_from((name, target) for target in _imported(name, path, modules))
+        imported = _imported(name, path, modules, typing_only)
+        graph.add_edges_from((name, target) for target in imported)
     return graph
 
 
@@ -119,3 +142,33 @@ def test_reporters_read_reports_not_the_graph(imports: nx.DiGraph) -> None:
     code = f"import sys; import {', '.join(reporters)}; print(sorted(sys.modules.keys() & {{'onnx', 'numpy', 'convlint.engine'}}))"
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert shown.stdout == "[]\n"
+
+
+def _layer(name: str) -> int:
+    if name == "convlint":  # the package: its API, looked up on first use
+        return list(LAYERS).index("api")
+    found = [
+        (len(prefix), index)
+        for index, names in enumerate(LAYERS.values())
+        for prefix in (f"convlint.{part}" for part in names.split())
+        if name == prefix or name.startswith(f"{prefix}.")
+    ]
+    assert found, f"{name} is in no layer of LAYERS: say where it belongs"
+    return max(found)[1]
+
+
+def test_every_import_runs_down_the_layers() -> None:
+    """A stage imports only what is below it (STYLE.md, Layers); imports made for type
+    annotations alone (``TYPE_CHECKING``) are not counted here, the circles test counts them."""
+    graph = _graph(typing_only=False)
+    names = list(LAYERS)
+    upward = sorted(
+        f"{source} ({names[_layer(source)]}) -> {target} ({names[_layer(target)]})"
+        for source, target in graph.edges
+        if _layer(target) > _layer(source)
+    )
+    assert upward == []
+    assert names[_layer("convlint.rewrite.report")] == "output"  # the longest name wins
+    assert names[_layer("convlint.rewrite.plan")] == "fix"
+    assert graph.has_edge("convlint.runner", "convlint.reporters")  # within a layer: allowed
+    assert not graph.has_edge("convlint.findings", "convlint.cost")  # an annotation only

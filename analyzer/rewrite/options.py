@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+from convlint.findings import MIN_SAVING as MIN_SAVING  # --min-saving's default
+
 # How a lossy finding is rewritten: data-aware factorization, channel pruning, both with the
 # best per layer (auto), or the weights' own SVD.
 Method = Literal["auto", "data-aware", "weight", "prune"]
@@ -24,7 +26,4 @@ DEFAULT_TIMEOUT = 300.0  # seconds, each onnxruntime run
 DEFAULT_PROVIDER = "CPUExecutionProvider"  # the onnxruntime execution provider timed on
 DEFAULT_SAMPLES = 8  # seeded random samples without --inputs
 INPUT_SAMPLES = 128  # samples taken from --inputs unless --samples says otherwise (64 verify)
-# The least share of a layer's MACs a suggestion must promise (the rules) and a lossy rewrite
-# must save (fix's --min-saving default): one that saves less is not worth making.
-MIN_SAVING = 0.10
 FEW_SAMPLES = 50  # a top-1 agreement from fewer held-out samples is reported with a warning
