@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from convlint.config import ConfigFinder, Configuration
+from convlint.config import DEFAULT_FAIL_ON, ConfigFinder, Configuration, FailOn
 from convlint.engine import Settings, analyze
 from convlint.findings import ModelReport
 from convlint.registry import DEFAULT_SELECT, Registry, load_registry
@@ -70,7 +70,7 @@ class Resolved:
     """The settings of one model, and where they came from (``--show-settings``)."""
 
     settings: Settings
-    fail_on: str
+    fail_on: FailOn
     config: Configuration
     notes: list[str] = field(default_factory=list)
 
@@ -83,7 +83,7 @@ def resolve(
     select: Sequence[str] | None = None,
     ignore: Sequence[str] | None = None,
     extend_select: Sequence[str] | None = None,
-    fail_on: str | None = None,
+    fail_on: FailOn | None = None,
     input_shapes: InputShapes | None = None,
     verbose: bool = False,
 ) -> Resolved:
@@ -117,7 +117,7 @@ def resolve(
     )
     settings.configured_input_shapes = config.input_shapes(model)
     settings.configured_source = f"{config.path}: input-shapes"
-    return Resolved(settings, fail_on or table.get("fail-on", "warning"), config)
+    return Resolved(settings, fail_on or table.get("fail-on", DEFAULT_FAIL_ON), config)
 
 
 def _resolve_one(

@@ -26,9 +26,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from convlint.errors import UsageError, did_you_mean, printable, shown
+from convlint.findings import Severity
 from convlint.registry import Registry
 
 if sys.version_info >= (3, 11):
@@ -50,9 +51,12 @@ TOP_LEVEL_KEYS = (
     "input-shape",
     "input-shapes",
 )
-FAIL_ON = ("error", "warning", "info", "never")
+# The lowest severity that fails a run (`--fail-on`, `fail-on`).
+FailOn = Literal["error", "warning", "info", "never"]
+FAIL_ON: tuple[FailOn, ...] = get_args(FailOn)
+DEFAULT_FAIL_ON: FailOn = "warning"
 MAX_INTEGER = (1 << 63) - 1  # an option's integers are counts ONNX stores as int64
-SEVERITIES = ("info", "warning", "error")
+SEVERITIES = tuple(severity.value for severity in Severity)  # a rule's `severity` option
 
 
 CONFIG_NAMES = (".convlint.toml", "convlint.toml")  # then pyproject.toml, as ruff

@@ -16,6 +16,7 @@ from convlint.output import emit, refuse_overwriting_inputs
 
 if TYPE_CHECKING:
     from convlint.api import Resolved
+    from convlint.config import FailOn
     from convlint.findings import ModelReport
     from convlint.registry import Registry
 
@@ -69,7 +70,7 @@ def _input_names(path: str) -> set[str] | None:
         return None
 
 
-def failing(reports: Sequence[ModelReport], fail_on: str) -> int:
+def failing(reports: Sequence[ModelReport], fail_on: FailOn) -> int:
     if fail_on == "never":
         return 0
     from convlint.findings import Severity

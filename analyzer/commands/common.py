@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from convlint.config import ConfigFinder
+    from convlint.config import ConfigFinder, FailOn
     from convlint.engine import Settings
     from convlint.registry import Registry
 
 
 def resolve_settings(
     args: argparse.Namespace, registry: Registry, model: str | None = None
-) -> tuple[Settings, str]:
+) -> tuple[Settings, FailOn]:
     """Command line over the model's configuration over defaults; returns settings and
     fail-on (through the API's resolution, so both resolve alike)."""
     from convlint.api import resolve
