@@ -17,9 +17,10 @@ alternately, and each row gives the medians of ``--repeat`` runs. Sections:
 - ``parallel``: 64 models of 2,000 nodes (issue 21). The serial part is measured directly: a
   ``check`` process timed from inside (``--timeline``: this process's busy time while the
   workers run, less the model it checks itself, per model received; each worker's time per
-  model; the fixed start-up and exit), and the speed-up that predicts (Amdahl, per model:
-  (p + w) / (p + w/N) for parent time p and worker time w per model; and for the whole run,
-  with the fixed part F of ``--jobs 1``: T1 / (F + M·(p + w/N))) is printed at 4, 8, 16 and 64
+  model; how long forking the workers took), and the speed-up that predicts (Amdahl, per
+  model: (p + w) / (p + w/N) for parent time p and worker time w per model; and for the whole
+  run of M models, with the fixed part F = T1 - M·w1 of the whole ``--jobs 1`` process, its time
+  T1 less its models': T1 / (F + M·(p + w/N))) is printed at 4, 8, 16 and 64
   workers next to the speed-ups measured at the worker counts this machine has (1, 2, 4, ...
   up to its cores). Issue 21 asks for at least 12× predicted at 16 workers.
 
@@ -284,6 +285,7 @@ def _timeline_here(folder: str, jobs: int) -> None:
     waited = [0.0]
     pool_started = [0.0]
     cpu = [0.0, 0.0]  # this process's CPU seconds in the pooled phase, and in its own models
+    forking = [0.0]  # seconds spent starting workers
     wait = multiprocessing.connection.wait
     analyze_task = runner._analyze_task
     pooled = runner._pooled
@@ -311,6 +313,14 @@ def _timeline_here(folder: str, jobs: int) -> None:
         finally:
             cpu[0] += time.process_time()
 
+    start_process = multiprocessing.process.BaseProcess.start
+
+    def timed_start(process: multiprocessing.process.BaseProcess) -> None:
+        before = time.perf_counter()
+        start_process(process)
+        forking[0] += time.perf_counter() - before
+
+    multiprocessing.process.BaseProcess.start = timed_start  # type: ignore[method-assign,assignment]
     multiprocessing.connection.wait = timed_wait  # type: ignore[assignment]
     runner._analyze_task = timed_task  # type: ignore[assignment]
     runner._pooled = timed_pooled  # type: ignore[assignment]
@@ -350,6 +360,7 @@ def _timeline_here(folder: str, jobs: int) -> None:
                 # core (more processes than cores, or a busy machine).
                 "parent_cpu_per_model": (cpu[0] - cpu[1]) / len(workers) if workers else None,
                 "checking": sum(parent),
+                "forking": forking[0],
                 # From the pool's start to the first model a worker starts, and from the last
                 # model done to the end of the run.
                 "first_worker_model": min(starts) - pool_started[0] if starts else None,
@@ -392,13 +403,14 @@ def section_parallel(repeat: int, tmp: Path) -> list[str]:
     # give the parent's time per model received and the workers' time per model.
     serial = [timeline(folder, 1) for _ in range(repeat)]
     pooled = [timeline(folder, max(counts)) for _ in range(repeat)]
-    one = statistics.median(t["seconds"] for t in serial)
+    one = measured[1][0]  # the whole process, as the measured speed-ups count it
     w1 = statistics.median(t["here_per_model"] for t in serial)
-    fixed = statistics.median(t["seconds"] - t["checking"] for t in serial)
+    fixed = one - statistics.median(t["checking"] for t in serial)
     p = statistics.median(t["parent_per_model"] for t in pooled)
     w = statistics.median(t["worker_per_model"] for t in pooled)
     p_cpu = statistics.median(t["parent_cpu_per_model"] for t in pooled)
     first = statistics.median(t["first_worker_model"] for t in pooled)
+    forks = statistics.median(t["forking"] for t in pooled)
     after = statistics.median(t["after_last_model"] for t in pooled)
     serial_fraction = p / (p + w)
     lines = [
@@ -407,6 +419,7 @@ def section_parallel(repeat: int, tmp: Path) -> list[str]:
         f"{max(counts)} workers; {w1 * 1e3:.1f} ms per model alone), serial fraction "
         f"{serial_fraction:.2%}; fixed start-up and exit "
         f"{fixed:.2f} s of the {one:.2f} s of one process; with {max(counts)} workers, "
+        f"{forks * 1e3:.0f} ms forking them (in the parent's time), "
         f"{first * 1e3:.0f} ms from the pool's start to a worker's first model and "
         f"{after * 1e3:.0f} ms from the last model done to the end",
         "",
