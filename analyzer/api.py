@@ -1,7 +1,7 @@
 """The Python API: ``convlint.check``, ``convlint.fix``, ``convlint.stats``.
 
 Each takes a model as a path (``str`` or ``os.PathLike``) or an ``onnx.ModelProto`` and returns
-the objects the JSON reports are made from: a :class:`~convlint.engine.ModelReport` (its
+the objects the JSON reports are made from: a :class:`~convlint.findings.ModelReport` (its
 ``as_dict()`` is the JSON model object), a :class:`~convlint.rewrite.pipeline.FixResult`, and
 a :class:`~convlint.nodestats.StatsReport`. Settings resolve as on the command line, which is
 a thin layer over this module: keyword arguments over the configuration found from the
