@@ -67,9 +67,12 @@ rank whose output error, measured on calibration samples, stays within the error
 rewritten model is close to the original on that data, not equal to it, so `fix` applies it
 only with real calibration data (`--inputs`): an error measured on generated noise says little
 about the user's inputs. Where no rank within the budget saves MACs it says so and leaves the
-conv. Quantized convs (QLinearConv, ConvInteger, or a Conv whose weight is a DequantizeLinear)
-are display-only: factorize the float model, then quantize it again. The retrained bottleneck
-of the estimate is not a fix.
+conv. With `--method prune` or `auto` it may instead keep fewer of the conv's input channels
+(and narrow the conv producing them); a pruned conv that still reads `min-channels` or more is
+marked `convlint.ignore = CL001` in the written model, so a second `fix` does not spend a
+second budget on it. Quantized convs (QLinearConv, ConvInteger, or a Conv whose weight is a
+DequantizeLinear) are display-only: factorize the float model, then quantize it again. The
+retrained bottleneck of the estimate is not a fix.
 
 ## References
 - Lin, Chen, Yan. Network in Network, arXiv:1312.4400, section 3.2 (1×1 convolution).
