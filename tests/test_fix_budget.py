@@ -246,6 +246,30 @@ def test_bisection_finds_the_last_allocation_that_holds() -> None:
     assert budget.most_aggressive(path, lambda a: True) == 99
 
 
+def test_a_layer_whose_step_breaks_the_budget_stays_and_the_others_go_on() -> None:
+    """Layer a's second form is far worse than its proxy says (the whole model fails with
+    it): the bisection stops before it, then a stays at its first form and b goes on to its
+    cheapest, instead of every layer stopping where a broke the budget."""
+    curves = {"a": _curve((10, 0.2), (50, 0.1)), "b": _curve((40, 0.5), (60, 0.3), (80, 0.15))}
+    baselines = {"a": 100, "b": 100}
+    path = budget.allocation_path(curves, baselines)
+    assert [{k: c.macs for k, c in a.items()} for a in path[:3]] == [{}, {"a": 50}, {"a": 10}]
+    calls: list[dict[str, int]] = []
+    notes: list[str] = []
+
+    def holds(allocation: dict[str, Candidate]) -> bool:
+        calls.append({k: c.macs for k, c in allocation.items()})
+        return allocation.get("a") is None or allocation["a"].macs != 10
+
+    best = budget.spend(curves, baselines, holds, notes.append)
+    assert {k: c.macs for k, c in best.items()} == {"a": 50, "b": 40}
+    assert calls == [{"a": 10, "b": 40}, {"a": 10}, {"a": 50}, {"a": 50, "b": 40}]
+    assert notes == [
+        "budget: a stays at svd-reduce 2 (its next form broke the budget); the others go on"
+    ]
+    assert budget.spend(curves, baselines, lambda allocation: False) == {}
+
+
 def test_ranks_are_multiples_of_eight_where_the_layer_is_wide_enough() -> None:
     assert budget.ladder(40) == [8, 16, 24, 32, 40]
     assert budget.ladder(12) == list(range(1, 13))

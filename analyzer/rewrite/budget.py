@@ -17,8 +17,10 @@ choose them under one whole-model constraint: starting from "rewrite nothing", e
 the one layer whose next cheaper candidate saves the most MACs per unit of added squared
 error, until every layer is at its cheapest form (``allocation_path``); the fixer bisects that
 path for the most aggressive allocation whose *whole model*, measured end to end on held-out
-samples, stays within ``--tolerance`` and ``--min-top1``. No layer gets a fixed share of the
-tolerance. Where a ReLU follows a conv, the proxy of its output-side forms is the energy of its
+samples, stays within ``--tolerance`` and ``--min-top1``; when the bisection ends between two
+neighbouring steps, the layer the failing step moved stays where it is and the others go on
+(``spend``: the proxy can be far off for one layer's next form, which would otherwise stop
+every layer). No layer gets a fixed share of the tolerance. Where a ReLU follows a conv, the proxy of its output-side forms is the energy of its
 response *after* the ReLU (a channel the ReLU always zeroes costs nothing to drop).
 
 **Response reconstruction** (Zhang et al. section 3.2, asymmetric). The factors above come from
@@ -47,6 +49,7 @@ from convlint.rewrite.options import MIN_SAVING as MIN_SAVING  # the pipeline im
 T = TypeVar("T")
 STEP = 8
 MAX_EVALS = 12  # whole-model verifications while bisecting the path
+REPAIR_EVALS = 12  # ... and, after it, while bisecting the path without the layer that broke it
 ALS_ITERATIONS = 20
 MAX_REFIT_WIDTH = 1152  # patch width (channels × kernel area) of a refitted conv, at most
 MAX_PATCH_WIDTH = 4608  # input patch width (C_in × kernel area) of a conv refitted whole
@@ -170,18 +173,68 @@ def allocation_path(
 def most_aggressive(path: Sequence[Allocation], holds: Callable[[Allocation], bool]) -> int:
     """The index of the last allocation on ``path`` that ``holds``, by bisection (the errors
     grow along the path); 0 (nothing rewritten) when none does. At most ``MAX_EVALS`` calls."""
-    good, bad = 0, len(path)
-    evals = 0
+    return _bisect(path, holds, 0, MAX_EVALS)[0]
+
+
+def _bisect(
+    path: Sequence[Allocation], holds: Callable[[Allocation], bool], good: int, evals: int
+) -> tuple[int, int, int]:
+    """(last index known to hold, first known not to (``len(path)``: none), calls made),
+    bisecting ``path`` after ``good`` (known to hold) with at most ``evals`` calls."""
+    bad, calls = len(path), 0
     # The whole path often holds (planted low-rank weights): try its end first.
     candidate = len(path) - 1
-    while good + 1 < bad and evals < MAX_EVALS:
-        evals += 1
+    while good + 1 < bad and calls < evals:
+        calls += 1
         if holds(path[candidate]):
             good = candidate
         else:
             bad = candidate
         candidate = (good + bad) // 2
-    return good
+    return good, bad, calls
+
+
+def key_of(allocation: Allocation) -> tuple[tuple[str, str, int | tuple[int, int]], ...]:
+    """An allocation as a hashable value (the same forms on two paths are one allocation)."""
+    return tuple(sorted((key, c.kind, c.rank) for key, c in allocation.items()))
+
+
+def moved(before: Allocation, after: Allocation) -> str | None:
+    """The layer whose form differs between two neighbouring allocations of a path."""
+    return next((key for key, form in after.items() if before.get(key) != form), None)
+
+
+def spend(
+    curves: Mapping[str, Sequence[Candidate]],
+    baselines: Mapping[str, int],
+    holds: Callable[[Allocation], bool],
+    log: Callable[[str], object] = lambda _: None,
+) -> Allocation:
+    """The most aggressive allocation found to hold: the bisection of ``allocation_path``,
+    then, while the step that broke the budget is known, that step's layer stays where it is
+    and the path of the other layers goes on from there (bisected again). The proxy orders
+    layers by an estimate; one layer whose next form is far worse than its estimate would
+    otherwise stop every other layer at the same point of the path."""
+    curves = {key: list(curve) for key, curve in curves.items()}
+    path = allocation_path(curves, baselines)
+    if len(path) < 2:
+        return {}
+    good, bad, _ = _bisect(path, holds, 0, MAX_EVALS)
+    left = REPAIR_EVALS
+    while good + 1 == bad < len(path) and left > 0:
+        best = path[good]
+        layer = moved(best, path[bad])
+        if layer is None:
+            break
+        kept = best.get(layer)
+        where = "unchanged" if kept is None else f"at {kept.kind} {kept.rank}"
+        log(f"budget: {layer} stays {where} (its next form broke the budget); the others go on")
+        curves[layer] = [c for c in curves[layer] if kept is not None and c.macs >= kept.macs]
+        path = allocation_path(curves, baselines)
+        good = next(i for i, allocation in enumerate(path) if allocation == best)
+        good, bad, calls = _bisect(path, holds, good, left)
+        left -= calls
+    return path[good]
 
 
 # -- refitting the last conv -------------------------------------------------------------

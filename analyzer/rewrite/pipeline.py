@@ -78,9 +78,8 @@ from convlint.rewrite.budget import (
     MIN_SAVING,
     Allocation,
     Candidate,
-    allocation_path,
     factor_candidates,
-    most_aggressive,
+    key_of,
     pareto,
     pool_candidates,
     prune_candidates,
@@ -88,6 +87,7 @@ from convlint.rewrite.budget import (
     refit,
     refit_rows,
     relative_error,
+    spend,
 )
 from convlint.rewrite.calibration import Samples, parse_preprocess, read_samples
 from convlint.rewrite.edit import (
@@ -1128,9 +1128,8 @@ class Fixer:
                     self._settle_one(target, NO_SAVING, {}, result, report)
                     continue
                 searches[key], curves[key] = (target, search, pruner), curve
-            path = allocation_path(curves, baselines)
         fixed = [c.edit for c in exact.values()]
-        tried: dict[int, tuple[dict[str, _Choice], Errors]] = {}
+        tried: dict[Any, tuple[dict[str, _Choice], Errors]] = {}
         closest: dict[str, float] = {}  # the least error of an allocation with the target
 
         def holds(allocation: Allocation) -> bool:
@@ -1140,7 +1139,7 @@ class Fixer:
             errors = self.measure(
                 combined, "verifying an allocation of the error budget", early=True
             )
-            tried[id(allocation)] = (chosen, errors)
+            tried[key_of(allocation)] = (chosen, errors)
             for key in allocation:
                 closest[key] = min(closest.get(key, math.inf), errors.rel_l2_error)
             saved = sum(baselines[k] - c.macs for k, c in allocation.items())
@@ -1151,11 +1150,11 @@ class Fixer:
             )
             return errors.ok
 
-        best = most_aggressive(path, holds) if len(path) > 1 else 0
-        chosen = tried[id(path[best])][0] if best else {}
+        best = spend(curves, baselines, holds, self.log)
+        chosen = tried[key_of(best)][0] if best else {}
         for key, (target, _, _) in searches.items():
             if key not in chosen:
-                reason = NO_SAVING if best == 0 else OUT_OF_BUDGET
+                reason = NO_SAVING if not best else OUT_OF_BUDGET
                 if target.unsafe and math.isfinite(closest.get(key, math.inf)):
                     reason = (
                         f"{reason} (unsafe: the best projection tried moved the outputs by "
