@@ -138,6 +138,18 @@ def test_known_prunable_channels_are_pruned_exactly(tmp_path: Path) -> None:
     assert document["rewrites"][0]["method"] == "prune"
 
 
+def test_a_pruning_is_timed_with_the_whole_model_not_alone(tmp_path: Path) -> None:
+    """Its producer is narrowed too, so the pruned conv alone would be fed the old width
+    (onnxruntime refused it on VGG-16): the whole models are timed, the rewrite is not."""
+    path = fixtures.save(fixtures.prunable_channels(), tmp_path / "prune.onnx")
+    data = _inputs(tmp_path / "in.npz", (32, 12, 12))
+    result, _ = _fix(path, method="prune", inputs=data, samples=96, tolerance=1e-3)
+    (rewrite,) = result.rewrites
+    assert rewrite.kind == "prune" and rewrite.latency is None
+    assert result.latency is not None and result.latency.runs >= 10
+    assert not [n for n in result.report.notes if "latency not measured" in n]
+
+
 def test_a_pruned_conv_that_still_reads_many_channels_is_kept_and_marked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -845,7 +845,11 @@ class Fixer:
 
     def time_rewrite(self, choice: _Choice) -> Latency | None:
         """The nodes a rewrite replaces against those it writes, cut out of the model; None
-        when the region's inputs have no known static shape."""
+        when the region's inputs have no known static shape, and for a channel pruning (it
+        narrows the producing conv too, so its nodes alone do not run on the same input: it
+        is timed with the whole model)."""
+        if choice.edit.narrow:
+            return None
         light = self.light
         indices = sorted(choice.target.claims)
         before_nodes = [light.graph.node[i] for i in indices]
