@@ -20,8 +20,9 @@ path for the most aggressive allocation whose *whole model*, measured end to end
 samples, stays within ``--tolerance`` and ``--min-top1``; when the bisection ends between two
 neighbouring steps, the layer the failing step moved stays where it is and the others go on
 (``spend``: the proxy can be far off for one layer's next form, which would otherwise stop
-every layer). No layer gets a fixed share of the tolerance. Where a ReLU follows a conv, the proxy of its output-side forms is the energy of its
-response *after* the ReLU (a channel the ReLU always zeroes costs nothing to drop).
+every layer). No layer gets a fixed share of the tolerance. Where a ReLU follows a conv, the
+proxy of its output-side forms is the energy of its response *after* the ReLU (a channel the
+ReLU always zeroes costs nothing to drop).
 
 **Response reconstruction** (Zhang et al. section 3.2, asymmetric). The factors above come from
 the original layer's own statistics; each layer's last conv is then refitted by least squares so
