@@ -6,8 +6,9 @@ worker starts with everything this process imported and the registry it loaded; 
 message, or chunks of a few when each takes under 10 ms, answered model by model: a worker that
 dies, of a SIGBUS or the OOM killer's SIGKILL, makes the model it was checking that model's error,
 ``worker died: signal 9 (SIGKILL)``, and another worker takes its place). When the sizes of the
-files alone say that the run is long enough for a pool, the pool starts at once, each worker with
-its first models as soon as it is forked, and this process checks the first model meanwhile.
+graphs (the bytes of their nodes, at the start of each file) say that the run is long enough for
+a pool, the pool starts at once, each worker with its first models as soon as it is forked, and
+this process checks the first model meanwhile.
 Reports come back without per-node costs, without the findings' neighbourhood sketches unless
 the format draws them (markdown), and without the rules' reasons for passing nodes over unless
 ``--verbose``: no format shows them otherwise. They come back in any order and are handed on in
@@ -21,7 +22,6 @@ models done.
 from __future__ import annotations
 
 import collections
-import contextlib
 import gc
 import os
 import signal
@@ -39,16 +39,18 @@ from convlint.findings import ModelReport
 from convlint.output import write_stream
 from convlint.registry import Registry, load_registry
 from convlint.reporters import RENDERERS, render_text
+from convlint.skeleton import node_bytes
 
 STREAMED_FORMATS = ("text", "github")
 MAX_CHUNK = 8  # models per message to a worker: fewer messages, and results still come soon
 # Checking this much in this process costs less than starting workers (fork, first messages).
 SERIAL_SECONDS = 0.25
 SOLO_SECONDS = 0.01  # models that take this long each are sent to workers one by one
-# The least a model file costs to check, per byte (a 2,000-node graph of 2.6 MB takes 40-60 ms;
-# weights make a file larger, not slower, as they are not read): files whose sizes alone say that
-# they take longer than SERIAL_SECONDS start the pool at once.
-SECONDS_PER_BYTE = 1 / 50e6
+# What checking a model costs per byte of its graph's nodes (a 2,000-node graph's nodes take
+# 227 KB, and 40-70 ms to check; a file's size says little, as weights make it large, not slow):
+# models whose nodes, as the start of each file shows them, take longer than SERIAL_SECONDS start
+# the pool at once.
+SECONDS_PER_NODE_BYTE = 1 / 5e6
 
 
 def default_jobs() -> int:
@@ -126,8 +128,8 @@ def iter_reports(
         raise ConvlintError("--jobs must be at least 1")
     if len(settings) != len(paths):
         raise ValueError("one Settings per path")
-    if jobs > 1 and len(paths) > 2 and _file_seconds(paths[1:]) > SERIAL_SECONDS:
-        # Long enough by the files alone: the workers start now, on all but the first model,
+    if jobs > 1 and len(paths) > 2 and _looks_long(paths[1:]):
+        # Long enough by the graphs' sizes: the workers start now, on all but the first model,
         # which this process checks while they start.
         workers = min(jobs, len(paths) - 1)
         yield from _pooled(paths, registry, settings, 0, workers, on_done, None, sketches, True)
@@ -155,13 +157,16 @@ def iter_reports(
         yield from _pooled(paths, registry, settings, first, workers, on_done, chunk, sketches)
 
 
-def _file_seconds(paths: Sequence[str]) -> float:
-    """The least time checking ``paths`` takes, judged by the sizes of the files."""
-    size = 0
+def _looks_long(paths: Sequence[str]) -> bool:
+    """Whether checking ``paths`` takes longer than SERIAL_SECONDS, judged by the bytes of
+    their graphs' nodes at the start of each file (each file's first 64 KiB, read until the
+    answer is known: a few milliseconds)."""
+    seconds = 0.0
     for path in paths:
-        with contextlib.suppress(OSError):  # the model's own error, when it is checked
-            size += os.stat(path).st_size
-    return size * SECONDS_PER_BYTE
+        seconds += node_bytes(path) * SECONDS_PER_NODE_BYTE
+        if seconds > SERIAL_SECONDS:
+            return True
+    return False
 
 
 def _for_rendering(report: ModelReport, settings: Settings, sketches: bool = True) -> ModelReport:

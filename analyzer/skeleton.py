@@ -226,6 +226,60 @@ def read_without_weights(path: Path) -> bytes | None:
         return None
 
 
+def node_bytes(path: str | Path, limit: int = 64 << 10) -> int:
+    """How many bytes the main graph's nodes take in the first ``limit`` bytes of the file: a
+    cheap measure of how large a graph is, which the file's size is not (weights make a file
+    large, not slow). Encoders write a graph's nodes before its other fields; 0 when the file
+    does not start with them, or cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            head = os.pread(handle.fileno(), limit, 0)
+        pos = 0
+        while True:  # the model's fields before its graph (versions, producer, doc string)
+            number, wire, value, end = _header(head, pos)
+            if number == _MODEL_GRAPH and wire == _LENGTH:
+                break
+            pos = end
+    except (OSError, ValueError, IndexError):
+        return 0
+    stop = min(end, len(head))
+    pos = value
+    try:
+        while pos < stop:
+            number, wire, _, after = _header(head, pos)
+            if number != _GRAPH_NODE or wire != _LENGTH:
+                break
+            pos = after
+    except (ValueError, IndexError):  # a header cut by the limit
+        pass
+    return min(pos, stop) - value
+
+
+def _header(data: bytes, pos: int) -> tuple[int, int, int, int]:
+    """(field number, wire type, start of the value, end of the field) of the field at
+    ``pos``; IndexError when its header runs past ``data``."""
+    tag, pos = (
+        _block_varint(data, pos + 1, data[pos]) if data[pos] >= 0x80 else (data[pos], pos + 1)
+    )
+    wire = tag & 7
+    if wire == _LENGTH:
+        length, value = (
+            _block_varint(data, pos + 1, data[pos])
+            if data[pos] >= 0x80
+            else (
+                data[pos],
+                pos + 1,
+            )
+        )
+        return tag >> 3, wire, value, value + length
+    if wire == _VARINT:
+        _, end = _block_varint(data, pos + 1, data[pos]) if data[pos] >= 0x80 else (0, pos + 1)
+        return tag >> 3, wire, pos, end
+    if wire in (_FIXED64, _FIXED32):
+        return tag >> 3, wire, pos, pos + (8 if wire == _FIXED64 else 4)
+    raise ValueError(f"wire type {wire}")
+
+
 # -- the protobuf encoding ---------------------------------------------------------------------
 
 

@@ -8,9 +8,10 @@ import os
 import time
 from pathlib import Path
 
+import onnx
 import pytest
 
-from convlint import fixtures, runner
+from convlint import fixtures, runner, skeleton
 from convlint.baseline import Baseline, model_key
 from convlint.engine import ModelReport, Settings, analyze, iter_model_paths
 from convlint.registry import load_registry
@@ -252,20 +253,19 @@ def test_check_finishes_when_a_worker_dies(tmp_path: Path) -> None:
     assert result.stdout.endswith("; 1 model could not be read.\n")
 
 
-def test_a_run_long_by_its_file_sizes_starts_the_pool_at_once(
+def test_a_run_of_large_graphs_starts_the_pool_at_once(
     folder: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 21: the workers start before any model is checked, and this process checks the
     first model while they start; the reports keep the order of the paths."""
     monkeypatch.setattr(runner, "analyze", _slow_for_early_models)
-    monkeypatch.setattr(runner, "SERIAL_SECONDS", 0.25)
     judged: list[int] = []
 
-    def long_files(paths: list[str]) -> float:  # every file looks long
+    def long_graphs(paths: list[str]) -> bool:
         judged.append(len(paths))
-        return 1e9
+        return True
 
-    monkeypatch.setattr(runner, "_file_seconds", long_files)
+    monkeypatch.setattr(runner, "_looks_long", long_graphs)
     reports = list(runner.iter_reports(folder, load_registry(), [Settings()] * len(folder), 3))
     assert judged == [len(folder) - 1]  # once, the files after the first one
     assert [r.path for r in reports] == folder
@@ -274,20 +274,29 @@ def test_a_run_long_by_its_file_sizes_starts_the_pool_at_once(
     assert len({r.notes[0] for r in reports[1:]}) > 1  # the workers shared the rest
 
 
-def test_file_sizes_decide_whether_the_pool_starts_at_once(
-    folder: list[str], monkeypatch: pytest.MonkeyPatch
+def test_the_size_of_a_graph_is_read_from_the_start_of_its_file(
+    folder: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    size = sum(os.stat(path).st_size for path in folder[1:])
-    assert runner._file_seconds(folder[1:]) == pytest.approx(size * runner.SECONDS_PER_BYTE)
-    assert runner._file_seconds([*folder[1:], str(Path(folder[0]).parent / "gone.onnx")]) == (
-        pytest.approx(size * runner.SECONDS_PER_BYTE)
-    )
-    # Small files alone: models are checked here first (the adaptive start, as before).
+    """A graph's nodes, not its weights: the bytes of the nodes that open the file's graph."""
+    chain = tmp_path / "chain.onnx"
+    fixtures.save(fixtures.big_chain(nodes=200), chain)
+    model = onnx.load(str(chain), load_external_data=False)
+    sizes = [len(node.SerializeToString()) for node in model.graph.node]
+    nodes = sum(1 + (1 if size < 128 else 2) + size for size in sizes)  # tag, length, node
+    assert skeleton.node_bytes(chain) == nodes  # all of them: under the 64 KiB read
+    assert skeleton.node_bytes(chain, limit=4096) == pytest.approx(4096, abs=200)
+    heavy = next(p for p in folder if "vgg_stack" in p)  # 8 MB of weights, 11 nodes
+    assert os.stat(heavy).st_size > 100 * skeleton.node_bytes(heavy) > 0
+    assert skeleton.node_bytes(folder[-1]) == 0  # not a model
+    assert skeleton.node_bytes(tmp_path / "gone.onnx") == 0
+    # Small graphs alone: models are checked here first (the adaptive start, as before).
     monkeypatch.setattr(runner, "analyze", _slow_for_early_models)
     monkeypatch.setattr(runner, "SERIAL_SECONDS", 60.0)
-    monkeypatch.setattr(runner, "SECONDS_PER_BYTE", 1.0 / size)  # all of them: 1 s
+    assert not runner._looks_long(folder)
     reports = list(runner.iter_reports(folder, load_registry(), [Settings()] * len(folder), 2))
     assert {r.notes[0] for r in reports} == {f"pid {os.getpid()}"}
+    monkeypatch.setattr(runner, "SERIAL_SECONDS", nodes * runner.SECONDS_PER_NODE_BYTE * 0.9)
+    assert runner._looks_long([str(chain)]) and not runner._looks_long(folder[-1:])
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
