@@ -274,9 +274,18 @@ def _scaling_cost(loaded: loader.LoadedModel, graph: ModelGraph, path: Path) -> 
 
 
 def analyze(
-    path: str | Path, registry: Registry, settings: Settings, rules: Sequence[Rule] | None = None
+    path: str | Path,
+    registry: Registry,
+    settings: Settings,
+    rules: Sequence[Rule] | None = None,
+    keep: list[object] | None = None,
 ) -> ModelReport:
-    """Load, cost and lint one model; errors in the model become the report's ``error``."""
+    """Load, cost and lint one model; errors in the model become the report's ``error``.
+
+    ``keep`` receives the model, its graph and their views, which are otherwise freed on
+    return: a process that ends without freeing its objects (convlint's own) need not pay for
+    freeing a large graph one object at a time (0.1 s at 100,000 nodes).
+    """
     report = ModelReport(path=str(path))
     try:
         loaded = loader.load(
@@ -285,7 +294,9 @@ def analyze(
             settings.configured_input_shapes,
             settings.configured_source,
         )
-        lint(report, loaded, registry, settings, rules)
+        if keep is not None:
+            keep.append(loaded)
+        lint(report, loaded, registry, settings, rules, keep)
     except ModelError as exc:
         report.error = exc.problem
     except Exception as exc:  # a failure of convlint's: still this model's error, one line
@@ -342,8 +353,10 @@ def lint(
     registry: Registry,
     settings: Settings,
     rules: Sequence[Rule] | None = None,
+    keep: list[object] | None = None,
 ) -> ModelGraph:
-    """Cost and lint a loaded model into ``report``; returns the graph the rules saw.
+    """Cost and lint a loaded model into ``report``; returns the graph the rules saw (and
+    appends it and its views to ``keep``, see :func:`analyze`).
 
     ``fix`` calls it on the model it has already read with its weights, so as not to read and
     shape-infer the file a second time.
@@ -355,6 +368,8 @@ def lint(
     try:
         graph = build_graph(loaded.model)
         views = graph_views(graph)
+        if keep is not None:
+            keep.extend((graph, views))
         validate_graph(graph, loaded.path, views)
         report.opset = loaded.opset
         report.nodes = sum(len(g.nodes) for g in graph.all_graphs())

@@ -119,7 +119,9 @@ def test_known_findings_are_applied_to_each_report_as_it_comes(folder: list[str]
     assert [len(r.baselined or []) for r in reports] == [len(r.baselined or []) for r in expected]
 
 
-def _slow_for_early_models(path: str, registry: object, settings: Settings) -> ModelReport:
+def _slow_for_early_models(
+    path: str, registry: object, settings: Settings, keep: list[object] | None = None
+) -> ModelReport:
     # The first models take longest: later ones finish first and must wait their turn.
     index = int(Path(path).name.split("_")[0])
     time.sleep(0.05 * max(0, len(MODELS) - index))
@@ -314,3 +316,25 @@ def test_findings_come_without_sketches_unless_asked(
     assert all(f.context is None for r in bare for f in r.findings)
     assert all(f.context is not None for r in drawn for f in r.findings)
     assert [r.findings for r in bare] == [r.findings for r in drawn]  # context is not compared
+
+
+def test_the_last_model_checked_is_left_for_the_process_exit(folder: list[str]) -> None:
+    """Issue 21: freeing a large graph one object at a time costs a process that is about to
+    end (with os._exit) for nothing; the model before it is freed when the next one starts."""
+    import gc
+    import weakref
+
+    from convlint.graph import ModelGraph
+
+    registry = load_registry()
+    _, first = runner._analyze_task((0, folder[0], Settings()), registry)
+    graph = next(kept for kept in runner._LAST_MODEL if isinstance(kept, ModelGraph))
+    costs = next(kept for kept in runner._LAST_MODEL if isinstance(kept, dict))
+    assert first.cost is not None and first.cost.nodes == {}  # not sent, but kept here
+    assert len(costs) == first.nodes == len(graph.nodes) > 0
+    held = weakref.ref(graph)
+    del graph
+    runner._analyze_task((1, folder[1], Settings()), registry)
+    gc.collect()
+    assert held() is None
+    assert any(isinstance(kept, ModelGraph) for kept in runner._LAST_MODEL)
