@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, overload
@@ -232,8 +233,14 @@ def node_bytes(path: str | Path, limit: int = 64 << 10) -> int:
     large, not slow). Encoders write a graph's nodes before its other fields; 0 when the file
     does not start with them, or cannot be read."""
     try:
-        with open(path, "rb") as handle:
-            head = os.pread(handle.fileno(), limit, 0)
+        # Not blocking on a FIFO (whose reader would wait for a writer): regular files only.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return 0
+            head = os.pread(fd, limit, 0)
+        finally:
+            os.close(fd)
         pos = 0
         while True:  # the model's fields before its graph (versions, producer, doc string)
             number, wire, value, end = _header(head, pos)

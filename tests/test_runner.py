@@ -291,6 +291,8 @@ def test_the_size_of_a_graph_is_read_from_the_start_of_its_file(
     assert os.stat(heavy).st_size > 100 * skeleton.node_bytes(heavy) > 0
     assert skeleton.node_bytes(folder[-1]) == 0  # not a model
     assert skeleton.node_bytes(tmp_path / "gone.onnx") == 0
+    os.mkfifo(tmp_path / "fifo.onnx")  # not opened for a read that would wait for a writer
+    assert skeleton.node_bytes(tmp_path / "fifo.onnx") == 0
     # Small graphs alone: models are checked here first (the adaptive start, as before).
     monkeypatch.setattr(runner, "analyze", _slow_for_early_models)
     monkeypatch.setattr(runner, "SERIAL_SECONDS", 60.0)
