@@ -38,10 +38,10 @@ from convlint.errors import ConvlintError
 from convlint.findings import ModelReport
 from convlint.output import write_stream
 from convlint.registry import Registry, load_registry
-from convlint.reporters import RENDERERS, render_text
+from convlint.reporters import RENDERERS, STREAMED, render_text
 from convlint.skeleton import node_bytes
 
-STREAMED_FORMATS = ("text", "github")
+STREAMED_FORMATS = tuple(STREAMED)
 MAX_CHUNK = 8  # models per message to a worker: fewer messages, and results still come soon
 # Checking this much in this process costs less than starting workers (fork, first messages).
 SERIAL_SECONDS = 0.25
@@ -79,15 +79,15 @@ def check_and_render(
     """Check ``paths`` (each with its own settings) in ``jobs`` processes (default: the number
     of cores) and render the report in ``format``.
 
-    With a ``stream``, a text or github report is written to it model by model as the models
-    are done, and what is returned is the rest (the summary line); otherwise all of it is
-    returned. ``known`` findings (a baseline) are applied to each report as it comes. A
-    ``progress`` stream that is a terminal shows how many models are done (not with ``quiet``).
-    ``names`` reports a path under another name (a model read from stdin, as ``-``).
+    With a ``stream``, a text or github report (``reporters.STREAMED``) is written to it model
+    by model as the models are done, each model's part rendered alone, and what is returned is
+    the rest (the summary line); otherwise all of it is returned. ``known`` findings (a
+    baseline) are applied to each report as it comes. A ``progress`` stream that is a
+    terminal shows how many models are done (not with ``quiet``). ``names`` reports a path
+    under another name (a model read from stdin, as ``-``).
     """
-    streaming = stream is not None and format in STREAMED_FORMATS
+    streamed = STREAMED.get(format) if stream is not None else None
     shown = _Progress(progress if not quiet else None, len(paths))
-    printed: list[str] = []
     reports: list[ModelReport] = []
     sketches = format == "markdown"  # the only format that draws a finding's neighbourhood
     for report in iter_reports(paths, registry, settings, jobs, shown.advance, sketches):
@@ -96,20 +96,17 @@ def check_and_render(
         if known is not None:
             known.apply([report])
         reports.append(report)
-        if streaming:
+        if streamed is not None:
             assert stream is not None
-            chunk = _report_lines(report, registry, format, verbose, color, quiet)
+            chunk = streamed.model(report, registry, verbose, color)
             if chunk:
-                printed.append(chunk)
                 shown.clear()
                 write_stream(stream, chunk)
                 shown.draw()
     shown.clear()
-    text = _render(reports, registry, format, verbose, color, quiet)
-    done = "".join(printed)
-    if not text.startswith(done):  # every streamed format renders model by model
-        raise ConvlintError(f"internal error: the {format} report differs when printed as it comes")
-    return reports, text[len(done) :]
+    if streamed is not None:  # quiet: findings only, the summary left out
+        return reports, "" if quiet else streamed.tail(reports, color)
+    return reports, _render(reports, registry, format, verbose, color, quiet)
 
 
 def iter_reports(
@@ -409,18 +406,6 @@ def _render(
     text = render_text(reports, registry, verbose=verbose, color=color)
     if quiet:  # findings only: the summary line left out
         text = "".join(line + "\n" for line in text.splitlines()[:-1])
-    return text
-
-
-def _report_lines(
-    report: ModelReport, registry: Registry, format: str, verbose: bool, color: bool, quiet: bool
-) -> str:
-    """What a report of this one model prints before the summary line."""
-    text = _render([report], registry, format, verbose, color, quiet=False)
-    if format == "text":  # the last line is a summary of this model alone
-        text = text[: text.rstrip("\n").rfind("\n") + 1]
-        if quiet:
-            text = "".join(line + "\n" for line in text.splitlines())
     return text
 
 

@@ -51,20 +51,23 @@ def _annotation(path: str, finding: Finding) -> str:
 
 
 def render_github(reports: Sequence[ModelReport], registry: Registry, verbose: bool = False) -> str:
+    """An annotation per finding, model by model (no summary: the step's log has one)."""
+    return "".join(render_github_model(report, registry, verbose) for report in reports)
+
+
+def render_github_model(report: ModelReport, registry: Registry, verbose: bool = False) -> str:
+    """One model's annotations (printed as soon as the model is checked)."""
     lines: list[str] = []
-    for report in reports:
-        path = printable(display_path(report.path))
-        if report.error:
-            error = printable(report.error)
-            title = f"convlint: {error_title(report)}"
-            lines.append(command("error", error, file=path, title=title))
-        lines.extend(_annotation(path, f) for f in report.findings)
-        if verbose:  # shown when the run has step debug logging on
-            lines.extend(
-                command("debug", f"{path}: note: {printable(note)}") for note in report.notes
-            )
-            lines.extend(
-                command("debug", printable(f"{path}:{s.node}: {s.code} passed over: {s.reason}"))
-                for s in report.skips
-            )
+    path = printable(display_path(report.path))
+    if report.error:
+        error = printable(report.error)
+        title = f"convlint: {error_title(report)}"
+        lines.append(command("error", error, file=path, title=title))
+    lines.extend(_annotation(path, f) for f in report.findings)
+    if verbose:  # shown when the run has step debug logging on
+        lines.extend(command("debug", f"{path}: note: {printable(note)}") for note in report.notes)
+        lines.extend(
+            command("debug", printable(f"{path}:{s.node}: {s.code} passed over: {s.reason}"))
+            for s in report.skips
+        )
     return "".join(line + "\n" for line in lines)

@@ -86,36 +86,48 @@ def render_text(
     verbose: bool = False,
     color: bool = False,
 ) -> str:
+    """The whole report: each model's part, then the summary line."""
+    parts = [render_text_model(report, registry, verbose, color) for report in reports]
+    return "".join(parts) + render_text_tail(reports, color)
+
+
+def render_text_model(
+    report: ModelReport, registry: Registry, verbose: bool = False, color: bool = False
+) -> str:
+    """One model's lines (printed as soon as the model is checked)."""
     paint = _Paint(color)
     lines: list[str] = []
-    for report in reports:
-        # A model's error goes to stderr, one line (see convlint.commands.check); a model a rule
-        # failed on still shows the other rules' findings.
-        if verbose:
-            lines.extend(
-                printable(f"{report.path}: ") + f"{paint('note:', DIM)} {printable(note)}"
-                for note in report.notes
+    # A model's error goes to stderr, one line (see convlint.commands.check); a model a rule
+    # failed on still shows the other rules' findings.
+    if verbose:
+        lines.extend(
+            printable(f"{report.path}: ") + f"{paint('note:', DIM)} {printable(note)}"
+            for note in report.notes
+        )
+    for finding in report.findings:
+        lines.append(_finding_line(report.path, finding, paint))
+        estimate = describe_estimate(finding)
+        if estimate:
+            lines.append(f"    = {estimate}")
+        if finding.fix and finding.fix.applicability is not Applicability.SAFE:
+            lines.append(
+                f"    fix ({finding.fix.applicability.value}): "
+                + printable(finding.fix.description)
             )
-        for finding in report.findings:
-            lines.append(_finding_line(report.path, finding, paint))
-            estimate = describe_estimate(finding)
-            if estimate:
-                lines.append(f"    = {estimate}")
-            if finding.fix and finding.fix.applicability is not Applicability.SAFE:
-                lines.append(
-                    f"    fix ({finding.fix.applicability.value}): "
-                    + printable(finding.fix.description)
-                )
-        for finding in report.baselined or []:
-            lines.append(_finding_line(report.path, finding, paint, known=True))
-        if verbose:
-            for skip in report.skips:
-                lines.append(
-                    printable(f"{report.path}:{skip.node}: {skip.code} ")
-                    + f"{paint('passed over:', DIM)} {printable(skip.reason)}"
-                )
-    lines.append(paint(summary_line(reports), BOLD))
-    return "\n".join(lines) + "\n"
+    for finding in report.baselined or []:
+        lines.append(_finding_line(report.path, finding, paint, known=True))
+    if verbose:
+        for skip in report.skips:
+            lines.append(
+                printable(f"{report.path}:{skip.node}: {skip.code} ")
+                + f"{paint('passed over:', DIM)} {printable(skip.reason)}"
+            )
+    return "".join(line + "\n" for line in lines)
+
+
+def render_text_tail(reports: Sequence[ModelReport], color: bool = False) -> str:
+    """The summary line, after every model's part."""
+    return _Paint(color)(summary_line(reports), BOLD) + "\n"
 
 
 def summary_line(reports: Sequence[ModelReport]) -> str:
