@@ -133,6 +133,11 @@ class FileWindow:
         if self._fields_left < 0:
             raise ValueError(f"more than {MAX_WALKED_FIELDS} fields")
 
+    @property
+    def fields_left(self) -> int:
+        """Fields the walk may still step over (a loop that counts its own spends it later)."""
+        return self._fields_left
+
     def __len__(self) -> int:
         return self._size
 
@@ -374,27 +379,42 @@ def _graph_message(data: FileWindow, start: int, end: int) -> bytes | None:
     """``_message(data, start, end, _graph_field)``, for the one message of a model that has a
     field per node, initializer and tensor type (hundreds of thousands in a large graph): each
     field's header is decoded inline from the block the window holds, not byte by byte through
-    calls, and only fields of :data:`LARGE_TENSOR_BYTES` or more are looked into."""
+    calls, and only fields of :data:`LARGE_TENSOR_BYTES` or more are looked into. Its checks
+    and its budget are :func:`_fields`'s: the fields it steps over are counted here and spent
+    from the window's budget in one call (before it looks into a field, at the end, or when
+    they pass what is left, which raises)."""
     pieces: list[bytes] = []
     copied = pos = start
     base, block = data.block(pos)
+    walked, left = 0, data.fields_left
     while pos < end:
+        walked += 1
+        if walked > left:
+            data.spend(walked)  # past the budget: ValueError, the file is parsed whole
         offset = pos - base
         if offset + _MAX_HEADER > len(block) and base + len(block) < len(data):
             base, block = data.block(pos)
             offset = 0
         first = pos
-        # The tag and (for a length-delimited field) the length: varints of one byte mostly.
+        # The tag and (for a length-delimited field) the length: varints of one byte mostly,
+        # checked as upb does (at most 5 bytes each, a field number, a length under 2 GiB).
         tag = block[offset]
         offset += 1
         if tag >= 0x80:
             tag, offset = _block_varint(block, offset, tag)
+            if offset - (first - base) > 5 or tag > 0xFFFFFFFF:
+                raise ValueError("invalid tag")
+        if tag < 8:
+            raise ValueError("invalid tag")  # field number 0
         wire = tag & 7
         if wire == _LENGTH:
             length = block[offset]
             offset += 1
             if length >= 0x80:
+                length_start = offset - 1
                 length, offset = _block_varint(block, offset, length)
+                if offset - length_start > 5 or length > MAX_LENGTH:
+                    raise ValueError("invalid length")
             value = base + offset
             pos = value + length
         elif wire == _VARINT:
@@ -409,13 +429,15 @@ def _graph_message(data: FileWindow, start: int, end: int) -> bytes | None:
             value, pos = base + offset, base + offset + 8
         elif wire == _FIXED32:
             value, pos = base + offset, base + offset + 4
-        else:  # groups: not in ONNX's schema
+        else:  # groups (not in ONNX's schema: left to protobuf) or no wire type at all
             raise ValueError(f"wire type {wire}")
         if pos > end:
             raise ValueError("truncated")
         if wire != _LENGTH or length < LARGE_TENSOR_BYTES:
             continue
+        data.spend(walked)  # the fields it looks into spend from the same budget
         replaced = _graph_field(data, tag >> 3, wire, value, pos)
+        walked, left = 0, data.fields_left
         if replaced is None:
             continue
         pieces.append(data[copied:first])
@@ -424,6 +446,7 @@ def _graph_message(data: FileWindow, start: int, end: int) -> bytes | None:
             pieces.append(_encode_varint(len(replaced)))
             pieces.append(replaced)
         copied = pos
+    data.spend(walked)
     if not pieces:
         return None
     pieces.append(data[copied:end])

@@ -23,6 +23,7 @@ from convlint import skeleton
 from convlint.rewrite import weightstore
 
 CORRUPT = "not an ONNX model (protobuf parse failed: truncated or corrupt)"
+CLEAN = "All checks passed! (1 model)\n"
 PADDING = skeleton.WIRE_READ_BYTES  # the zeros that make a file large
 FLOAT, DOUBLE, FLOAT16, UINT64 = (
     onnx.TensorProto.FLOAT,
@@ -249,8 +250,8 @@ def test_a_file_of_many_small_fields_is_left_to_the_whole_parse(
 
     monkeypatch.setattr(skeleton.FileWindow, "spend", counted)
     assert skeleton.read_without_weights(path) is not None  # under the budget: walked
-    walked = len(spent)
-    assert walked > unknown
+    # Every field stepped over is counted (the graph's walk spends its count in a few calls).
+    assert sum(spent) > unknown
     monkeypatch.setattr(skeleton, "MAX_WALKED_FIELDS", unknown // 2)
     spent.clear()
     assert skeleton.read_without_weights(path) is None
@@ -258,6 +259,67 @@ def test_a_file_of_many_small_fields_is_left_to_the_whole_parse(
     assert weightstore._walk(path) is None  # fix's walk has the same budget
     code, out, err = cli("check", str(path))  # parsed whole: the same report
     assert (code, out, err) == (0, "All checks passed! (1 model)\n", "")
+
+
+# A GraphProto field the graph's walk steps over (an unknown field 9) with its header damaged
+# as protobuf refuses, before a 64 KiB initializer the walk looks into.
+GRAPH_REFUSED: dict[str, bytes] = {
+    "a graph field's tag of 6 bytes": _padded(9 << 3 | 2, 6) + _varint(1) + b"x",
+    "a graph field numbered 0": _key(0, 0) + b"\x01",
+    "a graph field numbered 0 in a tag of 2 bytes": b"\x80\x00\x01",
+    "a graph field's length of 6 bytes": _key(9, 2) + _padded(1, 6) + b"x",
+    "a graph field of wire type 3": _key(9, 3) + b"\x01",
+    "a graph field of wire type 6": _key(9, 6) + b"\x01",
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRAPH_REFUSED))
+def test_a_large_file_with_a_graph_field_protobuf_refuses_is_refused_as_a_small_one(
+    case: str, tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    """The graph's fields are walked by their own loop (headers decoded inline): it refuses
+    what protobuf refuses as the walk of every other message does."""
+    tensor = _tensor("t", FLOAT, [ELEMENTS], _packed(FLOAT_DATA, bytes(4 * ELEMENTS)))
+    damaged = GRAPH_REFUSED[case] + _length(_INITIALIZER, tensor)
+    small = _write(tmp_path / "small.onnx", tensor, large=False)
+    small.write_bytes(small.read_bytes() + _length(_GRAPH, damaged))
+    large = _write(tmp_path / "large.onnx", tensor, large=True)
+    with open(large, "ab") as handle:
+        handle.write(_length(_GRAPH, damaged))
+    for path in (small, large):
+        with pytest.raises(Exception, match="Error parsing message"):
+            onnx.load(path)
+    assert skeleton.read_without_weights(large) is None  # left to the whole parse
+    outs = []
+    for path in (small, large):
+        code, out, err = cli("check", str(path))
+        assert (code, err) == (2, f"convlint: error: {path}: {CORRUPT}\n")
+        outs.append(out)
+    assert outs[0] == outs[1]
+
+
+def test_a_64_mib_file_of_tiny_fields_is_walked_up_to_the_budget_then_parsed_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    """The issue's file at its size: 64 MiB of 2-byte unknown GraphProto fields (33.5 million)
+    after a small conv model. The walk counts MAX_WALKED_FIELDS of them and stops (it does not
+    step over the other 33 million); the whole parse then gives the small model's report."""
+    small = _write(tmp_path / "small.onnx", b"", large=False)
+    path = tmp_path / "many.onnx"
+    unknown = skeleton.WIRE_READ_BYTES // 2
+    path.write_bytes(small.read_bytes() + _length(_GRAPH, b"\x48\x00" * unknown))
+    assert path.stat().st_size >= skeleton.WIRE_READ_BYTES
+    spent: list[int] = []
+    spend = skeleton.FileWindow.spend
+
+    def counted(window: skeleton.FileWindow, fields: int) -> None:
+        spent.append(fields)
+        spend(window, fields)
+
+    monkeypatch.setattr(skeleton.FileWindow, "spend", counted)
+    assert skeleton.read_without_weights(path) is None
+    assert sum(spent) == skeleton.MAX_WALKED_FIELDS + 1 < unknown  # stopped at the budget
+    assert cli("check", str(path)) == cli("check", str(small)) == (0, CLEAN, "")
 
 
 def test_a_data_type_is_read_as_protobuf_reads_an_int32(tmp_path: Path) -> None:
