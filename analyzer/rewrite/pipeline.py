@@ -1146,11 +1146,18 @@ class Fixer:
             tried[key_of(allocation)] = (chosen, errors)
             for key in allocation:
                 closest[key] = min(closest.get(key, math.inf), errors.rel_l2_error)
-            saved = sum(baselines[k] - c.macs for k, c in allocation.items())
+            with self.timer("analysis"):
+                after, before = recount(combined, self.bound, self.path).macs, report.cost
+            saving = (
+                f"MACs {before.macs:,} -> {after:,}"
+                if before is not None and before.macs is not None and after is not None
+                else "MACs not known"
+            )
+            top1 = errors.top1_agreement
+            agreement = "" if top1 is None else f", top-1 {top1:.3f} of {errors.top1_samples}"
             self.log(
-                f"budget: {len(allocation)} rewrites saving {saved:,} MACs: rel L2 "
-                f"{errors.rel_l2_error:.2e}, top-1 {errors.top1_agreement} "
-                f"[{'ok' if errors.ok else 'over'}]"
+                f"budget: {len(allocation)} rewrites, {saving}: rel L2 "
+                f"{errors.rel_l2_error:.2e}{agreement} [{'ok' if errors.ok else 'over'}]"
             )
             return errors.ok
 
