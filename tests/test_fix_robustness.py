@@ -228,3 +228,22 @@ def test_starting_the_runtime_is_not_bounded_by_the_timeout() -> None:
     with Runtime(timeout=0.001) as runtime:
         assert "CPUExecutionProvider" in runtime.providers
         assert runtime.alive
+
+
+def test_progress_lines_restart_the_time_limit_and_are_not_answers() -> None:
+    """The child writes one PROGRESS line per sample it has run: the parent reads past them
+    to the answer, even when several lines arrive in one read (a buffered reader would hide
+    the later ones from select())."""
+    import subprocess
+
+    from convlint.rewrite.verify import PROGRESS, Runtime
+
+    runtime = Runtime.__new__(Runtime)
+    runtime.timeout, runtime._pending = 60.0, b""
+    lines = PROGRESS * 3 + "ok\n" + PROGRESS + "error ValueError: x\n"
+    runtime._proc = subprocess.Popen(["printf", lines], stdout=subprocess.PIPE, text=True)
+    try:
+        assert runtime._answer("running the model") == "ok"
+        assert runtime._answer("running the model") == "error ValueError: x"
+    finally:
+        runtime._proc.wait()

@@ -113,7 +113,7 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="time limit of each onnxruntime run (default 300)",
+        help="time limit of each onnxruntime run of one sample, and of each timing (default 300)",
     )
     parser.add_argument(
         "--unsafe-fixes", action="store_true", help="also apply rewrites that change the function"

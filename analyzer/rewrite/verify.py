@@ -91,6 +91,7 @@ WEIGHTS_FILE = "weights.bin"  # in the runtime's folder, beside every model it i
 # relative error (float32 rounding of a fold is about 1e-7 of the values involved).
 ABSOLUTE_FLOOR = 1e-5
 WILSON_Z = 1.959964  # the normal quantile of a two-sided 95% interval
+PROGRESS = ".\n"  # the child's line after each sample it has run (restarts the time limit)
 START_TIMEOUT = 120.0  # seconds for the child to start, whatever --timeout says (at least)
 MAX_WAIT = 1e8  # seconds (three years): select() overflows its time_t on much larger timeouts
 
@@ -396,12 +397,26 @@ def _session_options(ort: Any, threads: int, optimize_all: bool = False) -> Any:
     return options
 
 
+_progress_out: IO[str] | None = None  # the child's protocol stream (``serve`` sets it)
+
+
+def _progressed() -> None:
+    """Tell the parent one more sample has run (``PROGRESS``)."""
+    if _progress_out is not None:
+        _progress_out.write(PROGRESS)
+        _progress_out.flush()
+
+
 def _serve_run(ort: Any, model_path: str, feeds: list[Feed], names: Sequence[str]) -> list[Outputs]:
     session = ort.InferenceSession(
         model_path, _session_options(ort, THREADS), providers=["CPUExecutionProvider"]
     )
     names = list(names) or [o.name for o in session.get_outputs()]
-    return [session.run(names, feed) for feed in feeds]
+    outputs = []
+    for feed in feeds:
+        outputs.append(session.run(names, feed))
+        _progressed()
+    return outputs
 
 
 def _serve_moments(
@@ -422,6 +437,7 @@ def _serve_moments(
             sums[name][0] += flat @ flat.T
             sums[name][1] += flat.sum(axis=1)
             sums[name][2] += flat.shape[1]
+        _progressed()
     return {
         name: (moment / max(count, 1), total / max(count, 1))
         for name, (moment, total, count) in sums.items()
@@ -463,6 +479,7 @@ def _serve_sample(
         values = dict(zip(names, session.run(names, feed), strict=True))
         for found, spec in zip(rows, specs, strict=True):
             found.append(patch_rows(values[spec.tensor], spec, index))
+        _progressed()
     return [np.concatenate(found) for found in rows]
 
 
@@ -578,7 +595,9 @@ def serve() -> None:
     """The child's loop: one request per stdin line, one answer per stdout line."""
     # Keep stdout for the protocol alone: whatever else writes to fd 1 (C libraries included)
     # lands in the stderr log instead.
+    global _progress_out
     out = os.fdopen(os.dup(1), "w")
+    _progress_out = out
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     fault, _, at = os.environ.get(FAULT_ENV, "").partition(":")
@@ -629,6 +648,7 @@ class Runtime:
     def __init__(self, timeout: float = 300.0) -> None:
         self.timeout = timeout
         self._proc: subprocess.Popen[str] | None = None
+        self._pending = b""  # what the child wrote after the line last read
         self._stderr: IO[bytes] | None = None
         self._folder = Path(tempfile.mkdtemp(prefix="convlint-ort-"))
         try:
@@ -684,18 +704,21 @@ class Runtime:
         return RuntimeFailure(message)
 
     def _answer(self, what: str | None) -> str:
-        """The child's next line; ``what`` the request it answers (None: start-up)."""
+        """The child's next line; ``what`` the request it answers (None: start-up). The
+        child says ``PROGRESS`` after each sample it runs: each one restarts the time limit,
+        so ``timeout`` bounds one sample's run, not a request over many samples."""
         proc = self._proc
         if proc is None:
             raise RuntimeFailure("onnxruntime is not running")
         assert proc.stdout is not None
         limit = self.timeout if what is not None else max(self.timeout, START_TIMEOUT)
-        ready, _, _ = select.select([proc.stdout], [], [], min(limit, MAX_WAIT))
-        if not ready:
-            doing = "start" if what is None else f"finish {what}"
-            option = " (--timeout)" if limit == self.timeout else ""
-            raise self._fail(f"onnxruntime did not {doing} within {limit:g} s{option}")
-        line = proc.stdout.readline()
+        line: str | None = PROGRESS
+        while line == PROGRESS:
+            line = self._line(proc.stdout.fileno(), limit)
+            if line is None:
+                doing = "start" if what is None else f"finish {what}"
+                option = " (--timeout)" if limit == self.timeout else ""
+                raise self._fail(f"onnxruntime did not {doing} within {limit:g} s{option}")
         if not line:
             code = proc.wait()
             cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
@@ -706,6 +729,22 @@ class Runtime:
             doing = "starting" if what is None else what
             raise self._fail(f"onnxruntime crashed while {doing} ({cause}){detail}")
         return line.strip()
+
+    def _line(self, fd: int, limit: float) -> str | None:
+        """The next line the child writes ("" when it closed its end), None after ``limit``
+        seconds without one. Read from the descriptor itself: a buffered reader could hold a
+        second line that select() would then not see."""
+        while b"\n" not in self._pending:
+            ready, _, _ = select.select([fd], [], [], min(limit, MAX_WAIT))
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                line, self._pending = self._pending, b""
+                return line.decode(errors="replace")
+            self._pending += chunk
+        line_bytes, _, self._pending = self._pending.partition(b"\n")
+        return line_bytes.decode(errors="replace") + "\n"
 
     def check(self, path: Path, what: str = "checking the written model") -> str:
         """onnx.checker's full check of ``path``, run here because it holds the whole file in
