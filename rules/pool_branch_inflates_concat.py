@@ -49,7 +49,10 @@ tell which: approximate, applied only with real calibration data (`--inputs`). W
 activation sits between the Concat and its convs, the projection does not commute with it and
 the rewrite changes the function: unsafe, applied only with `--unsafe-fixes`, and the report
 says how far the outputs moved. Where the Concat is a graph output (narrowing it changes a
-model output) or a consumer is not a float conv, the fix is display-only.
+model output), a consumer is not a float conv, or the pooled channels meet a channels-last
+Concat (an NHWC export's, read through Transposes), the fix is display-only. The check and
+`convlint fix` decide this once, in `match_projection`, through the same view that found the
+branch (a pool behind a Transpose pair is projected after it).
 
 ## References
 - Szegedy et al. Going Deeper with Convolutions, arXiv:1409.4842, section 4 and table 1
@@ -62,6 +65,8 @@ model output) or a consumer is not a float conv, the fix is display-only.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 from convlint.cost import spatial_pixels
 from convlint.engine import RuleContext
@@ -181,7 +186,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
             f"{pool.op_type} branch passes all {channels} channels into concat "
             f"{concat.name!r} ({channels / total:.0%} of its {total}); no 1×1 projection",
             estimate=estimate,
-            fix=_projection_fix(view, concat, channels, projected),
+            fix=_projection_fix(view, pool, concat, channels, projected),
             related=(concat.name, *(s.name for s in siblings)),
             suggestion=Suggestion(
                 (f"Conv 1×1 {channels}→{projected} (projection)",),
@@ -203,48 +208,123 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         )
 
 
-# What `convlint fix` folds a projection through: activations without parameters, after which
-# the projection no longer commutes (graph.PARAMETER_FREE_ACTIVATIONS, as rewrite/plan.py reads).
-def _projection_fix(view: View, concat: Node, channels: int, projected: int) -> Fix:
-    """What `convlint fix` can do with the projection, read from the concat's consumers as the
-    rewrite reads them (rewrite/plan.py; tests/test_applicability.py holds the two together):
-    approximate when every consumer is a float conv (a low-rank fit of their weight slices for
-    the pooled channels), unsafe when a parameter-free activation sits between the concat and
-    those convs (the projection no longer commutes with it), display-only when the concat is a
-    graph output or a consumer is anything else."""
+@dataclass(frozen=True)
+class Projection:
+    """Where `convlint fix` projects a pooling branch: the concat input carrying the pooled
+    channels (``branch``), the convs reading the concat that the projection folds into, and
+    whether a parameter-free activation sits between the concat and them (``nonlinear``: the
+    projection no longer commutes with it, so the rewrite changes the function)."""
+
+    concat: Node
+    branch: int
+    convs: tuple[Node, ...]
+    nonlinear: bool
+
+
+@dataclass(frozen=True)
+class NoProjection:
+    """Why a pooling branch has no projection `convlint fix` can insert: ``reason`` as `fix`
+    reports it under ``skipped``; ``place`` what stops it (a graph output, the branch, the
+    concat's consumers), which the check's display-only description names."""
+
+    reason: str
+    place: Literal["output", "branch", "consumers"]
+
+
+def match_projection(view: View, pool: Node, concat: Node) -> Projection | NoProjection:
+    """Whether, and where, the projection of ``pool``'s branch into ``concat`` can be inserted
+    and folded, decided once, through the canonical view: the check derives its fix's
+    applicability from the answer and `convlint fix` (rewrite/plan.py) rewrites exactly what it
+    matched. The branch is found as the check found the pool (through layout steps,
+    quantize/dequantize, affine ops and activations), and it must enter a channels-first concat
+    once (the 1×1 projection conv is inserted at that concat input); the concat's consumers must
+    be plain float convs reading it, directly or behind one parameter-free activation
+    (graph.PARAMETER_FREE_ACTIVATIONS)."""
     graph = view.graph
     out = concat.outputs[0]
-    action = f"insert a 1×1 projection {channels}->{projected} after the pool"
     if out in graph.graph_outputs:
-        return described_fix(
-            Applicability.DISPLAY_ONLY,
-            f"{action}: the concat is a graph output, so narrowing it changes a model output",
+        return NoProjection(
+            f"the output of concat {concat.name!r} is a graph output: narrowing it would change "
+            "a model output",
+            "output",
+        )
+    branches = [
+        i
+        for i, tensor in enumerate(concat.inputs)
+        if (source := view.source_of(tensor, CHANNEL_PRESERVING)[0]) is not None
+        and source.name == pool.name
+    ]
+    if len(branches) != 1 or concat.inputs.count(concat.inputs[branches[0]]) != 1:
+        return NoProjection("the pooled channels enter the concat more than once", "branch")
+    if view.channel_axis(out) != 1:
+        return NoProjection(
+            f"concat {concat.name!r} joins channels-last tensors: the 1×1 projection conv is "
+            "inserted only at a channels-first concat",
+            "branch",
         )
     convs: list[Node] = []
+    read = {out}  # what a conv consumer may read: the concat, or an activation of it
     nonlinear = False
     for consumer in graph.consumers_of(out):
         if consumer.op_type in PARAMETER_FREE_ACTIVATIONS and consumer.is_standard:
-            after = graph.consumers_of(consumer.outputs[0])
-            if consumer.outputs[0] in graph.graph_outputs or not after:
-                convs = []
-                break
             nonlinear = True
+            if consumer.outputs[0] in graph.graph_outputs:
+                return NoProjection(
+                    f"{consumer.name!r} after the concat is a graph output", "consumers"
+                )
+            after = graph.consumers_of(consumer.outputs[0])
+            if not after:
+                return NoProjection(
+                    f"{consumer.name!r} after the concat has no consumer", "consumers"
+                )
+            read.add(consumer.outputs[0])
             convs.extend(after)
         else:
             convs.append(consumer)
-    readable = bool(convs) and all(
-        view.is_float_conv(conv)
-        and int(conv.attrs.get("group", 1)) == 1
-        and conv.inputs.count(conv.inputs[0]) == 1
-        for conv in convs
-    )
-    if not readable:
+    for conv in convs:
+        if conv.op_type != "Conv" or conv.inputs[0] not in read:
+            return NoProjection(
+                f"concat consumer {conv.name!r} ({conv.op_type}) is not a conv reading it",
+                "consumers",
+            )
+        if conv.inputs.count(conv.inputs[0]) != 1:
+            return NoProjection(f"{conv.name!r} reads the concat more than once", "consumers")
+        if int(conv.attrs.get("group", 1)) != 1:
+            return NoProjection(f"{conv.name!r} is a grouped conv", "consumers")
+        if not view.is_float_conv(conv):
+            return NoProjection(f"the weight of {conv.name!r} is not stored as floats", "consumers")
+    if not convs:
+        return NoProjection(
+            "the concat has no conv consumer to fold a projection into", "consumers"
+        )
+    return Projection(concat, branches[0], tuple(convs), nonlinear)
+
+
+def _projection_fix(view: View, pool: Node, concat: Node, channels: int, projected: int) -> Fix:
+    """What `convlint fix` does with the projection, from :func:`match_projection` (the
+    planner's own answer): approximate where it folds into float convs (a low-rank fit of their
+    weight slices for the pooled channels), unsafe where an activation sits between the concat
+    and those convs, display-only where nothing can be rewritten."""
+    action = f"insert a 1×1 projection {channels}->{projected} after the pool"
+    match = match_projection(view, pool, concat)
+    if isinstance(match, NoProjection):
+        if match.place == "output":
+            return described_fix(
+                Applicability.DISPLAY_ONLY,
+                f"{action}: the concat is a graph output, so narrowing it changes a model output",
+            )
+        if match.place == "branch":
+            return described_fix(
+                Applicability.DISPLAY_ONLY,
+                f"{action} and retrain the concat's consumers: convlint fix projects a pooled "
+                "branch only where it enters a channels-first concat once",
+            )
         return described_fix(
             Applicability.DISPLAY_ONLY,
             f"{action} and retrain the concat's consumers: convlint fix folds a projection "
             "into float convs that read the concat only",
         )
-    if nonlinear:
+    if match.nonlinear:
         return described_fix(
             Applicability.UNSAFE,
             f"{action} and fold it into the concat's consumers; an activation between them does "

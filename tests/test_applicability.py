@@ -103,6 +103,43 @@ def test_pool_projection_promise_is_what_the_rewrite_plans(
         assert target.unsafe is (expected == "unsafe")
 
 
+@pytest.mark.parametrize("dialect", ["tensorflow", "caffe", "qdq"])
+@pytest.mark.parametrize("consumer", ["conv", "relu", "pool", "transposes"])
+def test_check_and_fix_decide_a_projection_once(
+    consumer: str, dialect: str, tmp_path: Path
+) -> None:
+    """Issue 17: whether a pooling branch can be projected is decided once, through the view
+    (``match_projection``): the check's applicability is display-only exactly where the plan
+    refuses, with the plan's reason, and unsafe exactly where the plan says unsafe, however the
+    exporter wrote the branch (NHWC Transposes around every conv and pool, Caffe's BN, QDQ)."""
+    base = (
+        fixtures.pool_branch_through_transposes()
+        if consumer == "transposes"
+        else pool_branch(consumer)
+    )
+    model = getattr(dialects, f"to_{dialect}")(base)
+    (finding,) = [f for f in findings(model, tmp_path, consumer) if f.code == "CL002"]
+    assert finding.fix is not None
+    graph = inferred_graph(model)
+    try:
+        target = plan(finding, graph, Weights(model), static_spatial=True)
+    except NotRewritable as why:
+        assert finding.fix.applicability is Applicability.DISPLAY_ONLY, why
+        reason = str(why)
+    else:
+        assert isinstance(target, PoolTarget)
+        assert finding.fix.applicability is (
+            Applicability.UNSAFE if target.unsafe else Applicability.APPROXIMATE
+        )
+        reason = ""
+    expected = {  # the tensorflow export concatenates channels-last, read by Transposes
+        "tensorflow": "concat 'concat' joins channels-last tensors",
+        "qdq": "(QuantizeLinear) is not a conv reading it",
+        "caffe": "next_pool" if consumer == "pool" else "",
+    }[dialect]
+    assert (expected in reason) if expected else reason == ""
+
+
 def test_unsafe_projection_says_it_changes_the_function(tmp_path: Path) -> None:
     (finding,) = findings(pool_branch("relu"), tmp_path, "relu")
     assert finding.fix is not None

@@ -165,6 +165,31 @@ def test_pool_projection_is_exact_at_the_rank_of_the_stacked_slices(tmp_path: Pa
     assert max_abs_diff(path, out, random_inputs(planted, seed=5)) < 1e-4
 
 
+def test_pool_branch_through_a_transpose_pair_is_projected(tmp_path: Path) -> None:
+    """Issue 17: the rule finds the pool through NHWC Transposes (the view looks through layout
+    steps), and so does the rewrite now, rather than skipping "the pooled channels enter the
+    concat more than once"; the projection goes at the concat's input, after the Transposes."""
+    model = fixtures.pool_branch_through_transposes(planted_rank=3)
+    path = fixtures.save(model, tmp_path / "transposed.onnx")
+    (finding,) = findings_of(path)
+    assert finding.code == "CL002" and finding.node == "pool"
+    assert finding.fix is not None and finding.fix.applicability.value == "approximate"
+    result, out = run_fix(path, method="weight", samples=2)
+    assert result.skipped == []
+    (rewrite,) = result.rewrites
+    assert (rewrite.code, rewrite.kind, rewrite.rank) == ("CL002", "pool-projection", 3)
+    assert (rewrite.params_before, rewrite.params_after) == (870, 420)
+    assert (rewrite.macs_before, rewrite.macs_after) == (69984, 33534)
+    assert result.written and result.verification is not None and result.verification.ok
+    written = onnx.load(out)
+    projection = next(n for n in written.graph.node if n.name == "pool/proj")
+    assert list(projection.input)[0] == "pool/to_nchw"  # after the Transpose pair
+    concat = next(n for n in written.graph.node if n.name == "concat")
+    assert list(concat.input) == ["branch", list(projection.output)[0]]
+    assert max_abs_diff(path, out, random_inputs(model, seed=5)) < 1e-4
+    assert findings_of(out) == []
+
+
 def test_nonlinear_pool_consumer_is_unsafe_and_needs_the_flag(tmp_path: Path) -> None:
     path = fixtures.save(pool_model(nonlinear=True, rank=3), tmp_path / "pool.onnx")
     result, _ = run_fix(path, method="weight", samples=2, select=["CL002"])

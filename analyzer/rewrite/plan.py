@@ -15,7 +15,7 @@ import numpy as np
 
 from convlint.cost import spatial_pixels
 from convlint.findings import Finding
-from convlint.graph import ACTIVATIONS, PARAMETER_FREE_ACTIVATIONS, ModelGraph, Node
+from convlint.graph import ModelGraph, Node
 from convlint.rewrite.edit import (
     FactorTarget,
     FoldTarget,
@@ -32,6 +32,7 @@ from convlint.rewrite.factorize import (
     compose_pointwise_second,
     constant_response,
 )
+from convlint.rules.pool_branch_inflates_concat import NoProjection, match_projection
 from convlint.view import ARITHMETIC, FOLDABLE, View, border_caveat, transposed_fold
 
 FACTORIZED = ("CL001", "CL005")
@@ -200,58 +201,36 @@ def patch_geometry(conv: Node, graph: ModelGraph, kernel: Sequence[int]) -> Patc
 
 
 def _plan_pool(finding: Finding, pool: Node, graph: ModelGraph, weights: Weights) -> Target:
+    """CL002: the projection the rule matched (``match_projection``, through the same view as
+    the finding), with the weights it folds into."""
     related = [graph.nodes[n] for n in finding.related if n in graph.nodes]
     concat = next((n for n in related if n.op_type == "Concat"), None)
     if concat is None:
         raise NotRewritable("the concat of the pooling branch was not found")
-    out = concat.outputs[0]
-    if out in graph.graph_outputs:
-        raise NotRewritable(
-            f"the output of concat {concat.name!r} is a graph output: narrowing it would change "
-            "a model output"
-        )
-    branches = [i for i, t in enumerate(concat.inputs) if graph.source_of(t)[0] is pool]
-    if len(branches) != 1 or concat.inputs.count(concat.inputs[branches[0]]) != 1:
-        raise NotRewritable("the pooled channels enter the concat more than once")
+    match = match_projection(View(graph), pool, concat)
+    if isinstance(match, NoProjection):
+        raise NotRewritable(match.reason)
     widths = [graph.channels(t) for t in concat.inputs]
     if any(w is None for w in widths):
         raise NotRewritable("channel counts of the concat's inputs are unknown")
-    branch = branches[0]
+    branch = match.branch
     offset = sum(int(w or 0) for w in widths[:branch])
-    convs, unsafe = [], False
-    for consumer in graph.consumers_of(out):
-        if consumer.op_type in PARAMETER_FREE_ACTIVATIONS and consumer.is_standard:
-            unsafe = True
-            if consumer.outputs[0] in graph.graph_outputs:
-                raise NotRewritable(f"{consumer.name!r} after the concat is a graph output")
-            after = graph.consumers_of(consumer.outputs[0])
-            if not after:
-                raise NotRewritable(f"{consumer.name!r} after the concat has no consumer")
-            convs.extend(after)
-        else:
-            convs.append(consumer)
     found = []
-    for conv in convs:
-        if conv.op_type != "Conv" or conv.inputs[0] not in (out, *_outputs_of_acts(graph, out)):
-            raise NotRewritable(
-                f"concat consumer {conv.name!r} ({conv.op_type}) is not a conv reading it"
-            )
-        if conv.inputs.count(conv.inputs[0]) != 1:
-            raise NotRewritable(f"{conv.name!r} reads the concat more than once")
+    for conv in match.convs:
         weight, _ = _conv_weight(conv, weights)
         px = spatial_pixels(graph, conv.outputs[0])
         if px is None:
             raise NotRewritable("spatial sizes are unknown: MACs cannot be counted")
         found.append((conv, weight.astype(np.float64), px))
     pool_px = spatial_pixels(graph, concat.inputs[branch])
-    if not found or pool_px is None:
+    if pool_px is None:
         raise NotRewritable("the concat has no conv consumer to fold a projection into")
     return PoolTarget(
         code=finding.code,
         node=finding.node,
         kind="pool-projection",
         claims=frozenset({concat.index, *(c.index for c, _, _ in found)}),
-        unsafe=unsafe,
+        unsafe=match.nonlinear,
         concat=concat,
         branch=branch,
         offset=offset,
@@ -262,10 +241,6 @@ def _plan_pool(finding: Finding, pool: Node, graph: ModelGraph, weights: Weights
         pool_pixels=pool_px,
         dtype=weights.dtype(found[0][0].inputs[1]),
     )
-
-
-def _outputs_of_acts(graph: ModelGraph, tensor: str) -> list[str]:
-    return [n.outputs[0] for n in graph.consumers_of(tensor) if n.op_type in ACTIVATIONS]
 
 
 def _affine(nodes: Sequence[Node], channels: int, weights: Weights) -> tuple[Array, Array]:
