@@ -14,8 +14,13 @@ from test_fix_rewrites import pool_model
 
 from convlint import fixtures
 from convlint.engine import Settings, analyze
+from convlint.findings import Applicability
+from convlint.fixtures import dialects
+from convlint.graph import ModelGraph
 from convlint.registry import Rule, load_registry
+from convlint.rewrite.edit import Weights
 from convlint.rewrite.pipeline import FixOptions, fix
+from convlint.rewrite.plan import DISPLAY_ONLY, PLANNERS, NotRewritable, plan
 
 RULES = list(load_registry())
 
@@ -26,6 +31,23 @@ REWRITTEN: dict[str, Callable[[], onnx.ModelProto]] = {
     "CL002": lambda: pool_model(nonlinear=False, rank=3),
     "CL003": fixtures.linear_conv_chain_bad,
     "CL005": lambda: fixtures.spatial_expansion_bad(planted_rank=8),
+}
+
+
+# Too large to check in a test's time, and they hold no pattern the smaller fixtures lack.
+HEAVY = {"resnet50", "vgg16", "big_chain"}
+# Every fixture, each rule's bad twin as TensorFlow, Caffe and QDQ exports write it, and a
+# pooling branch whose concat a ReLU reads (CL002's unsafe projection).
+MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
+    "pool_branch_relu": lambda: pool_model(nonlinear=True),
+    **{name: fixtures.BUILDERS[name] for name in sorted(set(fixtures.BUILDERS) - HEAVY)},
+    **{
+        f"{bad}:{dialect}": lambda bad=bad, dialect=dialect: getattr(dialects, f"to_{dialect}")(
+            fixtures.BUILDERS[bad]()
+        )
+        for bad, _ in fixtures.RULE_TWINS.values()
+        for dialect in ("tensorflow", "caffe", "qdq")
+    },
 }
 
 
@@ -40,6 +62,9 @@ def test_every_rule_has_twins_and_every_fixable_rule_a_rewrite() -> None:
     assert set(fixtures.RULE_TWINS) == codes
     assert all(name in fixtures.BUILDERS for pair in fixtures.RULE_TWINS.values() for name in pair)
     assert set(REWRITTEN) == {rule.code for rule in RULES if rule.fix != "never"}
+    # the planners `fix` has are those of the rules that declare a fix, and only those
+    assert set(PLANNERS) == set(REWRITTEN)
+    assert set(DISPLAY_ONLY) == {rule.code for rule in RULES if rule.fix == "never"}
     assert len(codes) == 5 and len(REWRITTEN) == 4  # CL004 is display-only
 
 
@@ -97,3 +122,46 @@ def test_a_display_only_rule_is_never_rewritten(rule: Rule, tmp_path: Path) -> N
         f.fix is None or f.fix.applicability.value == "display-only" for f in result.report.findings
     )
     assert result.rewrites == [] and result.written
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_what_check_calls_fixable_fix_plans(name: str, tmp_path: Path) -> None:
+    """Fix availability is decided once (issue 17, part 1): across the fixtures, a finding whose
+    fix `check` marks safe, approximate or unsafe is one `fix` plans a rewrite for (never "has
+    no rewrite", never a reason of its own), unsafe exactly where the plan is; a display-only
+    one is one it refuses. The plan reads the graph `check`'s rules read."""
+    model = MODELS[name]()
+    path = fixtures.save(model, tmp_path / "model.onnx")
+    kept: list[object] = []
+    report = analyze(path, load_registry(plugins=False), Settings(), keep=kept)
+    assert report.error is None, report.error
+    graph = next(item for item in kept if isinstance(item, ModelGraph))
+    weights = Weights(onnx.load(path))
+    static = all(
+        d.HasField("dim_value") for v in model.graph.input for d in v.type.tensor_type.shape.dim
+    )
+    for finding in report.findings:
+        assert finding.fix is not None, (finding.code, finding.node)
+        applicability = finding.fix.applicability
+        try:
+            target = plan(finding, graph, weights, static)
+        except NotRewritable as why:
+            assert applicability is Applicability.DISPLAY_ONLY, (finding.code, finding.node, why)
+            assert "has no rewrite" not in str(why)
+        else:
+            assert applicability is not Applicability.DISPLAY_ONLY, (finding.code, finding.node)
+            assert target.unsafe is (applicability is Applicability.UNSAFE), finding.node
+            assert target.code == finding.code and target.node == finding.node
+
+
+def test_the_fixtures_reach_every_applicability_a_rule_declares(tmp_path: Path) -> None:
+    """The test above means something for every promise: each (rule, applicability) a rule
+    declares (``Rule.fixes``) is on some fixture's finding, so it was held to the plan."""
+    seen: set[tuple[str, Applicability]] = set()
+    for name, build in MODELS.items():
+        path = fixtures.save(build(), tmp_path / f"{name.replace(':', '.')}.onnx")
+        report = analyze(path, load_registry(plugins=False), Settings())
+        seen |= {(f.code, f.fix.applicability) for f in report.findings if f.fix is not None}
+    declared = {(rule.code, applicability) for rule in RULES for applicability in rule.fixes}
+    assert declared <= seen, declared - seen
+    assert len(declared) == 6

@@ -9,7 +9,7 @@ weights it needs and returns a target of ``edit`` (``FactorTarget``, ``PoolTarge
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -35,8 +35,6 @@ from convlint.rewrite.factorize import (
 from convlint.rules.pool_branch_inflates_concat import NoProjection, match_projection
 from convlint.view import ARITHMETIC, FOLDABLE, View, border_caveat, transposed_fold
 
-FACTORIZED = ("CL001", "CL005")
-
 
 class NotRewritable(Exception):
     """Why a finding has no rewrite here; becomes a ``skipped`` entry."""
@@ -46,19 +44,10 @@ def plan(finding: Finding, graph: ModelGraph, weights: Weights, static_spatial: 
     """The target for a finding of the bound (shape-inferred) graph, or NotRewritable."""
     if finding.node not in graph.nodes:
         raise NotRewritable("inside a subgraph: only the main graph is rewritten")
-    node = graph.nodes[finding.node]
-    if finding.code in FACTORIZED:
-        return _plan_factor(finding, node, graph, weights)
-    if finding.code == "CL002":
-        return _plan_pool(finding, node, graph, weights)
-    if finding.code == "CL003":
-        return _plan_fold(finding, node, graph, weights, static_spatial)
-    if finding.code == "CL004":
-        raise NotRewritable(
-            "display-only: replacing a trained dense head by global pooling changes the "
-            "function and needs retraining"
-        )
-    raise NotRewritable(f"{finding.code} has no rewrite")
+    planner = PLANNERS.get(finding.code)
+    if planner is None:
+        raise NotRewritable(DISPLAY_ONLY.get(finding.code, f"{finding.code} has no rewrite"))
+    return planner(finding, graph.nodes[finding.node], graph, weights, static_spatial)
 
 
 def _conv_weight(node: Node, weights: Weights) -> tuple[Array, Array | None]:
@@ -79,7 +68,10 @@ def _conv_weight(node: Node, weights: Weights) -> tuple[Array, Array | None]:
     return weight, bias
 
 
-def _plan_factor(finding: Finding, conv: Node, graph: ModelGraph, weights: Weights) -> Target:
+def _plan_factor(
+    finding: Finding, conv: Node, graph: ModelGraph, weights: Weights, static_spatial: bool
+) -> Target:
+    """CL001, CL005: the k×k conv's weight, to factorize or to prune its input channels."""
     weight, bias = _conv_weight(conv, weights)
     in_px, out_px = spatial_pixels(graph, conv.inputs[0]), spatial_pixels(graph, conv.outputs[0])
     if in_px is None or out_px is None:
@@ -200,7 +192,9 @@ def patch_geometry(conv: Node, graph: ModelGraph, kernel: Sequence[int]) -> Patc
     )
 
 
-def _plan_pool(finding: Finding, pool: Node, graph: ModelGraph, weights: Weights) -> Target:
+def _plan_pool(
+    finding: Finding, pool: Node, graph: ModelGraph, weights: Weights, static_spatial: bool
+) -> Target:
     """CL002: the projection the rule matched (``match_projection``, through the same view as
     the finding), with the weights it folds into."""
     related = [graph.nodes[n] for n in finding.related if n in graph.nodes]
@@ -509,3 +503,20 @@ def _border_correction(node: Node, weight: Array, constant: Array, graph: ModelG
         _pads_begin(node, graph),
         node.attrs.get("dilations") or [1] * spatial,
     )
+
+
+Planner = Callable[[Finding, Node, ModelGraph, Weights, bool], Target]
+# How each rule's findings become targets; a rule not here has no rewrite. Which rules these
+# are is held to the rules' own fix availability (``Rule.fix``: tests/test_completeness.py), and
+# which findings they plan to what each finding's fix promises, across the fixtures.
+PLANNERS: dict[str, Planner] = {
+    "CL001": _plan_factor,
+    "CL002": _plan_pool,
+    "CL003": _plan_fold,
+    "CL005": _plan_factor,
+}
+# Why a display-only rule's findings are not rewritten, as `fix` lists them under skipped.
+DISPLAY_ONLY = {
+    "CL004": "display-only: replacing a trained dense head by global pooling changes the "
+    "function and needs retraining",
+}
