@@ -115,7 +115,7 @@ def test_fold_is_exact_at_borders_strides_and_bias(
     model = fold_model(first_k, second_k, stride=stride, pads=pads, bias=bias, bn=bn)
     target = target_for(model, "CL003", "first")
     assert isinstance(target, FoldTarget)
-    rewritten = apply_edits(model, [target.edit(Names(model))])
+    rewritten = apply_edits(model, [target.edit(None, Names(model))])
     onnx.checker.check_model(rewritten, full_check=True)
     assert len(rewritten.graph.node) <= 3
     assert max_abs_diff(model, rewritten, random_inputs(model)) < 1e-4

@@ -118,7 +118,7 @@ def _chain(
 def _folded(model: onnx.ModelProto, first: str) -> tuple[FoldTarget, onnx.ModelProto]:
     target = target_for(model, "CL003", first)
     assert isinstance(target, FoldTarget)
-    return target, apply_edits(model, [target.edit(Names(model))])
+    return target, apply_edits(model, [target.edit(None, Names(model))])
 
 
 def _outputs(model: onnx.ModelProto, folded: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:

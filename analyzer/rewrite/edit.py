@@ -25,16 +25,25 @@ original's node order (every new node takes the place of a node it replaces).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from convlint.cost import spatial_pixels
 from convlint.engine import IGNORE_KEY
-from convlint.graph import Node
+from convlint.graph import ModelGraph, Node
+from convlint.rewrite.budget import (
+    Candidate,
+    factor_candidates,
+    pareto,
+    pool_candidates,
+    prune_candidates,
+)
 from convlint.rewrite.factorize import (
     KINDS,
     Array,
@@ -305,15 +314,49 @@ def _tensor(values: Array, name: str, dtype: np.dtype[Any]) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(values, dtype=dtype), name)
 
 
+class Search(Protocol):
+    """How a lossy target's factors are searched (``ConvFactorizer``, ``PoolProjection``)."""
+
+    def cheapest(self, budget: float) -> Factors | None: ...
+
+    def fixed(self, rank: int | None = None, ratio: float | None = None) -> Factors | None: ...
+
+
+@dataclass(frozen=True)
+class Curve:
+    """What the whole-model budget chooses among for one lossy target: its forms that save
+    ``--min-saving`` (``candidates``), the MACs they are measured against, and the factors of
+    any one of them (``at``)."""
+
+    search: Search
+    pruner: ChannelPruner | None
+    baseline: int
+    candidates: list[Candidate]
+    at_rank: Callable[[str, int | tuple[int, int]], Factors] = field(repr=False)
+
+    def at(self, kind: str, rank: int | tuple[int, int]) -> Factors:
+        if kind == "prune":
+            assert self.pruner is not None and isinstance(rank, int)
+            return self.pruner.at_count(rank)
+        return self.at_rank(kind, rank)
+
+
 @dataclass(kw_only=True)
 class Target:
-    """A finding the fixer can rewrite."""
+    """A finding the fixer can rewrite, and everything the pipeline asks of it: one protocol
+    for every kind of rewrite (the pipeline never asks which kind a target is)."""
 
     code: str
     node: str
     kind: str  # "factorize", "pool-projection" or "fold"
     claims: frozenset[int]  # proto indices of the nodes it replaces
     unsafe: bool = False
+    # Exact rewrites claim their nodes first, then projections, then factorizations.
+    claim_order: ClassVar[int] = 0
+    # Why an unsafe target is skipped without --unsafe-fixes.
+    unsafe_reason: ClassVar[str] = "unsafe fix; pass --unsafe-fixes to apply it"
+    # Whether a rewrite that `check` flags may be tried in another factored form.
+    other_forms: ClassVar[bool] = False
 
     @property
     def lossy(self) -> bool:
@@ -324,6 +367,26 @@ class Target:
 
     def stat_tensors(self) -> list[str]:
         return []
+
+    def search(self, stats: dict[str, Array] | None, kinds: Sequence[str] = KINDS) -> Search | None:
+        """The search of a lossy target's factors; None for an exact one (nothing to search)."""
+        return None
+
+    def curve(self, stats: dict[str, Array] | None, method: str, min_saving: float) -> Curve:
+        """What the whole-model budget chooses among (lossy targets only)."""
+        raise TypeError(f"a {self.kind} rewrite is exact: the budget does not search it")
+
+    def edit(self, factors: Factors | None, names: Names) -> Edit:
+        """The node replacements for ``factors`` (None for an exact rewrite)."""
+        raise NotImplementedError
+
+    def exact_macs(self, shapes: ModelGraph) -> int | None:
+        """The MACs of an exact rewrite's node, None where they are not known (or it is not)."""
+        return None
+
+    def pruned(self, factors: Factors | None) -> Prunable | None:
+        """The producer these factors narrow (a channel pruning), or None."""
+        return None
 
 
 @dataclass(kw_only=True)
@@ -337,6 +400,8 @@ class FactorTarget(Target):
     relu: bool = False  # a ReLU reads the conv's output (and nothing else does)
     activated: str | None = None  # that ReLU's output
     prunable: Prunable | None = None  # its input channels can be pruned
+    claim_order: ClassVar[int] = 2
+    other_forms: ClassVar[bool] = True
 
     def replaced_nodes(self) -> list[str]:
         return [self.conv.name]
@@ -368,7 +433,30 @@ class FactorTarget(Target):
         moment = stats[self.conv.inputs[0]]
         return ChannelPruner(self.weight, self.site, moment, self.prunable.producer_macs)
 
-    def edit(self, factors: Factors, names: Names) -> Edit:
+    def curve(self, stats: dict[str, Array] | None, method: str, min_saving: float) -> Curve:
+        """Factored forms (unless --method prune) and channel prunings (--method auto or
+        prune), their MACs counting the producer a pruning narrows."""
+        search = self.search(stats)
+        pruner = self.pruner(stats) if method in ("auto", "prune") else None
+        extra = pruner.producer_macs if pruner is not None else 0
+        candidates: list[Candidate] = []
+        if method != "prune":
+            candidates = [
+                dataclasses.replace(c, macs=c.macs + extra)
+                for c in factor_candidates(search, self.site.macs(), min_saving)
+            ]
+        if pruner is not None:
+            candidates = pareto([*candidates, *prune_candidates(pruner, min_saving)])
+        return Curve(search, pruner, self.site.macs() + extra, candidates, search.at_rank)
+
+    def pruned(self, factors: Factors | None) -> Prunable | None:
+        if factors is None or factors.kept is None:
+            return None
+        assert self.prunable is not None
+        return self.prunable
+
+    def edit(self, factors: Factors | None, names: Names) -> Edit:
+        assert factors is not None
         if factors.kind == "prune":
             return self._prune(factors, names)
         proto, conv = self.conv.proto, self.conv
@@ -457,6 +545,11 @@ class PoolTarget(Target):
     out_pixels: list[int] = field(default_factory=list)
     pool_pixels: int = 0
     dtype: np.dtype[Any] = field(default=np.dtype(np.float32), repr=False)
+    claim_order: ClassVar[int] = 1
+    unsafe_reason: ClassVar[str] = (
+        "unsafe fix: a consumer of the concat is nonlinear in the pooled channels; pass "
+        "--unsafe-fixes to apply it"
+    )
 
     def replaced_nodes(self) -> list[str]:
         return [self.concat.name, *(c.name for c in self.convs)]
@@ -464,7 +557,10 @@ class PoolTarget(Target):
     def stat_tensors(self) -> list[str]:
         return [self.concat.inputs[self.branch]]
 
-    def search(self, stats: dict[str, Array] | None) -> PoolProjection:
+    def search(
+        self, stats: dict[str, Array] | None, kinds: Sequence[str] = KINDS
+    ) -> PoolProjection:
+        """The projection's search (one form: ``kinds`` does not apply)."""
         lo, hi = self.offset, self.offset + self.channels
         consumers = [
             Consumer(w[:, lo:hi], px) for w, px in zip(self.weights, self.out_pixels, strict=True)
@@ -472,8 +568,16 @@ class PoolTarget(Target):
         moment = None if stats is None else stats[self.concat.inputs[self.branch]]
         return PoolProjection(consumers, self.pool_pixels, moment)
 
-    def edit(self, factors: Factors, names: Names) -> Edit:
-        assert isinstance(factors.rank, int)
+    def curve(self, stats: dict[str, Array] | None, method: str, min_saving: float) -> Curve:
+        """The projection widths (none under --method prune: there is no conv input to prune)."""
+        search = self.search(stats)
+        candidates = pool_candidates(search, min_saving) if method != "prune" else []
+        return Curve(
+            search, None, search.baseline()[0], candidates, lambda _, rank: search.at_rank(rank)
+        )
+
+    def edit(self, factors: Factors | None, names: Names) -> Edit:
+        assert factors is not None and isinstance(factors.rank, int)
         pooled = self.concat.inputs[self.branch]
         projection, *slices = factors.weights
         spatial = len(self.weights[0].shape) - 2
@@ -516,6 +620,10 @@ class FoldTarget(Target):
     # ConvTranspose's), ``pads`` replacing its pads where given (a ConvTranspose then a conv).
     transposed: bool = False
     pads: list[int] | None = None
+    unsafe_reason: ClassVar[str] = (
+        "unsafe fix: the folded conv differs at the borders, where a bias or cropped rows meet "
+        "the zero padding; pass --unsafe-fixes to apply it (still held to the tolerance)"
+    )
 
     def replaced_nodes(self) -> list[str]:
         return [self.first.name, *(n.name for n in self.between), self.second.name]
@@ -531,7 +639,12 @@ class FoldTarget(Target):
             node.attribute.append(helper.make_attribute("pads", self.pads))
         return node
 
-    def edit(self, names: Names) -> Edit:
+    def exact_macs(self, shapes: ModelGraph) -> int | None:
+        pixels = spatial_pixels(shapes, self.second.outputs[0])
+        return None if pixels is None else int(np.prod(self.weight.shape)) * pixels
+
+    def edit(self, factors: Factors | None, names: Names) -> Edit:
+        assert factors is None  # a fold is exact: nothing was searched
         x, y = self.first.inputs[0], self.second.outputs[0]
         weight = _tensor(self.weight, names.fresh(f"{self.second.name}.weight/folded"), self.dtype)
         initializers = [weight]

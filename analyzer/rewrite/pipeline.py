@@ -65,7 +65,7 @@ from convlint.atomic import (
     special_kind,
     write_target,
 )
-from convlint.cost import ModelCost, model_cost, spatial_pixels
+from convlint.cost import ModelCost, model_cost
 from convlint.engine import ModelReport, Settings, lint
 from convlint.errors import ConvlintError, ModelError, UsageError
 from convlint.graph import build_graph
@@ -78,11 +78,7 @@ from convlint.rewrite.budget import (
     MIN_SAVING,
     Allocation,
     Candidate,
-    factor_candidates,
     key_of,
-    pareto,
-    pool_candidates,
-    prune_candidates,
     reduced_rank_refit,
     refit,
     refit_rows,
@@ -91,16 +87,15 @@ from convlint.rewrite.budget import (
 )
 from convlint.rewrite.calibration import Samples, parse_preprocess, read_samples
 from convlint.rewrite.edit import (
+    Curve,
     Edit,
     FactorTarget,
-    FoldTarget,
     Names,
-    PoolTarget,
     Target,
     Weights,
     apply_edits,
 )
-from convlint.rewrite.factorize import KINDS, Array, ChannelPruner, Factors
+from convlint.rewrite.factorize import KINDS, Array, Factors
 from convlint.rewrite.latency import Latency
 from convlint.rewrite.options import (
     DEFAULT_METHOD,
@@ -146,7 +141,6 @@ EARLY_MARGIN = 3.0  # ... and fails at once beyond this many times the tolerance
 VERIFY_MIN = 64  # held-out samples, when the user gives that many
 FIT_MIN = 16  # fitting samples kept when the held-out set grows to VERIFY_MIN
 REFIT_ROUNDS = 1  # refits of every chosen layer against the approximated model's inputs
-KIND_ORDER = {"fold": 0, "pool-projection": 1, "factorize": 2}  # exact rewrites claim first
 STAGES = ("analysis", "inputs", "factorization", "onnxruntime", "latency", "writing")
 
 
@@ -513,25 +507,14 @@ class Fixer:
                     skipped.append(Skipped(finding.code, finding.node, str(exc)))
             claimed: dict[int, Target] = {}
             kept = []
-            for target in sorted(targets, key=lambda t: KIND_ORDER[t.kind]):
+            for target in sorted(targets, key=lambda t: t.claim_order):
                 overlap = [claimed[i] for i in target.claims if i in claimed]
                 if overlap:
                     other = overlap[0]
                     reason = f"overlaps the {other.code} rewrite of {other.node!r}"
                     skipped.append(Skipped(target.code, target.node, reason))
                 elif target.unsafe and not self.options.unsafe_fixes:
-                    skipped.append(
-                        Skipped(
-                            target.code,
-                            target.node,
-                            "unsafe fix: a consumer of the concat is nonlinear in the pooled "
-                            "channels; pass --unsafe-fixes to apply it"
-                            if target.kind == "pool-projection"
-                            else "unsafe fix: the folded conv differs at the borders, where a "
-                            "bias or cropped rows meet the zero padding; pass --unsafe-fixes to "
-                            "apply it (still held to the tolerance)",
-                        )
-                    )
+                    skipped.append(Skipped(target.code, target.node, target.unsafe_reason))
                 else:
                     kept.append(target)
                     claimed.update(dict.fromkeys(target.claims, target))
@@ -680,25 +663,17 @@ class Fixer:
         return edit, errors
 
     def _edit(self, target: Target, factors: Factors | None) -> Edit:
-        names = Names(self.light)
-        if isinstance(target, FoldTarget):
-            return target.edit(names)
-        assert isinstance(target, FactorTarget | PoolTarget) and factors is not None
-        return target.edit(factors, names)
+        return target.edit(factors, Names(self.light))
 
     def select(
         self, target: Target, budget: float, kinds: tuple[str, ...] = KINDS
     ) -> _Choice | str:
         """The cheapest confirmed choice within ``budget``, or why there is none."""
-        if isinstance(target, FoldTarget):
+        with self.timer("factorization"):
+            search = target.search(self.stats, kinds)
+        if search is None:  # exact: nothing to search
             edit, errors = self.trial(target, None)
             return _Choice(target, None, edit, errors, budget)
-        assert isinstance(target, FactorTarget | PoolTarget)
-        with self.timer("factorization"):
-            if isinstance(target, FactorTarget):
-                search: Any = target.search(self.stats, kinds)
-            else:
-                search = target.search(self.stats)
         if self.options.rank is not None or self.options.ratio is not None:
             with self.timer("factorization"):
                 fixed = search.fixed(self.options.rank, self.options.ratio)
@@ -927,10 +902,8 @@ class Fixer:
         new: int | None = None
         if choice.factors is not None:
             new = choice.factors.macs
-        elif isinstance(choice.target, FoldTarget):
-            pixels = spatial_pixels(self.graph, choice.target.second.outputs[0])
-            if pixels is not None:
-                new = int(np.prod(choice.target.weight.shape)) * pixels
+        else:
+            new = choice.target.exact_macs(self.graph)
         if old is None or new is None:
             return "it lowers MACs"
         return f"it lowers MACs {old:,} -> {new:,}"
@@ -967,7 +940,7 @@ class Fixer:
             )
             kind = choice.factors.kind if choice.factors is not None else None
             remaining = tuple(k for k in choice.kinds if k != kind)
-            if isinstance(choice.target, FactorTarget) and remaining:
+            if choice.target.other_forms and remaining:
                 retry = self.select(choice.target, choice.budget, remaining)
                 if isinstance(retry, _Choice):
                     choices[key] = retry
@@ -1094,44 +1067,18 @@ class Fixer:
         """Every lossy rewrite's rank, chosen together: the most aggressive allocation on the
         path of ``budget.allocation_path`` whose whole model holds the tolerance (and
         --min-top1) on the held-out samples, each layer refitted to the original response."""
-        searches: dict[str, tuple[Target, Any, ChannelPruner | None]] = {}
+        searches: dict[str, tuple[Target, Curve]] = {}
         curves: dict[str, list[Candidate]] = {}
         baselines: dict[str, int] = {}
-        method = self.options.method
         with self.timer("factorization"):
             for target in lossy:
                 key = _key(target)
-                pruner = None
-                if isinstance(target, FactorTarget):
-                    search: Any = target.search(self.stats)
-                    if method in ("auto", "prune"):
-                        pruner = target.pruner(self.stats)
-                    extra = pruner.producer_macs if pruner is not None else 0
-                    baselines[key] = target.site.macs() + extra
-                    curve = []
-                    if method != "prune":
-                        curve = [
-                            dataclasses.replace(c, macs=c.macs + extra)
-                            for c in factor_candidates(
-                                search, target.site.macs(), self.options.min_saving
-                            )
-                        ]
-                    if pruner is not None:
-                        saving = self.options.min_saving
-                        curve = pareto([*curve, *prune_candidates(pruner, saving)])
-                else:
-                    assert isinstance(target, PoolTarget)
-                    search = target.search(self.stats)
-                    baselines[key] = search.baseline()[0]
-                    curve = (
-                        pool_candidates(search, self.options.min_saving)
-                        if method != "prune"
-                        else []
-                    )
-                if not curve:
+                curve = target.curve(self.stats, self.options.method, self.options.min_saving)
+                if not curve.candidates:
                     self._settle_one(target, NO_SAVING, {}, result, report)
                     continue
-                searches[key], curves[key] = (target, search, pruner), curve
+                searches[key], curves[key] = (target, curve), curve.candidates
+                baselines[key] = curve.baseline
         fixed = [c.edit for c in exact.values()]
         tried: dict[Any, tuple[dict[str, _Choice], Errors]] = {}
         closest: dict[str, float] = {}  # the least error of an allocation with the target
@@ -1163,7 +1110,7 @@ class Fixer:
 
         best = spend(curves, baselines, holds, self.log)
         chosen = tried[key_of(best)][0] if best else {}
-        for key, (target, _, _) in searches.items():
+        for key, (target, _) in searches.items():
             if key not in chosen:
                 reason = NO_SAVING if not best else OUT_OF_BUDGET
                 if target.unsafe and math.isfinite(closest.get(key, math.inf)):
@@ -1182,7 +1129,7 @@ class Fixer:
     def build(
         self,
         allocation: Allocation,
-        searches: dict[str, tuple[Target, Any, ChannelPruner | None]],
+        searches: dict[str, tuple[Target, Curve]],
         fit: list[Feed],
         fixed: list[Edit],
     ) -> dict[str, _Choice]:
@@ -1190,16 +1137,10 @@ class Fixer:
         chosen: dict[str, _Choice] = {}
         with self.timer("factorization"):
             for key, candidate in allocation.items():
-                target, search, pruner = searches[key]
+                target, curve = searches[key]
                 cached = self._factors.get((key, candidate.kind, candidate.rank))
                 if cached is None:
-                    if candidate.kind == "prune":
-                        assert pruner is not None and isinstance(candidate.rank, int)
-                        cached = pruner.at_count(candidate.rank)
-                    elif isinstance(target, FactorTarget):
-                        cached = search.at_rank(candidate.kind, candidate.rank)
-                    else:
-                        cached = search.at_rank(candidate.rank)
+                    cached = curve.at(candidate.kind, candidate.rank)
                     self._factors[(key, candidate.kind, candidate.rank)] = cached
                 edit = self._edit(target, cached)
                 chosen[key] = _Choice(
@@ -1243,10 +1184,9 @@ class Fixer:
             )
         # A conv whose output channels another rewrite prunes is fitted on the kept ones.
         narrowed = {
-            c.target.prunable.producer_output: list(c.factors.kept)
+            pruned.producer_output: list(c.factors.kept)
             for c in chosen.values()
-            if isinstance(c.target, FactorTarget)
-            and c.target.prunable is not None
+            if (pruned := c.target.pruned(c.factors)) is not None
             and c.factors is not None
             and c.factors.kept is not None
         }
@@ -1344,10 +1284,10 @@ class Fixer:
         new = [after.nodes[n] for n in choice.edit.new_nodes if n in after.nodes]
         factors = choice.factors
         kept = None
-        if factors is not None and factors.kept is not None:
+        pruned = choice.target.pruned(factors)
+        if factors is not None and factors.kept is not None and pruned is not None:
             kept = list(factors.kept)
-            assert isinstance(choice.target, FactorTarget) and choice.target.prunable
-            producer = choice.target.prunable.producer
+            producer = pruned.producer
             if producer in after.nodes:  # narrowed in place, not rewritten by another finding
                 old.append(before.nodes[producer])
                 new.append(after.nodes[producer])
