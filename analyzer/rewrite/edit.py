@@ -26,6 +26,7 @@ original's node order (every new node takes the place of a node it replaces).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -38,11 +39,14 @@ from convlint.cost import spatial_pixels
 from convlint.engine import IGNORE_KEY
 from convlint.graph import ModelGraph, Node
 from convlint.rewrite.budget import (
+    MAX_PATCH_WIDTH,
+    MAX_REFIT_WIDTH,
     Candidate,
     factor_candidates,
     pareto,
     pool_candidates,
     prune_candidates,
+    refit_rows,
 )
 from convlint.rewrite.factorize import (
     KINDS,
@@ -55,6 +59,7 @@ from convlint.rewrite.factorize import (
     PoolProjection,
     Statistics,
 )
+from convlint.rewrite.verify import PatchSpec
 
 # Ops that only carry a constant on (a weight's Constant node, its Identity or Cast).
 CONSTANT_STEPS = frozenset({"Constant", "Identity", "Cast"})
@@ -388,6 +393,11 @@ class Target:
         """The producer these factors narrow (a channel pruning), or None."""
         return None
 
+    def refit_job(self, edit: Edit, factors: Factors | None, samples: int) -> RefitJob | None:
+        """What the response reconstruction samples to refit this rewrite (``budget.refit``),
+        or None where it is not refitted."""
+        return None
+
 
 @dataclass(kw_only=True)
 class FactorTarget(Target):
@@ -454,6 +464,48 @@ class FactorTarget(Target):
             return None
         assert self.prunable is not None
         return self.prunable
+
+    def refit_job(self, edit: Edit, factors: Factors | None, samples: int) -> RefitJob | None:
+        """The patches a refit of these factors samples from ``samples`` fit samples; None for a
+        conv that is not 2-D, or patches wider than the refit's bound."""
+        if self.patches is None or edit.tail is None or factors is None:
+            return None
+        geometry = self.patches
+        pixels, seed = math.prod(geometry.out_shape), self.conv.index
+        output_rows = refit_rows(self.site.cout, samples, pixels)
+        output = PatchSpec(
+            self.conv.outputs[0], geometry.out_shape, per_sample=output_rows, seed=seed
+        )
+        kxk = (int(self.site.kernel[0]), int(self.site.kernel[1]))
+
+        def patches(tensor: str, rows: int) -> PatchSpec:
+            """What the k×k conv reads of ``tensor`` at the sampled output pixels."""
+            return PatchSpec(
+                tensor,
+                geometry.out_shape,
+                kxk,
+                geometry.strides,
+                geometry.pads,
+                geometry.dilations,
+                rows,
+                seed,
+            )
+
+        if factors.kind == "svd-expand" and self.site.cin * self.site.k <= MAX_PATCH_WIDTH:
+            features = patches(self.conv.inputs[0], output_rows)
+            return RefitJob(self, factors, features, output, whole=True)
+        last = factors.weights[-1]
+        width = int(np.prod(last.shape[1:]))
+        if width > MAX_REFIT_WIDTH:
+            return None
+        rows = refit_rows(width, samples, pixels)
+        output = dataclasses.replace(output, per_sample=rows)
+        tensor, spatial = edit.tail
+        if spatial:
+            features = patches(tensor, rows)
+        else:
+            features = PatchSpec(tensor, geometry.out_shape, per_sample=rows, seed=seed)
+        return RefitJob(self, factors, features, output, whole=False)
 
     def edit(self, factors: Factors | None, names: Names) -> Edit:
         assert factors is not None
@@ -532,6 +584,18 @@ def _minus_bias(response: Array, stats: dict[str, Array], target: FactorTarget) 
     b = target.bias.astype(np.float64)
     mean = stats[f"{target.conv.outputs[0]}#mean"]
     return response - np.outer(mean, b) - np.outer(b, mean) + np.outer(b, b)
+
+
+@dataclass(frozen=True)
+class RefitJob:
+    """What one chosen conv factorization's refit samples: the patches its refitted conv(s)
+    read in the rewritten model, and the layer's output in both models."""
+
+    target: FactorTarget
+    factors: Factors
+    features: PatchSpec  # in the rewritten model: what the refitted conv(s) read
+    output: PatchSpec  # the layer's output, in the original model and in the rewritten one
+    whole: bool  # svd-expand: both convs refitted from the conv's input patches
 
 
 @dataclass(kw_only=True)

@@ -73,15 +73,12 @@ from convlint.paths import external_data_files
 from convlint.registry import Registry
 from convlint.rewrite import latency, weightstore
 from convlint.rewrite.budget import (
-    MAX_PATCH_WIDTH,
-    MAX_REFIT_WIDTH,
     MIN_SAVING,
     Allocation,
     Candidate,
     key_of,
     reduced_rank_refit,
     refit,
-    refit_rows,
     relative_error,
     spend,
 )
@@ -89,7 +86,6 @@ from convlint.rewrite.calibration import Samples, parse_preprocess, read_samples
 from convlint.rewrite.edit import (
     Curve,
     Edit,
-    FactorTarget,
     Names,
     Target,
     Weights,
@@ -1157,24 +1153,28 @@ class Fixer:
         (after its ReLU), where that lowers the layer's error on the sampled pixels. An
         ``svd-expand`` form is refitted whole (``reduced_rank_refit``), other forms in their
         last conv (``refit``)."""
-        jobs = [job for key, choice in chosen.items() if (job := _refit_job(key, choice, fit))]
+        jobs = [
+            (key, job)
+            for key, choice in chosen.items()
+            if (job := choice.target.refit_job(choice.edit, choice.factors, len(fit)))
+        ]
         if not jobs:
             return
-        missing = [job for job in jobs if (job.key, job.output) not in self._responses]
+        missing = [(key, job) for key, job in jobs if (key, job.output) not in self._responses]
         if missing:
             with self.timer("onnxruntime"):
-                specs = [job.output for job in missing]
+                specs = [job.output for _, job in missing]
                 found = self.runtime.sample(
                     probe(self.light, (spec.tensor for spec in specs)),
                     fit,
                     specs,
                     "sampling the original",
                 )
-            for job, rows in zip(missing, found, strict=True):
-                self._responses[(job.key, job.output)] = rows
+            for (key, job), rows in zip(missing, found, strict=True):
+                self._responses[(key, job.output)] = rows
         with self.timer("factorization"):
             model = apply_edits(self.light, [*fixed, *(c.edit for c in chosen.values())])
-        specs = [spec for job in jobs for spec in (job.features, job.output)]
+        specs = [spec for _, job in jobs for spec in (job.features, job.output)]
         with self.timer("onnxruntime"):
             sampled = self.runtime.sample(
                 probe(model, (spec.tensor for spec in specs)),
@@ -1191,12 +1191,10 @@ class Fixer:
             and c.factors.kept is not None
         }
         with self.timer("factorization"):
-            for index, job in enumerate(jobs):
+            for index, (key, job) in enumerate(jobs):
                 features, current = sampled[2 * index], sampled[2 * index + 1]
-                choice = chosen[job.key]
-                target, factors = choice.target, choice.factors
-                assert isinstance(target, FactorTarget) and factors is not None
-                response = self._responses[(job.key, job.output)]
+                choice, target, factors = chosen[key], job.target, job.factors
+                response = self._responses[(key, job.output)]
                 kept = narrowed.get(job.output.tensor)
                 if kept is not None:
                     response = response[:, kept]
@@ -1228,7 +1226,7 @@ class Fixer:
                 refitted = dataclasses.replace(
                     factors, weights=weights, bias=bias, method="data-aware"
                 )
-                chosen[job.key] = dataclasses.replace(
+                chosen[key] = dataclasses.replace(
                     choice, factors=refitted, edit=self._edit(target, refitted)
                 )
 
@@ -1430,59 +1428,6 @@ def _create_from(source: Path, path: Path) -> None:
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, "appeared while writing", str(path)) from None
         os.rename(source, path)
-
-
-@dataclass(frozen=True)
-class _RefitJob:
-    key: str
-    features: PatchSpec  # in the rewritten model: what the refitted conv(s) read
-    output: PatchSpec  # the layer's output, in the original model and in the rewritten one
-    whole: bool  # svd-expand: both convs refitted from the conv's input patches
-
-
-def _refit_job(key: str, choice: _Choice, fit: list[Feed]) -> _RefitJob | None:
-    """What one chosen rewrite's refit samples, or None when it is not refitted: a pooling
-    projection, a conv that is not 2-D, or patches wider than the refit's bound."""
-    target, edit, factors = choice.target, choice.edit, choice.factors
-    if not isinstance(target, FactorTarget) or target.patches is None:
-        return None
-    if edit.tail is None or factors is None:
-        return None
-    geometry = target.patches
-    pixels, seed = math.prod(geometry.out_shape), target.conv.index
-    output_rows = refit_rows(target.site.cout, len(fit), pixels)
-    output = PatchSpec(
-        target.conv.outputs[0], geometry.out_shape, per_sample=output_rows, seed=seed
-    )
-    kxk = (int(target.site.kernel[0]), int(target.site.kernel[1]))
-
-    def patches(tensor: str, rows: int) -> PatchSpec:
-        """What the k×k conv reads of ``tensor`` at the sampled output pixels."""
-        return PatchSpec(
-            tensor,
-            geometry.out_shape,
-            kxk,
-            geometry.strides,
-            geometry.pads,
-            geometry.dilations,
-            rows,
-            seed,
-        )
-
-    if factors.kind == "svd-expand" and target.site.cin * target.site.k <= MAX_PATCH_WIDTH:
-        return _RefitJob(key, patches(target.conv.inputs[0], output_rows), output, whole=True)
-    last = factors.weights[-1]
-    width = int(np.prod(last.shape[1:]))
-    if width > MAX_REFIT_WIDTH:
-        return None
-    rows = refit_rows(width, len(fit), pixels)
-    output = dataclasses.replace(output, per_sample=rows)
-    tensor, spatial = edit.tail
-    if spatial:
-        features = patches(tensor, rows)
-    else:
-        features = PatchSpec(tensor, geometry.out_shape, per_sample=rows, seed=seed)
-    return _RefitJob(key, features, output, whole=False)
 
 
 def _widen(rows: Array, bias: Array, kept: list[int] | None, count: int) -> tuple[Array, Array]:
