@@ -262,7 +262,7 @@ def fix(
     ``output`` was written (verification passed), ``rewrites`` and ``skipped`` what was done
     and why not, ``verification`` the measured errors. Bad input raises ``ConvlintError``.
     """
-    from convlint.rewrite.pipeline import FixOptions
+    from convlint.rewrite.options import FixOptions
     from convlint.rewrite.pipeline import fix as run_fix
 
     if isinstance(model, onnx.ModelProto) and output is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from convlint.errors import ConvlintError, UsageError
+from convlint.paths import same_file as same_file  # `fix` shares it (it sits below output)
 
 
 def emit(text: str, output: str | None) -> None:
@@ -51,16 +52,6 @@ def silence(stream: TextIO) -> None:
         os.dup2(devnull, stream.fileno())
     finally:
         os.close(devnull)
-
-
-def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Whether two paths name one file (through symlinks and hard links)."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
 
 
 def _mentions(path: Path, name: str) -> bool:

@@ -1,5 +1,6 @@
-"""Model paths as CI tools and baselines want them: relative, with forward slashes; and the
-files a model keeps its weights in."""
+"""Model paths as CI tools and baselines want them: relative, with forward slashes; the files
+a model keeps its weights in; whether two paths name one file (for `check`'s output safety
+and `fix`'s alike)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from urllib.parse import quote
 
 if TYPE_CHECKING:  # the reporters read paths without importing onnx
     import onnx
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file (through symlinks and hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def relative_posix(

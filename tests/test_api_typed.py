@@ -16,7 +16,7 @@ import pytest
 import convlint
 from convlint import api, fixtures
 from convlint.nodestats import StatsReport
-from convlint.rewrite.pipeline import FixOptions
+from convlint.rewrite.options import FixOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,26 @@ def test_fix_options_are_fix_options() -> None:
         assert parameters[name].default == getattr(defaults, name), name
     with pytest.raises(TypeError, match="tolerence"):
         convlint.fix(fixtures.conv3x3(), "out.onnx", tolerence=0.1)  # type: ignore[call-arg]
+
+
+def test_the_command_line_defaults_are_fix_options() -> None:
+    """One definition of fix's defaults (issue 17, part 2): `convlint fix MODEL -o OUT` with no
+    other option asks the pipeline for exactly ``FixOptions(OUT)``, which the pipeline and the
+    API read from ``rewrite/options.py``."""
+    from convlint.commands.fix import fix_options
+    from convlint.commands.parser import build_parser
+    from convlint.rewrite import options, pipeline
+
+    args = build_parser().parse_args(["fix", "model.onnx", "-o", "out.onnx"])
+    assert fix_options(args) == FixOptions(output=Path("out.onnx"))
+    assert pipeline.FixOptions is options.FixOptions
+    defaults = FixOptions(output=None)
+    assert (defaults.method, defaults.timeout, defaults.provider) == (
+        "auto",
+        300.0,
+        "CPUExecutionProvider",
+    )
+    assert options.output_bound(defaults) == 1e-3
 
 
 def test_a_string_is_one_code() -> None:

@@ -47,7 +47,8 @@ def _literature_comparison(folder: Path) -> str:
 
 def _verified_rewrite(path: Path, registry: Registry) -> str:
     """`convlint fix --method weight` on the demo block: the rewrites, verified by onnxruntime."""
-    from convlint.rewrite.pipeline import FixOptions, fix
+    from convlint.rewrite.options import FixOptions
+    from convlint.rewrite.pipeline import fix
     from convlint.rewrite.report import render_text as render_fix
 
     out = path.with_name("inception_3a_fixed.onnx")

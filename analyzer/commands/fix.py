@@ -27,7 +27,7 @@ from convlint.rewrite.options import (
 
 if TYPE_CHECKING:
     from convlint.registry import Registry
-    from convlint.rewrite.pipeline import FixOptions
+    from convlint.rewrite.options import FixOptions
 
 
 def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,7 +135,7 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fix_options(args: argparse.Namespace) -> FixOptions:
     """The parsed command line as the pipeline's options."""
-    from convlint.rewrite.pipeline import FixOptions
+    from convlint.rewrite.options import FixOptions
 
     return FixOptions(
         output=Path(args.output_model) if args.output_model else None,
@@ -164,7 +164,8 @@ def cmd_fix(args: argparse.Namespace, registry: Registry) -> int:
     """`convlint fix`: 0 written and verified, 1 verification failed, 2 bad input."""
     from convlint.atomic import write_target
     from convlint.findings import ModelReport
-    from convlint.rewrite.pipeline import FixResult, fix, named_after, reported_tolerance
+    from convlint.rewrite.options import reported_tolerance
+    from convlint.rewrite.pipeline import FixResult, fix, named_after
     from convlint.rewrite.report import render_json, render_text
     from convlint.rewrite.verify import RuntimeFailure
 

@@ -69,11 +69,10 @@ from convlint.cost import ModelCost, model_cost
 from convlint.engine import ModelReport, Settings, lint
 from convlint.errors import ConvlintError, ModelError, UsageError
 from convlint.graph import build_graph
-from convlint.paths import external_data_files
+from convlint.paths import external_data_files, same_file
 from convlint.registry import Registry
 from convlint.rewrite import latency, weightstore
 from convlint.rewrite.budget import (
-    MIN_SAVING,
     Allocation,
     Candidate,
     key_of,
@@ -94,15 +93,15 @@ from convlint.rewrite.edit import (
 from convlint.rewrite.factorize import KINDS, Array, Factors
 from convlint.rewrite.latency import Latency
 from convlint.rewrite.options import (
-    DEFAULT_METHOD,
     DEFAULT_OBJECTIVE,
-    DEFAULT_PROVIDER,
     DEFAULT_SAMPLES,
-    DEFAULT_TOLERANCE,
     INPUT_SAMPLES,
     METHODS,
     OBJECTIVES,
 )
+from convlint.rewrite.options import FixOptions as FixOptions  # the API's and the tests' name
+from convlint.rewrite.options import output_bound as output_bound
+from convlint.rewrite.options import reported_tolerance as reported_tolerance
 from convlint.rewrite.plan import NotRewritable, plan
 from convlint.rewrite.verify import (
     WEIGHTS_FILE,
@@ -138,44 +137,6 @@ VERIFY_MIN = 64  # held-out samples, when the user gives that many
 FIT_MIN = 16  # fitting samples kept when the held-out set grows to VERIFY_MIN
 REFIT_ROUNDS = 1  # refits of every chosen layer against the approximated model's inputs
 STAGES = ("analysis", "inputs", "factorization", "onnxruntime", "latency", "writing")
-
-
-@dataclass
-class FixOptions:
-    output: Path | None  # None: MODEL itself, with in_place
-    in_place: bool = False
-    tolerance: float | None = None  # None: DEFAULT_TOLERANCE, or no bound with min_top1 alone
-    method: str = DEFAULT_METHOD
-    rank: int | None = None
-    ratio: float | None = None
-    inputs: Path | None = None
-    samples: int | None = None  # None: DEFAULT_SAMPLES of noise, up to INPUT_SAMPLES of --inputs
-    timeout: float = 300.0
-    unsafe_fixes: bool = False
-    seed: int = 0
-    objective: str | None = None  # None: "macs" ("latency" only when asked for)
-    latency: bool = True  # time the models (False: --no-latency)
-    min_top1: float | None = None
-    preprocess: str | None = None
-    latency_threads: int | None = None  # intra-op threads when timing; None: every CPU
-    latency_batch: int | None = None  # the timing feed's batch; None: the sample's own
-    provider: str = DEFAULT_PROVIDER  # onnxruntime execution provider for timing
-    allow_noise: bool = False  # lossy rewrites fitted on generated noise (demos, tests)
-    min_saving: float = MIN_SAVING  # of a layer's MACs, at least, for a lossy rewrite
-
-
-def output_bound(options: FixOptions) -> float:
-    """The bound on every output's relative L2 error: ``--tolerance``; when it is not given,
-    ``DEFAULT_TOLERANCE``, or none at all (infinity) when ``--min-top1`` is the budget."""
-    if options.tolerance is not None:
-        return options.tolerance
-    return math.inf if options.min_top1 is not None else DEFAULT_TOLERANCE
-
-
-def reported_tolerance(options: FixOptions) -> float | None:
-    """The tolerance a report states: None when the outputs' error is not bounded."""
-    bound = output_bound(options)
-    return None if math.isinf(bound) else bound
 
 
 def layer_budget(bound: float) -> float:
@@ -272,16 +233,12 @@ class _Timer:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-
-
 def resolve_output(model: Path, output: Path | None, in_place: bool) -> Path:
     if output is None:
         if not in_place:
             raise UsageError("fix needs -o OUT (or --in-place to overwrite MODEL)")
         return model
-    if _same_file(output, model) and not in_place:
+    if same_file(output, model) and not in_place:
         raise UsageError(f"-o {output} is the input model; pass --in-place to overwrite it")
     if not output.parent.is_dir():
         raise UsageError(f"-o {output}: no such folder {str(output.parent)!r}")
@@ -302,11 +259,11 @@ def resolve_output(model: Path, output: Path | None, in_place: bool) -> Path:
 
 def _refuse_overwriting_data(path: Path, out: Path, data_files: Sequence[Path]) -> None:
     """OUT and OUT.data must not land on MODEL's external data, unless they replace MODEL."""
-    if _same_file(out, path):
+    if same_file(out, path):
         return
     for written in (out, out.with_name(f"{out.name}.data")):
         for data in data_files:
-            if _same_file(written, data):
+            if same_file(written, data):
                 raise UsageError(f"-o {out} would overwrite {data}, the external data of {path}")
 
 
@@ -1341,7 +1298,7 @@ class Fixer:
             errors = self.measure(staged, "verifying the written model")
             if not errors.ok:
                 return errors, False
-            keep = set() if _same_file(target, self.path) else set(self.data_files)
+            keep = set() if same_file(target, self.path) else set(self.data_files)
             obsolete = [p for p in previous if named_after(p, target) and p not in keep]
             with self.timer("writing"):
                 try:
@@ -1355,7 +1312,7 @@ class Fixer:
 
     def _previous_data(self, target: Path) -> list[Path]:
         """The data files of the model OUT replaces (MODEL's own with --in-place)."""
-        if _same_file(target, self.path):
+        if same_file(target, self.path):
             return list(self.data_files)
         if not target.is_file():
             return []
