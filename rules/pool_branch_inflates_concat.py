@@ -49,10 +49,11 @@ tell which: approximate, applied only with real calibration data (`--inputs`). W
 activation sits between the Concat and its convs, the projection does not commute with it and
 the rewrite changes the function: unsafe, applied only with `--unsafe-fixes`, and the report
 says how far the outputs moved. Where the Concat is a graph output (narrowing it changes a
-model output), a consumer is not a float conv, or the pooled channels meet a channels-last
-Concat (an NHWC export's, read through Transposes), the fix is display-only. The check and
+model output) or a consumer is not a float conv, the fix is display-only. The check and
 `convlint fix` decide this once, in `match_projection`, through the same view that found the
-branch (a pool behind a Transpose pair is projected after it).
+branch: a pool behind a Transpose pair is projected after it, and in an NHWC export (the
+Concat channels-last, its convs reading it through Transposes) the projection goes on the
+pooled channels before their Transpose and folds into the convs through theirs.
 
 ## References
 - Szegedy et al. Going Deeper with Convolutions, arXiv:1409.4842, section 4 and table 1
@@ -75,7 +76,7 @@ from convlint.graph import PARAMETER_FREE_ACTIVATIONS, Node
 from convlint.registry import Rule
 from convlint.rules._conv import MIN_SAVING, saving, scale
 from convlint.sketch import Suggestion
-from convlint.view import CHANNEL_PRESERVING, LAYOUT_ONLY, View
+from convlint.view import CHANNEL_PRESERVING, LAYOUT_ONLY, Role, View
 
 
 def _channel_axis(view: View, concat: Node) -> bool:
@@ -210,14 +211,20 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
 
 @dataclass(frozen=True)
 class Projection:
-    """Where `convlint fix` projects a pooling branch: the concat input carrying the pooled
-    channels (``branch``), the convs reading the concat that the projection folds into, and
-    whether a parameter-free activation sits between the concat and them (``nonlinear``: the
-    projection no longer commutes with it, so the rewrite changes the function)."""
+    """Where `convlint fix` projects a pooling branch: on ``site``, the pooled channels on a
+    channels-first tensor (the concat's input ``branch``, or before the Transposes that carry it
+    into a channels-last concat), read by ``reader`` (the concat, or the first of those
+    Transposes); the convs reading the concat that the projection folds into; the steps between
+    that carry the narrower channels (``carried``: Transposes, Identity, activations); and
+    whether a parameter-free activation sits between the concat and the convs (``nonlinear``:
+    the projection no longer commutes with it, so the rewrite changes the function)."""
 
     concat: Node
     branch: int
+    site: str
+    reader: Node
     convs: tuple[Node, ...]
+    carried: tuple[Node, ...]
     nonlinear: bool
 
 
@@ -231,14 +238,40 @@ class NoProjection:
     place: Literal["output", "branch", "consumers"]
 
 
+# Steps that carry a projection's narrower channels on unchanged: a Transpose moves the channel
+# axis and keeps the channels' order; Identity, Dropout and Cast keep the values.
+CARRIED: frozenset[Role] = frozenset({"layout", "passthrough"})
+
+
+def _channels_first(view: View, tensor: str) -> tuple[str, list[Node]] | None:
+    """The nearest tensor at or before ``tensor`` that holds its channels on axis 1, and the
+    carrying steps from there to ``tensor`` (each read by the next alone); None if there is
+    none (a 1×1 conv can only be inserted on a channels-first tensor)."""
+    graph = view.graph
+    chain: list[Node] = []
+    while view.channel_axis(tensor) != 1:
+        node = graph.producer_of(tensor)
+        if node is None or view.role(node) not in CARRIED or len(node.outputs) != 1:
+            return None
+        if len(graph.consumers_of(tensor)) != 1 or tensor in graph.graph_outputs:
+            return None
+        upstream = view.data_input(node)
+        if upstream is None:
+            return None
+        chain.insert(0, node)
+        tensor = upstream
+    return tensor, chain
+
+
 def match_projection(view: View, pool: Node, concat: Node) -> Projection | NoProjection:
     """Whether, and where, the projection of ``pool``'s branch into ``concat`` can be inserted
     and folded, decided once, through the canonical view: the check derives its fix's
     applicability from the answer and `convlint fix` (rewrite/plan.py) rewrites exactly what it
     matched. The branch is found as the check found the pool (through layout steps,
-    quantize/dequantize, affine ops and activations), and it must enter a channels-first concat
-    once (the 1×1 projection conv is inserted at that concat input); the concat's consumers must
-    be plain float convs reading it, directly or behind one parameter-free activation
+    quantize/dequantize, affine ops and activations) and must enter the concat once; the 1×1
+    projection conv is inserted where its channels are last on axis 1 (before the Transposes
+    of an NHWC export). The concat's consumers must be plain float convs reading it, directly or
+    through Transposes, Identity and parameter-free activations
     (graph.PARAMETER_FREE_ACTIVATIONS)."""
     graph = view.graph
     out = concat.outputs[0]
@@ -256,31 +289,42 @@ def match_projection(view: View, pool: Node, concat: Node) -> Projection | NoPro
     ]
     if len(branches) != 1 or concat.inputs.count(concat.inputs[branches[0]]) != 1:
         return NoProjection("the pooled channels enter the concat more than once", "branch")
-    if view.channel_axis(out) != 1:
+    found = _channels_first(view, concat.inputs[branches[0]])
+    if found is None:
         return NoProjection(
-            f"concat {concat.name!r} joins channels-last tensors: the 1×1 projection conv is "
-            "inserted only at a channels-first concat",
+            f"the pooled channels reach concat {concat.name!r} channels-last, and no "
+            "channels-first tensor on their way is read by that branch alone",
             "branch",
         )
+    site, chain = found
     convs: list[Node] = []
-    read = {out}  # what a conv consumer may read: the concat, or an activation of it
+    carried: list[Node] = list(chain)
+    read = {out}  # what a conv consumer may read: the concat, or a step carrying it on
     nonlinear = False
-    for consumer in graph.consumers_of(out):
-        if consumer.op_type in PARAMETER_FREE_ACTIVATIONS and consumer.is_standard:
-            nonlinear = True
+    pending, seen = [out], set()
+    while pending:
+        for consumer in graph.consumers_of(pending.pop()):
+            if consumer.name in seen:
+                continue
+            seen.add(consumer.name)
+            activation = consumer.op_type in PARAMETER_FREE_ACTIVATIONS and consumer.is_standard
+            if not activation and (
+                view.role(consumer) not in CARRIED or len(consumer.outputs) != 1
+            ):
+                convs.append(consumer)
+                continue
+            nonlinear = nonlinear or activation
             if consumer.outputs[0] in graph.graph_outputs:
                 return NoProjection(
                     f"{consumer.name!r} after the concat is a graph output", "consumers"
                 )
-            after = graph.consumers_of(consumer.outputs[0])
-            if not after:
+            if not graph.consumers_of(consumer.outputs[0]):
                 return NoProjection(
                     f"{consumer.name!r} after the concat has no consumer", "consumers"
                 )
+            carried.append(consumer)
             read.add(consumer.outputs[0])
-            convs.extend(after)
-        else:
-            convs.append(consumer)
+            pending.append(consumer.outputs[0])
     for conv in convs:
         if conv.op_type != "Conv" or conv.inputs[0] not in read:
             return NoProjection(
@@ -293,11 +337,17 @@ def match_projection(view: View, pool: Node, concat: Node) -> Projection | NoPro
             return NoProjection(f"{conv.name!r} is a grouped conv", "consumers")
         if not view.is_float_conv(conv):
             return NoProjection(f"the weight of {conv.name!r} is not stored as floats", "consumers")
+        if view.channel_axis(conv.inputs[0]) != 1:
+            return NoProjection(
+                f"{conv.name!r} does not read the concat's channels as its input channels",
+                "consumers",
+            )
     if not convs:
         return NoProjection(
             "the concat has no conv consumer to fold a projection into", "consumers"
         )
-    return Projection(concat, branches[0], tuple(convs), nonlinear)
+    reader = chain[0] if chain else concat
+    return Projection(concat, branches[0], site, reader, tuple(convs), tuple(carried), nonlinear)
 
 
 def _projection_fix(view: View, pool: Node, concat: Node, channels: int, projected: int) -> Fix:
@@ -317,7 +367,7 @@ def _projection_fix(view: View, pool: Node, concat: Node, channels: int, project
             return described_fix(
                 Applicability.DISPLAY_ONLY,
                 f"{action} and retrain the concat's consumers: convlint fix projects a pooled "
-                "branch only where it enters a channels-first concat once",
+                "branch only where it enters the concat once, on a tensor read by it alone",
             )
         return described_fix(
             Applicability.DISPLAY_ONLY,

@@ -12,7 +12,7 @@ from fix_helpers import findings_of, max_abs_diff, random_inputs, rel_l2, target
 
 from convlint import fixtures
 from convlint.engine import Settings
-from convlint.fixtures import GraphBuilder
+from convlint.fixtures import GraphBuilder, dialects
 from convlint.registry import load_registry
 from convlint.rewrite.edit import FoldTarget, Names, PoolTarget, apply_edits
 from convlint.rewrite.pipeline import FixOptions, fix
@@ -186,6 +186,29 @@ def test_pool_branch_through_a_transpose_pair_is_projected(tmp_path: Path) -> No
     assert list(projection.input)[0] == "pool/to_nchw"  # after the Transpose pair
     concat = next(n for n in written.graph.node if n.name == "concat")
     assert list(concat.input) == ["branch", list(projection.output)[0]]
+    assert max_abs_diff(path, out, random_inputs(model, seed=5)) < 1e-4
+    assert findings_of(out) == []
+
+
+def test_pool_branch_of_a_channels_last_export_is_projected(tmp_path: Path) -> None:
+    """TensorFlow's NHWC export (every conv and pool wrapped in Transposes, the concat on axis
+    3, its convs reading it through Transposes): the projection is inserted on the pooled
+    channels before the branch's Transpose to NHWC, the concat narrows on its axis 3, and the
+    consumers' weights fold it in through their Transposes, exactly at the planted rank."""
+    model = dialects.to_tensorflow(pool_model(nonlinear=False, rank=3))
+    concat = next(n for n in model.graph.node if n.op_type == "Concat")
+    assert [a.i for a in concat.attribute if a.name == "axis"] == [3]
+    path = fixtures.save(model, tmp_path / "nhwc.onnx")
+    (finding,) = findings_of(path)
+    assert finding.fix is not None and finding.fix.applicability.value == "approximate"
+    result, out = run_fix(path, method="weight", samples=2)
+    assert result.skipped == []
+    (rewrite,) = result.rewrites
+    assert (rewrite.kind, rewrite.rank) == ("pool-projection", 3)
+    assert (rewrite.macs_before, rewrite.macs_after) == (76464, 36369)
+    written = onnx.load(out)
+    projection = next(n for n in written.graph.node if n.name == "pool/proj")
+    assert list(projection.input)[0] == "pool/nchw"  # before the Transpose to NHWC
     assert max_abs_diff(path, out, random_inputs(model, seed=5)) < 1e-4
     assert findings_of(out) == []
 

@@ -10,7 +10,8 @@ original's node order (every new node takes the place of a node it replaces).
   1×1 + k×k + 1×1 (see ``factorize``), named ``<node>/reduce``, ``<node>/spatial`` and
   ``<node>/expand``; stride, pads, auto_pad and dilations stay on the k×k conv, the bias on
   the last conv.
-- CL002 (:class:`PoolTarget`): a 1×1 projection after the pooling branch, folded into the
+- CL002 (:class:`PoolTarget`): a 1×1 projection after the pooling branch (where its channels
+  are last channels-first: before an NHWC export's Transposes), folded into the
   concat's conv consumers (their weight slices for the pooled channels). Skipped when the concat
   is a graph output (the rewrite would change a model output). Consumers behind a parameter-free
   activation make it unsafe: the activation no longer commutes with the projection.
@@ -602,6 +603,9 @@ class RefitJob:
 class PoolTarget(Target):
     concat: Node = field(repr=False)
     branch: int = 0  # which concat input carries the pooled channels
+    site: str = ""  # the channels-first tensor the projection reads (that input, or before it)
+    reader: Node = field(repr=False)  # the node reading ``site`` on the way to the concat
+    carried: list[str] = field(default_factory=list)  # tensors that narrow with the projection
     offset: int = 0
     channels: int = 0
     convs: list[Node] = field(default_factory=list, repr=False)
@@ -619,7 +623,7 @@ class PoolTarget(Target):
         return [self.concat.name, *(c.name for c in self.convs)]
 
     def stat_tensors(self) -> list[str]:
-        return [self.concat.inputs[self.branch]]
+        return [self.site]
 
     def search(
         self, stats: dict[str, Array] | None, kinds: Sequence[str] = KINDS
@@ -629,7 +633,7 @@ class PoolTarget(Target):
         consumers = [
             Consumer(w[:, lo:hi], px) for w, px in zip(self.weights, self.out_pixels, strict=True)
         ]
-        moment = None if stats is None else stats[self.concat.inputs[self.branch]]
+        moment = None if stats is None else stats[self.site]
         return PoolProjection(consumers, self.pool_pixels, moment)
 
     def curve(self, stats: dict[str, Array] | None, method: str, min_saving: float) -> Curve:
@@ -642,7 +646,7 @@ class PoolTarget(Target):
 
     def edit(self, factors: Factors | None, names: Names) -> Edit:
         assert factors is not None and isinstance(factors.rank, int)
-        pooled = self.concat.inputs[self.branch]
+        pooled = self.site
         projection, *slices = factors.weights
         spatial = len(self.weights[0].shape) - 2
         proj_weight = _tensor(projection, names.fresh(f"{self.node}/proj.weight"), self.dtype)
@@ -650,12 +654,21 @@ class PoolTarget(Target):
         proj = _conv(
             names.fresh(f"{self.node}/proj"), [pooled, proj_weight.name], projected, [1] * spatial
         )
-        concat = onnx.NodeProto()
-        concat.CopyFrom(self.concat.proto)
-        concat.name = self.concat.name
-        concat.input[self.branch] = projected
-        edit = Edit({self.concat.index: [proj, concat]}, [proj_weight], [proj.name])
-        edit.reshaped = {self.concat.outputs[0], *(c.inputs[0] for c in self.convs)}
+        reader = onnx.NodeProto()  # the concat, or the first Transpose on the way to it
+        reader.CopyFrom(self.reader.proto)
+        reader.name = self.reader.name
+        position = (
+            self.branch
+            if self.reader.name == self.concat.name
+            else self.reader.inputs.index(pooled)
+        )
+        reader.input[position] = projected
+        edit = Edit({self.reader.index: [proj, reader]}, [proj_weight], [proj.name])
+        edit.reshaped = {
+            self.concat.outputs[0],
+            *self.carried,
+            *(c.inputs[0] for c in self.convs),
+        }
         lo, hi = self.offset, self.offset + self.channels
         for conv, weight, new_slice in zip(self.convs, self.weights, slices, strict=True):
             merged = np.concatenate([weight[:, :lo], new_slice, weight[:, hi:]], axis=1)

@@ -3,7 +3,9 @@
 ``plan(finding, graph, weights, static_spatial)`` reads the flagged neighbourhood and the
 weights it needs and returns a target of ``edit`` (``FactorTarget``, ``PoolTarget``,
 ``FoldTarget``), or raises :class:`NotRewritable` with the reason the report shows under
-``skipped``. Nothing here edits the model.
+``skipped``. Which rules have a planner is one table (``PLANNERS``); CL002's plan is the
+rule's own ``match_projection`` (through the view that found the branch) with the weights it
+folds into. Nothing here edits the model.
 """
 
 from __future__ import annotations
@@ -201,10 +203,11 @@ def _plan_pool(
     concat = next((n for n in related if n.op_type == "Concat"), None)
     if concat is None:
         raise NotRewritable("the concat of the pooling branch was not found")
-    match = match_projection(View(graph), pool, concat)
+    view = View(graph)
+    match = match_projection(view, pool, concat)
     if isinstance(match, NoProjection):
         raise NotRewritable(match.reason)
-    widths = [graph.channels(t) for t in concat.inputs]
+    widths = [view.channels(t) for t in concat.inputs]  # on the concat's channel axis
     if any(w is None for w in widths):
         raise NotRewritable("channel counts of the concat's inputs are unknown")
     branch = match.branch
@@ -216,17 +219,20 @@ def _plan_pool(
         if px is None:
             raise NotRewritable("spatial sizes are unknown: MACs cannot be counted")
         found.append((conv, weight.astype(np.float64), px))
-    pool_px = spatial_pixels(graph, concat.inputs[branch])
+    pool_px = spatial_pixels(graph, match.site)
     if pool_px is None:
         raise NotRewritable("the concat has no conv consumer to fold a projection into")
     return PoolTarget(
         code=finding.code,
         node=finding.node,
         kind="pool-projection",
-        claims=frozenset({concat.index, *(c.index for c, _, _ in found)}),
+        claims=frozenset({concat.index, match.reader.index, *(c.index for c, _, _ in found)}),
         unsafe=match.nonlinear,
         concat=concat,
         branch=branch,
+        site=match.site,
+        reader=match.reader,
+        carried=[n.outputs[0] for n in match.carried],
         offset=offset,
         channels=int(widths[branch] or 0),
         convs=[c for c, _, _ in found],
