@@ -373,12 +373,15 @@ class View:
     def is_float_conv(self, node: Node) -> bool:
         """A plain Conv (or ConvTranspose) with stored float weights (an initializer, or a
         Constant node's tensor as paddle2onnx writes them): what ``convlint fix`` can
-        rewrite."""
+        rewrite. Weights fed as a graph input are not stored: the caller can change them."""
         weight = self.conv_weight(node)
         if node.op_type not in ("Conv", "ConvTranspose") or weight is None:
             return False
         producer = self.graph.producer_of(weight)
-        stored = producer is None or (producer.op_type == "Constant" and "value" in producer.attrs)
+        if producer is None:  # an initializer, not a graph input the caller feeds
+            stored = weight in self.graph.constants and weight not in self.graph.data_inputs
+        else:
+            stored = producer.op_type == "Constant" and "value" in producer.attrs
         return stored and self.graph.dtype(weight) in FLOAT_TYPES
 
     def channel_axis(self, tensor: str) -> int:

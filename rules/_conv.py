@@ -38,6 +38,11 @@ def rewrite_fix(
         return described_fix(applicability, description)
     if any(_quantized(view, node) for node in nodes):
         reason = "a quantized conv: rewrite the float model, then quantize it again"
+    elif any(_fed(view, node) for node in nodes):
+        reason = (
+            "its weights are a graph input, fed at run time: convlint fix rewrites stored "
+            "weights only"
+        )
     else:  # float weights the graph computes (ConstantOfShape, Identity/Cast chains...)
         reason = (
             "its weights are computed in the graph, not stored: convlint fix rewrites "
@@ -56,3 +61,9 @@ def _quantized(view: View, node: Node) -> bool:
     producer = view.graph.producer_of(weight)
     dequantized = producer is not None and producer.op_type == "DequantizeLinear"
     return dequantized or view.graph.dtype(weight) not in FLOAT_TYPES
+
+
+def _fed(view: View, node: Node) -> bool:
+    """A conv whose weight is a graph input (not an initializer): the caller feeds it."""
+    weight = view.conv_weight(node)
+    return weight is not None and weight in view.graph.data_inputs

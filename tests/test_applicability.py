@@ -154,6 +154,22 @@ def test_quantized_convs_are_display_only(tmp_path: Path) -> None:
     assert applicabilities(findings(model, tmp_path, "qdq")) == [("CL001", "display-only")]
 
 
+def test_weights_fed_as_a_graph_input_are_display_only(tmp_path: Path) -> None:
+    """fix rewrites stored weights; a weight the caller feeds at run time is not one."""
+    model = fixtures.conv3x3()
+    graph = model.graph
+    (weight,) = [init for init in graph.initializer if len(init.dims) == 4]
+    graph.initializer.remove(weight)
+    graph.input.append(
+        onnx.helper.make_tensor_value_info(weight.name, weight.data_type, list(weight.dims))
+    )
+    (finding,) = findings(model, tmp_path, "fed")
+    assert finding.code == "CL001"
+    assert finding.fix is not None
+    assert finding.fix.applicability is Applicability.DISPLAY_ONLY
+    assert "graph input" in finding.fix.description
+
+
 @pytest.fixture
 def mixed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """One model of each applicability: a fold, a factorization, a projection through a ReLU,
