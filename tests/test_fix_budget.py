@@ -171,6 +171,39 @@ def test_a_pruned_conv_that_still_reads_many_channels_is_kept_and_marked(
     assert [(f["code"], f["node"]) for f in model["suppressed"]] == [("CL001", "conv2")]
 
 
+def test_no_pruning_leaves_a_widening_that_cl005_would_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """conv2 uses 24 of 128 channels, but a 3×3 24->128 conv widens 5.3×: CL005 (expansion
+    ratio 4) would flag it and the recheck would drop it. The budget prunes to the fewest
+    channels CL005 leaves alone, 128 // 4 + 1 = 33 rounded up to the ladder: 40, still exact."""
+    path = fixtures.save(fixtures.prunable_channels(kept=24), tmp_path / "prune.onnx")
+    data = _inputs(tmp_path / "in.npz", (32, 12, 12))
+    result, out = _fix(path, method="prune", inputs=data, samples=96, tolerance=1e-3, latency=False)
+    (rewrite,) = result.rewrites
+    assert (rewrite.kind, len(rewrite.kept_channels or [])) == ("prune", 40)
+    assert rewrite.verified.rel_l2_error < 1e-5
+    assert main(["check", str(out), "--format", "json"]) == 0
+    (model,) = json.loads(capsys.readouterr().out)["models"]
+    assert [f["code"] for f in model["findings"]] == []
+    # With CL005 ignored the floor goes: the 24 used channels are kept and nothing else.
+    result = fix(
+        path,
+        load_registry(),
+        Settings(ignore=["CL005"]),
+        FixOptions(
+            output=tmp_path / "o.onnx",
+            method="prune",
+            inputs=data,
+            samples=96,
+            tolerance=1e-3,
+            latency=False,
+        ),
+    )
+    (rewrite,) = result.rewrites
+    assert len(rewrite.kept_channels or []) == 24
+
+
 # -- clean output ----------------------------------------------------------------------------
 
 

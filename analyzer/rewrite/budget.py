@@ -117,11 +117,16 @@ def pool_candidates(search: PoolProjection, min_saving: float = MIN_SAVING) -> l
     return pareto(found)
 
 
-def prune_candidates(pruner: ChannelPruner, min_saving: float = MIN_SAVING) -> list[Candidate]:
-    """Channel counts that save ``min_saving`` of the conv and its producer together."""
+def prune_candidates(
+    pruner: ChannelPruner, min_saving: float = MIN_SAVING, fewest: int = 1
+) -> list[Candidate]:
+    """Channel counts (``fewest`` at least) that save ``min_saving`` of the conv and its
+    producer together."""
     baseline = pruner.baseline()
     found = []
     for count in ladder(pruner.site.cin - 1):
+        if count < fewest:
+            continue
         macs, params = pruner.cost(count)
         if macs <= (1 - min_saving) * baseline:
             found.append(Candidate("prune", count, macs, params, pruner.proxy(count)))

@@ -378,8 +378,16 @@ class Target:
         """The search of a lossy target's factors; None for an exact one (nothing to search)."""
         return None
 
-    def curve(self, stats: dict[str, Array] | None, method: str, min_saving: float) -> Curve:
-        """What the whole-model budget chooses among (lossy targets only)."""
+    def curve(
+        self,
+        stats: dict[str, Array] | None,
+        method: str,
+        min_saving: float,
+        widening: float | None = None,
+    ) -> Curve:
+        """What the whole-model budget chooses among (lossy targets only). ``widening``: the
+        expansion ratio from which a spatial conv is flagged as widening (CL005's, where it is
+        enabled); no channel pruning makes a conv that wide."""
         raise TypeError(f"a {self.kind} rewrite is exact: the budget does not search it")
 
     def edit(self, factors: Factors | None, names: Names) -> Edit:
@@ -444,9 +452,18 @@ class FactorTarget(Target):
         moment = stats[self.conv.inputs[0]]
         return ChannelPruner(self.weight, self.site, moment, self.prunable.producer_macs)
 
-    def curve(self, stats: dict[str, Array] | None, method: str, min_saving: float) -> Curve:
+    def curve(
+        self,
+        stats: dict[str, Array] | None,
+        method: str,
+        min_saving: float,
+        widening: float | None = None,
+    ) -> Curve:
         """Factored forms (unless --method prune) and channel prunings (--method auto or
-        prune), their MACs counting the producer a pruning narrows."""
+        prune), their MACs counting the producer a pruning narrows. A pruning keeps more than
+        ``cout / widening`` channels of a spatial conv: fewer would be a widening that
+        ``check OUT`` flags (CL005), and the recheck would drop it after the budget was spent
+        on it."""
         search = self.search(stats)
         pruner = self.pruner(stats) if method in ("auto", "prune") else None
         extra = pruner.producer_macs if pruner is not None else 0
@@ -457,7 +474,10 @@ class FactorTarget(Target):
                 for c in factor_candidates(search, self.site.macs(), min_saving)
             ]
         if pruner is not None:
-            candidates = pareto([*candidates, *prune_candidates(pruner, min_saving)])
+            fewest = 1
+            if widening is not None and self.site.k > 1:
+                fewest = math.floor(self.site.cout / widening) + 1
+            candidates = pareto([*candidates, *prune_candidates(pruner, min_saving, fewest)])
         return Curve(search, pruner, self.site.macs() + extra, candidates, search.at_rank)
 
     def pruned(self, factors: Factors | None) -> Prunable | None:
@@ -636,7 +656,13 @@ class PoolTarget(Target):
         moment = None if stats is None else stats[self.site]
         return PoolProjection(consumers, self.pool_pixels, moment)
 
-    def curve(self, stats: dict[str, Array] | None, method: str, min_saving: float) -> Curve:
+    def curve(
+        self,
+        stats: dict[str, Array] | None,
+        method: str,
+        min_saving: float,
+        widening: float | None = None,
+    ) -> Curve:
         """The projection widths (none under --method prune: there is no conv input to prune)."""
         search = self.search(stats)
         candidates = pool_candidates(search, min_saving) if method != "prune" else []

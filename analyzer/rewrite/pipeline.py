@@ -66,7 +66,7 @@ from convlint.atomic import (
     write_target,
 )
 from convlint.cost import ModelCost, model_cost
-from convlint.engine import ModelReport, Settings, lint
+from convlint.engine import ModelReport, Settings, enabled_rules, lint, rule_options
 from convlint.errors import ConvlintError, ModelError, UsageError
 from convlint.graph import build_graph
 from convlint.paths import external_data_files, same_file
@@ -133,6 +133,7 @@ NEEDS_DATA = (
 OUT_OF_BUDGET = "the whole-model budget was spent on layers that save more MACs per unit of error"
 EARLY_SAMPLES = 16  # held-out samples a bisection step is first measured on
 EARLY_MARGIN = 3.0  # ... and fails at once beyond this many times the tolerance
+WIDENING_RULE = "CL005"  # flags a spatial conv that widens: what a deep pruning would leave
 VERIFY_MIN = 64  # held-out samples, when the user gives that many
 FIT_MIN = 16  # fitting samples kept when the held-out set grows to VERIFY_MIN
 REFIT_ROUNDS = 1  # refits of every chosen layer against the approximated model's inputs
@@ -483,6 +484,15 @@ class Fixer:
         loaded = loader.LoadedModel(str(self.path), inferred, notes)
         self.graph = lint(report, loaded, self.registry, self.lint_settings)
         return report
+
+    def _widening(self) -> float | None:
+        """CL005's expansion ratio where the lint of the rewritten model runs it, else None:
+        a channel pruning must not leave a widening the recheck then drops."""
+        rule = self.registry.get(WIDENING_RULE)
+        if rule is None or rule not in enabled_rules(self.registry, self.lint_settings):
+            return None
+        options, _ = rule_options(rule, self.lint_settings)
+        return float(options["expansion-ratio"])
 
     # -- inputs ------------------------------------------------------------------------
     def _read_inputs(self, user: dict[str, tuple[int, ...]]) -> Samples:
@@ -1026,7 +1036,9 @@ class Fixer:
         with self.timer("factorization"):
             for target in lossy:
                 key = _key(target)
-                curve = target.curve(self.stats, self.options.method, self.options.min_saving)
+                curve = target.curve(
+                    self.stats, self.options.method, self.options.min_saving, self._widening()
+                )
                 if not curve.candidates:
                     self._settle_one(target, NO_SAVING, {}, result, report)
                     continue
