@@ -88,9 +88,11 @@ class RuleContext:
         related: Sequence[str] = (),
         suggestion: Suggestion | None = None,
         severity: Severity | None = None,
+        binding: object = None,
     ) -> Finding:
         """A finding at the rule's configured severity, or at ``severity`` where the rule's
-        documented policy lowers it for this case (never above the configured one)."""
+        documented policy lowers it for this case (never above the configured one).
+        ``binding``: what the check matched, typed, for the rule's rewrite (``Rule.rewrite``)."""
         if severity is None or severity.rank > self.severity.rank:
             severity = self.severity
         return Finding(
@@ -104,6 +106,7 @@ class RuleContext:
             fix=fix,
             related=tuple(related),
             suggestion=suggestion,
+            binding=binding,
         )
 
 
@@ -173,9 +176,11 @@ def run_rules(
     views: Sequence[tuple[ModelGraph, View]] | None = None,
     suppressed: list[Finding] | None = None,
     failures: list[RuleFailure] | None = None,
+    bindings: bool = False,
 ) -> tuple[list[Finding], list[Skip]]:
     """The findings of ``rules`` and what they passed over; findings a node's
     ``convlint.ignore`` silences go to ``suppressed`` (and, as a reason, to the skips).
+    Findings of the main graph keep their bindings where ``bindings`` (for `fix` to plan).
 
     A rule that raises is left out (what it found before it raised too: its findings are not
     to be trusted) and goes to ``failures``; the other rules' findings are still returned
@@ -197,12 +202,14 @@ def run_rules(
                     if _node_ignored(finding.node, finding.code, settings.per_node_ignores):
                         passed.append(Skip(rule.code, finding.node, "ignored by per-node-ignores"))
                     elif _silenced(sub, finding):
-                        silenced.append(finding)
+                        silenced.append(replace(finding, binding=None))
                         passed.append(Skip(rule.code, finding.node, SUPPRESSED_REASON))
                     else:
                         if sub is not graph and finding.fix is not None:
                             finding = replace(finding, fix=SUBGRAPH_FIX)
-                        found.append(replace(finding, context=neighbourhood(sub, finding)))
+                        binding = finding.binding if bindings and sub is graph else None
+                        context = neighbourhood(sub, finding)
+                        found.append(replace(finding, context=context, binding=binding))
                 passed.extend(ctx.skips)
         except GraphError:
             raise  # the model is invalid, not the rule broken
@@ -279,8 +286,10 @@ def analyze(
     settings: Settings,
     rules: Sequence[Rule] | None = None,
     keep: list[object] | None = None,
+    bindings: bool = False,
 ) -> ModelReport:
     """Load, cost and lint one model; errors in the model become the report's ``error``.
+    Its findings carry no bindings unless ``bindings`` (see :func:`lint`).
 
     ``keep`` receives the model, its graph and their views, which are otherwise freed on
     return: a process that ends without freeing its objects (convlint's own) need not pay for
@@ -296,7 +305,7 @@ def analyze(
         )
         if keep is not None:
             keep.append(loaded)
-        lint(report, loaded, registry, settings, rules, keep)
+        lint(report, loaded, registry, settings, rules, keep, bindings)
     except ModelError as exc:
         report.error = exc.problem
     except Exception as exc:  # a failure of convlint's: still this model's error, one line
@@ -354,12 +363,15 @@ def lint(
     settings: Settings,
     rules: Sequence[Rule] | None = None,
     keep: list[object] | None = None,
+    bindings: bool = True,
 ) -> ModelGraph:
     """Cost and lint a loaded model into ``report``; returns the graph the rules saw (and
     appends it and its views to ``keep``, see :func:`analyze`).
 
     ``fix`` calls it on the model it has already read with its weights, so as not to read and
-    shape-infer the file a second time.
+    shape-infer the file a second time; its findings keep their bindings (``Finding.binding``,
+    nodes of the returned graph) for ``fix`` to plan from, unless ``bindings`` is False, as
+    ``check`` asks: a report it keeps must not keep every model's graph alive.
     """
     gc_was_enabled = gc.isenabled()
     # Analysis allocates several objects per node and frees none until it is done, so cyclic
@@ -398,7 +410,7 @@ def lint(
         report.checked = [rule.code for rule in chosen]
         failures: list[RuleFailure] = []
         findings, skips = run_rules(
-            graph, loaded.model, chosen, settings, views, report.suppressed, failures
+            graph, loaded.model, chosen, settings, views, report.suppressed, failures, bindings
         )
         for shown in (*findings, *skips, *report.suppressed):
             if type(shown.node) is not str:  # protobuf's bytes for a name not UTF-8

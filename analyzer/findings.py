@@ -116,6 +116,11 @@ class Finding:
     suggestion: Suggestion | None = None  # the suggested design as labels (set by the rule)
     # The flagged neighbourhood as data for reports (set by the engine; not in the JSON report).
     context: Neighbourhood | None = field(default=None, compare=False)
+    # What the rule's check matched, typed by the rule (a frozen dataclass of the nodes it
+    # found through the view), for its rewrite to read rather than find the nodes again by
+    # name. Kept only where `fix` plans (``engine.lint``); in no report, and never sent to
+    # another process (it holds the graph's nodes): see ``__getstate__``.
+    binding: object = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +133,13 @@ class Finding:
             "estimate": self.estimate.as_dict() if self.estimate else None,
             "fix": self.fix.as_dict() if self.fix else None,
         }
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickled finding (what a worker of `check` sends back) leaves its binding out: it
+        is what it was before bindings, and unpickled, its binding is the default None."""
+        state = dict(self.__dict__)
+        state.pop("binding", None)
+        return state
 
 
 class Skip(NamedTuple):

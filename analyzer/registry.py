@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 # A rule's check: ``check(ctx: convlint.engine.RuleContext) -> Iterator[Finding]``. The context
 # is typed where it is made (the engine, above this table), so the table imports no stage.
 Check = Callable[[Any], Iterator[Finding]]
+# How `convlint fix` rewrites a rule's findings, declared by the rule beside its check (as an
+# onnxscript rewrite owns its replacement); whether `fix` can rewrite them follows from it. A
+# planner ``rewrite(finding, context) -> Target`` (``context``: convlint.rewrite.plan's
+# ``RewriteContext``; ``Target``: the protocol of convlint.rewrite.edit) that reads what the
+# check matched from ``finding.binding``, as a plugin ships it; or, for a built-in rule, the
+# type of the bindings its findings carry, whose planner the fix layer holds (rules sit below
+# it and may not import it).
+Rewrite = type | Callable[[Finding, Any], Any]
 
 CODE_PATTERN = re.compile(r"^[A-Z]{1,3}[0-9]{0,3}$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -65,6 +73,8 @@ class Rule:
     # The applicabilities of the fixes its findings offer where `convlint fix` rewrites them
     # (display-only ones aside); tests/test_applicability.py checks the findings keep to it.
     fixes: tuple[Applicability, ...] = ()
+    # Its rewrite (see ``Rewrite``); None where `convlint fix` never rewrites its findings.
+    rewrite: Rewrite | None = None
 
     @property
     def fix_text(self) -> str:
@@ -94,6 +104,11 @@ class Rule:
             )
         if self.fix == "never" and self.fixes:
             raise ConvlintError(f"{where}: {self.code} fix is never, but it lists fixes")
+        if self.rewrite is not None and not callable(self.rewrite):
+            raise ConvlintError(f"{where}: {self.code} rewrite is not callable")
+        if (self.fix == "never") != (self.rewrite is None):
+            declared = "declares a rewrite" if self.rewrite is not None else "has no rewrite"
+            raise ConvlintError(f"{where}: {self.code} fix is {self.fix}, but it {declared}")
         if not callable(self.check):
             raise ConvlintError(f"{where}: {self.code} check is not callable")
         if not self.summary:
@@ -225,6 +240,8 @@ def _read_rule(module_name: str) -> Rule | None:
             value = keyword.value
             if keyword.arg == "check":
                 fields["check"] = _deferred_check(module_name)
+            elif keyword.arg == "rewrite" and not isinstance(value, ast.Constant):
+                fields["rewrite"] = _deferred_rewrite(module_name)
             elif keyword.arg == "doc":
                 fields["doc"] = ast.get_docstring(tree, clean=False) or ""
             else:
@@ -247,6 +264,19 @@ def _literal(node: ast.expr) -> Any:
     if isinstance(node, ast.Tuple):
         return tuple(_literal(item) for item in node.elts)
     return ast.literal_eval(node)
+
+
+def _deferred_rewrite(module_name: str) -> Rewrite:
+    """A catalog rule's rewrite stands for the one its module declares: the catalog says
+    whether a rule has one; `fix` plans with ``load_registry``'s rules, which hold their own."""
+
+    def rewrite(finding: Finding, context: Any) -> Any:
+        raise ConvlintError(
+            f"{finding.code}: the rule catalog does not plan rewrites; load_registry's "
+            f"{module_name} does"
+        )
+
+    return rewrite
 
 
 def _deferred_check(module_name: str) -> Check:

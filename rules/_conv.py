@@ -1,6 +1,9 @@
-"""Helpers the built-in rules share: scaling per-pixel costs, and what counts as a saving."""
+"""Helpers the built-in rules share: scaling per-pixel costs, what counts as a saving, and the
+binding of the rules that flag one conv to factorize."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from convlint.findings import MIN_SAVING as MIN_SAVING  # the rules import it from here
 from convlint.findings import Applicability, Estimate, Fix, described_fix
@@ -9,6 +12,14 @@ from convlint.view import View
 
 # A finding must promise at least MIN_SAVING of the affected layers' MACs (or, where MACs are
 # unknown, of their per-pixel MACs or params), the same share fix's rewrites must save.
+
+
+@dataclass(frozen=True)
+class SpatialConv:
+    """What CL001 and CL005 bind on a finding (``Finding.binding``): the k×k conv they flag,
+    which `convlint fix` factorizes or prunes the input channels of."""
+
+    conv: Node
 
 
 def scale(per_pixel: int, pixels: int | None) -> int | None:

@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 
 from convlint.cost import spatial_pixels
@@ -87,6 +88,17 @@ from convlint.registry import Rule
 from convlint.rules._conv import rewrite_fix, scale
 from convlint.sketch import Suggestion
 from convlint.view import FOLDABLE, LINEAR, ConvGeometry, View, border_caveat, transposed_fold
+
+
+@dataclass(frozen=True)
+class ConvChain:
+    """What CL003 binds on a finding (``Finding.binding``): the chain it found through the view,
+    ``first`` (a conv or ConvTranspose), the nodes ``between`` in graph order, and ``second``;
+    `convlint fix` folds exactly these into one conv."""
+
+    first: Node
+    between: tuple[Node, ...]
+    second: Node
 
 
 def _foldable_reason(first: Node, second: Node, a: ConvGeometry, b: ConvGeometry) -> str:
@@ -186,6 +198,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                 (f"Conv {spatial.kernel_text} {a.cin}→{b.cout} (folded)",),
                 replaces=(first.name, second.name),
             ),
+            binding=ConvChain(first, tuple(reversed(between)), second),
         )
 
     for second in view.nodes("deconv"):
@@ -332,6 +345,7 @@ def _transposed_chain(
             (f"ConvTranspose {text}/{stride} {a.cin}→{b.cout} (folded)",),
             replaces=(first.name, second.name),
         ),
+        binding=ConvChain(first, tuple(reversed(between)), second),
     )
 
 
@@ -341,6 +355,7 @@ RULE = Rule(
     severity=Severity.INFO,
     fix="sometimes",
     fixes=(Applicability.SAFE, Applicability.UNSAFE),
+    rewrite=ConvChain,
     summary="a 1×1 conv with no nonlinearity between it and a neighbouring conv: foldable",
     check=check,
     options={"min-saving": 0.25, "min-saved-params": 250_000},

@@ -182,12 +182,13 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                 f"the concat's consumers' MACs, below {MIN_SAVING:.0%}",
             )
             continue
+        match = match_projection(view, pool, concat)
         yield ctx.finding(
             pool,
             f"{pool.op_type} branch passes all {channels} channels into concat "
             f"{concat.name!r} ({channels / total:.0%} of its {total}); no 1×1 projection",
             estimate=estimate,
-            fix=_projection_fix(view, pool, concat, channels, projected),
+            fix=_projection_fix(match, channels, projected),
             related=(concat.name, *(s.name for s in siblings)),
             suggestion=Suggestion(
                 (f"Conv 1×1 {channels}→{projected} (projection)",),
@@ -206,18 +207,21 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                     if view.geometry(user) is not None
                 ),
             ),
+            binding=match,
         )
 
 
 @dataclass(frozen=True)
 class Projection:
-    """Where `convlint fix` projects a pooling branch: on ``site``, the pooled channels on a
-    channels-first tensor (the concat's input ``branch``, or before the Transposes that carry it
-    into a channels-last concat), read by ``reader`` (the concat, or the first of those
-    Transposes); the convs reading the concat that the projection folds into; the steps between
-    that carry the narrower channels (``carried``: Transposes, Identity, activations); and
-    whether a parameter-free activation sits between the concat and the convs (``nonlinear``:
-    the projection no longer commutes with it, so the rewrite changes the function)."""
+    """What CL002 binds on a finding (``Finding.binding``; a :class:`NoProjection` where there
+    is none), the rule's declared rewrite. Where `convlint fix` projects a pooling branch: on
+    ``site``, the pooled channels on a channels-first tensor (the concat's input ``branch``, or
+    before the Transposes that carry it into a channels-last concat), read by ``reader`` (the
+    concat, or the first of those Transposes); the convs reading the concat that the projection
+    folds into; the steps between that carry the narrower channels (``carried``: Transposes,
+    Identity, activations); and whether a parameter-free activation sits between the concat
+    and the convs (``nonlinear``: the projection no longer commutes with it, so the rewrite
+    changes the function)."""
 
     concat: Node
     branch: int
@@ -266,13 +270,13 @@ def _channels_first(view: View, tensor: str) -> tuple[str, list[Node]] | None:
 def match_projection(view: View, pool: Node, concat: Node) -> Projection | NoProjection:
     """Whether, and where, the projection of ``pool``'s branch into ``concat`` can be inserted
     and folded, decided once, through the canonical view: the check derives its fix's
-    applicability from the answer and `convlint fix` (rewrite/plan.py) rewrites exactly what it
-    matched. The branch is found as the check found the pool (through layout steps,
-    quantize/dequantize, affine ops and activations) and must enter the concat once; the 1×1
-    projection conv is inserted where its channels are last on axis 1 (before the Transposes
-    of an NHWC export). The concat's consumers must be plain float convs reading it, directly or
-    through Transposes, Identity and parameter-free activations
-    (graph.PARAMETER_FREE_ACTIVATIONS)."""
+    applicability from the answer and binds it on the finding, and `convlint fix`
+    (rewrite/plan.py) rewrites exactly what it matched. The branch is found as the check found
+    the pool (through layout steps, quantize/dequantize, affine ops and activations) and must
+    enter the concat once; the 1×1 projection conv is inserted where its channels are last on
+    axis 1 (before the Transposes of an NHWC export). The concat's consumers must be plain
+    float convs reading it, directly or through Transposes, Identity and parameter-free
+    activations (graph.PARAMETER_FREE_ACTIVATIONS)."""
     graph = view.graph
     out = concat.outputs[0]
     if out in graph.graph_outputs:
@@ -350,13 +354,12 @@ def match_projection(view: View, pool: Node, concat: Node) -> Projection | NoPro
     return Projection(concat, branches[0], site, reader, tuple(convs), tuple(carried), nonlinear)
 
 
-def _projection_fix(view: View, pool: Node, concat: Node, channels: int, projected: int) -> Fix:
-    """What `convlint fix` does with the projection, from :func:`match_projection` (the
-    planner's own answer): approximate where it folds into float convs (a low-rank fit of their
-    weight slices for the pooled channels), unsafe where an activation sits between the concat
-    and those convs, display-only where nothing can be rewritten."""
+def _projection_fix(match: Projection | NoProjection, channels: int, projected: int) -> Fix:
+    """What `convlint fix` does with the projection, from :func:`match_projection` (which the
+    finding hands the planner as its binding): approximate where it folds into float convs (a
+    low-rank fit of their weight slices for the pooled channels), unsafe where an activation
+    sits between the concat and those convs, display-only where nothing can be rewritten."""
     action = f"insert a 1×1 projection {channels}->{projected} after the pool"
-    match = match_projection(view, pool, concat)
     if isinstance(match, NoProjection):
         if match.place == "output":
             return described_fix(
@@ -439,6 +442,7 @@ RULE = Rule(
     severity=Severity.WARNING,
     fix="sometimes",
     fixes=(Applicability.APPROXIMATE, Applicability.UNSAFE),
+    rewrite=Projection,
     summary="a pooling branch feeds a Concat with all its input channels, no 1×1 projection",
     check=check,
     options={"projection-ratio": 6, "projection-channels": 0, "min-share": 0.25},

@@ -89,7 +89,7 @@ from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Severity
 from convlint.graph import Node
 from convlint.registry import Rule
-from convlint.rules._conv import MIN_SAVING, rewrite_fix, saving, scale
+from convlint.rules._conv import MIN_SAVING, SpatialConv, rewrite_fix, saving, scale
 from convlint.sketch import Suggestion
 from convlint.view import LINEAR, WIDTH_SOURCE, ConvGeometry, View
 
@@ -204,6 +204,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                 Applicability.APPROXIMATE,
             ),
             suggestion=_suggestion(geometry, ratio),
+            binding=SpatialConv(node),
         )
 
 
@@ -262,6 +263,7 @@ RULE = Rule(
     severity=Severity.WARNING,
     fix="sometimes",
     fixes=(Applicability.APPROXIMATE,),
+    rewrite=SpatialConv,
     summary="k×k conv reading many channels that no 1×1 conv reduced first",
     check=check,
     options={"min-channels": 128, "reduction-ratio": 4, "min-1d-saving": 5.0},

@@ -55,7 +55,7 @@ from convlint.engine import RuleContext
 from convlint.findings import Applicability, Estimate, Finding, Severity
 from convlint.graph import Node
 from convlint.registry import Rule
-from convlint.rules._conv import MIN_SAVING, rewrite_fix, saving, scale
+from convlint.rules._conv import MIN_SAVING, SpatialConv, rewrite_fix, saving, scale
 from convlint.sketch import Suggestion
 from convlint.view import CHANNEL_PRESERVING, WIDTH_SOURCE, ConvGeometry, View
 
@@ -160,6 +160,7 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
                     f"Conv 1×1 {g.cin}→{g.cout}",
                 )
             ),
+            binding=SpatialConv(node),
         )
 
 
@@ -169,6 +170,7 @@ RULE = Rule(
     severity=Severity.INFO,
     fix="sometimes",
     fixes=(Applicability.APPROXIMATE,),
+    rewrite=SpatialConv,
     summary="channels widened by a k×k conv where a 1×1 conv would widen them for fewer params",
     check=check,
     options={"expansion-ratio": 4, "min-channels": 16},

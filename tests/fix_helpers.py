@@ -15,6 +15,10 @@ from convlint.graph import ModelGraph, build_graph
 from convlint.registry import load_registry
 from convlint.rewrite.edit import Target, Weights
 from convlint.rewrite.plan import plan
+from convlint.rules._conv import SpatialConv
+from convlint.rules.linear_conv_chain import ConvChain
+from convlint.rules.pool_branch_inflates_concat import match_projection
+from convlint.view import FOLDABLE, View
 
 
 def ort_run(model: onnx.ModelProto | str | Path, feeds: list[dict[str, Any]]) -> list[list[Any]]:
@@ -68,15 +72,40 @@ def inferred_graph(model: onnx.ModelProto) -> ModelGraph:
     return build_graph(onnx.shape_inference.infer_shapes(model, strict_mode=True))
 
 
-def finding(code: str, node: str, related: tuple[str, ...] = ()) -> Finding:
-    return Finding(code, "test", Severity.INFO, node, "Conv", "", related=related)
+def binding(graph: ModelGraph, code: str, node: str, related: tuple[str, ...] = ()) -> object:
+    """What the rule's check would bind on a finding at ``node``, matched here as the check
+    matches it, whether or not the rule's thresholds would flag it (the planners' own tests)."""
+    view, flagged = View(graph), graph.nodes[node]
+    if code in ("CL001", "CL005"):
+        return SpatialConv(flagged)
+    if code == "CL003":
+        ((second, between),) = view.users_of(flagged.outputs[0], through=FOLDABLE)
+        return ConvChain(flagged, tuple(between), second)
+    assert code == "CL002"
+    (concat,) = [graph.nodes[name] for name in related if graph.nodes[name].op_type == "Concat"]
+    return match_projection(view, flagged, concat)
+
+
+def finding(code: str, node: str, related: tuple[str, ...] = (), bound: object = None) -> Finding:
+    return Finding(code, "test", Severity.INFO, node, "Conv", "", related=related, binding=bound)
 
 
 def target_for(
     model: onnx.ModelProto, code: str, node: str, related: tuple[str, ...] = ()
 ) -> Target:
     graph = inferred_graph(model)
-    return plan(finding(code, node, related), graph, Weights(model), static_spatial=True)
+    found = finding(code, node, related, binding(graph, code, node, related))
+    return plan(found, graph, Weights(model), static_spatial=True)
+
+
+def checked(path: Path) -> tuple[list[Finding], ModelGraph]:
+    """`check`'s findings on a model with their bindings, and the graph they bind: what `fix`
+    plans from."""
+    kept: list[object] = []
+    report = analyze(path, load_registry(plugins=False), Settings(), keep=kept, bindings=True)
+    assert report.error is None, report.error
+    graph = next(item for item in kept if isinstance(item, ModelGraph))
+    return report.findings, graph
 
 
 def findings_of(path: Path) -> list[Finding]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 import pytest
-from fix_helpers import inferred_graph
+from fix_helpers import checked
 from test_schema import validate
 
 from convlint import fixtures
@@ -91,9 +91,8 @@ def test_pool_projection_promise_is_what_the_rewrite_plans(
 ) -> None:
     """The rule's applicability and the rewrite's plan read the concat's consumers alike."""
     model = pool_branch(consumer)
-    (finding,) = findings(model, tmp_path, consumer)
+    ((finding,), graph) = checked(fixtures.save(model, tmp_path / f"{consumer}.onnx"))
     assert applicabilities([finding]) == [("CL002", expected)]
-    graph = inferred_graph(model)
     try:
         target = plan(finding, graph, Weights(model), static_spatial=True)
     except NotRewritable as why:
@@ -118,9 +117,9 @@ def test_check_and_fix_decide_a_projection_once(
         else pool_branch(consumer)
     )
     model = getattr(dialects, f"to_{dialect}")(base)
-    (finding,) = [f for f in findings(model, tmp_path, consumer) if f.code == "CL002"]
+    found, graph = checked(fixtures.save(model, tmp_path / f"{consumer}.onnx"))
+    (finding,) = [f for f in found if f.code == "CL002"]
     assert finding.fix is not None
-    graph = inferred_graph(model)
     try:
         target = plan(finding, graph, Weights(model), static_spatial=True)
     except NotRewritable as why:

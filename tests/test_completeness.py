@@ -4,6 +4,8 @@ rewrite of that rule's finding, and onnxruntime agrees with the original here to
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,13 +16,16 @@ from test_fix_rewrites import pool_model
 
 from convlint import fixtures
 from convlint.engine import Settings, analyze
-from convlint.findings import Applicability
+from convlint.errors import ConvlintError
+from convlint.findings import Applicability, Finding
 from convlint.fixtures import dialects
 from convlint.graph import ModelGraph
-from convlint.registry import Rule, load_registry
+from convlint.registry import Registry, Rule, load_registry
 from convlint.rewrite.edit import Weights
 from convlint.rewrite.pipeline import FixOptions, fix
-from convlint.rewrite.plan import DISPLAY_ONLY, PLANNERS, NotRewritable, plan
+from convlint.rewrite.plan import PLANNERS, NotRewritable, plan, planner_for
+from convlint.rules.linear_conv_chain import ConvChain
+from convlint.rules.pool_branch_inflates_concat import NoProjection
 
 RULES = list(load_registry())
 
@@ -61,11 +66,15 @@ def test_every_rule_has_twins_and_every_fixable_rule_a_rewrite() -> None:
     codes = {rule.code for rule in RULES}
     assert set(fixtures.RULE_TWINS) == codes
     assert all(name in fixtures.BUILDERS for pair in fixtures.RULE_TWINS.values() for name in pair)
+    # What `fix` can plan is each rule's declared rewrite: the rules that declare a fix declare
+    # one and `fix` finds its planner through it; the others have none.
     assert set(REWRITTEN) == {rule.code for rule in RULES if rule.fix != "never"}
-    # the planners `fix` has are those of the rules that declare a fix, and only those
-    assert set(PLANNERS) == set(REWRITTEN)
-    assert set(DISPLAY_ONLY) == {rule.code for rule in RULES if rule.fix == "never"}
-    assert len(codes) == 5 and len(REWRITTEN) == 4  # CL004 is display-only
+    assert set(REWRITTEN) == {rule.code for rule in RULES if rule.rewrite is not None}
+    assert set(REWRITTEN) == {rule.code for rule in RULES if planner_for(rule) is not None}
+    # every built-in planner is found through some rule's binding type (CL001 and CL005 share
+    # the conv they bind)
+    assert set(PLANNERS) == {rule.rewrite for rule in RULES if rule.rewrite is not None}
+    assert len(codes) == 5 and len(REWRITTEN) == 4 and len(PLANNERS) == 3  # CL004: display-only
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.code)
@@ -133,7 +142,7 @@ def test_what_check_calls_fixable_fix_plans(name: str, tmp_path: Path) -> None:
     model = MODELS[name]()
     path = fixtures.save(model, tmp_path / "model.onnx")
     kept: list[object] = []
-    report = analyze(path, load_registry(plugins=False), Settings(), keep=kept)
+    report = analyze(path, load_registry(plugins=False), Settings(), keep=kept, bindings=True)
     assert report.error is None, report.error
     graph = next(item for item in kept if isinstance(item, ModelGraph))
     weights = Weights(onnx.load(path))
@@ -143,11 +152,16 @@ def test_what_check_calls_fixable_fix_plans(name: str, tmp_path: Path) -> None:
     for finding in report.findings:
         assert finding.fix is not None, (finding.code, finding.node)
         applicability = finding.fix.applicability
+        rule = load_registry(plugins=False).get(finding.code)
+        assert rule is not None
+        # the rule bound what it matched, of the type it declares (CL002: or why it has none)
+        if isinstance(rule.rewrite, type):
+            assert isinstance(finding.binding, (rule.rewrite, NoProjection)), finding.node
         try:
-            target = plan(finding, graph, weights, static)
+            target = plan(finding, graph, weights, static, rule)
         except NotRewritable as why:
             assert applicability is Applicability.DISPLAY_ONLY, (finding.code, finding.node, why)
-            assert "has no rewrite" not in str(why)
+            assert "has no rewrite" not in str(why) and "carries no" not in str(why)
         else:
             assert applicability is not Applicability.DISPLAY_ONLY, (finding.code, finding.node)
             assert target.unsafe is (applicability is Applicability.UNSAFE), finding.node
@@ -181,3 +195,63 @@ def test_the_pipeline_asks_targets_not_their_kind() -> None:
     tree = ast.parse(Path(pipeline.__file__).read_text(encoding="utf-8"))
     named = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     assert named & kinds == {"Target"}
+
+
+def _chain(tmp_path: Path) -> tuple[list[Finding], ModelGraph, Weights]:
+    path = fixtures.save(fixtures.linear_conv_chain_bad(), tmp_path / "chain.onnx")
+    kept: list[object] = []
+    report = analyze(path, load_registry(plugins=False), Settings(), keep=kept, bindings=True)
+    graph = next(item for item in kept if isinstance(item, ModelGraph))
+    return report.findings, graph, Weights(onnx.load(path))
+
+
+def test_fix_plans_with_the_rule_that_declares_the_rewrite_not_by_its_code(
+    tmp_path: Path,
+) -> None:
+    """Fix availability is the rule's declared rewrite (issue 17, part 1), not a table by code:
+    CL003's rule under another code still plans its finding; without its rewrite it plans
+    nothing, saying what the finding's fix says."""
+    (finding,), graph, weights = _chain(tmp_path)
+    assert isinstance(finding.binding, ConvChain)
+    chain = finding.binding
+    assert [n.name for n in (chain.first, *chain.between, chain.second)] == [
+        "expand",
+        "expand_bn",
+        "conv",
+    ]
+    rule = load_registry(plugins=False).get("CL003")
+    assert rule is not None and rule.rewrite is ConvChain
+    renamed = Rule(**{**rule.__dict__, "code": "XF1", "name": "a-renamed-chain"})
+    target = plan(dataclasses.replace(finding, code="XF1"), graph, weights, True, renamed)
+    assert (target.code, target.kind, sorted(target.replaced_nodes())) == (
+        "XF1",
+        "fold",
+        ["conv", "expand", "expand_bn"],
+    )
+    bare = Rule(**{**rule.__dict__, "fix": "never", "fixes": (), "rewrite": None})
+    with pytest.raises(NotRewritable, match="^safe: fold 'expand' into 'conv' \\(exact\\)$"):
+        plan(finding, graph, weights, True, bare)
+
+
+def test_a_fix_is_declared_with_its_rewrite() -> None:
+    rule = load_registry(plugins=False).get("CL003")
+    assert rule is not None
+    with pytest.raises(ConvlintError, match="CL003 fix is sometimes, but it has no rewrite"):
+        Registry([Rule(**{**rule.__dict__, "rewrite": None})])
+    with pytest.raises(ConvlintError, match="CL003 fix is never, but it declares a rewrite"):
+        Registry([Rule(**{**rule.__dict__, "fix": "never", "fixes": ()})])
+    with pytest.raises(ConvlintError, match="CL003 rewrite is not callable"):
+        Registry([Rule(**{**rule.__dict__, "rewrite": "convlint.rewrite.plan:fold"})])
+
+
+def test_bindings_stay_out_of_reports_and_of_what_workers_send(tmp_path: Path) -> None:
+    """A binding holds the graph's nodes: `check` keeps none (a report it holds must not keep
+    the graph alive), a pickled finding (a worker's answer) drops it, byte for byte what it was
+    without one, and no report shows it."""
+    (bound,), _, _ = _chain(tmp_path)
+    path = tmp_path / "chain.onnx"
+    (plain,) = analyze(path, load_registry(plugins=False), Settings()).findings
+    assert plain.binding is None and isinstance(bound.binding, ConvChain)
+    assert plain == bound and plain.as_dict() == bound.as_dict() and repr(plain) == repr(bound)
+    assert pickle.dumps(bound) == pickle.dumps(plain)
+    assert pickle.loads(pickle.dumps(bound)).binding is None

@@ -1,23 +1,30 @@
 """Stage 5a: plan the rewrite of each finding, or say plainly why it cannot be rewritten.
 
-``plan(finding, graph, weights, static_spatial)`` reads the flagged neighbourhood and the
-weights it needs and returns a target of ``edit`` (``FactorTarget``, ``PoolTarget``,
-``FoldTarget``), or raises :class:`NotRewritable` with the reason the report shows under
-``skipped``. Which rules have a planner is one table (``PLANNERS``); CL002's plan is the
-rule's own ``match_projection`` (through the view that found the branch) with the weights it
-folds into. Nothing here edits the model.
+``plan(finding, graph, weights, static_spatial, rule)`` plans a finding with its rule's own
+rewrite (``Rule.rewrite``): a plugin's planner, or, for a built-in rule, the planner here of
+the binding type the rule declares (``PLANNERS``: rules sit below this layer and may not import
+it). A planner reads what the rule's check matched through the view from the finding's typed
+binding (``Finding.binding``: the conv of CL001/CL005, CL003's chain, CL002's projection), takes
+the weights it needs and returns a target of ``edit``'s protocol (``FactorTarget``,
+``PoolTarget``, ``FoldTarget``, or a plugin's own ``Target``), or raises
+:class:`NotRewritable` with the reason the report shows under ``skipped``. A rule without a
+rewrite is never planned. Nothing here edits the model.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from convlint.cost import spatial_pixels
+from convlint.errors import ConvlintError
 from convlint.findings import Finding
 from convlint.graph import ModelGraph, Node
+from convlint.registry import Rule, load_registry
 from convlint.rewrite.edit import (
     FactorTarget,
     FoldTarget,
@@ -34,22 +41,109 @@ from convlint.rewrite.factorize import (
     compose_pointwise_second,
     constant_response,
 )
-from convlint.rules.pool_branch_inflates_concat import NoProjection, match_projection
+from convlint.rules._conv import SpatialConv
+from convlint.rules.linear_conv_chain import ConvChain
+from convlint.rules.pool_branch_inflates_concat import NoProjection, Projection
 from convlint.view import ARITHMETIC, FOLDABLE, View, border_caveat, transposed_fold
 
 
 class NotRewritable(Exception):
-    """Why a finding has no rewrite here; becomes a ``skipped`` entry."""
+    """Why a finding has no rewrite here; becomes a ``skipped`` entry. A plugin's planner
+    raises it too, with its own reason."""
 
 
-def plan(finding: Finding, graph: ModelGraph, weights: Weights, static_spatial: bool) -> Target:
-    """The target for a finding of the bound (shape-inferred) graph, or NotRewritable."""
+class RewriteContext:
+    """What a planner reads beside the finding: the (shape-inferred) graph the rule's check
+    ran on, its canonical view, the model's stored constants (``weights.get(name)``), and
+    whether every spatial size is static."""
+
+    def __init__(self, graph: ModelGraph, weights: Weights, static_spatial: bool) -> None:
+        self.graph = graph
+        self.weights = weights
+        self.static_spatial = static_spatial
+
+    @functools.cached_property
+    def view(self) -> View:
+        return View(self.graph)
+
+
+Planner = Callable[[Finding, RewriteContext], Target]
+
+
+def plan(
+    finding: Finding,
+    graph: ModelGraph,
+    weights: Weights,
+    static_spatial: bool,
+    rule: Rule | None = None,
+) -> Target:
+    """The target for a finding of the bound (shape-inferred) graph, planned by its rule's
+    rewrite (``rule``: the finding's rule; by default the built-in rule of its code), or
+    NotRewritable."""
     if finding.node not in graph.nodes:
         raise NotRewritable("inside a subgraph: only the main graph is rewritten")
-    planner = PLANNERS.get(finding.code)
+    if rule is None:
+        rule = _builtin_rules().get(finding.code)
+    planner = planner_for(rule) if rule is not None else None
     if planner is None:
-        raise NotRewritable(DISPLAY_ONLY.get(finding.code, f"{finding.code} has no rewrite"))
-    return planner(finding, graph.nodes[finding.node], graph, weights, static_spatial)
+        raise NotRewritable(_not_rewritten(finding))
+    assert rule is not None
+    context = RewriteContext(graph, weights, static_spatial)
+    if rule.origin == "convlint":
+        return planner(finding, context)
+    try:  # a plugin's planner: its failure names the rule, as a failing check does
+        target = planner(finding, context)
+    except NotRewritable:
+        raise
+    except Exception as exc:
+        raise ConvlintError(
+            f"rule {rule.code} ({rule.origin}): its rewrite failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(target, Target):
+        raise ConvlintError(
+            f"rule {rule.code} ({rule.origin}): its rewrite returned a "
+            f"{type(target).__name__}, not a convlint.rewrite.edit.Target"
+        )
+    return target
+
+
+def planner_for(rule: Rule) -> Planner | None:
+    """The planner of a rule's declared rewrite: a plugin's own, or the one here for the
+    binding type a built-in rule declares; None where the rule has none."""
+    declared = rule.rewrite
+    if declared is None:
+        return None
+    if isinstance(declared, type):
+        return PLANNERS.get(declared)
+    return declared
+
+
+@functools.cache
+def _builtin_rules() -> dict[str, Rule]:
+    return {rule.code: rule for rule in load_registry(plugins=False)}
+
+
+def _not_rewritten(finding: Finding) -> str:
+    """Why a finding of a rule without a rewrite is not rewritten: what its fix says."""
+    fix = finding.fix
+    if fix is None:
+        return f"{finding.code} has no rewrite"
+    description = fix.description.removesuffix(f"; {fix.applicability.applied}")
+    return f"{fix.applicability.value}: {description}"
+
+
+Bound = TypeVar("Bound")
+
+
+def bound(finding: Finding, kind: type[Bound]) -> Bound:
+    """The finding's binding, of the type its rule declares; NotRewritable where it has none
+    (a finding of `check`, whose findings keep no bindings: ``engine.lint`` keeps them)."""
+    binding = finding.binding
+    if not isinstance(binding, kind):
+        raise NotRewritable(
+            f"the finding carries no {kind.__name__} binding: plan findings of engine.lint"
+        )
+    return binding
 
 
 def _conv_weight(node: Node, weights: Weights) -> tuple[Array, Array | None]:
@@ -70,10 +164,10 @@ def _conv_weight(node: Node, weights: Weights) -> tuple[Array, Array | None]:
     return weight, bias
 
 
-def _plan_factor(
-    finding: Finding, conv: Node, graph: ModelGraph, weights: Weights, static_spatial: bool
-) -> Target:
-    """CL001, CL005: the k×k conv's weight, to factorize or to prune its input channels."""
+def _plan_factor(finding: Finding, context: RewriteContext) -> Target:
+    """CL001, CL005: the bound k×k conv's weight, to factorize or to prune its input channels."""
+    conv = bound(finding, SpatialConv).conv
+    graph, weights = context.graph, context.weights
     weight, bias = _conv_weight(conv, weights)
     in_px, out_px = spatial_pixels(graph, conv.inputs[0]), spatial_pixels(graph, conv.outputs[0])
     if in_px is None or out_px is None:
@@ -88,7 +182,7 @@ def _plan_factor(
     )
     out = conv.outputs[0]
     readers = graph.consumers_of(out)
-    view = View(graph)  # one view for the ReLU and the pruning chain: its roles are cached
+    view = context.view
     relu = (
         len(readers) == 1
         and out not in graph.graph_outputs
@@ -194,19 +288,14 @@ def patch_geometry(conv: Node, graph: ModelGraph, kernel: Sequence[int]) -> Patc
     )
 
 
-def _plan_pool(
-    finding: Finding, pool: Node, graph: ModelGraph, weights: Weights, static_spatial: bool
-) -> Target:
-    """CL002: the projection the rule matched (``match_projection``, through the same view as
-    the finding), with the weights it folds into."""
-    related = [graph.nodes[n] for n in finding.related if n in graph.nodes]
-    concat = next((n for n in related if n.op_type == "Concat"), None)
-    if concat is None:
-        raise NotRewritable("the concat of the pooling branch was not found")
-    view = View(graph)
-    match = match_projection(view, pool, concat)
-    if isinstance(match, NoProjection):
-        raise NotRewritable(match.reason)
+def _plan_pool(finding: Finding, context: RewriteContext) -> Target:
+    """CL002: the projection the rule matched (its binding, from ``match_projection`` through
+    the view that found the branch), with the weights it folds into."""
+    if isinstance(finding.binding, NoProjection):
+        raise NotRewritable(finding.binding.reason)
+    match = bound(finding, Projection)
+    graph, weights, view = context.graph, context.weights, context.view
+    concat = match.concat
     widths = [view.channels(t) for t in concat.inputs]  # on the concat's channel axis
     if any(w is None for w in widths):
         raise NotRewritable("channel counts of the concat's inputs are unknown")
@@ -287,20 +376,24 @@ def _arithmetic(node: Node, scale: Array, shift: Array, weights: Weights) -> tup
     return -scale, vector - shift  # c - x
 
 
-def _plan_fold(
-    finding: Finding, first: Node, graph: ModelGraph, weights: Weights, static_spatial: bool
-) -> Target:
-    users = View(graph).users_of(first.outputs[0], through=FOLDABLE)
-    if first.op_type == "ConvTranspose" or (
-        len(users) == 1 and users[0][0].op_type == "ConvTranspose"
-    ):
-        return _plan_transposed_fold(finding, first, users, graph, weights)
-    if len(users) != 1 or users[0][0].op_type != "Conv":
-        found = ", ".join(f"{n.op_type} {n.name!r}" for n, _ in users)
+def _plan_fold(finding: Finding, context: RewriteContext) -> Target:
+    """CL003: the bound chain folded into one conv (or one ConvTranspose)."""
+    chain = bound(finding, ConvChain)
+    graph, weights, static_spatial = context.graph, context.weights, context.static_spatial
+    first, between, second = chain.first, list(chain.between), chain.second
+    off = next((n for n in between if context.view.role(n) not in FOLDABLE), None)
+    if off is not None:
         raise NotRewritable(
-            f"the chain does not end in exactly one conv after per-channel affine ops ({found})"
+            f"the chain passes through {off.op_type} {off.name!r}: convlint fix folds chains of "
+            "per-channel affine ops only"
         )
-    second, between = users[0]
+    if "ConvTranspose" in (first.op_type, second.op_type):
+        return _plan_transposed_fold(finding, first, between, second, graph, weights)
+    if second.op_type != "Conv":
+        raise NotRewritable(
+            "the chain does not end in exactly one conv after per-channel affine ops "
+            f"({second.op_type} {second.name!r})"
+        )
     for node in [first, *between]:
         if any(t in graph.graph_outputs for t in node.outputs if t):
             raise NotRewritable(f"the output of {node.name!r} is a graph output")
@@ -385,17 +478,14 @@ def compose_transposed(deconv: Array, conv: Array) -> Array:
 def _plan_transposed_fold(
     finding: Finding,
     first: Node,
-    users: list[tuple[Node, list[Node]]],
+    between: list[Node],
+    second: Node,
     graph: ModelGraph,
     weights: Weights,
 ) -> Target:
     """CL003 on a ConvTranspose then a conv (one ConvTranspose K1 + K2 - 1, stride s, pads
     p + K2 - 1 - q; with the interior bias, unsafe where the borders differ), or a 1×1 conv
     then a ConvTranspose (exact when no shift lies before the ConvTranspose)."""
-    if len(users) != 1:
-        found = ", ".join(f"{n.op_type} {n.name!r}" for n, _ in users)
-        raise NotRewritable(f"the chain does not end in exactly one conv ({found})")
-    second, between = users[0]
     for node in [first, *between]:
         if any(t in graph.graph_outputs for t in node.outputs if t):
             raise NotRewritable(f"the output of {node.name!r} is a graph output")
@@ -511,18 +601,12 @@ def _border_correction(node: Node, weight: Array, constant: Array, graph: ModelG
     )
 
 
-Planner = Callable[[Finding, Node, ModelGraph, Weights, bool], Target]
-# How each rule's findings become targets; a rule not here has no rewrite. Which rules these
-# are is held to the rules' own fix availability (``Rule.fix``: tests/test_completeness.py), and
-# which findings they plan to what each finding's fix promises, across the fixtures.
-PLANNERS: dict[str, Planner] = {
-    "CL001": _plan_factor,
-    "CL002": _plan_pool,
-    "CL003": _plan_fold,
-    "CL005": _plan_factor,
-}
-# Why a display-only rule's findings are not rewritten, as `fix` lists them under skipped.
-DISPLAY_ONLY = {
-    "CL004": "display-only: replacing a trained dense head by global pooling changes the "
-    "function and needs retraining",
+# The built-in rules' planners, by the binding type each rule declares as its rewrite
+# (``Rule.rewrite``): found through the rule, never by its code. tests/test_completeness.py
+# holds every built-in declaration to a planner here, and what each finding's fix promises to
+# what its planner plans, across the fixtures.
+PLANNERS: dict[type, Planner] = {
+    SpatialConv: _plan_factor,
+    Projection: _plan_pool,
+    ConvChain: _plan_fold,
 }
