@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import onnx
 import pytest
+from fix_helpers import max_abs_diff, random_inputs
+
+from convlint import fixtures
 
 PLUGIN_SOURCE = '''
 """XT1 relu-after-relu
@@ -171,3 +177,56 @@ def test_a_broken_plugin_rule_is_that_models_error_and_the_others_still_report(
     )
     assert ": CL001 " in result.stdout and "XB1" not in result.stdout
     assert result.stdout.rstrip().endswith("; a rule failed on 1 model.")
+
+
+def readme_plugin() -> str:
+    """The plugin the README's Plugins section shows, as its source."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Plugins") : readme.index("## The cost model")]
+    [source] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return source
+
+
+def test_a_plugin_rule_ships_its_rewrite_and_fix_applies_it(
+    tmp_path: Path, install: Callable[..., dict[str, str]]
+) -> None:
+    """Issue 17, part 1: a plugin rule declares a rewrite (a planner returning a `Target` of the
+    public protocol) and `convlint fix` plans it from the finding's binding, verifies and writes
+    it, as it does the built-in rules' rewrites. The plugin is the README's example."""
+    source = readme_plugin()
+    env = install(build_wheel(tmp_path, "convlint_xr", "convlint_xr", source, "convlint_xr:RULE"))
+    g = fixtures.GraphBuilder(seed=5)
+    x = g.input("input", (1, 8, 10, 10))
+    y = g.conv(x, 8, 3, name="conv")
+    y = g.node("Identity", [y], g.shape(y), name="copy")
+    y = g.node("Dropout", [y], g.shape(y), name="dropout")
+    y = g.relu(y, name="relu")
+    g.conv(y, 4, 1, name="head")
+    model = g.build("copied")
+    path = fixtures.save(model, tmp_path / "copied.onnx")
+    checked = convlint(env, "check", str(path), "--select", "XR1", "--format", "json")
+    assert checked.returncode == 0, checked.stderr  # info, below --fail-on warning
+    (finding,) = json.loads(checked.stdout)["models"][0]["findings"]
+    assert (finding["code"], finding["node"], finding["fix"]["applicability"]) == (
+        "XR1",
+        "copy",
+        "safe",
+    )
+    assert finding["message"] == "'conv' reaches 'relu' through 2 copies"
+    listed = convlint(env, "rules").stdout.splitlines()
+    assert any(line.startswith("XR1") and "always (safe)" in line for line in listed), listed
+
+    out = tmp_path / "out.onnx"
+    argv = ["fix", str(path), "-o", str(out), "--select", "XR1", "--no-latency", "--format", "json"]
+    fixed = convlint(env, *argv)
+    assert fixed.returncode == 0, fixed.stderr
+    report = json.loads(fixed.stdout)
+    (rewrite,) = report["rewrites"]
+    assert (rewrite["code"], rewrite["node"], rewrite["kind"]) == ("XR1", "copy", "drop-copies")
+    assert report["skipped"] == [] and report["verification"]["ok"] is True
+    rewritten = onnx.load(out)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Identity", "Dropout", "Relu", "Conv"]
+    assert [n.op_type for n in rewritten.graph.node] == ["Conv", "Relu", "Conv"]
+    assert max_abs_diff(path, out, random_inputs(model, samples=3, seed=9)) < 1e-5
+    again = convlint(env, "check", str(out), "--select", "XR1", "--format", "json")
+    assert json.loads(again.stdout)["models"][0]["findings"] == []

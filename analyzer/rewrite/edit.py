@@ -350,23 +350,26 @@ class Curve:
 @dataclass(kw_only=True)
 class Target:
     """A finding the fixer can rewrite, and everything the pipeline asks of it: one protocol
-    for every kind of rewrite (the pipeline never asks which kind a target is)."""
+    for every kind of rewrite (the pipeline never asks which kind a target is), the built-in
+    ones and those a plugin rule's rewrite returns (``Rule.rewrite``). An exact rewrite sets
+    ``lossy = False`` and returns its node replacements from ``edit(None, names)``, and names
+    the nodes it replaces (``replaced_nodes``: the report's before-costs); a lossy one answers
+    ``search`` and ``curve`` too."""
 
     code: str
     node: str
-    kind: str  # "factorize", "pool-projection" or "fold"
+    kind: str  # "factorize", "pool-projection", "fold", or a plugin's own (the report's kind)
     claims: frozenset[int]  # proto indices of the nodes it replaces
     unsafe: bool = False
+    # Whether the rewrite approximates, its factors searched within the error budget; an
+    # exact one (a fold) is edited as it is, with no factors.
+    lossy: ClassVar[bool] = True
     # Exact rewrites claim their nodes first, then projections, then factorizations.
     claim_order: ClassVar[int] = 0
     # Why an unsafe target is skipped without --unsafe-fixes.
     unsafe_reason: ClassVar[str] = "unsafe fix; pass --unsafe-fixes to apply it"
     # Whether a rewrite that `check` flags may be tried in another factored form.
     other_forms: ClassVar[bool] = False
-
-    @property
-    def lossy(self) -> bool:
-        return self.kind != "fold"
 
     def replaced_nodes(self) -> list[str]:
         return []
@@ -727,6 +730,7 @@ class FoldTarget(Target):
         "unsafe fix: the folded conv differs at the borders, where a bias or cropped rows meet "
         "the zero padding; pass --unsafe-fixes to apply it (still held to the tolerance)"
     )
+    lossy: ClassVar[bool] = False  # a fold is exact
 
     def replaced_nodes(self) -> list[str]:
         return [self.first.name, *(n.name for n in self.between), self.second.name]

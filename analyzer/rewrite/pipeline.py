@@ -456,7 +456,8 @@ class Fixer:
             skipped: list[Skipped] = []
             for finding in report.findings:
                 try:
-                    targets.append(plan(finding, self.graph, weights, static))
+                    rule = self.registry.get(finding.code)
+                    targets.append(plan(finding, self.graph, weights, static, rule))
                 except NotRewritable as exc:
                     skipped.append(Skipped(finding.code, finding.node, str(exc)))
             claimed: dict[int, Target] = {}
@@ -1262,7 +1263,7 @@ class Fixer:
         return Rewrite(
             code=choice.target.code,
             node=choice.target.node,
-            kind="fold" if factors is None else factors.kind,
+            kind=choice.target.kind if factors is None else factors.kind,
             method="weight" if factors is None else factors.method,
             rank=list(rank) if isinstance(rank, tuple) else rank,
             params_before=sum(c.params for c in old),
