@@ -24,6 +24,7 @@ def test_catalog_is_the_registry() -> None:
     for read, imported in zip(catalog, registry, strict=True):
         for field in ("code", "name", "severity", "fix", "summary", "options", "doc", "origin"):
             assert getattr(read, field) == getattr(imported, field), (read.code, field)
+        assert (read.rewrite is None) == (imported.rewrite is None), read.code
 
 
 def test_rule_by_code_or_name(cli: CLI) -> None:
