@@ -17,8 +17,8 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 try:
@@ -117,6 +117,46 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_pair(
+    staged: Path, staged_data: Path | None, out: Path, obsolete: Sequence[Path]
+) -> None:
+    """Rename a staged model over ``out``, its new data file in beside it first.
+
+    The data file's name is one no file had, so the model's rename is the single step that
+    switches ``out`` from the whole old pair to the whole new one: interrupted before it,
+    ``out`` is the old model with its old data and the new data file is removed again; after
+    it, the old data files (``obsolete``) are removed.
+    """
+    fsync_file(staged)
+    if staged_data is None:
+        os.replace(staged, out)
+    else:
+        fsync_file(staged_data)
+        data = out.parent / staged_data.name
+        create_from(staged_data, data)
+        try:
+            os.replace(staged, out)
+        except BaseException:
+            data.unlink(missing_ok=True)
+            raise
+    fsync_folder(out.parent)
+    for old in obsolete:
+        with suppress(OSError):
+            old.unlink()
+
+
+def create_from(source: Path, path: Path) -> None:
+    """Give ``source``'s file the new name ``path``, never replacing a file of that name."""
+    try:
+        os.link(source, path)  # fails with FileExistsError rather than replace
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "appeared while writing", str(path)) from None
+        os.rename(source, path)
 
 
 @contextmanager

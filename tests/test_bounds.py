@@ -16,11 +16,20 @@ from convlint.rewrite.pipeline import MAX_SAMPLES
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--tolerance", "inf"], "--tolerance must be a finite positive number"),
-        (["--tolerance", "nan"], "--tolerance must be a finite positive number"),
-        (["--tolerance", "0"], "--tolerance must be a finite positive number"),
-        (["--samples", str(MAX_SAMPLES + 1)], f"--samples must be from 1 to {MAX_SAMPLES:,}"),
-        (["--samples", "0"], f"--samples must be from 1 to {MAX_SAMPLES:,}"),
+        (
+            ["--tolerance", "inf"],
+            "--tolerance (tolerance) must be a finite positive number, not inf",
+        ),
+        (
+            ["--tolerance", "nan"],
+            "--tolerance (tolerance) must be a finite positive number, not nan",
+        ),
+        (["--tolerance", "0"], "--tolerance (tolerance) must be a finite positive number, not 0.0"),
+        (
+            ["--samples", str(MAX_SAMPLES + 1)],
+            f"--samples (samples) must be from 1 to {MAX_SAMPLES:,}, not {MAX_SAMPLES + 1}",
+        ),
+        (["--samples", "0"], f"--samples (samples) must be from 1 to {MAX_SAMPLES:,}, not 0"),
     ],
 )
 def test_fix_options_are_bounded(

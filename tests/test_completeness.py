@@ -182,19 +182,20 @@ def test_the_fixtures_reach_every_applicability_a_rule_declares(tmp_path: Path) 
 
 
 def test_the_pipeline_asks_targets_not_their_kind() -> None:
-    """One `Target` protocol for every rewrite (issue 17, part 1): `fix`'s pipeline never tests
+    """One `Target` protocol for every rewrite (issue 17, part 1): no step of `fix` tests
     which kind of target it holds, so a new rewrite kind is a new target class, not new
     branches in the pipeline."""
     import ast
 
-    from convlint.rewrite import edit, pipeline
+    from convlint.rewrite import edit, pipeline, prepare, search, settle, state, write
 
     kinds = {name for name, value in vars(edit).items() if name.endswith("Target")}
     assert {"FactorTarget", "PoolTarget", "FoldTarget", "Target"} <= kinds
-    assert pipeline.__file__ is not None
-    tree = ast.parse(Path(pipeline.__file__).read_text(encoding="utf-8"))
-    named = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
-    assert named & kinds == {"Target"}
+    for step in (pipeline, prepare, search, settle, state, write):
+        assert step.__file__ is not None
+        tree = ast.parse(Path(step.__file__).read_text(encoding="utf-8"))
+        named = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        assert named & kinds <= {"Target"}, step.__name__
 
 
 def _chain(tmp_path: Path) -> tuple[list[Finding], ModelGraph, Weights]:

@@ -382,8 +382,8 @@ def test_paddle_style_free_dims_take_the_data_sizes(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("option", "value", "phrase"),
     [
-        ("--min-saving", "1.5", "--min-saving must be in [0, 1)"),
-        ("--min-saving", "-0.1", "--min-saving must be in [0, 1)"),
+        ("--min-saving", "1.5", "--min-saving (min_saving) must be in [0, 1)"),
+        ("--min-saving", "-0.1", "--min-saving (min_saving) must be in [0, 1)"),
         ("--method", "svd", "invalid choice: 'svd'"),
     ],
 )

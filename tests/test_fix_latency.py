@@ -30,7 +30,8 @@ from convlint.rewrite.latency import (
     t_quantile,
     undecided,
 )
-from convlint.rewrite.pipeline import Fixer, FixOptions, fix
+from convlint.rewrite.pipeline import FixOptions, fix
+from convlint.rewrite.settle import Settler
 from convlint.rewrite.verify import TIME_ROUNDS, Runtime
 
 LATENCY_FIELDS = {
@@ -94,7 +95,8 @@ def test_no_latency(planted: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert model["latency"] is None and model["objective"] == "macs"
     assert "latency" not in model["timings"]
     assert main([*argv, "--objective", "latency"]) == 2
-    assert "--objective latency needs the timing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--objective latency (objective='latency') needs the timing that --no-latency" in err
 
 
 def test_objective_latency_keeps_a_faster_rewrite(
@@ -127,7 +129,7 @@ def test_objective_latency_drops_a_rewrite_that_runs_slower(
 ) -> None:
     """Fewer MACs but slower in onnxruntime (planted: the timing says so): dropped, with both
     numbers and the interval; nothing is rewritten, OUT is the same model."""
-    monkeypatch.setattr(Fixer, "time_rewrite", lambda self, choice: _timed())
+    monkeypatch.setattr(Settler, "time_rewrite", lambda self, choice: _timed())
     result = _fix_with(planted, objective="latency")
     assert not result.rewrites and result.written and result.latency is None
     (skip,) = result.skipped
@@ -143,7 +145,7 @@ def test_objective_macs_drops_a_rewrite_slower_with_confidence(
 ) -> None:
     """The default objective keeps what lowers MACs, unless the timing says, with confidence,
     that it runs slower: then dropped, with both numbers."""
-    monkeypatch.setattr(Fixer, "time_rewrite", lambda self, choice: _timed())
+    monkeypatch.setattr(Settler, "time_rewrite", lambda self, choice: _timed())
     result = _fix_with(planted)
     assert result.objective == "macs" and not result.rewrites and result.written
     (skip,) = result.skipped
@@ -172,8 +174,8 @@ def test_what_each_objective_keeps_follows_the_interval(
     kept_by_macs: bool,
 ) -> None:
     planted_timing = _timed(1e-3, 1e-3 * sum(interval) / 2, interval)
-    monkeypatch.setattr(Fixer, "time_rewrite", lambda self, choice: planted_timing)
-    monkeypatch.setattr(Fixer, "time_models", lambda self, before, after, what: planted_timing)
+    monkeypatch.setattr(Settler, "time_rewrite", lambda self, choice: planted_timing)
+    monkeypatch.setattr(Settler, "time_models", lambda self, before, after, what: planted_timing)
     assert bool(_fix_with(planted, objective="latency").rewrites) is kept_by_latency
     result = _fix_with(planted, objective="macs")
     assert bool(result.rewrites) is kept_by_macs
@@ -185,9 +187,9 @@ def test_the_whole_model_decides_by_the_same_rule(
     planted: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        Fixer, "time_rewrite", lambda self, choice: _timed(1e-3, 0.5e-3, (0.4, 0.6))
+        Settler, "time_rewrite", lambda self, choice: _timed(1e-3, 0.5e-3, (0.4, 0.6))
     )
-    monkeypatch.setattr(Fixer, "time_models", lambda self, before, after, what: _timed())
+    monkeypatch.setattr(Settler, "time_models", lambda self, before, after, what: _timed())
     for objective, how in (
         ("latency", "dropped (--objective latency): the rewritten model is not faster with 95% "),
         ("macs", "dropped: the rewritten model runs slower (95% confidence): "),

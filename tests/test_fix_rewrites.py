@@ -294,10 +294,10 @@ def test_a_combination_that_breaks_the_tolerance_drops_the_worst_rewrite(
 ) -> None:
     """Each rewrite passes alone; the combined model is made to fail once: the rewrite that
     moved the outputs most cannot be tightened (its rank is already exact), so it is dropped."""
-    from convlint.rewrite.pipeline import Fixer
+    from convlint.rewrite.prepare import RuntimeBench
     from convlint.rewrite.verify import Errors
 
-    measure = Fixer.measure
+    measure = RuntimeBench.measure
     failed: list[str] = []
 
     def failing_once(self, model, what, early=False):  # type: ignore[no-untyped-def]
@@ -306,7 +306,7 @@ def test_a_combination_that_breaks_the_tolerance_drops_the_worst_rewrite(
             return Errors(1.0, 1.0, False)
         return measure(self, model, what, early)
 
-    monkeypatch.setattr(Fixer, "measure", failing_once)
+    monkeypatch.setattr(RuntimeBench, "measure", failing_once)
     path = fixtures.save(fixtures.inception_3a_naive(planted_rank=24), tmp_path / "3a.onnx")
     result, out = run_fix(path, method="weight", samples=2, select=["CL001"])
     assert failed and len(result.rewrites) == 1

@@ -140,9 +140,9 @@ def test_nan_output_of_the_original_fails_verification(
 def test_nan_output_of_the_rewrite_fails_verification(
     planted: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from convlint.rewrite import pipeline
+    from convlint.rewrite import write
 
-    fill = pipeline.fill_output_types
+    fill = write.fill_output_types
 
     def poison(model: onnx.ModelProto, path: Path) -> None:
         fill(model, path)
@@ -151,7 +151,7 @@ def test_nan_output_of_the_rewrite_fails_verification(
         values.flat[0] = np.nan
         weight.CopyFrom(numpy_helper.from_array(values, weight.name))
 
-    monkeypatch.setattr(pipeline, "fill_output_types", poison)
+    monkeypatch.setattr(write, "fill_output_types", poison)
     out = tmp_path / "out.onnx"
     code, stdout, err = cli("fix", str(planted), "-o", str(out), *FAST[:-1])
     assert code == 1

@@ -1,9 +1,9 @@
 """Stage 5, before every step of `convlint fix`: its options (``FixOptions``), their
-vocabularies and their defaults.
+vocabularies, their defaults and their validation (``validate``).
 
 One definition for the command line (``convlint.commands.fix``), the Python API
-(``convlint.fix``) and the pipeline. Nothing here imports onnx: the command line's parser
-reads it.
+(``convlint.fix``) and the pipeline; a bad value's message names the option as both spell
+it (``--min-top1 (min_top1)``). Nothing here imports onnx: the command line's parser reads it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from convlint.errors import UsageError
 from convlint.findings import MIN_SAVING as MIN_SAVING  # --min-saving's default
 
 # How a lossy finding is rewritten: data-aware factorization, channel pruning, both with the
@@ -31,6 +32,9 @@ DEFAULT_PROVIDER = "CPUExecutionProvider"  # the onnxruntime execution provider 
 DEFAULT_SAMPLES = 8  # seeded random samples without --inputs
 INPUT_SAMPLES = 128  # samples taken from --inputs unless --samples says otherwise (64 verify)
 FEW_SAMPLES = 50  # a top-1 agreement from fewer held-out samples is reported with a warning
+# Each sample is held in memory and run through both models: a bound keeps a typo
+# (--samples 100000000) from exhausting memory.
+MAX_SAMPLES = 4096
 
 
 @dataclass
@@ -71,3 +75,66 @@ def reported_tolerance(options: FixOptions) -> float | None:
     """The tolerance a report states: None when the outputs' error is not bounded."""
     bound = output_bound(options)
     return None if math.isinf(bound) else bound
+
+
+def option_name(name: str) -> str:
+    """An option as the command line and the API spell it: ``--min-top1 (min_top1)``."""
+    return f"--{name.replace('_', '-')} ({name})"
+
+
+def _refused(name: str, requirement: str, value: object) -> UsageError:
+    return UsageError(f"{option_name(name)} {requirement}, not {value!r}")
+
+
+def _real(value: object) -> bool:
+    """A number the command line could have parsed (a bool is not one)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> bool:
+    return type(value) is int
+
+
+def validate(options: FixOptions) -> None:
+    """Refuse, before any work, a value no run can use: one line naming the option (exit 2
+    on the command line, ``UsageError`` from the API)."""
+    if options.method not in METHODS:
+        raise _refused("method", f"must be one of {', '.join(METHODS)}", options.method)
+    tolerance = options.tolerance
+    if tolerance is not None and not (_real(tolerance) and 0 < tolerance < math.inf):
+        raise _refused("tolerance", "must be a finite positive number", tolerance)
+    if not (_real(options.min_saving) and 0 <= options.min_saving < 1):
+        requirement = "must be in [0, 1) (a share of the layer's MACs)"
+        raise _refused("min_saving", requirement, options.min_saving)
+    if options.rank is not None and not (_whole(options.rank) and options.rank >= 1):
+        raise _refused("rank", "must be a whole number of at least 1", options.rank)
+    if options.ratio is not None and not (_real(options.ratio) and 0 < options.ratio <= 1):
+        raise _refused("ratio", "must be in (0, 1]", options.ratio)
+    samples = options.samples
+    if samples is not None and not (_whole(samples) and 1 <= samples <= MAX_SAMPLES):
+        raise _refused("samples", f"must be from 1 to {MAX_SAMPLES:,}", samples)
+    if options.objective is not None and options.objective not in OBJECTIVES:
+        raise _refused("objective", f"must be one of {', '.join(OBJECTIVES)}", options.objective)
+    if options.objective == "latency" and not options.latency:
+        raise UsageError(
+            "--objective latency (objective='latency') needs the timing that --no-latency "
+            "(latency=False) turns off"
+        )
+    min_top1 = options.min_top1
+    if min_top1 is not None and not (_real(min_top1) and 0 <= min_top1 <= 1):
+        requirement = "must be in [0, 1] (a share of the held-out samples)"
+        raise _refused("min_top1", requirement, min_top1)
+    for name, value in (
+        ("latency_threads", options.latency_threads),
+        ("latency_batch", options.latency_batch),
+    ):
+        if value is not None and not (_whole(value) and value >= 1):
+            raise _refused(name, "must be a whole number of at least 1", value)
+    if not isinstance(options.provider, str) or not options.provider:
+        raise _refused("provider", "must name an onnxruntime execution provider", options.provider)
+    if options.preprocess is not None:
+        from convlint.rewrite.calibration import parse_preprocess  # numpy: only when it runs
+
+        parse_preprocess(options.preprocess)  # a bad spec is a usage error before any work
+    if not (_real(options.timeout) and 0 < options.timeout < math.inf):
+        raise _refused("timeout", "must be a positive number of seconds", options.timeout)
