@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,15 @@ from convlint.rewrite.options import FixOptions as FixOptions  # the API's and t
 from convlint.rewrite.options import output_bound as output_bound
 from convlint.rewrite.options import reported_tolerance, validate
 from convlint.rewrite.prepare import NEEDS_DATA as NEEDS_DATA
-from convlint.rewrite.prepare import RuntimeBench, analyze, prepare, recount, split_feeds, widening
+from convlint.rewrite.prepare import (
+    Prepared,
+    RuntimeBench,
+    analyze,
+    prepare,
+    recount,
+    split_feeds,
+    widening,
+)
 from convlint.rewrite.prepare import held_out_count as held_out_count
 from convlint.rewrite.search import NO_SAVING as NO_SAVING
 from convlint.rewrite.search import OUT_OF_BUDGET as OUT_OF_BUDGET
@@ -93,34 +101,39 @@ def run_fix(
             if isinstance(prepared, Errors):  # the original's outputs are not finite
                 result.verification = prepared
             else:
-                result.skipped.extend(prepared.skipped)
-                bench = RuntimeBench(prepared, runtime, run)
-                searcher = Searcher(
-                    bench,
-                    run,
-                    analysis.report,
-                    prepared.stats,
-                    len(feeds.fit),
-                    widening(analysis),
-                )
-                searched = searcher.search(analysis.targets, prepared.lossy, progress)
-                result.skipped.extend(searched.skipped)
-                choices = searched.choices
-                settled = Settler(prepared, bench, runtime, searcher, run).settle(choices)
-                result.skipped.extend(settled.skipped)
-                result.latency = settled.latency
-                combined = bench.apply([c.edit for c in choices.values()])
-                result.cost_after = recount(combined, analysis.bound, path)
-                result.rewrites = [
-                    describe(c, analysis.report, result.cost_after) for c in choices.values()
-                ]
-                result.verification, result.written = write(combined, prepared, bench, runtime, run)
+                _rewrite(prepared, runtime, run, result, progress)
             result.peak_memory["onnxruntime"] = runtime.peak_memory()
     finally:
         result.timings = dict(run.timings)
         result.peak_memory["fix"] = peak_rss()
         analysis.report.notes.extend(run.notes)
     return result
+
+
+def _rewrite(
+    prepared: Prepared,
+    runtime: Runtime,
+    run: FixRun,
+    result: FixResult,
+    progress: Progress | None,
+) -> None:
+    """Search, settle and write, from the prepared reference; ``result`` filled in."""
+    analysis = prepared.analysis
+    result.skipped.extend(prepared.skipped)
+    bench = RuntimeBench(prepared, runtime, run)
+    searcher = Searcher(
+        bench, run, analysis.report, prepared.stats, len(prepared.feeds.fit), widening(analysis)
+    )
+    searched = searcher.search(analysis.targets, prepared.lossy, progress)
+    result.skipped.extend(searched.skipped)
+    choices = searched.choices
+    settled = Settler(prepared, bench, runtime, searcher, run).settle(choices)
+    result.skipped.extend(settled.skipped)
+    result.latency = settled.latency
+    combined = bench.apply([c.edit for c in choices.values()])
+    result.cost_after = recount(combined, analysis.bound, analysis.path)
+    result.rewrites = [describe(c, analysis.report, result.cost_after) for c in choices.values()]
+    result.verification, result.written = write(combined, prepared, bench, runtime, run)
 
 
 def peak_rss() -> int | None:
@@ -133,7 +146,7 @@ def peak_rss() -> int | None:
     return int(peak) * (1 if sys.platform == "darwin" else 1024)
 
 
-def _progress_bar(enabled: bool) -> Callable[[Sequence[Target]], Any] | None:
+def _progress_bar(enabled: bool) -> Progress | None:
     if not enabled:
         return None
     try:
