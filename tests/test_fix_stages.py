@@ -1,0 +1,240 @@
+"""`fix`'s steps on plain data (issue 17, part 2): the search on a bench of its own, with no
+onnxruntime child, and the options' validation as the command line and the API word it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+
+import convlint
+from convlint import fixtures
+from convlint.cli import main
+from convlint.errors import UsageError
+from convlint.findings import ModelReport
+from convlint.rewrite.budget import Candidate
+from convlint.rewrite.edit import Curve, Edit, Names, Target
+from convlint.rewrite.factorize import KINDS, Array, Factors
+from convlint.rewrite.options import FixOptions, validate
+from convlint.rewrite.search import NO_SAVING, Searcher
+from convlint.rewrite.state import FixRun, Skipped
+from convlint.rewrite.verify import Errors, PatchSpec
+
+
+def _factors(form: Candidate) -> Factors:
+    return Factors(form.kind, form.rank, [], form.proxy, form.macs, form.params)
+
+
+@dataclass
+class Ladder:
+    """A search over given forms: the cheapest whose proxy fits the budget."""
+
+    forms: list[Candidate]
+
+    def cheapest(self, budget: float) -> Factors | None:
+        fitting = [form for form in self.forms if form.proxy <= budget]
+        return _factors(min(fitting, key=lambda f: f.macs)) if fitting else None
+
+    def fixed(self, rank: int | None = None, ratio: float | None = None) -> Factors | None:
+        return next((_factors(f) for f in self.forms if f.rank == rank), None)
+
+
+@dataclass(kw_only=True)
+class Layer(Target):
+    """A lossy target whose forms are given; its edit names the form it applies."""
+
+    forms: list[Candidate] = field(default_factory=list)
+
+    def search(self, stats: dict[str, Array] | None, kinds: Sequence[str] = KINDS) -> Ladder:
+        return Ladder(self.forms)
+
+    def curve(
+        self,
+        stats: dict[str, Array] | None,
+        method: str,
+        min_saving: float,
+        widening: float | None = None,
+    ) -> Curve:
+        by_rank = {(form.kind, form.rank): form for form in self.forms}
+        return Curve(
+            Ladder(self.forms), None, 1000, self.forms, lambda k, r: _factors(by_rank[(k, r)])
+        )
+
+    def edit(self, factors: Factors | None, names: Names) -> Edit:
+        assert factors is not None
+        return Edit(new_nodes=[f"{self.node}@{factors.rank}"])
+
+
+def _layer(node: str, *forms: tuple[int, int, float]) -> Layer:
+    """A layer of 1,000 MACs and its forms (rank, MACs, proxy), cheapest first."""
+    candidates = [Candidate("svd-reduce", rank, macs, macs, proxy) for rank, macs, proxy in forms]
+    return Layer(code="CL001", node=node, kind="factorize", claims=frozenset(), forms=candidates)
+
+
+class Bench:
+    """A bench without onnxruntime: a rewritten model's error is the root sum of squares of
+    the errors given for the forms applied; the model holds within ``bound``."""
+
+    def __init__(self, errors: dict[str, float], bound: float) -> None:
+        self.light = onnx.ModelProto()
+        self.errors = errors
+        self.bound = bound
+        self.measured: list[tuple[str, list[str]]] = []
+
+    def apply(self, edits: Sequence[Edit]) -> onnx.ModelProto:
+        model = onnx.ModelProto()
+        model.doc_string = ",".join(name for edit in edits for name in edit.new_nodes)
+        return model
+
+    def macs(self, model: onnx.ModelProto) -> int | None:
+        return None
+
+    def sample(self, model: onnx.ModelProto, specs: Sequence[PatchSpec], what: str) -> list[Array]:
+        raise AssertionError("nothing is refitted without statistics")
+
+    def measure(self, model: onnx.ModelProto | Path, what: str, early: bool = False) -> Errors:
+        assert isinstance(model, onnx.ModelProto)
+        forms = [name for name in model.doc_string.split(",") if name]
+        self.measured.append((what, forms))
+        error = math.sqrt(sum(self.errors[form] ** 2 for form in forms))
+        return Errors(error, error, error <= self.bound)
+
+
+def _searcher(bench: Bench, tolerance: float, log: list[str] | None = None) -> Searcher:
+    messages = log if log is not None else []
+    run = FixRun(FixOptions(None, tolerance=tolerance), messages.append)
+    return Searcher(bench, run, ModelReport(path="model.onnx"), None, 0)
+
+
+def test_the_budget_picks_the_most_aggressive_allocation_that_holds() -> None:
+    """Two layers share a tolerance of 0.1. Along the path (most MACs saved per unit of
+    squared proxy error first): a at 32, b at 16, b at 8, a at 16 (error 0.112: over), a at 8.
+    The bisection stops between b at 8 and a at 16; a stays at 32 and the others go on, but b
+    is already at its cheapest: the allocation is a at 32, b at 8, each measured alone after.
+    A layer without a form that saves enough is skipped with the reason."""
+    a = _layer("a", (8, 100, 0.3), (16, 200, 0.1), (32, 400, 0.01))
+    b = _layer("b", (8, 300, 0.05), (16, 600, 0.02))
+    c = _layer("c")
+    errors = {"a@8": 0.3, "a@16": 0.1, "a@32": 0.01, "b@8": 0.05, "b@16": 0.02}
+    bench = Bench(errors, bound=0.1)
+    log: list[str] = []
+    searched = _searcher(bench, 0.1, log).search([a, b, c], [a, b, c])
+    chosen = {
+        key: choice.factors.rank for key, choice in searched.choices.items() if choice.factors
+    }
+    assert chosen == {"CL001:a": 32, "CL001:b": 8}
+    alone = {key: choice.errors.rel_l2_error for key, choice in searched.choices.items()}
+    assert alone == pytest.approx({"CL001:a": 0.01, "CL001:b": 0.05})
+    assert searched.skipped == [Skipped("CL001", "c", NO_SAVING)]
+    allocations = [forms for what, forms in bench.measured if "allocation" in what]
+    # the end of the path first, then bisection: 5 (over), 2, 3, 4 (over)
+    assert allocations == [["a@8", "b@8"], ["a@32", "b@16"], ["a@32", "b@8"], ["a@16", "b@8"]]
+    assert [forms for what, forms in bench.measured if "allocation" not in what] == [
+        ["a@32"],
+        ["b@8"],
+    ]
+    assert "budget: CL001:a stays at svd-reduce 32 (its next form broke the budget)" in (
+        "\n".join(log)
+    )
+
+
+def test_one_layer_rank_search_recalibrates_its_proxy() -> None:
+    """A fixed budget of 0.1 for one layer whose measured errors are 3 times its proxies: the
+    first proposal (proxy under 0.08, rank 8) measures 0.12; the proxy budget becomes
+    0.08 x 0.04 / 0.12 = 0.027, which proposes rank 16 (proxy 0.02), measured 0.06: kept."""
+    d = _layer("d", (4, 50, 0.2), (8, 100, 0.04), (16, 200, 0.02), (32, 400, 0.005))
+    errors = {"d@4": 0.6, "d@8": 0.12, "d@16": 0.06, "d@32": 0.015}
+    bench = Bench(errors, bound=0.1)
+    choice = _searcher(bench, 0.1).select(d, 0.1)
+    assert not isinstance(choice, str) and choice.factors is not None
+    assert (choice.factors.rank, choice.errors.rel_l2_error) == (16, 0.06)
+    assert [forms for _, forms in bench.measured] == [["d@8"], ["d@16"]]
+    # When no form fits at all, the reason says so.
+    assert _searcher(Bench(errors, bound=0.001), 0.001).select(d, 0.001) == NO_SAVING
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"min_top1": 2},
+            "--min-top1 (min_top1) must be in [0, 1] (a share of the held-out samples), not 2",
+        ),
+        (
+            {"tolerance": "0.1"},
+            "--tolerance (tolerance) must be a finite positive number, not '0.1'",
+        ),
+        ({"rank": 0}, "--rank (rank) must be a whole number of at least 1, not 0"),
+        ({"ratio": 1.5}, "--ratio (ratio) must be in (0, 1], not 1.5"),
+        (
+            {"method": "svd"},
+            "--method (method) must be one of auto, data-aware, weight, prune, not 'svd'",
+        ),
+        (
+            {"objective": "speed"},
+            "--objective (objective) must be one of latency, macs, not 'speed'",
+        ),
+        ({"timeout": 0}, "--timeout (timeout) must be a positive number of seconds, not 0"),
+        (
+            {"objective": "latency", "latency": False},
+            "--objective latency (objective='latency') needs the timing that --no-latency "
+            "(latency=False) turns off",
+        ),
+    ],
+)
+def test_a_bad_option_is_named_as_both_users_spell_it(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        validate(FixOptions(None, **options))
+    assert str(caught.value) == message
+
+
+def test_the_api_and_the_command_line_refuse_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = fixtures.save(fixtures.linear_conv_chain_bad(), tmp_path / "chain.onnx")
+    out = tmp_path / "out.onnx"
+    with pytest.raises(UsageError) as caught:
+        convlint.fix(model, out, min_top1=2)
+    assert str(caught.value) == (
+        "--min-top1 (min_top1) must be in [0, 1] (a share of the held-out samples), not 2"
+    )
+    assert main(["fix", str(model), "-o", str(out), "--min-top1", "2"]) == 2
+    assert capsys.readouterr().err == (
+        "convlint: error: --min-top1 (min_top1) must be in [0, 1] (a share of the held-out "
+        "samples), not 2.0\n"
+    )
+    assert not out.exists()
+
+
+def test_no_step_sets_an_attribute_outside_init() -> None:
+    """The steps pass state in explicit objects: no class of theirs gives itself an attribute
+    outside ``__init__`` (the old ``Fixer`` set about 17 late, so its methods depended on the
+    order they were called in)."""
+    import ast
+
+    from convlint.rewrite import pipeline, prepare, search, settle, state, write
+
+    late = []
+    for step in (pipeline, prepare, search, settle, state, write):
+        assert step.__file__ is not None
+        tree = ast.parse(Path(step.__file__).read_text(encoding="utf-8"))
+        for cls in (node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)):
+            for method in cls.body:
+                if not isinstance(method, ast.FunctionDef) or method.name == "__init__":
+                    continue
+                late += [
+                    f"{step.__name__}.{cls.name}.{method.name}: self.{node.attr}"
+                    for node in ast.walk(method)
+                    if isinstance(node, ast.Attribute)
+                    and isinstance(node.ctx, ast.Store)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "self"
+                ]
+    assert late == []
