@@ -22,7 +22,8 @@ from convlint.rewrite.edit import Curve, Edit, Names, Target
 from convlint.rewrite.factorize import KINDS, Array, Factors
 from convlint.rewrite.options import FixOptions, validate
 from convlint.rewrite.search import NO_SAVING, Searcher
-from convlint.rewrite.state import FixRun, Skipped
+from convlint.rewrite.settle import Settler
+from convlint.rewrite.state import Choice, FixRun, Skipped
 from convlint.rewrite.verify import Errors, PatchSpec
 
 
@@ -238,3 +239,41 @@ def test_no_step_sets_an_attribute_outside_init() -> None:
                     and node.value.id == "self"
                 ]
     assert late == []
+
+
+def _chosen(layer: Layer, rank: int, error: float, budget: float) -> Choice:
+    form = next(f for f in layer.forms if f.rank == rank)
+    edit = layer.edit(_factors(form), Names(onnx.ModelProto()))
+    return Choice(layer, _factors(form), edit, Errors(error, error, True), budget)
+
+
+def test_settling_tightens_the_worst_rewrite_until_the_combination_holds() -> None:
+    """a at 8 (0.08 alone) and b at 8 (0.07 alone) each hold a tolerance of 0.1, together
+    sqrt(0.08² + 0.07²) = 0.106 do not: the settling asks the search for a within half its
+    budget, gets a at 16 (0.03), and the combination (0.076) holds. When the worst has no
+    tighter form, it is dropped with the reason."""
+    a = _layer("a", (8, 100, 0.08), (16, 200, 0.03))
+    b = _layer("b", (8, 300, 0.07))
+    errors = {"a@8": 0.08, "a@16": 0.03, "b@8": 0.07}
+    bench = Bench(errors, bound=0.1)
+    searcher = _searcher(bench, 0.1)
+    settler = Settler(None, bench, None, searcher, searcher.run)  # type: ignore[arg-type]
+    choices = {"CL001:a": _chosen(a, 8, 0.08, 0.1), "CL001:b": _chosen(b, 8, 0.07, 0.1)}
+    assert settler.combine(choices) == []
+    assert {k: c.factors.rank for k, c in choices.items() if c.factors} == {
+        "CL001:a": 16,
+        "CL001:b": 8,
+    }
+    assert [forms for what, forms in bench.measured if "combined" in what] == [
+        ["a@8", "b@8"],
+        ["a@16", "b@8"],
+    ]
+    # b alone has no tighter form: once it is the worst, it goes.
+    worse = Bench({"a@16": 0.03, "b@8": 0.12}, bound=0.1)
+    searcher = _searcher(worse, 0.1)
+    settler = Settler(None, worse, None, searcher, searcher.run)  # type: ignore[arg-type]
+    choices = {"CL001:a": _chosen(a, 16, 0.03, 0.1), "CL001:b": _chosen(b, 8, 0.12, 0.1)}
+    assert settler.combine(choices) == [
+        Skipped("CL001", "b", "dropped: together with the other rewrites it broke the tolerance")
+    ]
+    assert list(choices) == ["CL001:a"]
