@@ -379,7 +379,7 @@ class View:
             return False
         producer = self.graph.producer_of(weight)
         if producer is None:  # an initializer, not a graph input the caller feeds
-            stored = weight in self.graph.constants and weight not in self.graph.data_inputs
+            stored = weight in self.graph.constants
         else:
             stored = producer.op_type == "Constant" and "value" in producer.attrs
         return stored and self.graph.dtype(weight) in FLOAT_TYPES

@@ -80,6 +80,12 @@ def plan(
     """The target for a finding of the bound (shape-inferred) graph, planned by its rule's
     rewrite (``rule``: the finding's rule; by default the built-in rule of its code), or
     NotRewritable."""
+    return plan_in(finding, RewriteContext(graph, weights, static_spatial), rule)
+
+
+def plan_in(finding: Finding, context: RewriteContext, rule: Rule | None = None) -> Target:
+    """``plan`` in a context shared by a model's findings (one canonical view for all)."""
+    graph = context.graph
     if finding.node not in graph.nodes:
         raise NotRewritable("inside a subgraph: only the main graph is rewritten")
     if rule is None:
@@ -88,7 +94,6 @@ def plan(
     if planner is None:
         raise NotRewritable(_not_rewritten(finding))
     assert rule is not None
-    context = RewriteContext(graph, weights, static_spatial)
     if rule.origin == "convlint":
         return planner(finding, context)
     try:  # a plugin's planner: its failure names the rule, as a failing check does

@@ -43,7 +43,7 @@ from convlint.rewrite.calibration import Samples, parse_preprocess, read_samples
 from convlint.rewrite.edit import Edit, Target, Weights, apply_edits
 from convlint.rewrite.factorize import Array
 from convlint.rewrite.options import DEFAULT_SAMPLES, INPUT_SAMPLES
-from convlint.rewrite.plan import NotRewritable, plan
+from convlint.rewrite.plan import NotRewritable, RewriteContext, plan_in
 from convlint.rewrite.state import FixRun, Skipped, count, declared_dims
 from convlint.rewrite.verify import (
     WEIGHTS_FILE,
@@ -161,10 +161,11 @@ def _plan(
     skipped, and an unsafe one without --unsafe-fixes."""
     targets: list[Target] = []
     skipped: list[Skipped] = []
+    context = RewriteContext(graph, weights, static)
     for finding in report.findings:
         try:
             rule = registry.get(finding.code)
-            targets.append(plan(finding, graph, weights, static, rule))
+            targets.append(plan_in(finding, context, rule))
         except NotRewritable as exc:
             skipped.append(Skipped(finding.code, finding.node, str(exc)))
     claimed: dict[int, Target] = {}
