@@ -70,6 +70,8 @@ def test_arrays_with_or_without_the_batch_axis(
         "fit": 3,
         "verify": 3,
         "verify_samples": [3, 4, 5],
+        "select": 3,  # too few held out to set some aside: the ranks were chosen on them
+        "select_samples": [3, 4, 5],
     }
     assert model["verification"]["ok"] and model["latency"] is None
     assert model["bound"] == {}
@@ -139,7 +141,7 @@ def test_noise_is_named_in_the_summary_and_the_json(
     )
     argv = _fix(planted, "--samples", "4", "--no-latency", "--format", "json")
     assert main(argv) == 0
-    assert _json(capsys)["calibration"] == {
+    assert _json(capsys)["calibration"] == {  # no ranks searched on noise: no "select"
         "source": "noise",
         "fit": 2,
         "verify": 2,
@@ -233,6 +235,8 @@ def test_a_folder_of_images_with_a_preset(
         "fit": 2,
         "verify": 2,
         "verify_samples": [2, 3],
+        "select": 2,
+        "select_samples": [2, 3],
     }
     (rewrite,) = model_json["rewrites"]
     assert rewrite["verified"]["top1_agreement"] == 1.0
@@ -434,3 +438,31 @@ def test_loaded_model_is_unchanged_by_calibration(planted: Path, tmp_path: Path)
     np.save(path, _normal(4, *SHAPE[1:]))
     assert main(_fix(planted, "--inputs", str(path), "--quiet", *FAST)) == 0
     assert onnx.load(planted) == before
+
+
+def test_ranks_are_chosen_on_other_held_out_samples_than_those_that_verify(
+    planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """64 samples: 16 fit (64 are held out when 16 still fit), and the budget's search
+    measures on the first 24 held-out samples, the written model is verified on the other 24:
+    a check the search never looked at."""
+    path = tmp_path / "inputs.npy"
+    np.save(path, _normal(64, *SHAPE[1:]))
+    argv = _fix(planted, "--inputs", str(path), "--no-latency")
+    assert main(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "64 samples from" in first
+    assert first.endswith(
+        ": statistics fitted on 16, ranks chosen on 24, verified on the other 24)"
+    )
+    assert main([*argv, "--format", "json"]) == 0
+    model = _json(capsys)
+    assert model["calibration"] == {
+        "source": "npy",
+        "fit": 16,
+        "verify": 24,
+        "verify_samples": list(range(40, 64)),
+        "select": 24,
+        "select_samples": list(range(16, 40)),
+    }
+    assert model["verification"]["ok"] and model["rewrites"][0]["rank"] == 48

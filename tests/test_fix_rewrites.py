@@ -300,11 +300,11 @@ def test_a_combination_that_breaks_the_tolerance_drops_the_worst_rewrite(
     measure = RuntimeBench.measure
     failed: list[str] = []
 
-    def failing_once(self, model, what, early=False):  # type: ignore[no-untyped-def]
+    def failing_once(self, model, what, early=False, confirm=False):  # type: ignore[no-untyped-def]
         if what == "verifying the combined rewrites" and not failed:
             failed.append(what)
             return Errors(1.0, 1.0, False)
-        return measure(self, model, what, early)
+        return measure(self, model, what, early, confirm)
 
     monkeypatch.setattr(RuntimeBench, "measure", failing_once)
     path = fixtures.save(fixtures.inception_3a_naive(planted_rank=24), tmp_path / "3a.onnx")

@@ -17,11 +17,11 @@ from convlint import fixtures
 from convlint.cli import main
 from convlint.errors import UsageError
 from convlint.findings import ModelReport
-from convlint.rewrite.budget import Candidate
+from convlint.rewrite.budget import CONFIRM_EVALS, Allocation, Candidate, confirm_back
 from convlint.rewrite.edit import Curve, Edit, Names, Target
 from convlint.rewrite.factorize import KINDS, Array, Factors
 from convlint.rewrite.options import FixOptions, validate
-from convlint.rewrite.search import NO_SAVING, Searcher
+from convlint.rewrite.search import NO_SAVING, NOT_CONFIRMED, Searcher
 from convlint.rewrite.settle import Settler
 from convlint.rewrite.state import Choice, FixRun, Skipped
 from convlint.rewrite.verify import Errors, PatchSpec
@@ -81,10 +81,11 @@ class Bench:
     """A bench without onnxruntime: a rewritten model's error is the root sum of squares of
     the errors given for the forms applied; the model holds within ``bound``."""
 
-    def __init__(self, errors: dict[str, float], bound: float) -> None:
+    def __init__(self, errors: dict[str, float], bound: float, confirming: float = 1.0) -> None:
         self.light = onnx.ModelProto()
         self.errors = errors
         self.bound = bound
+        self.confirming = confirming  # the errors on the confirming samples, times these
         self.measured: list[tuple[str, list[str]]] = []
 
     def apply(self, edits: Sequence[Edit]) -> onnx.ModelProto:
@@ -98,18 +99,24 @@ class Bench:
     def sample(self, model: onnx.ModelProto, specs: Sequence[PatchSpec], what: str) -> list[Array]:
         raise AssertionError("nothing is refitted without statistics")
 
-    def measure(self, model: onnx.ModelProto | Path, what: str, early: bool = False) -> Errors:
+    def measure(
+        self, model: onnx.ModelProto | Path, what: str, early: bool = False, confirm: bool = False
+    ) -> Errors:
         assert isinstance(model, onnx.ModelProto)
         forms = [name for name in model.doc_string.split(",") if name]
         self.measured.append((what, forms))
         error = math.sqrt(sum(self.errors[form] ** 2 for form in forms))
+        if confirm:
+            error *= self.confirming
         return Errors(error, error, error <= self.bound)
 
 
-def _searcher(bench: Bench, tolerance: float, log: list[str] | None = None) -> Searcher:
+def _searcher(
+    bench: Bench, tolerance: float, log: list[str] | None = None, confirm: bool = False
+) -> Searcher:
     messages = log if log is not None else []
     run = FixRun(FixOptions(None, tolerance=tolerance), messages.append)
-    return Searcher(bench, run, ModelReport(path="model.onnx"), None, 0)
+    return Searcher(bench, run, ModelReport(path="model.onnx"), None, 0, confirm=confirm)
 
 
 def test_the_budget_picks_the_most_aggressive_allocation_that_holds() -> None:
@@ -142,6 +149,58 @@ def test_the_budget_picks_the_most_aggressive_allocation_that_holds() -> None:
     assert "budget: CL001:a stays at svd-reduce 32 (its next form broke the budget)" in (
         "\n".join(log)
     )
+
+
+def test_the_choice_is_confirmed_on_samples_the_search_never_measured() -> None:
+    """The layers of the test above, on a bench whose confirming samples show 2.5 times the
+    errors of those the search chooses on (the search kept the allocation its samples were
+    luckiest for). After the repair the path is {}, a at 32, + b at 16, + b at 8; the choice
+    (a at 32, b at 8: 0.051, 0.127 confirming) is not confirmed, one step back (a at 32, b at
+    16: 0.022, 0.056 confirming) is. Each rewrite's own error is the confirming samples'."""
+    a = _layer("a", (8, 100, 0.3), (16, 200, 0.1), (32, 400, 0.01))
+    b = _layer("b", (8, 300, 0.05), (16, 600, 0.02))
+    errors = {"a@8": 0.3, "a@16": 0.1, "a@32": 0.01, "b@8": 0.05, "b@16": 0.02}
+    bench = Bench(errors, bound=0.1, confirming=2.5)
+    log: list[str] = []
+    searched = _searcher(bench, 0.1, log, confirm=True).search([a, b], [a, b])
+    chosen = {key: c.factors.rank for key, c in searched.choices.items() if c.factors}
+    assert chosen == {"CL001:a": 32, "CL001:b": 16}
+    confirmed = [forms for what, forms in bench.measured if what.startswith("confirming")]
+    assert confirmed == [["a@32", "b@8"], ["a@32", "b@16"]]
+    alone = {key: choice.errors.rel_l2_error for key, choice in searched.choices.items()}
+    assert alone == pytest.approx({"CL001:a": 0.025, "CL001:b": 0.05})
+    assert "budget: not confirmed on the held-out samples; 1 step(s) back along the path" in log
+    # Confirming samples that no allocation holds on: nothing is rewritten, and the reason
+    # says that the choice was not confirmed.
+    bench = Bench(errors, bound=0.1, confirming=20.0)
+    searched = _searcher(bench, 0.1, confirm=True).search([a, b], [a, b])
+    assert searched.choices == {}
+    assert {s.reason for s in searched.skipped} == {NOT_CONFIRMED}
+
+
+def test_stepping_back_doubles_its_steps_and_looks_a_few_times() -> None:
+    """``confirm_back`` from step 9 of a path of 10 where steps up to 2 confirm: it looks at
+    9, 8, 6, 2 (1, 2, 4 steps back) and keeps 2; with none confirming it looks at most
+    CONFIRM_EVALS times and keeps nothing."""
+    path: list[Allocation] = [
+        {f"layer{i}": Candidate("prune", i, 100 - i, 0, 0.0) for i in range(step)}
+        for step in range(10)
+    ]
+    looked: list[int] = []
+
+    def confirms(allocation: Allocation) -> bool:
+        looked.append(len(allocation))
+        return len(allocation) <= 2
+
+    assert confirm_back(path, 9, confirms) == path[2]
+    assert looked == [9, 8, 6, 2]
+    looked.clear()
+    assert confirm_back(path, 9, lambda allocation: bool(looked.append(0))) == {}
+    assert len(looked) == 4  # 9, 8, 6, 2; then step 0: nothing rewritten, no look needed
+    looked.clear()
+    long = path * 30  # 300 steps: 299, 298, 296, 292, ..., 172, and no more looks
+    assert confirm_back(long, 299, lambda allocation: bool(looked.append(0))) == {}
+    assert len(looked) == CONFIRM_EVALS == 8
 
 
 def test_one_layer_rank_search_recalibrates_its_proxy() -> None:

@@ -51,6 +51,7 @@ T = TypeVar("T")
 STEP = 8
 MAX_EVALS = 12  # whole-model verifications while bisecting the path
 REPAIR_EVALS = 12  # ... and, after it, while bisecting the path without the layer that broke it
+CONFIRM_EVALS = 8  # verifications on the confirming samples while stepping back along the path
 ALS_ITERATIONS = 20
 MAX_REFIT_WIDTH = 1152  # patch width (channels × kernel area) of a refitted conv, at most
 MAX_PATCH_WIDTH = 4608  # input patch width (C_in × kernel area) of a conv refitted whole
@@ -215,12 +216,18 @@ def spend(
     baselines: Mapping[str, int],
     holds: Callable[[Allocation], bool],
     log: Callable[[str], object] = lambda _: None,
+    confirms: Callable[[Allocation], bool] | None = None,
 ) -> Allocation:
     """The most aggressive allocation found to hold: the bisection of ``allocation_path``,
     then, while the step that broke the budget is known, that step's layer stays where it is
     and the path of the other layers goes on from there (bisected again). The proxy orders
     layers by an estimate; one layer whose next form is far worse than its estimate would
-    otherwise stop every other layer at the same point of the path."""
+    otherwise stop every other layer at the same point of the path.
+
+    ``confirms``: the budget on samples the search never measured. Keeping the most
+    aggressive of some thirty allocations that ``holds`` keeps the one its samples were
+    luckiest for (selection); the choice is confirmed on others, and while it fails there
+    the path is stepped back, 1, 2, 4, ... steps at a time (``confirm_back``)."""
     curves = {key: list(curve) for key, curve in curves.items()}
     path = allocation_path(curves, baselines)
     if len(path) < 2:
@@ -240,7 +247,32 @@ def spend(
         good = next(i for i, allocation in enumerate(path) if allocation == best)
         good, bad, calls = _bisect(path, holds, good, left)
         left -= calls
-    return path[good]
+    if confirms is None:
+        return path[good]
+    return confirm_back(path, good, confirms, log)
+
+
+def confirm_back(
+    path: Sequence[Allocation],
+    index: int,
+    confirms: Callable[[Allocation], bool],
+    log: Callable[[str], object] = lambda _: None,
+) -> Allocation:
+    """``path[index]`` if it ``confirms``, else the first allocation before it that does,
+    stepping back 1, 2, 4, ... steps (at most ``CONFIRM_EVALS`` looks, each a look at the
+    confirming samples: few, so that they stay an honest check); nothing rewritten (the
+    path's start) when none of them does."""
+    step = 1
+    for _ in range(CONFIRM_EVALS):
+        if index <= 0:
+            return {}
+        if confirms(path[index]):
+            return path[index]
+        back = min(step, index)
+        log(f"budget: not confirmed on the held-out samples; {back} step(s) back along the path")
+        index -= back
+        step *= 2
+    return {}
 
 
 # -- refitting the last conv -------------------------------------------------------------
@@ -347,6 +379,7 @@ __all__ = [
     "Allocation",
     "Candidate",
     "allocation_path",
+    "confirm_back",
     "factor_candidates",
     "ladder",
     "most_aggressive",

@@ -122,7 +122,13 @@ def _rewrite(
     result.skipped.extend(prepared.skipped)
     bench = RuntimeBench(prepared, runtime, run)
     searcher = Searcher(
-        bench, run, analysis.report, prepared.stats, len(prepared.feeds.fit), widening(analysis)
+        bench,
+        run,
+        analysis.report,
+        prepared.stats,
+        len(prepared.feeds.fit),
+        widening(analysis),
+        confirm=bool(prepared.feeds.select),
     )
     searched = searcher.search(analysis.targets, prepared.lossy, progress)
     result.skipped.extend(searched.skipped)

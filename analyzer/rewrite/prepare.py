@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from convlint.rewrite import latency, weightstore
 from convlint.rewrite.calibration import Samples, parse_preprocess, read_samples
 from convlint.rewrite.edit import Edit, Target, Weights, apply_edits
 from convlint.rewrite.factorize import Array
-from convlint.rewrite.options import DEFAULT_SAMPLES, INPUT_SAMPLES
+from convlint.rewrite.options import DEFAULT_SAMPLES, INPUT_SAMPLES, FixOptions
 from convlint.rewrite.plan import NotRewritable, RewriteContext, plan_in
 from convlint.rewrite.state import FixRun, Skipped, count, declared_dims
 from convlint.rewrite.verify import (
@@ -70,6 +70,7 @@ EARLY_MARGIN = 3.0  # ... and fails at once beyond this many times the tolerance
 WIDENING_RULE = "CL005"  # flags a spatial conv that widens: what a deep pruning would leave
 VERIFY_MIN = 64  # held-out samples, when the user gives that many
 FIT_MIN = 16  # fitting samples kept when the held-out set grows to VERIFY_MIN
+SELECT_MIN = 16  # held-out samples the budget chooses on, and as many that confirm, at least
 
 
 # -- 1. analysis -------------------------------------------------------------------------------
@@ -327,12 +328,21 @@ def _read_inputs(model: onnx.ModelProto, user: dict[str, tuple[int, ...]], run: 
 
 @dataclass(frozen=True)
 class Feeds:
-    """The samples a run fits on and those it verifies on (held out), as the report says."""
+    """The samples a run fits on, those its search chooses ranks on and those it verifies
+    on, as the report says. ``select`` and ``verify`` are disjoint held-out samples where the
+    budget searches ranks and enough are held out (``selection_count``); otherwise
+    ``select`` is ``verify`` itself."""
 
     fit: list[Feed]
     verify: list[Feed]
     origin: str  # for the report's header
-    calibration: dict[str, Any]  # the report's {"source", "fit", "verify", "verify_samples"}
+    calibration: dict[str, Any]  # the report's {"source", "fit", "verify", "verify_samples", ...}
+    select: list[Feed] = field(default_factory=list)  # empty: the same as ``verify``
+
+    @property
+    def selection(self) -> list[Feed]:
+        """The samples the search and the settling measure on."""
+        return self.select or self.verify
 
 
 def held_out_count(samples: int) -> int:
@@ -341,8 +351,27 @@ def held_out_count(samples: int) -> int:
     return max(samples - samples // 2, min(VERIFY_MIN, samples - FIT_MIN))
 
 
+def selection_count(held_out: int) -> int:
+    """How many of the held-out samples (the first ones) the budget chooses ranks on, the
+    others confirming the choice: half, when both halves have ``SELECT_MIN``; else none (the
+    choice is made on the samples that verify it, and the report says so)."""
+    return held_out // 2 if held_out >= 2 * SELECT_MIN else 0
+
+
+def searches_budget(analysis: Analysis, options: FixOptions) -> bool:
+    """Whether the run chooses ranks by measuring on held-out samples: approximate targets
+    it may rewrite (real samples, or noise allowed), at ranks the user did not fix."""
+    return (
+        any(t.lossy for t in analysis.targets)
+        and (analysis.samples is not None or options.allow_noise)
+        and options.rank is None
+        and options.ratio is None
+    )
+
+
 def split_feeds(analysis: Analysis, run: FixRun) -> Feeds:
-    """(fit, verify) samples, a description for the report, and the calibration record."""
+    """(fit, select, verify) samples, a description for the report, and the calibration
+    record."""
     options = run.options
     if analysis.samples is not None:
         samples, source = analysis.samples.feeds, analysis.samples.source
@@ -358,32 +387,37 @@ def split_feeds(analysis: Analysis, run: FixRun) -> Feeds:
         source = "noise"
         origin = count(len(samples), "seeded random sample")
     every = list(range(len(samples)))
-    if options.method == "weight":
-        record = {"source": source, "fit": 0, "verify": len(samples), "verify_samples": every}
-        return Feeds([], samples, origin, record)
-    if len(samples) < 2:
-        record = {
-            "source": source,
-            "fit": len(samples),
-            "verify": len(samples),
-            "verify_samples": every,
-        }
+    if len(samples) < 2 and options.method != "weight":
+        single = {"source": source, "fit": 1, "verify": 1, "verify_samples": every}
         return Feeds(
-            samples, samples, f"{origin}: statistics fitted and verified on the same one", record
+            samples, samples, f"{origin}: statistics fitted and verified on the same one", single
         )
-    held_out = held_out_count(len(samples))
-    fit = len(samples) - held_out
-    record = {
+    fit = 0 if options.method == "weight" else len(samples) - held_out_count(len(samples))
+    held_out = list(range(fit, len(samples)))
+    searched = searches_budget(analysis, options)
+    chosen = selection_count(len(held_out)) if searched else 0
+    verify = held_out[chosen:]
+    record: dict[str, Any] = {
         "source": source,
         "fit": fit,
-        "verify": held_out,
-        "verify_samples": list(range(fit, len(samples))),
+        "verify": len(verify),
+        "verify_samples": verify,
     }
+    if searched:  # the samples the ranks were chosen on: verify's own where none are set aside
+        selected = held_out[:chosen] if chosen else verify
+        record.update(select=len(selected), select_samples=selected)
+    parts = [f"statistics fitted on {fit}"] if fit else []
+    if chosen:
+        parts.append(f"ranks chosen on {chosen}")
+    if parts:
+        parts.append(f"verified on the other {len(verify)}")
+        origin = f"{origin}: {', '.join(parts)}"
     return Feeds(
         samples[:fit],
-        samples[fit:],
-        f"{origin}: statistics fitted on {fit}, verified on the other {held_out}",
+        [samples[i] for i in verify],
+        origin,
         record,
+        [samples[i] for i in held_out[:chosen]],
     )
 
 
@@ -399,6 +433,7 @@ class Prepared:
     light: onnx.ModelProto  # the graph, its large weights staged in the runtime's folder
     original: Path  # ``light`` saved there: the model timed against
     reference: list[Outputs]  # the original's outputs on ``feeds.verify``
+    selected: list[Outputs]  # ... and on ``feeds.selection`` (the same list where they are one)
     output_names: list[str]
     timing: latency.Target  # where latency is measured
     timing_feed: Feed  # the whole models are timed on it
@@ -429,6 +464,9 @@ def prepare(analysis: Analysis, feeds: Feeds, runtime: Runtime, run: FixRun) -> 
         reference: list[Outputs] = runtime.run(
             original, feeds.verify, what="running the original model"
         )
+        selected = reference
+        if feeds.select:
+            selected = runtime.run(original, feeds.select, what="running the original model")
     output_names = [o.name for o in light.graph.output]
     if options.min_top1 is not None and not class_outputs(reference[0]):
         raise UsageError(
@@ -458,6 +496,7 @@ def prepare(analysis: Analysis, feeds: Feeds, runtime: Runtime, run: FixRun) -> 
         light,
         original,
         reference,
+        selected,
         output_names,
         timing,
         timing_feed,
@@ -542,12 +581,20 @@ class RuntimeBench:
             found: list[Array] = self.runtime.sample(probed, self.prepared.feeds.fit, specs, what)
             return found
 
-    def measure(self, model: onnx.ModelProto | Path, what: str, early: bool = False) -> Errors:
-        """The model's errors on every held-out sample. ``early``: first on a few of them,
-        and a model already far outside the budget there (``EARLY_MARGIN`` times the
-        tolerance) fails without running the rest: most of the budget's bisection steps that
-        fail, fail by far."""
-        feeds, reference = self.prepared.feeds.verify, self.prepared.reference
+    def measure(
+        self, model: onnx.ModelProto | Path, what: str, early: bool = False, confirm: bool = False
+    ) -> Errors:
+        """The model's errors on every held-out sample the search chooses on (``confirm``:
+        on every sample that verifies). ``early``: first on a few of them, and a model
+        already far outside the budget there (``EARLY_MARGIN`` times the tolerance) fails
+        without running the rest: most of the budget's bisection steps that fail, fail by
+        far."""
+        prepared = self.prepared
+        feeds, reference = (
+            (prepared.feeds.verify, prepared.reference)
+            if confirm
+            else (prepared.feeds.selection, prepared.selected)
+        )
         names, bound = self.prepared.output_names, self.run.error_bound
         with self.run.timer("onnxruntime"):
             if early and len(feeds) > 2 * EARLY_SAMPLES:

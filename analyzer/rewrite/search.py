@@ -53,6 +53,10 @@ MAX_TRIALS = 4  # confirmations on the bench per rewrite during rank selection
 REFIT_ROUNDS = 1  # refits of every chosen layer against the approximated model's inputs
 NO_SAVING = "no rank within tolerance lowers MACs"
 OUT_OF_BUDGET = "the whole-model budget was spent on layers that save more MACs per unit of error"
+NOT_CONFIRMED = (
+    "the allocations that held on the samples the ranks were chosen on broke the budget on "
+    "the held-out samples that verify them"
+)
 Progress = Callable[[Sequence[Target]], Any]
 
 
@@ -82,6 +86,7 @@ class Searcher:
         stats: dict[str, Array] | None,
         fit_samples: int,
         widening: float | None = None,
+        confirm: bool = False,
     ) -> None:
         self.bench = bench
         self.run = run
@@ -89,6 +94,7 @@ class Searcher:
         self.stats = stats
         self.fit_samples = fit_samples  # the samples the refits sample from
         self.widening = widening  # CL005's expansion ratio, where the recheck runs it
+        self.confirm = confirm  # the bench verifies on samples the search does not choose on
         self._factors: dict[tuple[str, str, Any], Factors] = {}  # (target, kind, rank)
         self._responses: dict[tuple[str, PatchSpec], Array] = {}  # the original's, sampled
 
@@ -204,17 +210,21 @@ class Searcher:
         fixed = [c.edit for c in searched.choices.values()]
         tried: dict[Any, tuple[Choices, Errors]] = {}
         closest: dict[str, float] = {}  # the least error of an allocation with the target
+        held: list[bool] = []  # whether each allocation measured held, in order
         before = self.report.cost
 
-        def holds(allocation: Allocation) -> bool:
-            chosen = self.build(allocation, searches, fixed)
+        def measured(allocation: Allocation, confirm: bool = False) -> Errors:
+            if key_of(allocation) not in tried:
+                tried[key_of(allocation)] = (self.build(allocation, searches, fixed), UNMEASURED)
+            chosen = tried[key_of(allocation)][0]
             combined = self.bench.apply([*fixed, *(c.edit for c in chosen.values())])
+            what = "confirming" if confirm else "verifying"
             errors = self.bench.measure(
-                combined, "verifying an allocation of the error budget", early=True
+                combined,
+                f"{what} an allocation of the error budget",
+                early=not confirm,
+                confirm=confirm,
             )
-            tried[key_of(allocation)] = (chosen, errors)
-            for layer in allocation:
-                closest[layer] = min(closest.get(layer, math.inf), errors.rel_l2_error)
             after = self.bench.macs(combined)
             saving = (
                 f"MACs {before.macs:,} -> {after:,}"
@@ -224,26 +234,41 @@ class Searcher:
             top1 = errors.top1_agreement
             agreement = "" if top1 is None else f", top-1 {top1:.3f} of {errors.top1_samples}"
             self.run.log(
-                f"budget: {len(allocation)} rewrites, {saving}: rel L2 "
-                f"{errors.rel_l2_error:.2e}{agreement} [{'ok' if errors.ok else 'over'}]"
+                f"budget{' (confirm)' if confirm else ''}: {len(allocation)} rewrites, "
+                f"{saving}: rel L2 {errors.rel_l2_error:.2e}{agreement} "
+                f"[{'ok' if errors.ok else 'over'}]"
             )
+            return errors
+
+        def holds(allocation: Allocation) -> bool:
+            errors = measured(allocation)
+            tried[key_of(allocation)] = (tried[key_of(allocation)][0], errors)
+            held.append(errors.ok)
+            for layer in allocation:
+                closest[layer] = min(closest.get(layer, math.inf), errors.rel_l2_error)
             return errors.ok
 
-        best = spend(curves, baselines, holds, self.run.log)
+        def confirms(allocation: Allocation) -> bool:
+            return measured(allocation, confirm=True).ok
+
+        best = spend(curves, baselines, holds, self.run.log, confirms if self.confirm else None)
         chosen = tried[key_of(best)][0] if best else {}
         for layer, (target, _) in searches.items():
             if layer not in chosen:
-                reason = NO_SAVING if not best else OUT_OF_BUDGET
+                reason = OUT_OF_BUDGET if best else NO_SAVING
+                if not best and any(held):  # held where chosen, not where verified
+                    reason = NOT_CONFIRMED
                 if target.unsafe and math.isfinite(closest.get(layer, math.inf)):
                     reason = (
                         f"{reason} (unsafe: the best projection tried moved the outputs by "
                         f"{closest[layer]:.2e} relative L2)"
                     )
                 self._place(target, reason, searched)
-        for layer, choice in chosen.items():  # each rewrite's own error, alone
+        for layer, choice in chosen.items():  # each rewrite's own error, alone, as verified
             alone = self.bench.apply([choice.edit])
             what = f"verifying the rewrite of {choice.target.node!r}"
-            chosen[layer] = dataclasses.replace(choice, errors=self.bench.measure(alone, what))
+            errors = self.bench.measure(alone, what, confirm=True)
+            chosen[layer] = dataclasses.replace(choice, errors=errors)
         return chosen
 
     def build(

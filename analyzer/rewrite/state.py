@@ -71,7 +71,8 @@ class FixRun:
 class Bench(Protocol):
     """What the search and the settling measure with: the prepared model ("light", its
     weights in the runtime's folder), edits applied to it, its errors against the original's
-    outputs on the held-out samples. ``prepare.RuntimeBench`` runs onnxruntime for it."""
+    outputs on the held-out samples: those the search chooses on, or (``confirm``) those that
+    verify. ``prepare.RuntimeBench`` runs onnxruntime for it."""
 
     light: onnx.ModelProto
 
@@ -83,7 +84,9 @@ class Bench(Protocol):
         self, model: onnx.ModelProto, specs: Sequence[PatchSpec], what: str
     ) -> list[Array]: ...
 
-    def measure(self, model: onnx.ModelProto | Path, what: str, early: bool = False) -> Errors: ...
+    def measure(
+        self, model: onnx.ModelProto | Path, what: str, early: bool = False, confirm: bool = False
+    ) -> Errors: ...
 
 
 @dataclass

@@ -149,7 +149,7 @@ def write(
                 raise ModelError(
                     analysis.path, f"the rewritten model fails onnx.checker: {problem}"
                 )
-        errors = bench.measure(staged, "verifying the written model")
+        errors = bench.measure(staged, "verifying the written model", confirm=True)
         if not errors.ok:
             return errors, False
         keep = set() if same_file(target, analysis.path) else set(analysis.data_files)
