@@ -31,8 +31,12 @@ their errors do not accumulate), it reproduces the *original* model's response o
 samples. Where a ReLU follows the conv, the fit targets the response after it: entries the
 original ReLU zeroes only need to stay at or below zero, so the targets there are
 ``min(prediction, 0)``, re-solved a few times (alternating least squares). The refit needs
-rows of the last conv's input patches (sampled pixels, ``verify.PatchSpec``); it is skipped
-for a layer whose patch is wider than ``MAX_REFIT_WIDTH``.
+rows of the last conv's input patches (sampled pixels, ``verify.PatchSpec``). A last conv whose
+patch is wider than ``MAX_REFIT_WIDTH`` (a k×k conv after a rank above 128, a pruning that keeps
+more than 128 channels) is too costly to refit at every step of the search: its *outputs* are
+mixed instead, a C_out × C_out map (and bias) fitted the same way from the layer's output in the
+rewritten model to the original's response, then folded into the conv's weights (``W ← M·W``,
+``b ← M·b + c``): a correction of the layer's output side, bias included, cheap at any width.
 """
 
 from __future__ import annotations

@@ -491,7 +491,8 @@ class FactorTarget(Target):
 
     def refit_job(self, edit: Edit, factors: Factors | None, samples: int) -> RefitJob | None:
         """The patches a refit of these factors samples from ``samples`` fit samples; None for a
-        conv that is not 2-D, or patches wider than the refit's bound."""
+        conv that is not 2-D. A last conv whose patches are wider than the refit's bound gets
+        its outputs mixed (``RefitJob.mix``)."""
         if self.patches is None or edit.tail is None or factors is None:
             return None
         geometry = self.patches
@@ -520,8 +521,11 @@ class FactorTarget(Target):
             return RefitJob(self, factors, features, output, whole=True)
         last = factors.weights[-1]
         width = int(np.prod(last.shape[1:]))
-        if width > MAX_REFIT_WIDTH:
-            return None
+        if width > MAX_REFIT_WIDTH:  # too wide to refit: its outputs are mixed instead
+            output = dataclasses.replace(
+                output, per_sample=refit_rows(self.site.cout, samples, pixels)
+            )
+            return RefitJob(self, factors, output, output, whole=False, mix=True)
         rows = refit_rows(width, samples, pixels)
         output = dataclasses.replace(output, per_sample=rows)
         tensor, spatial = edit.tail
@@ -620,6 +624,9 @@ class RefitJob:
     features: PatchSpec  # in the rewritten model: what the refitted conv(s) read
     output: PatchSpec  # the layer's output, in the original model and in the rewritten one
     whole: bool  # svd-expand: both convs refitted from the conv's input patches
+    # A last conv too wide to refit: a C_out × C_out map of its outputs (then folded into
+    # it) is fitted instead, from the layer's output in the rewritten model (``features``).
+    mix: bool = False
 
 
 @dataclass(kw_only=True)

@@ -349,6 +349,17 @@ class Searcher:
                         (a @ matrix).reshape(factors.weights[0].shape),
                         b.reshape(last.shape),
                     ]
+                elif job.mix:
+                    if kept is not None and features.shape[1] == target.site.cout:
+                        features = features[:, kept]
+                    mixing, bias = refit(features, response, target.relu)
+                    prediction = features.astype(np.float64) @ mixing.T + bias
+                    mixing, bias = _widen(mixing, bias, kept, target.site.cout, square=True)
+                    now = factors.bias if factors.bias is not None else target.bias
+                    if now is not None:
+                        bias = bias + mixing @ now.astype(np.float64)
+                    flat = last.reshape(len(last), -1).astype(np.float64)
+                    weights = [*factors.weights[:-1], (mixing @ flat).reshape(last.shape)]
                 else:
                     weight, bias = refit(features, response, target.relu)
                     prediction = features.astype(np.float64) @ weight.T + bias
@@ -367,13 +378,20 @@ class Searcher:
                 )
 
 
-def _widen(rows: Array, bias: Array, kept: list[int] | None, count: int) -> tuple[Array, Array]:
+def _widen(
+    rows: Array, bias: Array, kept: list[int] | None, count: int, square: bool = False
+) -> tuple[Array, Array]:
     """Rows fitted for the ``kept`` output channels back in place among ``count`` (zeros for
-    the others, which the pruning of the consumer slices away)."""
+    the others, which the pruning of the consumer slices away); ``square``: a map among the
+    kept channels, its columns put back in place too."""
     if kept is None:
         return rows, bias
-    full = np.zeros((count, *rows.shape[1:]))
-    full[kept] = rows
+    if square:
+        full = np.zeros((count, count))
+        full[np.ix_(kept, kept)] = rows
+    else:
+        full = np.zeros((count, *rows.shape[1:]))
+        full[kept] = rows
     full_bias = np.zeros(count)
     full_bias[kept] = bias
     return full, full_bias
