@@ -261,19 +261,39 @@ def _attribute_values(node: onnx.NodeProto, opset: int) -> dict[str, Any]:
     return values
 
 
-def _type_facts(
-    value_type: onnx.TypeProto, known: dict[bytes, tuple[Shape | None, int]]
-) -> tuple[Shape | None, int]:
-    """``_shape_of``, through ``known``: a graph's tensors share few distinct types, and one
-    serialization and lookup costs a quarter of reading a shape's dims from protobuf."""
-    key = value_type.SerializeToString()
-    facts = known.get(key)
-    if facts is None:
-        facts = known[key] = _shape_of(value_type)
+TypeFacts = tuple[Shape | None, int]  # a tensor's shape (None if unknown) and element type
+
+
+def _declared(graph: onnx.GraphProto, known: dict[bytes, TypeFacts]) -> dict[str, TypeFacts]:
+    """The shape and element type of every tensor the graph's inputs, value_info and outputs
+    declare; where a name is declared twice, a later entry counts only if it has a shape.
+
+    Read in bulk, one list per field, and through ``known``: a graph's tensors share few
+    distinct types, and a type's serialization and one lookup cost a quarter of reading its
+    dims from protobuf; each distinct type is parsed once. A large graph's rules and costs ask
+    the shape of nearly every tensor (each conv's input and output), so reading them all up
+    front costs less than one lookup at a time.
+    """
+    facts: dict[str, TypeFacts] = {}
+    for values in (graph.input, graph.value_info, graph.output):
+        if not values:
+            continue
+        names = [value.name for value in values]
+        keys = [value.type.SerializeToString() for value in values]
+        for key in set(keys).difference(known):
+            known[key] = _shape_of(onnx.TypeProto.FromString(key))
+        found = list(map(known.__getitem__, keys))
+        batch = dict(zip(names, found, strict=True))
+        if len(batch) == len(names) and facts.keys().isdisjoint(batch):
+            facts.update(batch)  # no name declared twice: the common case
+            continue
+        for name, each in zip(names, found, strict=True):
+            if name not in facts or each[0] is not None:
+                facts[name] = each
     return facts
 
 
-def _shape_of(value_type: onnx.TypeProto) -> tuple[Shape | None, int]:
+def _shape_of(value_type: onnx.TypeProto) -> TypeFacts:
     if not value_type.HasField("tensor_type"):
         return None, 0
     tensor_type = value_type.tensor_type
@@ -321,7 +341,7 @@ class ModelGraph:
         # A subgraph reads the enclosing graphs' tensors by name (PyTorch exports keep the weights
         # of an If branch in the main graph): their constants are constants here too.
         self.outer = outer
-        self._types: dict[bytes, tuple[Shape | None, int]] = {} if outer is None else outer._types
+        self._types: dict[bytes, TypeFacts] = {} if outer is None else outer._types
         if outer is not None:
             self.constants.update(outer.constants)
             self.dtypes.update(outer.dtypes)
@@ -332,12 +352,8 @@ class ModelGraph:
             name = init.name
             constants[name] = tuple(init.dims[:])  # a slice first: quicker than iterating
             dtypes[name] = init.data_type
-        # Shapes are parsed on first use: most value_info entries of a large graph are never asked.
-        self._value_info: dict[str, onnx.ValueInfoProto] = {}
-        for value in [*graph.input, *graph.value_info, *graph.output]:
-            name = value.name
-            if name not in self._value_info or value.type.tensor_type.HasField("shape"):
-                self._value_info[name] = value
+        # Shape and type of each tensor the graph declares, read in bulk (see ``_declared``).
+        self._facts = _declared(graph, self._types)
         self.shapes.update(self.constants)
         # IR < 4 lists initializers among graph inputs too; those are weights, not data.
         self.data_inputs = [name for name in self.graph_inputs if name not in self.constants]
@@ -526,10 +542,10 @@ class ModelGraph:
         known = self.shapes.get(tensor, _ABSENT)
         if known is not _ABSENT:
             return known  # type: ignore[return-value]
-        value = self._value_info.get(tensor)
-        if value is None and self.outer is not None and tensor not in self.producer:
+        facts = self._facts.get(tensor)
+        if facts is None and self.outer is not None and tensor not in self.producer:
             return self.outer.shape(tensor)  # a tensor of an enclosing graph
-        shape = _type_facts(value.type, self._types)[0] if value is not None else None
+        shape = facts[0] if facts is not None else None
         self.shapes[tensor] = shape
         return shape
 
@@ -537,10 +553,10 @@ class ModelGraph:
         """The ONNX element type of a tensor (0 when unknown)."""
         if tensor in self.dtypes:
             return self.dtypes[tensor]
-        value = self._value_info.get(tensor)
-        if value is None and self.outer is not None and tensor not in self.producer:
+        facts = self._facts.get(tensor)
+        if facts is None and self.outer is not None and tensor not in self.producer:
             return self.outer.dtype(tensor)
-        return _type_facts(value.type, self._types)[1] if value is not None else 0
+        return facts[1] if facts is not None else 0
 
     def is_constant(self, tensor: str) -> bool:
         return tensor in self.constants
