@@ -157,6 +157,14 @@ class Node:
             return default
         return value[:] if type(value) is list else value  # a copy a caller may change
 
+    def settings_id(self) -> int:
+        """Equal for nodes of one graph that set the same attributes (and, for most ops,
+        only for those): what a fact derived from a node's attributes may be memoized by."""
+        read = self._read
+        if read is None:
+            read = self._read = self._attributes()
+        return id(read)
+
     def _attributes(self) -> _Attributes:
         """This node's attributes, shared with every node of the graph that sets the same ones
         (a network's thousands of convs have a few distinct attribute lists, so each value is

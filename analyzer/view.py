@@ -177,6 +177,8 @@ class View:
         self._roles: dict[str, Role] = {}
         self._axes: dict[str, int] = {}
         self._geometry: dict[str, ConvGeometry | None] = {}
+        # Geometries by what they are made of: a network repeats a few kinds of conv.
+        self._made: dict[tuple[int, Shape, Shape | None, bool], ConvGeometry] = {}
         self._by_role: dict[Role, list[Node]] = {}
 
     # -- what a node is -----------------------------------------------------------------------
@@ -357,18 +359,25 @@ class View:
         # numel is None exactly when a dim is not an int (and is memoized per shape).
         if weight is None or len(weight) < 3 or numel(weight) is None:
             return None
+        has_bias = bias_at is not None and len(inputs) > bias_at and bool(inputs[bias_at])
+        output = graph.shape(node.outputs[0])
+        key = (node.settings_id(), weight, output, has_bias)
+        made = self._made.get(key)
+        if made is not None:
+            return made
         group = int(node.attr("group", 1))
         kernel: tuple[int, ...] = weight[2:]  # type: ignore[assignment]  # ints, as checked
         strides = node.attr("strides")
-        return ConvGeometry(
+        made = self._made[key] = ConvGeometry(
             weight[1] * group,  # type: ignore[operator]
             weight[0],  # type: ignore[arg-type]
             kernel,
             group,
             tuple(strides) if strides else (1,) * len(kernel),
-            bias_at is not None and len(inputs) > bias_at and bool(inputs[bias_at]),
+            has_bias,
             spatial_pixels(graph, node.outputs[0]),
         )
+        return made
 
     def is_float_conv(self, node: Node) -> bool:
         """A plain Conv (or ConvTranspose) with stored float weights (an initializer, or a
