@@ -180,6 +180,12 @@ class View:
         # Geometries by what they are made of: a network repeats a few kinds of conv.
         self._made: dict[tuple[int, Shape, Shape | None, bool], ConvGeometry] = {}
         self._by_role: dict[Role, list[Node]] = {}
+        # The roles an op type decides alone, entered for all their nodes at once: rules ask
+        # the role of nearly every conv and activation of a large graph.
+        for op_type, role in FIXED_ROLES.items():
+            nodes = graph.of_type(op_type)
+            if nodes:
+                self._roles.update(dict.fromkeys([node.name for node in nodes], role))
 
     # -- what a node is -----------------------------------------------------------------------
 
@@ -732,6 +738,19 @@ class View:
                 return False
         return True
 
+
+# Standard ops whose role their op type decides, whatever surrounds them: what ``_role`` gives
+# them (an elementwise nonlinearity inside a composite activation is an activation too).
+FIXED_ROLES: dict[str, Role] = {
+    **dict.fromkeys(sorted(CONV_INPUTS.keys() - {"ConvTranspose"}), "conv"),
+    "ConvTranspose": "deconv",
+    **dict.fromkeys(sorted(ELEMENTWISE_NONLINEAR), "activation"),
+    "BatchNormalization": "affine",
+    **dict.fromkeys(sorted(PASSTHROUGH), "passthrough"),
+    "Transpose": "layout",
+    **dict.fromkeys(sorted(WINDOW_POOLS), "pool"),
+    "Concat": "concat",
+}
 
 AXIS_KEEPING = (
     ELEMENTWISE_NONLINEAR

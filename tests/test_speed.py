@@ -78,6 +78,12 @@ def test_memoized_answers_are_the_answers(name: str, model_file: Callable[..., P
                 view.nodes(role) == view.nodes(role) and [n.name for n in view.nodes(role)] == names
             )
             assert view.nodes(role) is not view.nodes(role)  # each caller gets its own list
+        for node, twin in zip(sub, other, strict=True):
+            # Roles entered by op type, and geometries made once per kind of conv, are what
+            # the node alone gives.
+            assert view.role(node) == again._role(twin)
+            if view.role(node) == "conv":
+                assert view.geometry(node) == View(other)._conv_geometry(twin)
     costs = model_cost(graph).nodes
     for sub in graph.all_graphs():
         for node in sub:
