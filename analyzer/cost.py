@@ -203,6 +203,9 @@ def _conv(graph: ModelGraph, node: Node) -> NodeCost:
         return _cost(graph, weights, per_pixel * pixels if pixels is not None else None)
     pixels = spatial_pixels(graph, node.outputs[0])
     macs = per_pixel * pixels if pixels is not None else None
+    if len(weights) == 1 and weights[0] and weights[0] in graph.constants:
+        # A conv without bias and a stored weight (most of a large graph's): _cost, inlined.
+        return NodeCost(per_pixel, macs, per_pixel, (weights[0],))
     return _cost(graph, weights, macs, per_pixel)
 
 
@@ -400,6 +403,8 @@ def _graph_cost(
     nodes, aliases, constants = cost.nodes, graph.aliases, graph.constants
     total: int | None = 0
     blocked: str | None = None
+    # Sums kept in locals, added to ``cost`` at the end (a subgraph's adds to it meanwhile).
+    params = macs_known = 0
     for node in graph:
         if owners and node.name in owners:
             nc = _control_flow_cost(owners[node.name], cost, counted, scope)
@@ -418,18 +423,21 @@ def _graph_cost(
             key = source if scope is None else scope.key(source)
             if key not in counted:
                 counted.add(key)
-                cost.params += numel(constants[tensor]) or 0
-        if nc.macs is None:
+                params += numel(constants[tensor]) or 0
+        macs = nc.macs
+        if macs is None:
             total = None
             if blocked is None:
                 blocked = node.name
             if scope is None:
                 cost.unknown_nodes.append(node.name)
         else:
-            if scope is None:
-                cost.macs_known += nc.macs
+            macs_known += macs
             if total is not None:
-                total += nc.macs
+                total += macs
+    cost.params += params
+    if scope is None:
+        cost.macs_known += macs_known
     return total, blocked
 
 
