@@ -182,10 +182,14 @@ class View:
         self._by_role: dict[Role, list[Node]] = {}
         # The roles an op type decides alone, entered for all their nodes at once: rules ask
         # the role of nearly every conv and activation of a large graph.
+        # Nodes of another role than conv have no geometry (what walks ask of each they meet).
         for op_type, role in FIXED_ROLES.items():
             nodes = graph.of_type(op_type)
             if nodes:
-                self._roles.update(dict.fromkeys([node.name for node in nodes], role))
+                names = [node.name for node in nodes]
+                self._roles.update(dict.fromkeys(names, role))
+                if role != "conv":
+                    self._geometry.update(dict.fromkeys(names))
 
     # -- what a node is -----------------------------------------------------------------------
 

@@ -84,6 +84,8 @@ def test_memoized_answers_are_the_answers(name: str, model_file: Callable[..., P
             assert view.role(node) == again._role(twin)
             if view.role(node) == "conv":
                 assert view.geometry(node) == View(other)._conv_geometry(twin)
+            else:
+                assert view.geometry(node) is None
     costs = model_cost(graph).nodes
     for sub in graph.all_graphs():
         for node in sub:
