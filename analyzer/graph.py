@@ -220,6 +220,10 @@ def _settings_key(encoded: bytes) -> bytes:
     attributes ever share a key, as the attributes are never cut)."""
     pos, end = 0, len(encoded)
     while pos < end and encoded[pos] in _TENSOR_AND_NAME_TAGS:
+        size = encoded[pos + 1]
+        if size < 0x80:  # a length of one byte: names under 128 bytes
+            pos += 2 + size
+            continue
         pos += 1
         size = shift = 0
         while True:  # the field's length, a varint
@@ -553,9 +557,12 @@ class ModelGraph:
 
     def of_type(self, *op_types: str) -> list[Node]:
         """Standard-domain nodes of the given op types, in graph order."""
-        found = [n for op_type in set(op_types) for n in self._standard_by_type.get(op_type, ())]
-        if len(op_types) > 1:
-            found.sort(key=lambda node: node.index)
+        by_type = self._standard_by_type
+        present = [by_type[op_type] for op_type in set(op_types) if op_type in by_type]
+        if len(present) == 1:  # one op type, as most asks find: already in graph order
+            return list(present[0])
+        found = [n for nodes in present for n in nodes]
+        found.sort(key=lambda node: node.index)
         return found
 
     def all_graphs(self) -> Iterator[ModelGraph]:
