@@ -42,7 +42,7 @@ from convlint.rewrite import latency, weightstore
 from convlint.rewrite.calibration import Samples, parse_preprocess, read_samples
 from convlint.rewrite.edit import Edit, Target, Weights, apply_edits
 from convlint.rewrite.factorize import Array
-from convlint.rewrite.options import DEFAULT_SAMPLES, INPUT_SAMPLES, FixOptions
+from convlint.rewrite.options import DEFAULT_SAMPLES, INPUT_SAMPLES
 from convlint.rewrite.plan import NotRewritable, RewriteContext, plan_in
 from convlint.rewrite.state import FixRun, Skipped, count, declared_dims
 from convlint.rewrite.verify import (
@@ -358,14 +358,13 @@ def selection_count(held_out: int) -> int:
     return held_out // 2 if held_out >= 2 * SELECT_MIN else 0
 
 
-def searches_budget(analysis: Analysis, options: FixOptions) -> bool:
+def searches_budget(analysis: Analysis, run: FixRun) -> bool:
     """Whether the run chooses ranks by measuring on held-out samples: approximate targets
     it may rewrite (real samples, or noise allowed), at ranks the user did not fix."""
     return (
         any(t.lossy for t in analysis.targets)
-        and (analysis.samples is not None or options.allow_noise)
-        and options.rank is None
-        and options.ratio is None
+        and (analysis.samples is not None or run.options.allow_noise)
+        and not run.fixed_rank
     )
 
 
@@ -394,7 +393,7 @@ def split_feeds(analysis: Analysis, run: FixRun) -> Feeds:
         )
     fit = 0 if options.method == "weight" else len(samples) - held_out_count(len(samples))
     held_out = list(range(fit, len(samples)))
-    searched = searches_budget(analysis, options)
+    searched = searches_budget(analysis, run)
     chosen = selection_count(len(held_out)) if searched else 0
     verify = held_out[chosen:]
     record: dict[str, Any] = {

@@ -210,7 +210,6 @@ class Searcher:
         fixed = [c.edit for c in searched.choices.values()]
         tried: dict[Any, tuple[Choices, Errors]] = {}
         closest: dict[str, float] = {}  # the least error of an allocation with the target
-        held: list[bool] = []  # whether each allocation measured held, in order
         before = self.report.cost
 
         def measured(allocation: Allocation, confirm: bool = False) -> Errors:
@@ -243,7 +242,6 @@ class Searcher:
         def holds(allocation: Allocation) -> bool:
             errors = measured(allocation)
             tried[key_of(allocation)] = (tried[key_of(allocation)][0], errors)
-            held.append(errors.ok)
             for layer in allocation:
                 closest[layer] = min(closest.get(layer, math.inf), errors.rel_l2_error)
             return errors.ok
@@ -256,7 +254,8 @@ class Searcher:
         for layer, (target, _) in searches.items():
             if layer not in chosen:
                 reason = OUT_OF_BUDGET if best else NO_SAVING
-                if not best and any(held):  # held where chosen, not where verified
+                if not best and any(errors.ok for _, errors in tried.values()):
+                    # held on the samples the ranks were chosen on, not where verified
                     reason = NOT_CONFIRMED
                 if target.unsafe and math.isfinite(closest.get(layer, math.inf)):
                     reason = (
@@ -316,8 +315,10 @@ class Searcher:
             for (layer, job), rows in zip(missing, found, strict=True):
                 self._responses[(layer, job.output)] = rows
         model = self.bench.apply([*fixed, *(c.edit for c in chosen.values())])
-        specs = [spec for _, job in jobs for spec in (job.features, job.output)]
-        sampled = self.bench.sample(model, specs, "sampling the rewritten model")
+        # A mixing job reads its features where its output is: each spec sampled once.
+        specs = list(dict.fromkeys(s for _, job in jobs for s in (job.features, job.output)))
+        found = self.bench.sample(model, specs, "sampling the rewritten model")
+        sampled = dict(zip(specs, found, strict=True))
         # A conv whose output channels another rewrite prunes is fitted on the kept ones.
         narrowed = {
             pruned.producer_output: list(c.factors.kept)
@@ -327,8 +328,8 @@ class Searcher:
             and c.factors.kept is not None
         }
         with self.run.timer("factorization"):
-            for index, (layer, job) in enumerate(jobs):
-                features, current = sampled[2 * index], sampled[2 * index + 1]
+            for layer, job in jobs:
+                features, current = sampled[job.features], sampled[job.output]
                 choice, target, factors = chosen[layer], job.target, job.factors
                 response = self._responses[(layer, job.output)]
                 kept = narrowed.get(job.output.tensor)
@@ -349,9 +350,7 @@ class Searcher:
                         (a @ matrix).reshape(factors.weights[0].shape),
                         b.reshape(last.shape),
                     ]
-                elif job.mix:
-                    if kept is not None and features.shape[1] == target.site.cout:
-                        features = features[:, kept]
+                elif job.mix:  # features: the layer's output (kept channels, if narrowed)
                     mixing, bias = refit(features, response, target.relu)
                     prediction = features.astype(np.float64) @ mixing.T + bias
                     mixing, bias = _widen(mixing, bias, kept, target.site.cout, square=True)
