@@ -23,7 +23,7 @@ from convlint.rewrite import budget
 from convlint.rewrite.budget import Candidate
 from convlint.rewrite.pipeline import NEEDS_DATA, FixOptions, fix, held_out_count
 from convlint.rewrite.report import render_json
-from convlint.rewrite.verify import compare, wilson_interval
+from convlint.rewrite.verify import compare, expected_agreement, wilson_interval
 
 FIX_SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "fix.schema.json"
 
@@ -343,6 +343,52 @@ def test_top1_agreement_comes_with_its_interval_and_sample_count() -> None:
     errors = compare(reference, [*reference[:45], *flipped], 10.0)
     assert errors.top1_agreement == 0.9 and errors.top1_samples == 50
     assert errors.as_dict()["top1_agreement_interval"] == list(wilson_interval(45, 50))
+
+
+def test_expected_agreement_pairs_every_margin_with_every_change() -> None:
+    # Pairs (i, j) with margin_i + change_j < 0: margin 1 with -1.5 and -2.5, margin 2 with -2.5.
+    margins = np.array([1.0, 2.0, 3.0, 4.0])
+    changes = np.array([0.0, -0.5, -1.5, -2.5])
+    assert expected_agreement(margins, changes) == 1 - 3 / 16
+    assert expected_agreement(margins, np.zeros(4)) == 1.0
+
+
+def _logit_rows(margins: list[float], changes: list[float]) -> tuple[list, list]:
+    """One row of two logits per sample: the top class by ``margin``, then moved by ``change``."""
+    reference = [[np.array([[m, 0.0]], np.float32)] for m in margins]
+    candidate = [
+        [np.array([[m + c, 0.0]], np.float32)] for m, c in zip(margins, changes, strict=True)
+    ]
+    return reference, candidate
+
+
+def test_min_top1_holds_on_the_margins_not_only_on_the_flips_counted() -> None:
+    """No row of 50 flips, but changes of -1 meet the margins under 1 of the 10 closest rows:
+    the agreement to expect is 1 - (5 changes of -1 x 10 margins under 1) / 2500 = 98%."""
+    margins = [0.5] * 10 + [5.0] * 40
+    changes = [-1.0 if i >= 45 else 0.1 for i in range(50)]  # the -1s fall on margins of 5
+    reference, candidate = _logit_rows(margins, changes)
+    errors = compare(reference, candidate, math.inf, min_top1=0.99)
+    assert errors.top1_agreement == 1.0 and errors.top1_samples == 50
+    assert errors.top1_expected == pytest.approx(1 - 50 / 2500)
+    assert not errors.ok
+    assert errors.as_dict()["top1_expected_agreement"] == pytest.approx(0.98)
+    assert compare(reference, candidate, math.inf, min_top1=0.98).ok
+    assert compare(reference, candidate, math.inf).ok  # no --min-top1: nothing bounds it
+
+
+def test_expected_agreement_reads_probabilities_as_logits_and_rounding_as_no_change() -> None:
+    """Softmax rows: margins are log-ratios (the logits' differences), so a probability that
+    moves from 0.999 to 0.99 is a change of log(999) - log(99) = 2.31, not of 0.009. A tie
+    moved by float rounding (an exact fold) is no change: 100% expected."""
+    reference = [[np.array([[0.999, 0.001]], np.float32)], [[np.array([[0.6, 0.4]], np.float32)]]]
+    candidate = [[np.array([[0.99, 0.01]], np.float32)], [[np.array([[0.6, 0.4]], np.float32)]]]
+    errors = compare(reference, candidate, math.inf)
+    # The change -2.31 meets the margin log(1.5) = 0.41 of the second row: 1 of 4 pairs.
+    assert errors.top1_agreement == 1.0 and errors.top1_expected == 0.75
+    ties = [[np.array([[0.25, 0.25, 0.25, 0.25]], np.float32)] for _ in range(8)]
+    rounded = [[np.array([[0.25, 0.25 + 1e-7, 0.25, 0.25 - 1e-7]], np.float32)] for _ in range(8)]
+    assert compare(ties, rounded, math.inf, min_top1=1.0).top1_expected == 1.0
 
 
 def test_an_output_near_zero_passes_on_its_absolute_floor() -> None:

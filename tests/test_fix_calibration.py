@@ -358,7 +358,7 @@ def test_top1_agreement_is_reported_for_class_scores(
     assert rewrite["verified"]["top1_agreement_interval"] == [pytest.approx(0.5101, abs=1e-4), 1.0]
     assert main(_fix(path, "--samples", "4", *FAST)) == 0
     out = capsys.readouterr().out
-    assert "top-1 100.0% (95% 51.0%-100.0% of 4) [ok]" in out
+    assert "top-1 100.0% (95% 51.0%-100.0% of 4), expected 100.0% from margins [ok]" in out
     assert "warning: top-1 agreement from 4 held-out samples, fewer than 50" in out
 
 

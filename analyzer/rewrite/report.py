@@ -26,6 +26,8 @@ def _error_text(errors: Errors) -> str:
         if errors.top1_interval is not None:
             low, high = errors.top1_interval
             top1 += f" (95% {low:.1%}-{high:.1%} of {errors.top1_samples})"
+        if errors.top1_expected is not None:
+            top1 += f", expected {errors.top1_expected:.1%} from margins"
     return f"rel L2 {rel_text}, max abs {abs_text}{top1} [{'ok' if errors.ok else 'FAIL'}]"
 
 

@@ -232,6 +232,8 @@ class Searcher:
             )
             top1 = errors.top1_agreement
             agreement = "" if top1 is None else f", top-1 {top1:.3f} of {errors.top1_samples}"
+            if errors.top1_expected is not None:
+                agreement += f" (expected {errors.top1_expected:.3f})"
             self.run.log(
                 f"budget{' (confirm)' if confirm else ''}: {len(allocation)} rewrites, "
                 f"{saving}: rel L2 {errors.rel_l2_error:.2e}{agreement} "
