@@ -339,6 +339,7 @@ def trained_model(
         f"  fix's own report ({calibration.get('fit')} samples fitted, "
         f"{calibration.get('verify')} verified): rel L2 {verification.get('rel_l2_error')}, "
         f"top-1 {verification.get('top1_agreement')} {verification.get('top1_agreement_interval')}"
+        f" (expected from margins {verification.get('top1_expected_agreement')})"
         f", latency ratio {own.get('ratio')} {own.get('interval')}"
     )
 
