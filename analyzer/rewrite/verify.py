@@ -344,14 +344,17 @@ def top1_counts(
     return worst
 
 
-def _scores(rows: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    """Rows of class scores as comparable margins: logs of rows that are probabilities (a
-    softmax's: non-negative, summing to 1), where the margin of two classes is the difference
-    of their logits; other scores as they are."""
+def _probabilities(rows: npt.NDArray[Any]) -> bool:
+    """Whether rows of class scores are probabilities (a softmax's: non-negative, each row
+    summing to 1)."""
+    return bool(rows.size and rows.min() >= 0 and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+
+
+def _scores(rows: npt.NDArray[Any], logs: bool) -> npt.NDArray[np.float64]:
+    """Rows of class scores as comparable margins: with ``logs`` (rows of probabilities), their
+    logs, where the margin of two classes is the difference of their logits; else as they are."""
     values = rows.astype(np.float64)
-    if values.size and values.min() >= 0 and np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
-        return np.log(np.maximum(values, np.finfo(rows.dtype).tiny))
-    return values
+    return np.log(np.maximum(values, np.finfo(rows.dtype).tiny)) if logs else values
 
 
 def margin_changes(
@@ -366,7 +369,8 @@ def margin_changes(
         a, b = class_rows(ref[index]), class_rows(new[index])
         if a is None or b is None or a.shape != b.shape:
             return None
-        before, after = _scores(a), _scores(b)
+        logs = _probabilities(a)  # the reference's rows decide, for both sides alike
+        before, after = _scores(a, logs), _scores(b, logs)
         rows = np.arange(before.shape[0])
         top = before.argmax(axis=1)
         runner_up = np.sort(before, axis=1)[:, -2]
