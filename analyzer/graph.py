@@ -294,17 +294,25 @@ def _attribute_values(node: onnx.NodeProto, opset: int) -> dict[str, Any]:
 TypeFacts = tuple[Shape | None, int]  # a tensor's shape (None if unknown) and element type
 
 
-def _declared(graph: onnx.GraphProto, known: dict[bytes, TypeFacts]) -> dict[str, TypeFacts]:
+class _Declared(NamedTuple):
+    """What a graph's inputs, value_info and outputs declare, by tensor name."""
+
+    shapes: dict[str, Shape | None]
+    dtypes: dict[str, int]
+
+
+def _declared(graph: onnx.GraphProto, known: dict[bytes, TypeFacts]) -> _Declared:
     """The shape and element type of every tensor the graph's inputs, value_info and outputs
     declare; where a name is declared twice, a later entry counts only if it has a shape.
 
     Read in bulk, one list per field, and through ``known``: a graph's tensors share few
     distinct types, and a type's serialization and one lookup cost a quarter of reading its
     dims from protobuf; each distinct type is parsed once. A large graph's rules and costs ask
-    the shape of nearly every tensor (each conv's input and output), so reading them all up
-    front costs less than one lookup at a time.
+    the shape of nearly every tensor (each conv's input and output), so the shapes go into the
+    graph's shape table at once rather than one lookup at a time.
     """
-    facts: dict[str, TypeFacts] = {}
+    shapes: dict[str, Shape | None] = {}
+    dtypes: dict[str, int] = {}
     for values in (graph.input, graph.value_info, graph.output):
         if not values:
             continue
@@ -313,14 +321,16 @@ def _declared(graph: onnx.GraphProto, known: dict[bytes, TypeFacts]) -> dict[str
         for key in set(keys).difference(known):
             known[key] = _shape_of(onnx.TypeProto.FromString(key))
         found = list(map(known.__getitem__, keys))
-        batch = dict(zip(names, found, strict=True))
-        if len(batch) == len(names) and facts.keys().isdisjoint(batch):
-            facts.update(batch)  # no name declared twice: the common case
+        batch = dict(zip(names, [each[0] for each in found], strict=True))
+        if len(batch) == len(names) and shapes.keys().isdisjoint(batch):
+            shapes.update(batch)  # no name declared twice: the common case
+            dtypes.update(zip(names, [each[1] for each in found], strict=True))
             continue
-        for name, each in zip(names, found, strict=True):
-            if name not in facts or each[0] is not None:
-                facts[name] = each
-    return facts
+        for name, (shape, dtype) in zip(names, found, strict=True):
+            if name not in shapes or shape is not None:
+                shapes[name] = shape
+                dtypes[name] = dtype
+    return _Declared(shapes, dtypes)
 
 
 def _shape_of(value_type: onnx.TypeProto) -> TypeFacts:
@@ -361,7 +371,7 @@ class ModelGraph:
         self.nodes: dict[str, Node] = {}
         self.producer: dict[str, str] = {}
         self.consumers: dict[str, list[str]] = {}
-        self.shapes: dict[str, Shape | None] = {}
+        self.shapes: dict[str, Shape | None]  # filled below, from what the graph declares
         self.dtypes: dict[str, int] = {}
         self.constants: dict[str, Shape] = {}
         self.aliases: dict[str, str] = {}  # Identity output -> the initializer it passes on
@@ -382,9 +392,12 @@ class ModelGraph:
             name = init.name
             constants[name] = tuple(init.dims[:])  # a slice first: quicker than iterating
             dtypes[name] = init.data_type
-        # Shape and type of each tensor the graph declares, read in bulk (see ``_declared``).
-        self._facts = _declared(graph, self._types)
-        self.shapes.update(self.constants)
+        # Shape and type of each tensor the graph declares, read in bulk (see ``_declared``);
+        # a constant's own shape counts over what is declared of it.
+        declared = _declared(graph, self._types)
+        self.shapes = declared.shapes
+        self.shapes.update(constants)
+        self._declared_dtypes = declared.dtypes
         # IR < 4 lists initializers among graph inputs too; those are weights, not data.
         self.data_inputs = [name for name in self.graph_inputs if name not in self.constants]
 
@@ -575,21 +588,20 @@ class ModelGraph:
         known = self.shapes.get(tensor, _ABSENT)
         if known is not _ABSENT:
             return known  # type: ignore[return-value]
-        facts = self._facts.get(tensor)
-        if facts is None and self.outer is not None and tensor not in self.producer:
+        # Neither declared here nor a constant.
+        if self.outer is not None and tensor not in self.producer:
             return self.outer.shape(tensor)  # a tensor of an enclosing graph
-        shape = facts[0] if facts is not None else None
-        self.shapes[tensor] = shape
-        return shape
+        self.shapes[tensor] = None
+        return None
 
     def dtype(self, tensor: str) -> int:
         """The ONNX element type of a tensor (0 when unknown)."""
         if tensor in self.dtypes:
             return self.dtypes[tensor]
-        facts = self._facts.get(tensor)
-        if facts is None and self.outer is not None and tensor not in self.producer:
+        declared = self._declared_dtypes.get(tensor)
+        if declared is None and self.outer is not None and tensor not in self.producer:
             return self.outer.dtype(tensor)
-        return facts[1] if facts is not None else 0
+        return declared if declared is not None else 0
 
     def is_constant(self, tensor: str) -> bool:
         return tensor in self.constants
