@@ -155,7 +155,11 @@ def per_sample(shape: Shape | None) -> int | None:
 
 def spatial_pixels(graph: ModelGraph, tensor: str) -> int | None:
     """H·W (·D) of an N×C×spatial tensor, if static."""
-    shape = graph.shape(tensor)
+    return spatial_size(graph.shape(tensor))
+
+
+def spatial_size(shape: Shape | None) -> int | None:
+    """H·W (·D) of an N×C×spatial shape, if static (for a shape already read)."""
     if shape is None:
         return None
     if type(shape) is tuple:

@@ -322,38 +322,17 @@ def validate_graph(
 ) -> None:
     """What ONNX shape inference lets pass and onnxruntime refuses: a cycle (rules would walk
     it forever), a conv whose weight does not fit its input's channels (every cost computed
-    for it would be wrong). A conv's geometry is read here through the view the rules then
-    use, so that its weight and attributes are read once."""
+    for it would be wrong). Every conv's geometry is made and checked in one pass of the view
+    the rules then use (``View.conv_geometries``), so that its weight and attributes are read
+    once."""
     cycle = graph.find_cycle()
     if cycle:
         raise shapes.cycle_error(path, cycle)
-    for sub, view in views if views is not None else graph_views(graph):
-        for conv in sub.of_type("Conv"):
-            inputs = conv.inputs
-            if not conv.outputs or len(inputs) < 2:  # strict inference skips some bodies
-                raise ModelError(
-                    path,
-                    f"invalid model: conv {conv.name!r} needs an input, a weight and an output",
-                )
-            geometry = view.geometry(conv)
-            if geometry is not None:
-                expected: int = geometry.cin
-            else:  # a weight with a symbolic dim: its channels may still be known
-                weight = sub.shape(inputs[1]) if len(inputs) > 1 else None
-                if weight is None or len(weight) < 2 or not isinstance(weight[1], int):
-                    continue
-                expected = weight[1] * int(conv.attr("group", 1))
-            channels = sub.channels(inputs[0])
-            if channels is None or expected == channels:
-                continue
-            weight = sub.shape(inputs[1])
-            assert weight is not None  # the expected channels came from it
-            raise ModelError(
-                path,
-                f"invalid model: conv {conv.name!r} reads {channels} channels, its weight "
-                f"{'x'.join(map(str, weight))} with group {conv.attr('group', 1)} expects "
-                f"{expected}",
-            )
+    for _, view in views if views is not None else graph_views(graph):
+        try:
+            view.conv_geometries()
+        except GraphError as exc:
+            raise ModelError(path, f"invalid model: {exc}") from None
 
 
 def lint(

@@ -41,13 +41,14 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple, cast, get_args
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from convlint.cost import numel, spatial_pixels
+from convlint.cost import numel, spatial_pixels, spatial_size
+from convlint.errors import GraphError
 from convlint.graph import (
     CONV_INPUTS,
     FLOAT_TYPES,
@@ -180,6 +181,7 @@ class View:
         # Geometries by what they are made of: a network repeats a few kinds of conv.
         self._made: dict[tuple[int, Shape, Shape | None, bool], ConvGeometry] = {}
         self._by_role: dict[Role, list[Node]] = {}
+        self._conv_geometries: list[tuple[Node, ConvGeometry | None]] | None = None
         # The roles an op type decides alone, entered for all their nodes at once: rules ask
         # the role of nearly every conv and activation of a large graph.
         # Nodes of another role than conv have no geometry (what walks ask of each they meet).
@@ -359,9 +361,58 @@ class View:
         """A conv's geometry, or a ConvTranspose's: what walks back over channel widths read."""
         return self.geometry(node) or self.deconv_geometry(node)
 
+    def conv_geometries(self) -> list[tuple[Node, ConvGeometry | None]]:
+        """Every Conv of the graph with its geometry (None where its weight's shape is not
+        static), in graph order, made in one pass: validation asks for every one, the rules
+        then for most. Each is checked as it is made, against what ONNX shape inference lets
+        pass and onnxruntime refuses: the first Conv without an input, a weight and an output,
+        or whose weight does not fit its input's channels, is a GraphError naming it."""
+        made = self._conv_geometries
+        if made is not None:
+            return made
+        graph = self.graph
+        # Each conv's input, weight and output shapes are read once, from the graph's table
+        # (where every declared shape is) before asking the graph (an enclosing graph's).
+        shapes, shape, known = graph.shapes, graph.shape, self._geometry
+        made = []
+        for node in graph.of_type("Conv"):
+            inputs, outputs = node.inputs, node.outputs
+            if not outputs or len(inputs) < 2:  # strict inference skips some bodies
+                raise GraphError(f"conv {node.name!r} needs an input, a weight and an output")
+            weight = shapes[inputs[1]] if inputs[1] in shapes else shape(inputs[1])
+            memo = known.get(node.name, _UNKNOWN)
+            if memo is not _UNKNOWN:  # a rule asked for it first
+                geometry = cast(ConvGeometry | None, memo)
+            elif weight is None or len(weight) < 3 or numel(weight) is None:
+                geometry = known[node.name] = None
+            else:
+                output = shapes[outputs[0]] if outputs[0] in shapes else shape(outputs[0])
+                has_bias = len(inputs) > 2 and bool(inputs[2])
+                geometry = self._made_geometry(node, weight, output, has_bias)
+                known[node.name] = geometry
+            made.append((node, geometry))
+            if geometry is not None:
+                expected: int = geometry.cin
+            elif weight is None or len(weight) < 2 or not isinstance(weight[1], int):
+                continue
+            else:  # a weight with a symbolic dim: its channels may still be known
+                expected = weight[1] * int(node.attr("group", 1))
+            data = shapes[inputs[0]] if inputs[0] in shapes else shape(inputs[0])
+            if data is None or len(data) < 2 or not isinstance(data[1], int):
+                continue
+            if data[1] != expected:
+                assert weight is not None  # the expected channels came from it
+                raise GraphError(
+                    f"conv {node.name!r} reads {data[1]} channels, its weight "
+                    f"{'x'.join(map(str, weight))} with group {node.attr('group', 1)} expects "
+                    f"{expected}"
+                )
+        self._conv_geometries = made
+        return made
+
     def _conv_geometry(self, node: Node) -> ConvGeometry | None:
-        # Called once for every conv of the graph: the weight and bias are found by position
-        # rather than through ``conv_weight`` and ``conv_bias``.
+        # The weight and bias are found by position rather than through ``conv_weight`` and
+        # ``conv_bias``.
         inputs = node.inputs
         _, weight_at, bias_at = CONV_INPUTS[node.op_type]
         graph = self.graph
@@ -370,7 +421,12 @@ class View:
         if weight is None or len(weight) < 3 or numel(weight) is None:
             return None
         has_bias = bias_at is not None and len(inputs) > bias_at and bool(inputs[bias_at])
-        output = graph.shape(node.outputs[0])
+        return self._made_geometry(node, weight, graph.shape(node.outputs[0]), has_bias)
+
+    def _made_geometry(
+        self, node: Node, weight: Shape, output: Shape | None, has_bias: bool
+    ) -> ConvGeometry:
+        """The geometry of a conv of a static ``weight`` shape, made once per kind of conv."""
         key = (node.settings_id(), weight, output, has_bias)
         made = self._made.get(key)
         if made is not None:
@@ -385,7 +441,7 @@ class View:
             group,
             tuple(strides) if strides else (1,) * len(kernel),
             has_bias,
-            spatial_pixels(graph, node.outputs[0]),
+            spatial_size(output),
         )
         return made
 
