@@ -112,11 +112,15 @@ def _fit_streams_to_their_encoding() -> None:
                 reconfigure(errors="convlint-ascii")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, ends_process: bool = False) -> int:
+    """Run one command; ``ends_process``: the caller ends the process with ``os._exit`` as
+    soon as this returns (``convlint.entry``), so nothing the command made need ever be
+    collected (``check`` leaves its last model out of garbage collection)."""
     _fit_streams_to_their_encoding()
     given = list(sys.argv[1:] if argv is None else argv)
     # fix's options (their module imports onnx) only when the command is fix
     parser = build_parser(next((word for word in given if not word.startswith("-")), ""))
+    parser.set_defaults(ends_process=ends_process)
     try:
         args = parser.parse_args(given)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help

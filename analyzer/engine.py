@@ -287,13 +287,15 @@ def analyze(
     rules: Sequence[Rule] | None = None,
     keep: list[object] | None = None,
     bindings: bool = False,
+    freeze: bool = False,
 ) -> ModelReport:
     """Load, cost and lint one model; errors in the model become the report's ``error``.
     Its findings carry no bindings unless ``bindings`` (see :func:`lint`).
 
     ``keep`` receives the model, its graph and their views, which are otherwise freed on
     return: a process that ends without freeing its objects (convlint's own) need not pay for
-    freeing a large graph one object at a time (0.1 s at 100,000 nodes).
+    freeing a large graph one object at a time (0.1 s at 100,000 nodes). With ``freeze``, what
+    the analysis made is also left out of every later garbage collection (see :func:`lint`).
     """
     report = ModelReport(path=str(path))
     try:
@@ -305,7 +307,7 @@ def analyze(
         )
         if keep is not None:
             keep.append(loaded)
-        lint(report, loaded, registry, settings, rules, keep, bindings)
+        lint(report, loaded, registry, settings, rules, keep, bindings, freeze)
     except ModelError as exc:
         report.error = exc.problem
     except Exception as exc:  # a failure of convlint's: still this model's error, one line
@@ -343,6 +345,7 @@ def lint(
     rules: Sequence[Rule] | None = None,
     keep: list[object] | None = None,
     bindings: bool = True,
+    freeze: bool = False,
 ) -> ModelGraph:
     """Cost and lint a loaded model into ``report``; returns the graph the rules saw (and
     appends it and its views to ``keep``, see :func:`analyze`).
@@ -351,6 +354,12 @@ def lint(
     shape-infer the file a second time; its findings keep their bindings (``Finding.binding``,
     nodes of the returned graph) for ``fix`` to plan from, unless ``bindings`` is False, as
     ``check`` asks: a report it keeps must not keep every model's graph alive.
+
+    With ``freeze``, every object alive when the analysis is done is moved out of the garbage
+    collector's reach (``gc.freeze``) before collection is enabled again: the first collection
+    after it would otherwise walk every object the analysis made (0.07-0.09 s at 100,000
+    nodes). Only for the last model of a process that then ends with ``os._exit``: what is
+    frozen is never collected.
     """
     gc_was_enabled = gc.isenabled()
     # Analysis allocates several objects per node and frees none until it is done, so cyclic
@@ -404,6 +413,8 @@ def lint(
     except GraphError as exc:
         raise ModelError(loaded.path, f"invalid model: {exc}") from None
     finally:
+        if freeze:
+            gc.freeze()
         if gc_was_enabled:
             gc.enable()
     return graph

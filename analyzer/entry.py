@@ -33,7 +33,7 @@ def run() -> None:
 
         gc.freeze()
         gc.enable()
-        code = main()
+        code = main(ends_process=True)
         _flush()
     except KeyboardInterrupt:
         # Ctrl-C outside main's own handling: while importing (the first half-second), or

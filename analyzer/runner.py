@@ -75,6 +75,7 @@ def check_and_render(
     stream: TextIO | None = None,
     progress: TextIO | None = None,
     names: Mapping[str, str] | None = None,
+    freeze: bool = False,
 ) -> tuple[list[ModelReport], str]:
     """Check ``paths`` (each with its own settings) in ``jobs`` processes (default: the number
     of cores) and render the report in ``format``.
@@ -84,13 +85,15 @@ def check_and_render(
     the rest (the summary line); otherwise all of it is returned. ``known`` findings (a
     baseline) are applied to each report as it comes. A ``progress`` stream that is a
     terminal shows how many models are done (not with ``quiet``). ``names`` reports a path
-    under another name (a model read from stdin, as ``-``).
+    under another name (a model read from stdin, as ``-``). ``freeze``: this process ends
+    with ``os._exit`` once the report is written (see :func:`iter_reports`).
     """
     streamed = STREAMED.get(format) if stream is not None else None
     shown = _Progress(progress if not quiet else None, len(paths))
     reports: list[ModelReport] = []
     sketches = format == "markdown"  # the only format that draws a finding's neighbourhood
-    for report in iter_reports(paths, registry, settings, jobs, shown.advance, sketches):
+    checked = iter_reports(paths, registry, settings, jobs, shown.advance, sketches, freeze)
+    for report in checked:
         if names:
             report.path = names.get(report.path, report.path)
         if known is not None:
@@ -116,10 +119,15 @@ def iter_reports(
     jobs: int | None = None,
     on_done: Callable[[], None] | None = None,
     sketches: bool = True,
+    freeze: bool = False,
 ) -> Iterator[ModelReport]:
     """The reports of ``paths`` in their order, each as soon as it and every one before it are
     done; ``on_done`` is called whenever a model is done (in any order). Without ``sketches``,
-    findings come without their neighbourhood (``Finding.context``, which markdown draws)."""
+    findings come without their neighbourhood (``Finding.context``, which markdown draws).
+
+    ``freeze`` says that this process ends with ``os._exit`` after the run (convlint's command
+    line does): the last model it checks itself is then left out of garbage collection
+    (``engine.lint``'s ``freeze``), as the process will never free it."""
     jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
         raise ConvlintError("--jobs must be at least 1")
@@ -140,7 +148,9 @@ def iter_reports(
         if jobs > 1 and first and spent / first * (len(paths) - first) > SERIAL_SECONDS:
             break
         _fault(paths[first])
-        report = _analyze_task((first, paths[first], settings[first]), registry, sketches)[1]
+        last = freeze and first == len(paths) - 1
+        task = (first, paths[first], settings[first])
+        report = _analyze_task(task, registry, sketches, last)[1]
         first += 1
         if on_done is not None:
             on_done()
@@ -380,12 +390,16 @@ _LAST_MODEL: list[object] = []
 
 
 def _analyze_task(
-    task: tuple[int, str, Settings], registry: Registry, sketches: bool = True
+    task: tuple[int, str, Settings],
+    registry: Registry,
+    sketches: bool = True,
+    freeze: bool = False,
 ) -> tuple[int, ModelReport]:
-    """One model checked, by a worker or by this process: its index and its report."""
+    """One model checked, by a worker or by this process: its index and its report; with
+    ``freeze``, the last this process checks before it ends with ``os._exit``."""
     index, path, settings = task
     _LAST_MODEL.clear()
-    report = analyze(path, registry, settings, keep=_LAST_MODEL)
+    report = analyze(path, registry, settings, keep=_LAST_MODEL, freeze=freeze)
     return index, _for_rendering(report, settings, sketches, _LAST_MODEL)
 
 

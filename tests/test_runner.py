@@ -120,7 +120,11 @@ def test_known_findings_are_applied_to_each_report_as_it_comes(folder: list[str]
 
 
 def _slow_for_early_models(
-    path: str, registry: object, settings: Settings, keep: list[object] | None = None
+    path: str,
+    registry: object,
+    settings: Settings,
+    keep: list[object] | None = None,
+    freeze: bool = False,
 ) -> ModelReport:
     # The first models take longest: later ones finish first and must wait their turn.
     index = int(Path(path).name.split("_")[0])
@@ -340,3 +344,44 @@ def test_the_last_model_checked_is_left_for_the_process_exit(folder: list[str]) 
     gc.collect()
     assert held() is None
     assert any(isinstance(kept, ModelGraph) for kept in runner._LAST_MODEL)
+
+
+def test_only_the_last_model_of_a_process_that_ends_is_frozen_out_of_collection(
+    folder: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the first collection after a large graph's analysis walks every object it made
+    (0.07 s at 100,000 nodes); a process that ends with os._exit next need not pay for it."""
+    import gc
+
+    from convlint.graph import ModelGraph
+
+    asked: list[bool] = []
+
+    def recording(
+        path: str,
+        registry: object,
+        settings: Settings,
+        keep: list[object] | None = None,
+        freeze: bool = False,
+    ) -> ModelReport:
+        asked.append(freeze)
+        return ModelReport(path=path)
+
+    monkeypatch.setattr(runner, "analyze", recording)
+    for freeze in (False, True):
+        asked.clear()
+        list(
+            runner.iter_reports(
+                folder, load_registry(), [Settings()] * len(folder), 1, None, True, freeze
+            )
+        )
+        assert asked == [False] * (len(folder) - 1) + [freeze]
+    monkeypatch.undo()
+    frozen = gc.get_freeze_count()
+    try:
+        runner._analyze_task((0, folder[0], Settings()), load_registry(), freeze=True)
+        graph = next(kept for kept in runner._LAST_MODEL if isinstance(kept, ModelGraph))
+        assert gc.get_freeze_count() > frozen
+        assert not any(graph is each for each in gc.get_objects())  # out of every generation
+    finally:
+        gc.unfreeze()

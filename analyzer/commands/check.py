@@ -141,6 +141,7 @@ def cmd_check(args: argparse.Namespace, registry: Registry) -> int:
             stream=sys.stdout if streamed else None,
             progress=sys.stderr,
             names=names,
+            freeze=args.ends_process,
         )
     if args.write_baseline:  # every finding, the known ones too
         count = write_baseline(args.write_baseline, reports)
