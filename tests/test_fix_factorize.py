@@ -63,7 +63,17 @@ def test_every_form_is_exact_at_full_rank(geometry, method) -> None:  # type: ig
         }
     search = target.search(stats)
     feeds = random_inputs(model)
-    for kind, rank in (("svd-reduce", 6), ("svd-expand", 5), ("tucker2", (6, 5))):
+    forms: list[tuple[str, int | tuple[int, int]]] = [
+        ("svd-reduce", 6),
+        ("svd-expand", 5),
+        ("tucker2", (6, 5)),
+    ]
+    kernel = geometry[0]
+    # a spatial SVD splits kernels with both dims > 1: full rank is min(C_in·kh, C_out·kw)
+    assert ("spatial-svd" in search.kinds) == (min(kernel) > 1)
+    if min(kernel) > 1:
+        forms.append(("spatial-svd", min(6 * kernel[0], 5 * kernel[1])))
+    for kind, rank in forms:
         factors = search.at_rank(kind, rank)
         assert factors.method == method
         rewritten = apply_edits(model, [target.edit(factors, Names(model))])
@@ -84,6 +94,56 @@ def test_costs_count_input_and_output_pixels_exactly() -> None:
         32 * 8 + 8 * 4 * 9 + 4 * 64 + 64,
     )
     assert site.macs() == 64 * 32 * 9 * 25
+
+
+def test_spatial_svd_costs_the_vertical_conv_on_output_rows_and_input_columns() -> None:
+    # a 3×3 stride-2 conv, 10×10 -> 5×5: the 3×1 conv runs on 5 rows × 10 columns
+    site = ConvSite(64, 32, (3, 3), in_pixels=100, out_pixels=25, has_bias=True, mid_pixels=50)
+    search = ConvFactorizer(np.ones((64, 32, 3, 3)), site)
+    assert search.cost("spatial-svd", 8) == (
+        32 * 3 * 8 * 50 + 8 * 64 * 3 * 25,
+        32 * 3 * 8 + 8 * 64 * 3 + 64,
+    )
+    assert search.spatial_side.max_rank == 32 * 3
+    unsized = ConvFactorizer(np.ones((64, 32, 3, 3)), ConvSite(64, 32, (3, 3), 100, 25))
+    assert "spatial-svd" not in unsized.kinds  # no static sizes: the form is not offered
+
+
+def test_planted_spatial_rank_is_found_and_never_chosen_by_a_channel_rank() -> None:
+    """A weight that is exactly a 3×1 conv to 5 channels then a 1×3 conv: the spatial SVD
+    finds rank 5 and is the cheapest exact form; ``--rank`` names channel ranks only."""
+    rng = np.random.default_rng(5)
+    vertical = rng.standard_normal((5, 48, 3, 1))
+    horizontal = rng.standard_normal((64, 5, 1, 3))
+    weight = np.einsum("dci,odj->ocij", vertical[..., 0], horizontal[:, :, 0, :])
+    site = ConvSite(64, 48, (3, 3), 196, 196, mid_pixels=196)
+    search = ConvFactorizer(weight, site)
+    best = search.cheapest(1e-6)
+    assert best is not None and (best.kind, best.rank) == ("spatial-svd", 5)
+    assert best.proxy < 1e-6
+    assert [w.shape for w in best.weights] == [(5, 48, 3, 1), (64, 5, 1, 3)]
+    assert best.macs == (48 * 3 * 5 + 5 * 64 * 3) * 196
+    fixed = search.fixed(rank=5)
+    assert fixed is not None and fixed.kind != "spatial-svd"
+
+
+def test_spatial_svd_halves_are_named_and_silenced_for_cl001_and_cl005() -> None:
+    model = conv_model((3, 3), 2, 1, (0, 1, 2, 1), (11, 9))
+    target = target_for(model, "CL001", "conv")
+    assert isinstance(target, FactorTarget)
+    factors = target.search(None).at_rank("spatial-svd", 4)
+    edit = target.edit(factors, Names(model))
+    nodes = [n for replaced in edit.replace.values() for n in replaced]
+    assert [n.name for n in nodes] == ["conv/vertical", "conv/horizontal"]
+    attrs = [{a.name: list(a.ints) for a in n.attribute} for n in nodes]
+    assert attrs[0] == {"kernel_shape": [3, 1], "strides": [2, 1], "pads": [0, 0, 2, 0],
+                        "dilations": [1, 1]}  # fmt: skip
+    assert attrs[1] == {"kernel_shape": [1, 3], "strides": [1, 2], "pads": [0, 1, 0, 1],
+                        "dilations": [1, 1]}  # fmt: skip
+    for node in nodes:
+        assert {(p.key, p.value) for p in node.metadata_props} == {
+            ("convlint.ignore", "CL001,CL005")
+        }
 
 
 def test_planted_input_rank_is_found_by_weight_svd() -> None:

@@ -101,6 +101,12 @@ def factor_candidates(
                 macs, params = search.cost(kind, rank)
                 if macs <= limit:
                     found.append(Candidate(kind, rank, macs, params, outputs.proxy(rank)))
+        elif kind == "spatial-svd":
+            split = search.spatial_side
+            for rank in ladder(split.max_rank):
+                macs, params = search.cost(kind, rank)
+                if macs <= limit:
+                    found.append(Candidate(kind, rank, macs, params, split.proxy(rank)))
         else:
             for r1 in ladder(inputs.max_rank):
                 for r2 in ladder(outputs.max_rank):

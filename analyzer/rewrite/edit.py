@@ -9,7 +9,9 @@ original's node order (every new node takes the place of a node it replaces).
 - CL001/CL005 (:class:`FactorTarget`): the k×k conv becomes 1×1 + k×k, k×k + 1×1 or
   1×1 + k×k + 1×1 (see ``factorize``), named ``<node>/reduce``, ``<node>/spatial`` and
   ``<node>/expand``; stride, pads, auto_pad and dilations stay on the k×k conv, the bias on
-  the last conv.
+  the last conv. A spatial SVD becomes ``<node>/vertical`` (kh×1) and ``<node>/horizontal``
+  (1×kw), the row stride, pads and dilation on the first, the column ones on the second; both
+  are marked to be ignored by CL001 and CL005 (like a pruned conv, below).
 - CL002 (:class:`PoolTarget`): a 1×1 projection after the pooling branch (where its channels
   are last channels-first: before an NHWC export's Transposes), folded into the
   concat's conv consumers (their weight slices for the pooled channels). Skipped when the concat
@@ -99,18 +101,50 @@ class PatchGeometry:
     dilations: tuple[int, int]
 
 
-def _mark_pruned(node: onnx.NodeProto, code: str) -> None:
-    """Silence ``code`` on a pruned conv (its ``convlint.ignore`` metadata, kept visible in
+def _mark_pruned(node: onnx.NodeProto, *silenced: str) -> None:
+    """Silence codes on a pruned conv (its ``convlint.ignore`` metadata, kept visible in
     ``check``'s ``suppressed`` list): a conv pruned to the budget's width may still read
     enough channels for the rule, and a second `fix` would spend a second budget on it,
-    compounding the error on top of the first."""
+    compounding the error on top of the first. The halves of a spatial SVD likewise (a kh×1
+    conv reading many channels is what CL001 looks for)."""
     for entry in node.metadata_props:
         if entry.key == IGNORE_KEY:
             codes = [part.strip() for part in entry.value.split(",") if part.strip()]
-            if code not in codes and "ALL" not in codes:
-                entry.value = ",".join([*codes, code])
+            if "ALL" not in codes:
+                entry.value = ",".join([*codes, *(c for c in silenced if c not in codes)])
             return
-    node.metadata_props.add(key=IGNORE_KEY, value=code)
+    node.metadata_props.add(key=IGNORE_KEY, value=",".join(silenced))
+
+
+def _split_conv(
+    name: str,
+    inputs: Sequence[str],
+    output: str,
+    geometry: PatchGeometry,
+    kernel: tuple[int, int],
+    axis: int,
+    template: onnx.NodeProto,
+) -> onnx.NodeProto:
+    """One half of a spatial SVD: the template's conv along ``axis`` (0: rows, 1: columns)
+    only, its stride, pads and dilation along the other axis made 1, 0 and 1."""
+    along = [1, 1]
+    along[axis] = kernel[axis]
+    strides, dilations, pads = [1, 1], [1, 1], [0, 0, 0, 0]
+    strides[axis], dilations[axis] = geometry.strides[axis], geometry.dilations[axis]
+    pads[axis], pads[axis + 2] = geometry.pads[axis], geometry.pads[axis + 2]
+    node = helper.make_node(
+        "Conv",
+        list(inputs),
+        [output],
+        name=name,
+        kernel_shape=along,
+        strides=strides,
+        pads=pads,
+        dilations=dilations,
+    )
+    node.domain = template.domain
+    _mark_pruned(node, "CL001", "CL005")
+    return node
 
 
 @dataclass
@@ -516,6 +550,16 @@ class FactorTarget(Target):
                 seed,
             )
 
+        if factors.kind == "spatial-svd":  # the horizontal conv's row of the vertical's output
+            kw = kxk[1]
+            _, left, _, right = geometry.pads
+            horizontal = dataclasses.replace(
+                geometry,
+                strides=(1, geometry.strides[1]),
+                pads=(0, left, 0, right),
+                dilations=(1, geometry.dilations[1]),
+            )
+            geometry, kxk = horizontal, (1, kw)
         if factors.kind == "svd-expand" and self.site.cin * self.site.k <= MAX_PATCH_WIDTH:
             features = patches(self.conv.inputs[0], output_rows)
             return RefitJob(self, factors, features, output, whole=True)
@@ -564,13 +608,34 @@ class FactorTarget(Target):
             mid = names.fresh(f"{y}/spatial")
             nodes.append(_conv(spatial, [x, w_names[0]], mid, self.site.kernel, proto))
             nodes.append(_conv(names.fresh(expand), [mid, w_names[1], *bias], y, pointwise))
+        elif factors.kind == "spatial-svd":
+            assert self.patches is not None
+            kernel = (int(self.site.kernel[0]), int(self.site.kernel[1]))
+            mid = names.fresh(f"{y}/vertical")
+            vertical, horizontal = f"{conv.name}/vertical", f"{conv.name}/horizontal"
+            nodes.append(
+                _split_conv(
+                    names.fresh(vertical), [x, w_names[0]], mid, self.patches, kernel, 0, proto
+                )
+            )
+            nodes.append(
+                _split_conv(
+                    names.fresh(horizontal),
+                    [mid, w_names[1], *bias],
+                    y,
+                    self.patches,
+                    kernel,
+                    1,
+                    proto,
+                )
+            )
         else:
             mid, core = names.fresh(f"{y}/reduced"), names.fresh(f"{y}/core")
             nodes.append(_conv(names.fresh(reduce), [x, w_names[0]], mid, pointwise))
             nodes.append(_conv(spatial, [mid, w_names[1]], core, self.site.kernel, proto))
             nodes.append(_conv(names.fresh(expand), [core, w_names[2], *bias], y, pointwise))
         edit = Edit({conv.index: nodes}, initializers, [n.name for n in nodes])
-        edit.tail = (nodes[-1].input[0], factors.kind == "svd-reduce")
+        edit.tail = (nodes[-1].input[0], factors.kind in ("svd-reduce", "spatial-svd"))
         return edit
 
     def _prune(self, factors: Factors, names: Names) -> Edit:
@@ -602,6 +667,7 @@ def _parts(kind: str) -> list[str]:
         "svd-reduce": ["reduce", "spatial"],
         "svd-expand": ["spatial", "expand"],
         "tucker2": ["reduce", "core", "expand"],
+        "spatial-svd": ["vertical", "horizontal"],
     }[kind]
 
 

@@ -2,7 +2,7 @@
 
 Numbers only: this module knows weights (numpy arrays) and pixel counts, never the graph.
 
-A conv weight ``W`` has shape (C_out, C_in, kh, kw); ``K = kh·kw``. Three factored forms:
+A conv weight ``W`` has shape (C_out, C_in, kh, kw); ``K = kh·kw``. Four factored forms:
 
 - ``svd-reduce`` (input side): a 1×1 conv C_in->r, then the k×k conv r->C_out. It factors
   ``W`` unfolded as the (C_out·K) × C_in matrix ``M_in`` (rows: output channel and kernel
@@ -11,6 +11,13 @@ A conv weight ``W`` has shape (C_out, C_in, kh, kw); ``K = kh·kw``. Three facto
   ``W`` unfolded as the C_out × (C_in·K) matrix ``M_out`` (columns: an im2col patch).
 - ``tucker2``: 1×1 C_in->r1, k×k r1->r2, 1×1 r2->C_out (HOSVD of the two channel modes,
   refined by HOOI sweeps while they lower the error).
+- ``spatial-svd`` (2-D kernels with kh, kw > 1; Jaderberg, Vedaldi and Zisserman 2014, AIMET's
+  "spatial SVD"): a kh×1 conv C_in->r, then a 1×kw conv r->C_out. It factors ``W`` unfolded as
+  the (C_out·kw) × (C_in·kh) matrix ``M_sp`` (rows: output channel and column offset, columns:
+  input channel and row offset), ``M_sp ≈ B·A``, A (r × C_in·kh) the vertical conv. The
+  vertical conv takes the row stride, pads and dilation, the horizontal one the column ones;
+  it runs on (output rows × input columns) pixels. Zero padding is exact here too: the
+  vertical conv (no bias) of a zero column is zero.
 
 A 1×1 conv without bias maps zero to zero, so it commutes with zero padding: strides, pads,
 dilations and auto_pad stay on the k×k conv and every form is exact at full rank.
@@ -39,6 +46,9 @@ squared error is ``E||(M - M')p||² = ||(M - M')·C_p^½||²_F`` with ``C_p = E[
   ``A = V_rᵀ C_x^-½`` and ``B = U_r S_r``. The verifier measures what this proxy ignores.
 - Tucker-2: the input factor of the input side and the output factor of the output side, the
   core fitted between them.
+- Spatial SVD: the input side of ``M_sp`` with the moment of a vertical patch approximated as
+  ``C_x ⊗ I_kh`` (the same neglect of neighbouring pixels' correlation as the input side);
+  ``budget``'s refit of the horizontal conv then fits the real patches.
 
 Both moments are regularized with an eigenvalue floor, ``C + ε·I`` with
 ``ε = DATA_FLOOR·tr(C)/dim`` (on the output side, ``E[y0 y0ᵀ] + ε·M Mᵀ``, the same floor
@@ -60,7 +70,7 @@ import numpy.typing as npt
 
 Array = npt.NDArray[np.float64]
 
-KINDS = ("svd-reduce", "svd-expand", "tucker2")
+KINDS = ("svd-reduce", "svd-expand", "tucker2", "spatial-svd")
 DATA_FLOOR = 1e-6
 HOOI_SWEEPS = 3
 
@@ -75,6 +85,9 @@ class ConvSite:
     in_pixels: int
     out_pixels: int
     has_bias: bool = False
+    # A 2-D conv with kh, kw > 1 and static sizes: output rows × input columns, the pixels
+    # the vertical conv of a spatial SVD runs on; 0 where the form is not offered.
+    mid_pixels: int = 0
 
     @property
     def k(self) -> int:
@@ -111,6 +124,21 @@ def unfold_in(weight: Array) -> Array:
     """(C_out, C_in, kh, kw) -> (C_out·kh·kw) × C_in."""
     cout, cin = weight.shape[:2]
     return weight.transpose(0, *range(2, weight.ndim), 1).reshape(-1, cin)
+
+
+def unfold_spatial(weight: Array) -> Array:
+    """(C_out, C_in, kh, kw) -> (C_out·kw) × (C_in·kh): rows (o, j), columns (c, i)."""
+    cout, cin, kh, kw = weight.shape
+    return weight.transpose(0, 3, 1, 2).reshape(cout * kw, cin * kh)
+
+
+def fold_spatial(b: Array, a: Array, cout: int, cin: int, kernel: Sequence[int]) -> list[Array]:
+    """The vertical (r, C_in, kh, 1) and horizontal (C_out, r, 1, kw) convs of ``B·A``."""
+    kh, kw = kernel
+    rank = a.shape[0]
+    vertical = a.reshape(rank, cin, kh, 1)
+    horizontal = b.reshape(cout, kw, rank).transpose(0, 2, 1).reshape(cout, rank, 1, kw)
+    return [vertical, horizontal]
 
 
 def fold_in(matrix: Array, cout: int, kernel: Sequence[int]) -> Array:
@@ -231,9 +259,12 @@ class ConvFactorizer:
     kinds: Sequence[str] = KINDS
     _in: InputSide = field(init=False)
     _out: OutputSide = field(init=False)
+    _spatial: InputSide | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.float64)
+        if not self.site.mid_pixels or "spatial-svd" not in self.kinds:
+            self.kinds = tuple(k for k in self.kinds if k != "spatial-svd")
         m_in, m_out = unfold_in(self.weight), self.weight.reshape(self.site.cout, -1)
         if self.stats is None:
             self._in, self._out = InputSide(m_in), OutputSide(m_out)
@@ -253,6 +284,18 @@ class ConvFactorizer:
         return self._in
 
     @property
+    def spatial_side(self) -> InputSide:
+        """The vertical/horizontal split's factorization (built on first use)."""
+        if self._spatial is None:
+            moment = None
+            if self.stats is not None:
+                moment = np.kron(self.stats.input_moment, np.eye(self.site.kernel[0])).astype(
+                    np.float64
+                )
+            self._spatial = InputSide(unfold_spatial(self.weight), moment)
+        return self._spatial
+
+    @property
     def output_side(self) -> OutputSide:
         return self._out
 
@@ -269,6 +312,11 @@ class ConvFactorizer:
             assert isinstance(rank, int)
             per_out = rank * s.cin * s.k + s.cout * rank
             return per_out * s.out_pixels, per_out + bias
+        if kind == "spatial-svd":
+            assert isinstance(rank, int)
+            kh, kw = s.kernel
+            per_mid, per_out = s.cin * kh * rank, rank * s.cout * kw
+            return per_mid * s.mid_pixels + per_out * s.out_pixels, per_mid + per_out + bias
         assert isinstance(rank, tuple)
         r1, r2 = rank
         per_in, per_out = s.cin * r1, r1 * r2 * s.k + r2 * s.cout
@@ -305,6 +353,8 @@ class ConvFactorizer:
                 rank = max(self._min_rank(self._in, budget), 1)
             elif kind == "svd-expand":
                 rank = max(self._min_rank(self._out, budget), 1)
+            elif kind == "spatial-svd":
+                rank = max(self._min_rank(self.spatial_side, budget), 1)
             else:
                 rank = self._tucker_ranks(budget)
             if rank is None:
@@ -318,10 +368,15 @@ class ConvFactorizer:
         return self.at_rank(kind, rank)
 
     def fixed(self, rank: int | None = None, ratio: float | None = None) -> Factors | None:
-        """The cheapest form at a rank given by --rank N or --ratio F; None if none saves."""
+        """The cheapest channel form at a rank given by --rank N or --ratio F; None if none
+        saves. ``spatial-svd`` is left out: its rank counts neither side's channels, and at
+        a given rank it is often the cheapest form however far it is from the weight, so it
+        is chosen by error only (``cheapest``, the whole-model budget)."""
         s = self.site
         options = []
         for kind in self.kinds:
+            if kind == "spatial-svd":
+                continue
             if ratio is not None:
                 r_in, r_out = math.ceil(ratio * s.cin), math.ceil(ratio * s.cout)
             else:
@@ -357,6 +412,11 @@ class ConvFactorizer:
             b, a = self._out.factors(rank)
             weights = [a.reshape(rank, s.cin, *s.kernel), b.reshape(s.cout, rank, *pointwise)]
             proxy = self._out.proxy(rank)
+        elif kind == "spatial-svd":
+            assert isinstance(rank, int)
+            b, a = self.spatial_side.factors(rank)
+            weights = fold_spatial(b, a, s.cout, s.cin, s.kernel)
+            proxy = self.spatial_side.proxy(rank)
         else:
             assert isinstance(rank, tuple)
             weights, proxy = self._tucker(*rank)

@@ -177,13 +177,21 @@ def _plan_factor(finding: Finding, context: RewriteContext) -> Target:
     in_px, out_px = spatial_pixels(graph, conv.inputs[0]), spatial_pixels(graph, conv.outputs[0])
     if in_px is None or out_px is None:
         raise NotRewritable("spatial sizes are unknown: MACs cannot be counted")
+    kernel = tuple(int(k) for k in weight.shape[2:])
+    patches = patch_geometry(conv, graph, kernel)
+    mid_px = 0  # a spatial SVD's vertical conv: output rows × input columns
+    if patches is not None and all(k > 1 for k in kernel):
+        in_shape = graph.shape(conv.inputs[0])
+        assert in_shape is not None and isinstance(in_shape[3], int)
+        mid_px = patches.out_shape[0] * in_shape[3]
     site = ConvSite(
         cout=int(weight.shape[0]),
         cin=int(weight.shape[1]),
-        kernel=tuple(int(k) for k in weight.shape[2:]),
+        kernel=kernel,
         in_pixels=in_px,
         out_pixels=out_px,
         has_bias=bias is not None,
+        mid_pixels=mid_px,
     )
     out = conv.outputs[0]
     readers = graph.consumers_of(out)
@@ -203,7 +211,7 @@ def _plan_factor(finding: Finding, context: RewriteContext) -> Target:
         bias=bias,
         dtype=weights.dtype(conv.inputs[1]),
         site=site,
-        patches=patch_geometry(conv, graph, site.kernel),
+        patches=patches,
         relu=relu,
         activated=readers[0].outputs[0] if relu else None,
         prunable=prune_chain(conv, graph, weights, view),
