@@ -111,6 +111,19 @@ def test_reduced_rank_refit_recovers_an_activated_response_exactly() -> None:
     assert error(relu) < 0.02
 
 
+def test_refit_after_relu_is_never_worse_than_the_fit_before_it() -> None:
+    """A response that is exactly linear in the features: the fit before the ReLU is exact,
+    so the fit after it must be too. Starting only from the clipped response (as before) left
+    the refit at 4e-2 here."""
+    rng = np.random.default_rng(1)
+    features = np.maximum(rng.standard_normal((4096, 40)) + 1.0, 0.0).astype(np.float32)
+    weight = rng.standard_normal((24, 40))
+    response = features.astype(np.float64) @ weight.T - 2.0  # about half of it below zero
+    fitted, bias = budget.refit(features, response, relu=True)
+    prediction = features.astype(np.float64) @ fitted.T + bias
+    assert budget.relative_error(prediction, response, relu=True) < 1e-4
+
+
 # -- channel pruning -------------------------------------------------------------------------
 
 

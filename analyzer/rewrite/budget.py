@@ -321,16 +321,21 @@ def _alternate(
     3.2, solved by alternating): where the original ReLU outputs zero, any value at or below
     zero reproduces it, so the targets there follow the prediction down to zero and the fit is
     solved again, ``ALS_ITERATIONS`` times at most, while the error still falls by 1%."""
+    plain = solve(response)
     if not relu:
-        return solve(response)
+        return plain
     active = response > 0
-    # Start from the response with its negative part clipped at each channel's typical
-    # positive size: a channel the ReLU always zeroes starts as a constant (no variance for
-    # the fit to keep), one it zeroes half the time keeps most of its linear structure.
+    # Two starts, the better kept: the response itself (the fit before the ReLU), and the
+    # response with its negative part clipped at each channel's typical positive size (a
+    # channel the ReLU always zeroes starts as a constant, no variance for a rank-limited fit
+    # to keep). Each step after the start can only lower the error after the ReLU: the
+    # targets it fits bound that error from above and meet it at the current solution.
     positive = np.maximum(response, 0.0)
     floor = -np.sqrt(np.mean(positive**2, axis=0))
-    solution = solve(np.maximum(response, floor))
-    error = math.inf
+    starts = [plain, solve(np.maximum(response, floor))]
+    errors = [relative_error(predict(start), response, relu=True) for start in starts]
+    best = int(np.argmin(errors))
+    solution, error = starts[best], math.inf
     for _ in range(ALS_ITERATIONS):
         prediction = predict(solution)
         now = relative_error(prediction, response, relu=True)
