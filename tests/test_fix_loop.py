@@ -146,3 +146,38 @@ def test_an_output_side_low_rank_conv_is_factorized_and_check_passes_out(tmp_pat
         (256 * 48 * 9 + 48 * 256) * 14 * 14,
     )
     assert findings_of(out) == []
+
+
+def test_a_spatially_separable_conv_is_split_and_check_passes_out(tmp_path: Path) -> None:
+    """A 3×3 256->256 conv that is exactly a 3×1 conv to 16 channels then a 1×3 conv back:
+    the cheapest exact form is the spatial SVD at rank 16, whose halves (a 3×1 conv reading
+    256 channels, a 1×3 conv widening 16 to 256) carry CL001/CL005 ignores, so
+    `convlint check OUT` flags nothing."""
+    model = fixtures.conv3x3(hw=14)
+    rng = np.random.default_rng(0)
+    weight = model.graph.initializer[0]
+    vertical, horizontal = rng.standard_normal((16, 256, 3)), rng.standard_normal((256, 16, 3))
+    values = np.einsum("dci,odj->ocij", vertical, horizontal) / np.sqrt(16 * 256 * 9)
+    weight.CopyFrom(numpy_helper.from_array(values.astype(np.float32), weight.name))
+    path = fixtures.save(model, tmp_path / "separable.onnx")
+    out = tmp_path / "out.onnx"
+    result = fix(
+        path,
+        load_registry(),
+        Settings(),
+        FixOptions(out, method="weight", samples=2, latency=False, allow_noise=True),
+    )
+    assert result.written
+    assert [(r.code, r.node, r.kind, r.rank) for r in result.rewrites] == [
+        ("CL001", "conv", "spatial-svd", 16)
+    ]
+    assert (result.rewrites[0].macs_before, result.rewrites[0].macs_after) == (
+        256 * 256 * 9 * 14 * 14,
+        (256 * 3 * 16 + 16 * 256 * 3) * 14 * 14,
+    )
+    assert [n.name for n in onnx.load(out).graph.node if n.op_type == "Conv"] == [
+        "conv/vertical",
+        "conv/horizontal",
+    ]
+    assert findings_of(out) == []
+    assert max_abs_diff(path, out, random_inputs(onnx.load(path))) < 1e-3
