@@ -20,6 +20,7 @@ from convlint.cli import main
 from convlint.engine import Settings
 from convlint.registry import load_registry
 from convlint.rewrite.pipeline import FixOptions, fix
+from convlint.rewrite.state import FixResult
 
 FAST = ["--method", "weight", "--samples", "2", "--allow-noise", "--no-latency"]
 
@@ -118,18 +119,12 @@ def test_no_findings_at_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert f"model: no rewrite applies (no findings); wrote {out}, the same model\n" in text
 
 
-def test_an_output_side_low_rank_conv_is_factorized_and_check_passes_out(tmp_path: Path) -> None:
-    """A 3×3 256->256 conv whose weight is low-rank on its output side only: the cheapest
-    form, k×k 256->48 then 1×1 48->256 with nothing between, is one low-rank conv, which CL001
-    passes over (it narrows to 48 channels that the 1×1 widens back): fix writes it, and
-    `convlint check OUT` flags nothing."""
+def _fix_planted_conv3x3(values: np.ndarray, tmp_path: Path) -> tuple[Path, Path, FixResult]:
+    """`fix --method weight` on a 3×3 256->256 conv (14×14) whose weight is ``values``."""
     model = fixtures.conv3x3(hw=14)
-    rng = np.random.default_rng(0)
     weight = model.graph.initializer[0]
-    left, right = rng.standard_normal((256, 48)), rng.standard_normal((48, 256 * 9))
-    values = (left @ right / np.sqrt(48 * 256 * 9)).reshape(256, 256, 3, 3).astype(np.float32)
-    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
-    path = fixtures.save(model, tmp_path / "expand.onnx")
+    weight.CopyFrom(numpy_helper.from_array(values.astype(np.float32), weight.name))
+    path = fixtures.save(model, tmp_path / "planted.onnx")
     out = tmp_path / "out.onnx"
     result = fix(
         path,
@@ -138,6 +133,18 @@ def test_an_output_side_low_rank_conv_is_factorized_and_check_passes_out(tmp_pat
         FixOptions(out, method="weight", samples=2, latency=False, allow_noise=True),
     )
     assert result.written
+    return path, out, result
+
+
+def test_an_output_side_low_rank_conv_is_factorized_and_check_passes_out(tmp_path: Path) -> None:
+    """A 3×3 256->256 conv whose weight is low-rank on its output side only: the cheapest
+    form, k×k 256->48 then 1×1 48->256 with nothing between, is one low-rank conv, which CL001
+    passes over (it narrows to 48 channels that the 1×1 widens back): fix writes it, and
+    `convlint check OUT` flags nothing."""
+    rng = np.random.default_rng(0)
+    left, right = rng.standard_normal((256, 48)), rng.standard_normal((48, 256 * 9))
+    values = (left @ right / np.sqrt(48 * 256 * 9)).reshape(256, 256, 3, 3)
+    path, out, result = _fix_planted_conv3x3(values, tmp_path)
     assert [(r.code, r.node, r.kind, r.rank) for r in result.rewrites] == [
         ("CL001", "conv", "svd-expand", 48)
     ]
@@ -153,21 +160,10 @@ def test_a_spatially_separable_conv_is_split_and_check_passes_out(tmp_path: Path
     the cheapest exact form is the spatial SVD at rank 16, whose halves (a 3×1 conv reading
     256 channels, a 1×3 conv widening 16 to 256) carry CL001/CL005 ignores, so
     `convlint check OUT` flags nothing."""
-    model = fixtures.conv3x3(hw=14)
     rng = np.random.default_rng(0)
-    weight = model.graph.initializer[0]
     vertical, horizontal = rng.standard_normal((16, 256, 3)), rng.standard_normal((256, 16, 3))
     values = np.einsum("dci,odj->ocij", vertical, horizontal) / np.sqrt(16 * 256 * 9)
-    weight.CopyFrom(numpy_helper.from_array(values.astype(np.float32), weight.name))
-    path = fixtures.save(model, tmp_path / "separable.onnx")
-    out = tmp_path / "out.onnx"
-    result = fix(
-        path,
-        load_registry(),
-        Settings(),
-        FixOptions(out, method="weight", samples=2, latency=False, allow_noise=True),
-    )
-    assert result.written
+    path, out, result = _fix_planted_conv3x3(values, tmp_path)
     assert [(r.code, r.node, r.kind, r.rank) for r in result.rewrites] == [
         ("CL001", "conv", "spatial-svd", 16)
     ]
