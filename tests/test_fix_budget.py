@@ -390,6 +390,24 @@ def test_min_top1_holds_on_the_margins_not_only_on_the_flips_counted() -> None:
     assert compare(reference, candidate, math.inf).ok  # no --min-top1: nothing bounds it
 
 
+def test_samples_that_only_choose_ranks_judge_min_top1_by_the_expectation_alone() -> None:
+    """One row of 50 sits at a tie (margin 0.01) and flips under a change of -0.02 that no other
+    row's margin notices: counted, 49/50 = 98% breaks a 99% bound; expected, only that pair
+    of 2,500 flips (99.96%). The samples that choose ranks read the expectation alone; those
+    that verify (the promise) read both."""
+    margins = [0.01] + [5.0] * 49
+    changes = [-0.02] + [0.0] * 49
+    reference, candidate = _logit_rows(margins, changes)
+    counted = compare(reference, candidate, math.inf, min_top1=0.99)
+    assert counted.top1_agreement == 0.98 and not counted.ok
+    assert counted.top1_expected == pytest.approx(1 - 1 / 2500)
+    assert compare(reference, candidate, math.inf, min_top1=0.99, counted=False).ok
+    # ... and the expectation still binds them: a change of -6 on one row meets every margin
+    changes = [0.0] * 49 + [-6.0]
+    reference, candidate = _logit_rows(margins, changes)
+    assert not compare(reference, candidate, math.inf, min_top1=0.99, counted=False).ok
+
+
 def test_expected_agreement_reads_probabilities_as_logits_and_rounding_as_no_change() -> None:
     """Softmax rows: margins are log-ratios (the logits' differences), so a probability that
     moves from 0.999 to 0.99 is a change of log(999) - log(99) = 2.31, not of 0.009. A tie

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 
@@ -336,3 +337,50 @@ def test_settling_tightens_the_worst_rewrite_until_the_combination_holds() -> No
         Skipped("CL001", "b", "dropped: together with the other rewrites it broke the tolerance")
     ]
     assert list(choices) == ["CL001:a"]
+
+
+def _two_logits(margin: float) -> list[Any]:
+    return [np.array([[margin, 0.0]], np.float32)]
+
+
+def test_the_samples_that_choose_read_the_expectation_those_that_verify_read_both() -> None:
+    """prepare.RuntimeBench.measure on 50 choosing and 50 verifying samples, one row of each at a tie
+    that the rewrite flips: choosing, --min-top1 0.99 holds on the expected agreement (the one
+    flipped pair of 2,500); verifying, the count (49/50) breaks it. Where the samples are not
+    split, the choosing samples are the verifying ones and read both. The first 16 samples of a
+    choosing step are judged on the expectation too (no early failure for one flip)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from convlint.rewrite.prepare import Feeds, RuntimeBench
+
+    margins = [0.01] + [5.0] * 49
+    feeds = [{"x": np.full((1,), i, np.float32)} for i in range(100)]
+    reference = [_two_logits(m) for m in margins]
+    moved = {0: -0.02, 50: -0.02}  # the tie in each half flips
+
+    def run(model: Any, batch: Sequence[dict[str, Any]], what: str) -> list[Any]:
+        rows = [int(feed["x"][0]) for feed in batch]
+        return [_two_logits(margins[i % 50] + moved.get(i, 0.0)) for i in rows]
+
+    runtime = SimpleNamespace(run=run, save=lambda model, name: Path(name))
+    options = SimpleNamespace(min_top1=0.99)
+    run_state = SimpleNamespace(
+        error_bound=math.inf, timer=lambda _: nullcontext(), options=options
+    )
+
+    def bench(select: list[dict[str, Any]]) -> RuntimeBench:
+        split = Feeds(fit=[], verify=feeds[50:], origin="", calibration={}, select=select)
+        prepared = SimpleNamespace(
+            feeds=split, reference=reference, selected=reference, output_names=["y"], light=None
+        )
+        return RuntimeBench(prepared, runtime, run_state)  # type: ignore[arg-type]
+
+    model = onnx.ModelProto()
+    split = bench(feeds[:50])
+    for early in (False, True):
+        chosen = split.measure(model, "choosing", early=early)
+        assert chosen.top1_agreement == 0.98 and chosen.ok, early
+    confirmed = split.measure(model, "confirming", confirm=True)
+    assert confirmed.top1_agreement == 0.98 and not confirmed.ok
+    assert not bench([]).measure(model, "choosing on the verifying samples").ok

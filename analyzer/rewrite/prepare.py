@@ -594,6 +594,9 @@ class RuntimeBench:
             if confirm
             else (prepared.feeds.selection, prepared.selected)
         )
+        # Samples that only choose (not those that verify): --min-top1 on the expected
+        # agreement alone, the smoother estimate (``verify.compare``).
+        counted = confirm or not prepared.feeds.select
         names, bound = self.prepared.output_names, self.run.error_bound
         with self.run.timer("onnxruntime"):
             if early and len(feeds) > 2 * EARLY_SAMPLES:
@@ -605,21 +608,26 @@ class RuntimeBench:
                 first = self.runtime.run(model, feeds[:EARLY_SAMPLES], what=what)
                 errors = compare(reference[:EARLY_SAMPLES], first, bound, names)
                 if errors.rel_l2_error > EARLY_MARGIN * bound or self._top1_lost(
-                    errors, len(feeds) / EARLY_SAMPLES
+                    errors, len(feeds) / EARLY_SAMPLES, counted
                 ):
                     return dataclasses.replace(errors, ok=False)
                 rest = self.runtime.run(model, feeds[EARLY_SAMPLES:], what=what)
                 outputs = [*first, *rest]
             else:
                 outputs = self.runtime.run(model, feeds, what=what)
-            return compare(reference, outputs, bound, names, self.run.options.min_top1)
+            return compare(reference, outputs, bound, names, self.run.options.min_top1, counted)
 
-    def _top1_lost(self, first: Errors, scale: float) -> bool:
+    def _top1_lost(self, first: Errors, scale: float, counted: bool = True) -> bool:
         """Whether the disagreements on the first samples already exceed what --min-top1
-        allows on all of them (``scale`` times as many): the whole measure cannot hold."""
+        allows on all of them (``scale`` times as many): the whole measure cannot hold.
+        Not ``counted``: whether the expected disagreement there is ``EARLY_MARGIN`` times
+        what --min-top1 allows."""
         min_top1 = self.run.options.min_top1
         if min_top1 is None or first.top1_agreement is None:
             return False
+        if not counted:
+            expected = first.top1_expected
+            return expected is not None and 1 - expected > EARLY_MARGIN * (1 - min_top1)
         rows = first.top1_samples or 0
         lost = round((1 - first.top1_agreement) * rows)
         return lost > (1 - min_top1) * rows * scale + 1e-9
