@@ -62,8 +62,10 @@ trades one short conv for two pointwise ones and buys little, so a 128-channel 1
 warning, as 2-D convs are. A 1-D conv that widens saves less (k=5 128->256: 3.6×, info).
 
 ## Fix safety
-Approximate: `convlint fix` factorizes the trained weight (SVD or Tucker-2) at the smallest
-rank whose output error, measured on calibration samples, stays within the error budget. The
+Approximate: `convlint fix` factorizes the trained weight (SVD or Tucker-2 over channels, or a
+spatial SVD into a k×1 and a 1×k conv) at the smallest rank whose output error, measured on
+calibration samples, stays within the error budget; the two halves of a spatial SVD are marked
+`convlint.ignore = CL001,CL005` in the written model, as a pruned conv is (below). The
 rewritten model is close to the original on that data, not equal to it, so `fix` applies it
 only with real calibration data (`--inputs`): an error measured on generated noise says little
 about the user's inputs. Where no rank within the budget saves MACs it says so and leaves the
