@@ -91,22 +91,12 @@ def factor_candidates(
     limit = (1 - min_saving) * baseline
     inputs, outputs = search.input_side, search.output_side
     for kind in search.kinds:
-        if kind == "svd-reduce":
-            for rank in ladder(inputs.max_rank):
+        if kind != "tucker2":
+            side = search.side(kind)
+            for rank in ladder(side.max_rank):
                 macs, params = search.cost(kind, rank)
                 if macs <= limit:
-                    found.append(Candidate(kind, rank, macs, params, inputs.proxy(rank)))
-        elif kind == "svd-expand":
-            for rank in ladder(outputs.max_rank):
-                macs, params = search.cost(kind, rank)
-                if macs <= limit:
-                    found.append(Candidate(kind, rank, macs, params, outputs.proxy(rank)))
-        elif kind == "spatial-svd":
-            split = search.spatial_side
-            for rank in ladder(split.max_rank):
-                macs, params = search.cost(kind, rank)
-                if macs <= limit:
-                    found.append(Candidate(kind, rank, macs, params, split.proxy(rank)))
+                    found.append(Candidate(kind, rank, macs, params, side.proxy(rank)))
         else:
             for r1 in ladder(inputs.max_rank):
                 for r2 in ladder(outputs.max_rank):
@@ -333,16 +323,17 @@ def _alternate(
     positive = np.maximum(response, 0.0)
     floor = -np.sqrt(np.mean(positive**2, axis=0))
     starts = [plain, solve(np.maximum(response, floor))]
-    errors = [relative_error(predict(start), response, relu=True) for start in starts]
+    predictions = [predict(start) for start in starts]
+    errors = [relative_error(p, response, relu=True) for p in predictions]
     best = int(np.argmin(errors))
-    solution, error = starts[best], math.inf
+    solution, prediction, error = starts[best], predictions[best], errors[best]
     for _ in range(ALS_ITERATIONS):
+        solution = solve(np.where(active, response, np.minimum(prediction, 0.0)))
         prediction = predict(solution)
         now = relative_error(prediction, response, relu=True)
         if now > 0.99 * error:
             break
         error = now
-        solution = solve(np.where(active, response, np.minimum(prediction, 0.0)))
     return solution
 
 

@@ -101,8 +101,8 @@ class PatchGeometry:
     dilations: tuple[int, int]
 
 
-def _mark_pruned(node: onnx.NodeProto, *silenced: str) -> None:
-    """Silence codes on a pruned conv (its ``convlint.ignore`` metadata, kept visible in
+def _silence(node: onnx.NodeProto, *silenced: str) -> None:
+    """Silence codes on a rewritten conv (its ``convlint.ignore`` metadata, kept visible in
     ``check``'s ``suppressed`` list): a conv pruned to the budget's width may still read
     enough channels for the rule, and a second `fix` would spend a second budget on it,
     compounding the error on top of the first. The halves of a spatial SVD likewise (a kh×1
@@ -143,7 +143,7 @@ def _split_conv(
         dilations=dilations,
     )
     node.domain = template.domain
-    _mark_pruned(node, "CL001", "CL005")
+    _silence(node, "CL001", "CL005")
     return node
 
 
@@ -648,7 +648,7 @@ class FactorTarget(Target):
         node = onnx.NodeProto()
         node.CopyFrom(conv.proto)
         node.input[1] = weight.name
-        _mark_pruned(node, self.code)
+        _silence(node, self.code)
         if factors.bias is not None:
             bias = _tensor(factors.bias, names.fresh(f"{conv.name}.bias/refit"), self.dtype)
             initializers.append(bias)

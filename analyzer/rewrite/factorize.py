@@ -299,6 +299,15 @@ class ConvFactorizer:
     def output_side(self) -> OutputSide:
         return self._out
 
+    def side(self, kind: str) -> InputSide | OutputSide:
+        """The factorization behind a one-rank form (not ``tucker2``)."""
+        if kind == "svd-reduce":
+            return self._in
+        if kind == "svd-expand":
+            return self._out
+        assert kind == "spatial-svd", kind
+        return self.spatial_side
+
     # -- costs ---------------------------------------------------------------------------
     def cost(self, kind: str, rank: int | tuple[int, int]) -> tuple[int, int]:
         """(MACs, params) of a form; the bias stays on the last conv."""
@@ -349,14 +358,10 @@ class ConvFactorizer:
         options: list[tuple[int, int, str, int | tuple[int, int]]] = []
         for kind in self.kinds:
             rank: int | tuple[int, int] | None
-            if kind == "svd-reduce":
-                rank = max(self._min_rank(self._in, budget), 1)
-            elif kind == "svd-expand":
-                rank = max(self._min_rank(self._out, budget), 1)
-            elif kind == "spatial-svd":
-                rank = max(self._min_rank(self.spatial_side, budget), 1)
-            else:
+            if kind == "tucker2":
                 rank = self._tucker_ranks(budget)
+            else:
+                rank = max(self._min_rank(self.side(kind), budget), 1)
             if rank is None:
                 continue
             macs, params = self.cost(kind, rank)
