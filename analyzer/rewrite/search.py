@@ -34,7 +34,7 @@ from convlint.rewrite.budget import (
     relative_error,
     spend,
 )
-from convlint.rewrite.edit import Curve, Edit, Names, Target
+from convlint.rewrite.edit import Curve, Edit, Names, RefitJob, Target
 from convlint.rewrite.factorize import KINDS, Array, Factors
 from convlint.rewrite.state import (
     UNMEASURED,
@@ -296,11 +296,16 @@ class Searcher:
         return chosen
 
     def refit(self, chosen: Choices, fixed: list[Edit]) -> None:
-        """One round of response reconstruction (``budget``): each chosen conv refitted, from
-        the inputs the model with every rewrite produces to the original model's response
-        (after its ReLU), where that lowers the layer's error on the sampled pixels. An
-        ``svd-expand`` form is refitted whole (``reduced_rank_refit``), other forms in their
-        last conv (``refit``)."""
+        """One round of response reconstruction (``budget``): each chosen conv refitted, in
+        graph order, from the inputs the model with every rewrite (and every refit before it)
+        produces to the original model's response (after its ReLU), where that lowers the
+        layer's error on the sampled pixels. An ``svd-expand`` form is refitted whole
+        (``reduced_rank_refit``), other forms in their last conv (``refit``).
+
+        In order, one layer at a time (Zhang et al.'s asymmetric reconstruction): a refit
+        learns to undo the errors of the layers before it, so all refitted from one sampling
+        undo those errors twice once the layers before are refitted too (VGG-16: each layer's
+        sampled error 0.3%, the model's 2.6% at block3_conv3)."""
         jobs = [
             (layer, job)
             for layer, choice in chosen.items()
@@ -308,6 +313,7 @@ class Searcher:
         ]
         if not jobs:
             return
+        jobs.sort(key=lambda item: item[1].target.conv.index)
         missing = [
             (layer, job) for layer, job in jobs if (layer, job.output) not in self._responses
         ]
@@ -316,11 +322,6 @@ class Searcher:
             found = self.bench.sample(self.bench.light, specs, "sampling the original")
             for (layer, job), rows in zip(missing, found, strict=True):
                 self._responses[(layer, job.output)] = rows
-        model = self.bench.apply([*fixed, *(c.edit for c in chosen.values())])
-        # A mixing job reads its features where its output is: each spec sampled once.
-        specs = list(dict.fromkeys(s for _, job in jobs for s in (job.features, job.output)))
-        found = self.bench.sample(model, specs, "sampling the rewritten model")
-        sampled = dict(zip(specs, found, strict=True))
         # A conv whose output channels another rewrite prunes is fitted on the kept ones.
         narrowed = {
             pruned.producer_output: list(c.factors.kept)
@@ -329,54 +330,69 @@ class Searcher:
             and c.factors is not None
             and c.factors.kept is not None
         }
-        with self.run.timer("factorization"):
-            for layer, job in jobs:
-                features, current = sampled[job.features], sampled[job.output]
-                choice, target, factors = chosen[layer], job.target, job.factors
-                response = self._responses[(layer, job.output)]
-                kept = narrowed.get(job.output.tensor)
-                if kept is not None:
-                    response = response[:, kept]
-                last = factors.weights[-1]
-                if job.whole:
-                    matrix = target.weight.reshape(target.site.cout, -1)
-                    responses = features.astype(np.float64) @ matrix.T
-                    rank = int(last.shape[1])
-                    b, a, bias = reduced_rank_refit(responses, response, rank, target.relu)
-                    prediction = responses @ (b @ a).T + bias
-                    b, bias = _widen(b, bias, kept, target.site.cout)
-                    if b.shape[1] < rank:  # fewer kept channels than the rank: pad with zeros
-                        b = np.pad(b, ((0, 0), (0, rank - b.shape[1])))
-                        a = np.pad(a, ((0, rank - a.shape[0]), (0, 0)))
-                    weights = [
-                        (a @ matrix).reshape(factors.weights[0].shape),
-                        b.reshape(last.shape),
-                    ]
-                elif job.mix:  # features: the layer's output (kept channels, if narrowed)
-                    mixing, bias = refit(features, response, target.relu)
-                    prediction = features.astype(np.float64) @ mixing.T + bias
-                    mixing, bias = _widen(mixing, bias, kept, target.site.cout, square=True)
-                    now = factors.bias if factors.bias is not None else target.bias
-                    if now is not None:
-                        bias = bias + mixing @ now.astype(np.float64)
-                    flat = last.reshape(len(last), -1).astype(np.float64)
-                    weights = [*factors.weights[:-1], (mixing @ flat).reshape(last.shape)]
-                else:
-                    weight, bias = refit(features, response, target.relu)
-                    prediction = features.astype(np.float64) @ weight.T + bias
-                    weight, bias = _widen(weight, bias, kept, target.site.cout)
-                    weights = [*factors.weights[:-1], weight.reshape(last.shape)]
-                before = relative_error(current, response, target.relu)
-                after = relative_error(prediction, response, target.relu)
-                self.run.log(f"refit {target.node}: sampled error {before:.3e} -> {after:.3e}")
-                if not after < before:
-                    continue
-                refitted = dataclasses.replace(
-                    factors, weights=weights, bias=bias, method="data-aware"
+        for layer, job in jobs:
+            model = self.bench.apply([*fixed, *(c.edit for c in chosen.values())])
+            # A mixing job reads its features where its output is: that spec sampled once.
+            specs = list(dict.fromkeys((job.features, job.output)))
+            found = self.bench.sample(model, specs, "sampling the rewritten model")
+            sampled = dict(zip(specs, found, strict=True))
+            with self.run.timer("factorization"):
+                self._refit_layer(
+                    chosen, layer, job, sampled[job.features], sampled[job.output], narrowed
                 )
-                chosen[layer] = dataclasses.replace(
-                    choice, factors=refitted, edit=self.edit(target, refitted)
-                )
+
+    def _refit_layer(
+        self,
+        chosen: Choices,
+        layer: str,
+        job: RefitJob,
+        features: Array,
+        current: Array,
+        narrowed: dict[str, list[int]],
+    ) -> None:
+        """One chosen conv refitted from ``features`` (the rewritten model's, at the patches
+        its refitted conv reads) to the original's response; ``current``: the rewritten
+        model's output there now. Kept only where it lowers the sampled error."""
+        choice, target, factors = chosen[layer], job.target, job.factors
+        response = self._responses[(layer, job.output)]
+        kept = narrowed.get(job.output.tensor)
+        if kept is not None:
+            response = response[:, kept]
+        last = factors.weights[-1]
+        if job.whole:
+            matrix = target.weight.reshape(target.site.cout, -1)
+            responses = features.astype(np.float64) @ matrix.T
+            rank = int(last.shape[1])
+            b, a, bias = reduced_rank_refit(responses, response, rank, target.relu)
+            prediction = responses @ (b @ a).T + bias
+            b, bias = _widen(b, bias, kept, target.site.cout)
+            if b.shape[1] < rank:  # fewer kept channels than the rank: pad with zeros
+                b = np.pad(b, ((0, 0), (0, rank - b.shape[1])))
+                a = np.pad(a, ((0, rank - a.shape[0]), (0, 0)))
+            weights = [(a @ matrix).reshape(factors.weights[0].shape), b.reshape(last.shape)]
+        elif job.mix:  # features: the layer's output (kept channels, if narrowed)
+            mixing, bias = refit(features, response, target.relu)
+            prediction = features.astype(np.float64) @ mixing.T + bias
+            mixing, bias = _widen(mixing, bias, kept, target.site.cout, square=True)
+            now = factors.bias if factors.bias is not None else target.bias
+            if now is not None:
+                bias = bias + mixing @ now.astype(np.float64)
+            flat = last.reshape(len(last), -1).astype(np.float64)
+            weights = [*factors.weights[:-1], (mixing @ flat).reshape(last.shape)]
+        else:
+            weight, bias = refit(features, response, target.relu)
+            prediction = features.astype(np.float64) @ weight.T + bias
+            weight, bias = _widen(weight, bias, kept, target.site.cout)
+            weights = [*factors.weights[:-1], weight.reshape(last.shape)]
+        before = relative_error(current, response, target.relu)
+        after = relative_error(prediction, response, target.relu)
+        self.run.log(f"refit {target.node}: sampled error {before:.3e} -> {after:.3e}")
+        if not after < before:
+            return
+        refitted = dataclasses.replace(factors, weights=weights, bias=bias, method="data-aware")
+        chosen[layer] = dataclasses.replace(
+            choice, factors=refitted, edit=self.edit(target, refitted)
+        )
 
 
 def _widen(
