@@ -68,6 +68,7 @@ EXPECTED_OUTPUT_SHAPES: dict[str, list[Dims]] = {
     "yolo_seg_proto_no_bias": [[1, 32, 40, 40]],
     "relu_low_rank_response": [[1, 128, 12, 12]],
     "prunable_channels": [[1, 128, 12, 12]],
+    "decaying_spectrum_chain": [[1, 128, 8, 8]],
     "pool_branch_through_transposes": [[1, 6, 9, 9]],
     # computed shapes: ONNX inference alone (no data propagation) loses these dims
     "crnn_bilstm_computed_rows": [["?", "?", "?"]],
