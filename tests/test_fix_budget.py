@@ -156,6 +156,41 @@ def test_refits_run_in_graph_order_each_from_the_refits_before_it(
     assert all(not refitted for tensors, refitted in sampled if "conv1" in tensors)
 
 
+def test_a_layer_after_the_same_rewrites_is_refitted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Allocations of the bisection that share the rewrites up to a conv share its refit: the
+    same model written, with fewer samplings than without the memo."""
+    from convlint.rewrite import search
+    from convlint.rewrite.prepare import RuntimeBench
+
+    path = fixtures.save(fixtures.decaying_spectrum_chain(), tmp_path / "chain.onnx")
+    rng = np.random.default_rng(1)
+    data = tmp_path / "in.npz"
+    np.savez(data, input=np.maximum(rng.standard_normal((96, 128, 8, 8)), 0).astype(np.float32))
+    original = RuntimeBench.sample
+    calls: list[str] = []
+
+    def spy(self, model, specs, what):  # type: ignore[no-untyped-def]
+        calls.append(what)
+        return original(self, model, specs, what)
+
+    monkeypatch.setattr(RuntimeBench, "sample", spy)
+
+    def run(name: str) -> tuple[bytes, int]:
+        calls.clear()
+        out = tmp_path / f"{name}.onnx"
+        fix(path, load_registry(), Settings(), FixOptions(output=out, **options))
+        return out.read_bytes(), calls.count("sampling the rewritten model")
+
+    options = {"inputs": data, "samples": 96, "tolerance": 0.1, "latency": False}
+    memo, memo_samplings = run("memo")
+    monkeypatch.setattr(search, "REFITS_KEPT", 0)
+    plain, plain_samplings = run("plain")
+    assert memo == plain
+    assert memo_samplings < plain_samplings
+
+
 # -- channel pruning -------------------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ from convlint.rewrite.verify import Errors, PatchSpec
 
 MARGIN = 0.8  # aim the proxy below the budget: the proxy is an estimate
 MAX_TRIALS = 4  # confirmations on the bench per rewrite during rank selection
-REFIT_ROUNDS = 1  # refits of every chosen layer against the approximated model's inputs
+REFITS_KEPT = 64  # refitted layers kept for the allocations that share what is before them
 NO_SAVING = "no rank within tolerance lowers MACs"
 OUT_OF_BUDGET = "the whole-model budget was spent on layers that save more MACs per unit of error"
 NOT_CONFIRMED = (
@@ -97,6 +97,8 @@ class Searcher:
         self.confirm = confirm  # the bench verifies on samples the search does not choose on
         self._factors: dict[tuple[str, str, Any], Factors] = {}  # (target, kind, rank)
         self._responses: dict[tuple[str, PatchSpec], Array] = {}  # the original's, sampled
+        # Refitted layers, by what is before them (``_upstream_key``); within one ``spend``.
+        self._refits: dict[tuple[tuple[Any, ...], ...], Choice] = {}
 
     def search(
         self, targets: Sequence[Target], lossy: Sequence[Target], progress: Progress | None = None
@@ -208,6 +210,7 @@ class Searcher:
                 searches[key(target)], curves[key(target)] = (target, curve), curve.candidates
                 baselines[key(target)] = curve.baseline
         fixed = [c.edit for c in searched.choices.values()]
+        self._refits.clear()  # refitted with other rewrites fixed
         tried: dict[Any, tuple[Choices, Errors]] = {}
         closest: dict[str, float] = {}  # the least error of an allocation with the target
         before = self.report.cost
@@ -291,8 +294,7 @@ class Searcher:
                 budget = layer_budget(self.run.error_bound)
                 chosen[layer] = Choice(target, cached, edit, UNMEASURED, budget)
         if self.stats is not None and self.fit_samples:
-            for _ in range(REFIT_ROUNDS):
-                self.refit(chosen, fixed)
+            self.refit(chosen, fixed)
         return chosen
 
     def refit(self, chosen: Choices, fixed: list[Edit]) -> None:
@@ -331,6 +333,11 @@ class Searcher:
             and c.factors.kept is not None
         }
         for layer, job in jobs:
+            upstream = _upstream_key(chosen, job.target.conv.index)
+            known = self._refits.get(upstream)
+            if known is not None:  # the same layer after the same rewrites: the same refit
+                chosen[layer] = known
+                continue
             model = self.bench.apply([*fixed, *(c.edit for c in chosen.values())])
             # A mixing job reads its features where its output is: that spec sampled once.
             specs = list(dict.fromkeys((job.features, job.output)))
@@ -340,6 +347,9 @@ class Searcher:
                 self._refit_layer(
                     chosen, layer, job, sampled[job.features], sampled[job.output], narrowed
                 )
+            self._refits[upstream] = chosen[layer]
+            while len(self._refits) > REFITS_KEPT:  # the oldest first
+                del self._refits[next(iter(self._refits))]
 
     def _refit_layer(
         self,
@@ -393,6 +403,21 @@ class Searcher:
         chosen[layer] = dataclasses.replace(
             choice, factors=refitted, edit=self.edit(target, refitted)
         )
+
+
+def _upstream_key(chosen: Choices, index: int) -> tuple[tuple[Any, ...], ...]:
+    """What a refit of the conv at node ``index`` depends on, as the allocation names it:
+    the form and rank of every chosen rewrite up to that conv in graph order (their refits
+    follow from those), and of every pruning and every rewrite not placed by a conv, wherever
+    they are (a pruning narrows the conv before it)."""
+    found = []
+    for layer, choice in chosen.items():
+        conv = getattr(choice.target, "conv", None)
+        factors = choice.factors
+        pruning = choice.target.pruned(factors) is not None
+        if conv is None or pruning or conv.index <= index:
+            found.append((layer, factors.kind, factors.rank) if factors else (layer,))
+    return tuple(sorted(found, key=str))
 
 
 def _widen(
