@@ -151,6 +151,115 @@ def test_nodes_setting_the_same_attributes_share_what_is_read_of_them() -> None:
     assert a.attr("dilations", [1, 1]) == [1, 1] and b.attr("pads") is None
 
 
+def _node(
+    op_type: str, name: str, attributes: list[onnx.AttributeProto], **fields: str
+) -> onnx.NodeProto:
+    inputs = [fields.pop("input", "x"), "w"]
+    node = onnx.helper.make_node(op_type, inputs, [fields.pop("output", f"{name}_out")], name=name)
+    node.attribute.extend(attributes)
+    for field, value in fields.items():
+        setattr(node, field, value)
+    return node
+
+
+def test_nodes_share_settings_whatever_their_names_and_tensors() -> None:
+    """The key steps over a node's tensors and name however long (lengths of two bytes and
+    more) and whatever their script."""
+    group, pads = make_attribute("group", 2), make_attribute("pads", [1, 1, 1, 1])
+    graph = _graph_of(
+        _node("Conv", "a", [group, pads]),
+        _node("Conv", "b" * 300, [group, pads], input="ü" * 70, output="出" * 50),
+        _node("Conv", "c", [group, pads], input="x" * 20_000),
+    )
+    first, *others = graph.nodes.values()
+    assert all(node.settings_id() == first.settings_id() for node in others)
+    assert [node.attr("pads") for node in graph.nodes.values()] == [[1, 1, 1, 1]] * 3
+
+
+INVALID = "invalid"  # the read raises GraphError
+
+
+@pytest.mark.parametrize(
+    ("op_types", "first", "second", "read", "expected"),
+    [
+        # The same name and type, another value.
+        (
+            ("Conv", "Conv"),
+            [make_attribute("strides", [1, 1])],
+            [make_attribute("strides", [2, 1])],
+            "strides",
+            ([1, 1], [2, 1]),
+        ),
+        # The same value, another type: the INTS node is invalid, and must be read as such.
+        (
+            ("Conv", "Conv"),
+            [make_attribute("group", 1)],
+            [make_attribute("group", [1])],
+            "group",
+            (1, INVALID),
+        ),
+        # Floats equal as numbers, not as values.
+        (
+            ("LeakyRelu", "LeakyRelu"),
+            [make_attribute("alpha", 0.0)],
+            [make_attribute("alpha", -0.0)],
+            "alpha",
+            ("0.0", "-0.0"),
+        ),
+        # A name set twice reads as its first value: the order counts.
+        (
+            ("Conv", "Conv"),
+            [make_attribute("group", 2), make_attribute("group", 3)],
+            [make_attribute("group", 3), make_attribute("group", 2)],
+            "group",
+            (2, 3),
+        ),
+        # An attribute left to its default is not one set to it.
+        (("Conv", "Conv"), [], [make_attribute("group", 1)], "group", (None, 1)),
+        # The same attributes on another operator.
+        (
+            ("Conv", "ConvTranspose"),
+            [make_attribute("group", 1)],
+            [make_attribute("group", 1)],
+            "group",
+            (1, 1),
+        ),
+    ],
+    ids=["value", "type", "float-sign", "order", "default", "op-type"],
+)
+def test_nodes_whose_attributes_differ_do_not_share_settings(
+    op_types: tuple[str, str],
+    first: list[onnx.AttributeProto],
+    second: list[onnx.AttributeProto],
+    read: str,
+    expected: tuple[object, object],
+) -> None:
+    graph = _graph_of(_node(op_types[0], "a", first), _node(op_types[1], "b", second))
+    a, b = graph.nodes["a"], graph.nodes["b"]
+    assert a.settings_id() != b.settings_id()
+    found: list[object] = []
+    for node in (a, b):
+        try:
+            value = node.attr(read)
+        except GraphError:
+            value = INVALID
+        found.append(str(value) if isinstance(value, float) else value)  # -0.0 stays -0.0
+    assert tuple(found) == expected
+
+
+def test_nodes_of_other_domains_and_constants_never_share_settings() -> None:
+    value = make_attribute("group", 2)
+    graph = _graph_of(
+        _node("Conv", "a", [value], domain="com.example"),
+        _node("Conv", "b", [value], domain="com.example"),
+        _node("Conv", "c", [value]),
+        _node("Conv", "d", [value]),
+    )
+    a, b, c, d = (graph.nodes[name] for name in "abcd")
+    assert a.settings_id() != b.settings_id()
+    assert c.settings_id() == d.settings_id() not in (a.settings_id(), b.settings_id())
+
+
 def test_an_attribute_set_twice_reads_as_its_first_value() -> None:
     graph = _graph_of(_conv_node("a", [make_attribute("group", 2), make_attribute("group", 3)]))
     assert graph.nodes["a"].attr("group") == 2
