@@ -245,7 +245,7 @@ def _shape_computations(model: onnx.ModelProto, done: set[str]) -> ShapeComputat
     known: dict[str, onnx.TensorProto | None] = {  # small stored tensors, and computed ones
         t.name: t
         for t in graph.initializer
-        if t.data_location != onnx.TensorProto.EXTERNAL and math.prod(t.dims) <= MAX_SHAPE_VALUES
+        if t.data_location != onnx.TensorProto.EXTERNAL and math.prod(t.dims[:]) <= MAX_SHAPE_VALUES
     }
     producer: dict[str, tuple[int, onnx.NodeProto]] = {}
     blocked: dict[str, None] = {}  # computed tensors read by a node of unknown output shape
