@@ -59,8 +59,8 @@ CONFIRM_EVALS = 8  # verifications on the confirming samples while stepping back
 ALS_ITERATIONS = 20
 MAX_REFIT_WIDTH = 1152  # patch width (channels × kernel area) of a refitted conv, at most
 MAX_PATCH_WIDTH = 4608  # input patch width (C_in × kernel area) of a conv refitted whole
-REFIT_ROWS = 4  # sampled rows per unknown of the refit, at least
-MIN_ROWS, MAX_ROWS = 2048, 8192
+REFIT_ROWS = 12  # sampled rows per unknown of the refit, at least (4 overfitted VGG-16 2x)
+MIN_ROWS, MAX_ROWS = 6144, 24576
 RIDGE = 1e-6  # of the mean diagonal of the normal equations
 
 
