@@ -124,6 +124,15 @@ def test_refit_after_relu_is_never_worse_than_the_fit_before_it() -> None:
     assert budget.relative_error(prediction, response, relu=True) < 1e-4
 
 
+def _chain_with_data(tmp_path: Path) -> tuple[Path, Path]:
+    """``decaying_spectrum_chain`` saved, and 96 non-negative samples for it."""
+    path = fixtures.save(fixtures.decaying_spectrum_chain(), tmp_path / "chain.onnx")
+    rng = np.random.default_rng(1)
+    data = tmp_path / "in.npz"
+    np.savez(data, input=np.maximum(rng.standard_normal((96, 128, 8, 8)), 0).astype(np.float32))
+    return path, data
+
+
 def test_refits_run_in_graph_order_each_from_the_refits_before_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,10 +142,7 @@ def test_refits_run_in_graph_order_each_from_the_refits_before_it(
     refitted all from one sampling (as before), conv1's error was undone twice."""
     from convlint.rewrite.prepare import RuntimeBench
 
-    path = fixtures.save(fixtures.decaying_spectrum_chain(), tmp_path / "chain.onnx")
-    rng = np.random.default_rng(1)
-    data = tmp_path / "in.npz"
-    np.savez(data, input=np.maximum(rng.standard_normal((96, 128, 8, 8)), 0).astype(np.float32))
+    path, data = _chain_with_data(tmp_path)
     sampled: list[tuple[list[str], set[str]]] = []
     original = RuntimeBench.sample
 
@@ -164,10 +170,7 @@ def test_a_layer_after_the_same_rewrites_is_refitted_once(
     from convlint.rewrite import search
     from convlint.rewrite.prepare import RuntimeBench
 
-    path = fixtures.save(fixtures.decaying_spectrum_chain(), tmp_path / "chain.onnx")
-    rng = np.random.default_rng(1)
-    data = tmp_path / "in.npz"
-    np.savez(data, input=np.maximum(rng.standard_normal((96, 128, 8, 8)), 0).astype(np.float32))
+    path, data = _chain_with_data(tmp_path)
     original = RuntimeBench.sample
     calls: list[str] = []
 

@@ -553,7 +553,7 @@ def probe(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
             needed.update(name for name in node.input if name)
     declared = {v.name for v in graph.input}  # an initializer listed as an input stays
     probed = onnx.ModelProto()
-    probed.CopyFrom(model)  # then the graph's lists are replaced, not copied twice
+    probed.CopyFrom(model)  # then its graph's lists are rebuilt from the kept entries
     pruned = probed.graph
     del pruned.node[:], pruned.output[:], pruned.initializer[:], pruned.sparse_initializer[:]
     pruned.node.extend(reversed(kept))
