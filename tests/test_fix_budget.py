@@ -194,6 +194,32 @@ def test_a_layer_after_the_same_rewrites_is_refitted_once(
     assert memo_samplings < plain_samplings
 
 
+def test_a_refit_is_never_reused_for_another_layer_of_the_same_allocation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pruning is in the memo key of every layer of its allocation; conv1 factored and
+    conv2 pruned gave both convs the same key, so conv2 got conv1's refit (VGG-16: a crash
+    slicing conv1's narrowed weight). Every layer keeps its own rewrite after the refits."""
+    from convlint.rewrite import search
+
+    path, data = _chain_with_data(tmp_path)
+    original = search.Searcher.refit
+    seen: list[tuple[dict[str, str], dict[str, str]]] = []
+
+    def spy(self, chosen, fixed):  # type: ignore[no-untyped-def]
+        original(self, chosen, fixed)
+        forms = {layer: c.factors.kind for layer, c in chosen.items() if c.factors}
+        seen.append(
+            ({layer: f"{c.target.code}:{c.target.node}" for layer, c in chosen.items()}, forms)
+        )
+
+    monkeypatch.setattr(search.Searcher, "refit", spy)
+    _fix(path, inputs=data, samples=96, tolerance=0.1, latency=False)
+    # the allocation that collided: conv1 factored while conv2 is pruned
+    assert any(forms.get("CL001:conv2") == "prune" and "CL001:conv1" in forms for _, forms in seen)
+    assert all(target == layer for targets, _ in seen for layer, target in targets.items())
+
+
 # -- channel pruning -------------------------------------------------------------------------
 
 

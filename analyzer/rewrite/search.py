@@ -98,7 +98,7 @@ class Searcher:
         self._factors: dict[tuple[str, str, Any], Factors] = {}  # (target, kind, rank)
         self._responses: dict[tuple[str, PatchSpec], Array] = {}  # the original's, sampled
         # Refitted layers, by what is before them (``_upstream_key``); within one ``spend``.
-        self._refits: dict[tuple[tuple[Any, ...], ...], Choice] = {}
+        self._refits: dict[tuple[str, tuple[tuple[Any, ...], ...]], Choice] = {}
 
     def search(
         self, targets: Sequence[Target], lossy: Sequence[Target], progress: Progress | None = None
@@ -333,7 +333,8 @@ class Searcher:
             and c.factors.kept is not None
         }
         for layer, job in jobs:
-            upstream = _upstream_key(chosen, job.target.conv.index)
+            # The layer named too: a pruning is in every layer's key, its own conv's among them.
+            upstream = (layer, _upstream_key(chosen, job.target.conv.index))
             known = self._refits.get(upstream)
             if known is not None:  # the same layer after the same rewrites: the same refit
                 chosen[layer] = known
@@ -406,7 +407,8 @@ class Searcher:
 
 
 def _upstream_key(chosen: Choices, index: int) -> tuple[tuple[Any, ...], ...]:
-    """What a refit of the conv at node ``index`` depends on, as the allocation names it:
+    """What a refit of the conv at node ``index`` depends on, as the allocation names it
+    (the same for two layers of one allocation: the memo's key names the layer too):
     the form and rank of every chosen rewrite up to that conv in graph order (their refits
     follow from those), and of every pruning and every rewrite not placed by a conv, wherever
     they are (a pruning narrows the conv before it)."""
