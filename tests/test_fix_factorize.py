@@ -11,6 +11,7 @@ import pytest
 from fix_helpers import max_abs_diff, random_inputs, target_for
 
 from convlint.fixtures import GraphBuilder
+from convlint.rewrite.budget import factor_candidates
 from convlint.rewrite.edit import FactorTarget, Names, apply_edits
 from convlint.rewrite.factorize import (
     ChannelPruner,
@@ -79,8 +80,10 @@ def test_every_form_is_exact_at_full_rank(geometry, method) -> None:  # type: ig
     kernel = geometry[0]
     # a spatial SVD splits kernels with both dims > 1: full rank is min(C_in·kh, C_out·kw)
     assert ("spatial-svd" in search.kinds) == (min(kernel) > 1)
+    assert ("reduce-spatial" in search.kinds) == (min(kernel) > 1)
     if min(kernel) > 1:
         forms.append(("spatial-svd", min(6 * kernel[0], 5 * kernel[1])))
+        forms.append(("reduce-spatial", (6, min(6 * kernel[0], 5 * kernel[1]))))
     for kind, rank in forms:
         factors = search.at_rank(kind, rank)
         assert factors.method == method
@@ -115,6 +118,60 @@ def test_spatial_svd_costs_the_vertical_conv_on_output_rows_and_input_columns() 
     assert search.spatial_side.max_rank == 32 * 3
     unsized = ConvFactorizer(np.ones((64, 32, 3, 3)), ConvSite(64, 32, (3, 3), 100, 25))
     assert "spatial-svd" not in unsized.kinds  # no static sizes: the form is not offered
+
+
+def test_reduce_spatial_costs_its_three_convs_on_their_own_pixels() -> None:
+    # 10×10 -> 5×5 at stride 2: the 1×1 conv on 100 input pixels, the 3×1 on 5 rows × 10
+    # columns, the 1×3 on the 25 output pixels
+    site = ConvSite(64, 32, (3, 3), in_pixels=100, out_pixels=25, has_bias=True, mid_pixels=50)
+    search = ConvFactorizer(np.ones((64, 32, 3, 3)), site)
+    assert search.cost("reduce-spatial", (16, 8)) == (
+        32 * 16 * 100 + 16 * 3 * 8 * 50 + 8 * 64 * 3 * 25,
+        32 * 16 + 16 * 3 * 8 + 8 * 64 * 3 + 64,
+    )
+
+
+def test_planted_reduce_spatial_ranks_are_found_on_the_budget_curve() -> None:
+    """A weight that is exactly a 1×1 conv to 16 channels, a 3×1 conv to 8 and a 1×3 conv: the
+    combined form at (16, 8) reproduces it (proxy ~0) for fewer MACs than either single split,
+    and the budget's curve offers it; ``cheapest`` and ``--rank`` never pick a two-rank split."""
+    rng = np.random.default_rng(6)
+    reduce = rng.standard_normal((16, 64))
+    vertical = rng.standard_normal((8, 16, 3))
+    horizontal = rng.standard_normal((96, 8, 3))
+    weight = np.einsum("rc,dri,odj->ocij", reduce, vertical, horizontal)
+    site = ConvSite(96, 64, (3, 3), 196, 196, mid_pixels=196)
+    search = ConvFactorizer(weight, site)
+    factors = search.at_rank("reduce-spatial", (16, 8))
+    assert factors.proxy < 1e-6
+    assert [w.shape for w in factors.weights] == [(16, 64, 1, 1), (8, 16, 3, 1), (96, 8, 1, 3)]
+    rebuilt = np.einsum(
+        "rc,dri,odj->ocij", factors.weights[0][:, :, 0, 0], factors.weights[1][..., 0],
+        factors.weights[2][:, :, 0, :],
+    )  # fmt: skip
+    assert np.linalg.norm(rebuilt - weight) < 1e-6 * np.linalg.norm(weight)
+    assert factors.macs == (64 * 16 + 16 * 3 * 8 + 8 * 96 * 3) * 196
+    # the exact single forms cost more: svd-reduce at 16, spatial-svd at 8
+    assert factors.macs < min(search.cost("svd-reduce", 16)[0], search.cost("spatial-svd", 8)[0])
+    curve = factor_candidates(search, site.macs())
+    exact = [c for c in curve if c.proxy < 1e-6]
+    assert (exact[0].kind, exact[0].rank) == ("reduce-spatial", (16, 8))
+    best = search.cheapest(1e-6)
+    assert best is not None and best.kind != "reduce-spatial"
+    fixed = search.fixed(rank=16)
+    assert fixed is not None and fixed.kind not in ("spatial-svd", "reduce-spatial")
+
+
+def test_reduce_spatial_is_named_reduce_vertical_horizontal_and_the_halves_silenced() -> None:
+    model = conv_model((3, 3), 1, 1, (1, 1, 1, 1), (9, 9))
+    target = target_for(model, "CL001", "conv")
+    assert isinstance(target, FactorTarget)
+    factors = target.search(None).at_rank("reduce-spatial", (4, 3))
+    edit = target.edit(factors, Names(model))
+    nodes = [n for replaced in edit.replace.values() for n in replaced]
+    assert [n.name for n in nodes] == ["conv/reduce", "conv/vertical", "conv/horizontal"]
+    assert [len(n.metadata_props) for n in nodes] == [0, 1, 1]
+    assert edit.tail == (nodes[2].input[0], True)  # the refit reads the 1×3 conv's patches
 
 
 def test_planted_spatial_rank_is_found_and_never_chosen_by_a_channel_rank() -> None:

@@ -56,6 +56,7 @@ STEP = 8
 MAX_EVALS = 12  # whole-model verifications while bisecting the path
 REPAIR_EVALS = 12  # ... and, after it, while bisecting the path without the layer that broke it
 CONFIRM_EVALS = 8  # verifications on the confirming samples while stepping back along the path
+SPLIT_FIRST_RANKS = 16  # first ranks of reduce-spatial tried per conv, at most
 ALS_ITERATIONS = 20
 MAX_REFIT_WIDTH = 1152  # patch width (channels × kernel area) of a refitted conv, at most
 MAX_PATCH_WIDTH = 4608  # input patch width (C_in × kernel area) of a conv refitted whole
@@ -91,7 +92,9 @@ def factor_candidates(
     limit = (1 - min_saving) * baseline
     inputs, outputs = search.input_side, search.output_side
     for kind in search.kinds:
-        if kind != "tucker2":
+        if kind == "reduce-spatial":
+            found.extend(_reduce_spatial_candidates(search, limit))
+        elif kind != "tucker2":
             side = search.side(kind)
             for rank in ladder(side.max_rank):
                 macs, params = search.cost(kind, rank)
@@ -104,6 +107,25 @@ def factor_candidates(
                     if macs <= limit:
                         proxy = math.hypot(inputs.proxy(r1), outputs.proxy(r2))
                         found.append(Candidate(kind, (r1, r2), macs, params, proxy))
+    return pareto(found)
+
+
+def _reduce_spatial_candidates(search: ConvFactorizer, limit: float) -> list[Candidate]:
+    """``reduce-spatial`` at first ranks r1 on a coarse ladder (each r1 is an SVD of its own,
+    at most ``SPLIT_FIRST_RANKS`` of them, the largest those that still save), each with
+    every second rank r2 that saves: the front of its own candidates."""
+    maximum = search.input_side.max_rank
+    step = max(STEP, math.ceil(maximum / SPLIT_FIRST_RANKS / STEP) * STEP)
+    found = []
+    for r1 in ladder(maximum, step):
+        if search.cost("reduce-spatial", (r1, 1))[0] > limit:
+            break
+        side = search.reduced_spatial(r1)[1]
+        for r2 in ladder(side.max_rank):
+            macs, params = search.cost("reduce-spatial", (r1, r2))
+            if macs <= limit:
+                proxy = search.reduced_spatial_proxy(r1, r2)
+                found.append(Candidate("reduce-spatial", (r1, r2), macs, params, proxy))
     return pareto(found)
 
 

@@ -11,7 +11,8 @@ original's node order (every new node takes the place of a node it replaces).
   ``<node>/expand``; stride, pads, auto_pad and dilations stay on the k×k conv, the bias on
   the last conv. A spatial SVD becomes ``<node>/vertical`` (kh×1) and ``<node>/horizontal``
   (1×kw), the row stride, pads and dilation on the first, the column ones on the second; both
-  are marked to be ignored by CL001 and CL005 (like a pruned conv, below).
+  are marked to be ignored by CL001 and CL005 (like a pruned conv, below). Reduce, then
+  spatial SVD: ``<node>/reduce`` (1×1), then the same two halves.
 - CL002 (:class:`PoolTarget`): a 1×1 projection after the pooling branch (where its channels
   are last channels-first: before an NHWC export's Transposes), folded into the
   concat's conv consumers (their weight slices for the pooled channels). Skipped when the concat
@@ -53,6 +54,7 @@ from convlint.rewrite.budget import (
 )
 from convlint.rewrite.factorize import (
     KINDS,
+    SPLIT_KINDS,
     Array,
     ChannelPruner,
     Consumer,
@@ -550,7 +552,7 @@ class FactorTarget(Target):
                 seed,
             )
 
-        if factors.kind == "spatial-svd":  # the horizontal conv's row of the vertical's output
+        if factors.kind in SPLIT_KINDS:  # the horizontal conv's row of the vertical's output
             kw = kxk[1]
             _, left, _, right = geometry.pads
             horizontal = dataclasses.replace(
@@ -608,9 +610,13 @@ class FactorTarget(Target):
             mid = names.fresh(f"{y}/spatial")
             nodes.append(_conv(spatial, [x, w_names[0]], mid, self.site.kernel, proto))
             nodes.append(_conv(names.fresh(expand), [mid, w_names[1], *bias], y, pointwise))
-        elif factors.kind == "spatial-svd":
+        elif factors.kind in SPLIT_KINDS:
             assert self.patches is not None
             kernel = (int(self.site.kernel[0]), int(self.site.kernel[1]))
+            if factors.kind == "reduce-spatial":
+                reduced = names.fresh(f"{y}/reduced")
+                nodes.append(_conv(names.fresh(reduce), [x, w_names.pop(0)], reduced, pointwise))
+                x = reduced
             mid = names.fresh(f"{y}/vertical")
             vertical, horizontal = f"{conv.name}/vertical", f"{conv.name}/horizontal"
             nodes.append(
@@ -635,7 +641,7 @@ class FactorTarget(Target):
             nodes.append(_conv(spatial, [mid, w_names[1]], core, self.site.kernel, proto))
             nodes.append(_conv(names.fresh(expand), [core, w_names[2], *bias], y, pointwise))
         edit = Edit({conv.index: nodes}, initializers, [n.name for n in nodes])
-        edit.tail = (nodes[-1].input[0], factors.kind in ("svd-reduce", "spatial-svd"))
+        edit.tail = (nodes[-1].input[0], factors.kind in ("svd-reduce", *SPLIT_KINDS))
         return edit
 
     def _prune(self, factors: Factors, names: Names) -> Edit:
@@ -668,6 +674,7 @@ def _parts(kind: str) -> list[str]:
         "svd-expand": ["spatial", "expand"],
         "tucker2": ["reduce", "core", "expand"],
         "spatial-svd": ["vertical", "horizontal"],
+        "reduce-spatial": ["reduce", "vertical", "horizontal"],
     }[kind]
 
 

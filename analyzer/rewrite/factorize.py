@@ -18,6 +18,10 @@ A conv weight ``W`` has shape (C_out, C_in, kh, kw); ``K = kh·kw``. Four factor
   vertical conv takes the row stride, pads and dilation, the horizontal one the column ones;
   it runs on (output rows × input columns) pixels. Zero padding is exact here too: the
   vertical conv (no bias) of a zero column is zero.
+- ``reduce-spatial`` (the same 2-D kernels; Zhang, Zou, He and Sun 2015's combined
+  decomposition, their "asymmetric (3d)"): ``svd-reduce``'s 1×1 conv C_in->r1, then a spatial
+  SVD of its k×k conv r1->C_out at rank r2: 1×1 C_in->r1, kh×1 r1->r2, 1×kw r2->C_out. The
+  rank is ``[r1, r2]``; the spatial SVD is that of the reduced kernel ``(C_out, r1, kh, kw)``.
 
 A 1×1 conv without bias maps zero to zero, so it commutes with zero padding: strides, pads,
 dilations and auto_pad stay on the k×k conv and every form is exact at full rank.
@@ -49,6 +53,9 @@ squared error is ``E||(M - M')p||² = ||(M - M')·C_p^½||²_F`` with ``C_p = E[
 - Spatial SVD: the input side of ``M_sp`` with the moment of a vertical patch approximated as
   ``C_x ⊗ I_kh`` (the same neglect of neighbouring pixels' correlation as the input side);
   ``budget``'s refit of the horizontal conv then fits the real patches.
+- Reduce, then spatial SVD: the input side at r1, then the spatial SVD of the reduced kernel
+  with the reduced channels' moment ``A C_x Aᵀ`` (the identity, up to the floor, for the
+  data-aware A); its proxy is ``hypot`` of the two steps' proxies, as Tucker-2's.
 
 Both moments are regularized with an eigenvalue floor, ``C + ε·I`` with
 ``ε = DATA_FLOOR·tr(C)/dim`` (on the output side, ``E[y0 y0ᵀ] + ε·M Mᵀ``, the same floor
@@ -70,7 +77,8 @@ import numpy.typing as npt
 
 Array = npt.NDArray[np.float64]
 
-KINDS = ("svd-reduce", "svd-expand", "tucker2", "spatial-svd")
+KINDS = ("svd-reduce", "svd-expand", "tucker2", "spatial-svd", "reduce-spatial")
+SPLIT_KINDS = ("spatial-svd", "reduce-spatial")  # forms that split the kernel's two axes
 DATA_FLOOR = 1e-6
 HOOI_SWEEPS = 3
 
@@ -260,11 +268,12 @@ class ConvFactorizer:
     _in: InputSide = field(init=False)
     _out: OutputSide = field(init=False)
     _spatial: InputSide | None = field(init=False, default=None)
+    _reduced: dict[int, tuple[Array, InputSide]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.float64)
-        if not self.site.mid_pixels or "spatial-svd" not in self.kinds:
-            self.kinds = tuple(k for k in self.kinds if k != "spatial-svd")
+        if not self.site.mid_pixels:
+            self.kinds = tuple(k for k in self.kinds if k not in SPLIT_KINDS)
         m_in, m_out = unfold_in(self.weight), self.weight.reshape(self.site.cout, -1)
         if self.stats is None:
             self._in, self._out = InputSide(m_in), OutputSide(m_out)
@@ -294,6 +303,21 @@ class ConvFactorizer:
                 )
             self._spatial = InputSide(unfold_spatial(self.weight), moment)
         return self._spatial
+
+    def reduced_spatial(self, r1: int) -> tuple[Array, InputSide]:
+        """``reduce-spatial`` at a first rank r1: the 1×1 conv A (r1 × C_in) and the spatial
+        SVD of the reduced kernel (built on first use, one per r1)."""
+        if r1 not in self._reduced:
+            b, a = self._in.factors(r1)
+            reduced = fold_in(b, self.site.cout, self.site.kernel)  # (C_out, r1, kh, kw)
+            moment = None
+            if self.stats is not None:
+                moment = np.kron(a @ self.stats.input_moment @ a.T, np.eye(self.site.kernel[0]))
+            self._reduced[r1] = (a, InputSide(unfold_spatial(reduced), moment))
+        return self._reduced[r1]
+
+    def reduced_spatial_proxy(self, r1: int, r2: int) -> float:
+        return math.hypot(self._in.proxy(r1), self.reduced_spatial(r1)[1].proxy(r2))
 
     @property
     def output_side(self) -> OutputSide:
@@ -328,6 +352,11 @@ class ConvFactorizer:
             return per_mid * s.mid_pixels + per_out * s.out_pixels, per_mid + per_out + bias
         assert isinstance(rank, tuple)
         r1, r2 = rank
+        if kind == "reduce-spatial":
+            kh, kw = s.kernel
+            per_in, per_mid, per_out = s.cin * r1, r1 * kh * r2, r2 * s.cout * kw
+            macs = per_in * s.in_pixels + per_mid * s.mid_pixels + per_out * s.out_pixels
+            return macs, per_in + per_mid + per_out + bias
         per_in, per_out = s.cin * r1, r1 * r2 * s.k + r2 * s.cout
         return per_in * s.in_pixels + per_out * s.out_pixels, per_in + per_out + bias
 
@@ -358,6 +387,8 @@ class ConvFactorizer:
         options: list[tuple[int, int, str, int | tuple[int, int]]] = []
         for kind in self.kinds:
             rank: int | tuple[int, int] | None
+            if kind == "reduce-spatial":  # two ranks: the whole-model budget's curve offers it
+                continue
             if kind == "tucker2":
                 rank = self._tucker_ranks(budget)
             else:
@@ -374,13 +405,14 @@ class ConvFactorizer:
 
     def fixed(self, rank: int | None = None, ratio: float | None = None) -> Factors | None:
         """The cheapest channel form at a rank given by --rank N or --ratio F; None if none
-        saves. ``spatial-svd`` is left out: its rank counts neither side's channels, and at
+        saves. ``spatial-svd`` and ``reduce-spatial`` are left out: a spatial rank counts
+        neither side's channels, and at
         a given rank it is often the cheapest form however far it is from the weight, so it
         is chosen by error only (``cheapest``, the whole-model budget)."""
         s = self.site
         options = []
         for kind in self.kinds:
-            if kind == "spatial-svd":
+            if kind in SPLIT_KINDS:
                 continue
             if ratio is not None:
                 r_in, r_out = math.ceil(ratio * s.cin), math.ceil(ratio * s.cout)
@@ -422,6 +454,16 @@ class ConvFactorizer:
             b, a = self.spatial_side.factors(rank)
             weights = fold_spatial(b, a, s.cout, s.cin, s.kernel)
             proxy = self.spatial_side.proxy(rank)
+        elif kind == "reduce-spatial":
+            assert isinstance(rank, tuple)
+            r1, r2 = rank
+            a, side = self.reduced_spatial(r1)
+            b2, a2 = side.factors(r2)
+            weights = [
+                a.reshape(r1, s.cin, *pointwise),
+                *fold_spatial(b2, a2, s.cout, r1, s.kernel),
+            ]
+            proxy = self.reduced_spatial_proxy(r1, r2)
         else:
             assert isinstance(rank, tuple)
             weights, proxy = self._tucker(*rank)
