@@ -120,8 +120,7 @@ def _reduce_spatial_candidates(search: ConvFactorizer, limit: float) -> list[Can
     for r1 in ladder(maximum, step):
         if search.cost("reduce-spatial", (r1, 1))[0] > limit:
             break
-        side = search.reduced_spatial(r1)[1]
-        for r2 in ladder(side.max_rank):
+        for r2 in ladder(search.reduced_spatial(r1)[1].max_rank):
             macs, params = search.cost("reduce-spatial", (r1, r2))
             if macs <= limit:
                 proxy = search.reduced_spatial_proxy(r1, r2)

@@ -269,6 +269,7 @@ class ConvFactorizer:
     _out: OutputSide = field(init=False)
     _spatial: InputSide | None = field(init=False, default=None)
     _reduced: dict[int, tuple[Array, InputSide]] = field(init=False, default_factory=dict)
+    _reduced_tails: dict[int, tuple[Array, float, int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.float64)
@@ -306,18 +307,25 @@ class ConvFactorizer:
 
     def reduced_spatial(self, r1: int) -> tuple[Array, InputSide]:
         """``reduce-spatial`` at a first rank r1: the 1×1 conv A (r1 × C_in) and the spatial
-        SVD of the reduced kernel (built on first use, one per r1)."""
+        SVD of the reduced kernel. The last one built is kept (tens of MB at 512 channels);
+        every r1's energies are kept for the proxies."""
         if r1 not in self._reduced:
             b, a = self._in.factors(r1)
             reduced = fold_in(b, self.site.cout, self.site.kernel)  # (C_out, r1, kh, kw)
             moment = None
             if self.stats is not None:
                 moment = np.kron(a @ self.stats.input_moment @ a.T, np.eye(self.site.kernel[0]))
-            self._reduced[r1] = (a, InputSide(unfold_spatial(reduced), moment))
+            side = InputSide(unfold_spatial(reduced), moment)
+            self._reduced = {r1: (a, side)}
+            self._reduced_tails[r1] = (side.tail, side.total, side.max_rank)
         return self._reduced[r1]
 
     def reduced_spatial_proxy(self, r1: int, r2: int) -> float:
-        return math.hypot(self._in.proxy(r1), self.reduced_spatial(r1)[1].proxy(r2))
+        if r1 not in self._reduced_tails:
+            self.reduced_spatial(r1)
+        tail, total, max_rank = self._reduced_tails[r1]
+        spatial = math.sqrt(max(tail[min(r2, max_rank)], 0.0) / total)
+        return math.hypot(self._in.proxy(r1), spatial)
 
     @property
     def output_side(self) -> OutputSide:
