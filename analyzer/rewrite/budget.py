@@ -56,7 +56,7 @@ STEP = 8
 MAX_EVALS = 12  # whole-model verifications while bisecting the path
 REPAIR_EVALS = 12  # ... and, after it, while bisecting the path without the layer that broke it
 CONFIRM_EVALS = 8  # verifications on the confirming samples while stepping back along the path
-SPLIT_FIRST_RANKS = 16  # first ranks of reduce-spatial tried per conv, at most
+SPLIT_FIRST_RANKS = 8  # first ranks of reduce-spatial tried per conv, at most
 ALS_ITERATIONS = 20
 MAX_REFIT_WIDTH = 1152  # patch width (channels × kernel area) of a refitted conv, at most
 MAX_PATCH_WIDTH = 4608  # input patch width (C_in × kernel area) of a conv refitted whole
@@ -111,13 +111,14 @@ def factor_candidates(
 
 
 def _reduce_spatial_candidates(search: ConvFactorizer, limit: float) -> list[Candidate]:
-    """``reduce-spatial`` at first ranks r1 on a coarse ladder (each r1 is an SVD of its own,
-    at most ``SPLIT_FIRST_RANKS`` of them, the largest those that still save), each with
-    every second rank r2 that saves: the front of its own candidates."""
+    """``reduce-spatial`` at first ranks r1 on a coarse ladder up to 3/4 of the channels (each
+    r1 is an SVD of its own, at most ``SPLIT_FIRST_RANKS`` of them; a wider reduction saves
+    less than the spatial SVD alone), each with every second rank r2 that saves: the front of
+    its own candidates."""
     maximum = search.input_side.max_rank
     step = max(STEP, math.ceil(maximum / SPLIT_FIRST_RANKS / STEP) * STEP)
     found = []
-    for r1 in ladder(maximum, step):
+    for r1 in ladder(maximum * 3 // 4, step):
         if search.cost("reduce-spatial", (r1, 1))[0] > limit:
             break
         for r2 in ladder(search.reduced_spatial(r1)[1].max_rank):
