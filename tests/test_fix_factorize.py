@@ -3,8 +3,6 @@ kernel, stride, dilation, padding and spatial size; and the factorizer's numbers
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import onnx
 import pytest
@@ -13,13 +11,7 @@ from fix_helpers import max_abs_diff, random_inputs, target_for
 from convlint.fixtures import GraphBuilder
 from convlint.rewrite.budget import factor_candidates
 from convlint.rewrite.edit import FactorTarget, Names, apply_edits
-from convlint.rewrite.factorize import (
-    ChannelPruner,
-    ConvFactorizer,
-    ConvSite,
-    Statistics,
-    drop_order,
-)
+from convlint.rewrite.factorize import ConvFactorizer, ConvSite, Statistics
 
 # (kernel, stride, dilation, pads (top, left, bottom, right) or auto_pad, input h×w)
 GEOMETRIES = [
@@ -247,48 +239,3 @@ def test_data_aware_finds_the_rank_of_the_response_not_of_the_weight() -> None:
     best = data.cheapest(0.05)
     assert best is not None and best.kind == "svd-reduce" and best.rank <= 6
     assert ConvFactorizer(weight, site).cheapest(0.05) is None
-
-
-# -- channel pruning: which channels to keep -------------------------------------------------
-
-
-def test_a_pruning_drops_a_channel_the_others_predict_before_an_independent_one() -> None:
-    """Channels 0 and 1 carry the same signal (energy 4 each), channel 2 its own (energy 1).
-    Keeping two, the pruner keeps one of the twins and channel 2: the twin dropped is rebuilt
-    from the other exactly. Ranked by energy alone it kept both twins and lost channel 2 (a
-    fifth of the response energy)."""
-    moment = np.array([[4.0, 4.0, 0.0], [4.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
-    weight = np.ones((2, 3, 1, 1))
-    pruner = ChannelPruner(weight, ConvSite(2, 3, (1, 1), 16, 16), moment)
-    kept = pruner.kept(2)
-    assert 2 in kept and len(set(kept) & {0, 1}) == 1
-    assert pruner.proxy(2) < 1e-3
-    factors = pruner.at_count(2)
-    # the kept twin's weight takes the dropped one's: 2 where it was 1
-    assert np.allclose(factors.weights[0][:, :, 0, 0], [[2.0, 1.0], [2.0, 1.0]], atol=1e-3)
-    assert pruner.proxy(1) == pytest.approx(math.sqrt(1 / 17), rel=1e-3)  # channel 2 lost
-
-
-def test_the_drop_order_is_the_greedy_least_loss_at_every_step() -> None:
-    """``drop_order`` against a brute force of its own criterion: at each step, the channel
-    whose drop leaves the least unexplained energy ``tr(G_DD · Schur)``."""
-    rng = np.random.default_rng(3)
-    channels = 12
-    x = np.maximum(rng.standard_normal((2000, channels)) @ rng.standard_normal((channels,) * 2), 0)
-    moment = x.T @ x / len(x) + 1e-3 * np.eye(channels)
-    w = rng.standard_normal((9, 5, channels))
-    gram = np.einsum("koc,kod->cd", w, w)
-
-    def loss(dropped: list[int]) -> float:
-        kept = [c for c in range(channels) if c not in dropped]
-        schur = moment[np.ix_(dropped, dropped)] - moment[np.ix_(dropped, kept)] @ np.linalg.solve(
-            moment[np.ix_(kept, kept)], moment[np.ix_(kept, dropped)]
-        )
-        return float(np.sum(schur * gram[np.ix_(dropped, dropped)]))
-
-    order = drop_order(moment, gram)
-    assert sorted(order) == list(range(channels))
-    for step in range(channels - 1):
-        before = order[:step]
-        options = [c for c in range(channels) if c not in before]
-        assert order[step] == min(options, key=lambda c: loss([*before, c]))

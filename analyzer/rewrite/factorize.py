@@ -620,17 +620,14 @@ class PoolProjection:
 class ChannelPruner:
     """Keep c of a conv's input channels (and of the conv that produces them), reconstruct.
 
-    Reconstruction, per kernel offset, from the kept channels' correlation with the pruned
-    ones: ``W_S' = W_S + W_D·C_DS·C_SS⁻¹`` (least squares at one pixel; ``budget``'s refit then
-    fits patches of the approximated model's inputs, and the response after a ReLU). The proxy
-    error is the response energy left unexplained, ``Σ_k tr(W_kD (C_DD − C_DS C_SS⁻¹ C_SD)
-    W_kDᵀ)``, of the total ``Σ_k tr(W_k C W_kᵀ)``. Selection (``drop_order``): channels are
-    dropped one at a time, each the one whose loss adds least to that unexplained energy after
-    the reconstruction (greedy, as ThiNet, Luo et al. 2017; a stand-in for the LASSO of He et
-    al.): a channel the others predict costs little to drop however large its energy, which
-    ranking by the energy ``E[x_c²]·‖W[:, c]‖²`` alone did not see. ``extra_macs`` are the
-    producer's MACs per input channel (they go with each pruned channel); ``producer_macs`` its
-    MACs in all."""
+    Selection: channels in order of the energy of their contribution to the response,
+    ``E[x_c²]·‖W[:, c]‖²`` (a greedy stand-in for the LASSO of He et al.). Reconstruction, per
+    kernel offset, from the kept channels' correlation with the pruned ones: ``W_S' = W_S +
+    W_D·C_DS·C_SS⁻¹`` (least squares at one pixel; ``budget``'s refit then fits patches of the
+    approximated model's inputs, and the response after a ReLU). The proxy error is the
+    response energy left unexplained, ``Σ_k tr(W_kD (C_DD − C_DS C_SS⁻¹ C_SD) W_kDᵀ)``, of the
+    total ``Σ_k tr(W_k C W_kᵀ)``. ``extra_macs`` are the producer's MACs per input channel
+    (they go with each pruned channel); ``producer_macs`` its MACs in all."""
 
     weight: Array
     site: ConvSite
@@ -642,13 +639,14 @@ class ChannelPruner:
         moment = (self.input_moment + self.input_moment.T) / 2
         floor = DATA_FLOOR * max(float(np.trace(moment)) / len(moment), 1e-30)
         self._moment = moment + floor * np.eye(len(moment))
+        flat = self.weight.reshape(self.site.cout, self.site.cin, -1)
+        energy = np.einsum("ock,ock->c", flat, flat) * np.diag(self._moment)
+        self.order = [int(c) for c in np.argsort(-energy, kind="stable")]
         offsets = self.weight.reshape(self.site.cout, self.site.cin, -1)  # (C_out, C_in, K)
         self._offsets = np.moveaxis(offsets, 2, 0)  # (K, C_out, C_in)
         # Σ_k tr(W_k C W_kᵀ) = Σ C ∘ G with G = Σ_k W_kᵀ W_k: the energies in O(C²) each
         self._gram = np.einsum("koc,kod->cd", self._offsets, self._offsets, optimize=True)
         self._total = max(float(np.sum(self._moment * self._gram)), 1e-300)
-        dropped = drop_order(self._moment, self._gram)
-        self.order = dropped[::-1]  # the channels to keep first
 
     def kept(self, count: int) -> list[int]:
         return sorted(self.order[:count])
@@ -689,40 +687,6 @@ class ChannelPruner:
         return Factors(
             "prune", count, [weight], self.proxy(count), macs, params, "prune", kept=tuple(kept)
         )
-
-
-def drop_order(moment: Array, gram: Array) -> list[int]:
-    """Every channel, in the order a greedy pruning drops them: each step the one whose
-    removal adds least to ``tr(G_DD · (C_DD − C_DS C_SS⁻¹ C_SD))``, the energy the kept
-    channels S cannot reconstruct of the dropped ones D (``moment`` C, positive definite;
-    ``gram`` G = Σ_k W_kᵀ W_k). With Q = C⁻¹ that Schur complement is ``(Q_DD)⁻¹``, so the
-    loss of D is ``tr(G_DD · (Q_DD)⁻¹)``; ``(Q_DD)⁻¹`` grows by a bordered inverse, and every
-    candidate's increment is read from it at once: O(C⁴/6) in all (about 1 s at 512 channels)."""
-    count = len(moment)
-    precision = np.linalg.inv(moment)
-    inverse = np.zeros((0, 0))  # (Q_DD)⁻¹
-    dropped: list[int] = []
-    left = np.ones(count, dtype=bool)
-    diag_q, diag_g = np.diag(precision).copy(), np.diag(gram).copy()
-    for _ in range(count):
-        candidates, done = np.flatnonzero(left), np.asarray(dropped, dtype=np.intp)
-        q = precision[np.ix_(done, candidates)]  # (|D|, m)
-        u = inverse @ q  # (Q_DD)⁻¹ q_j for every candidate j
-        schur = np.maximum(diag_q[candidates] - np.einsum("dm,dm->m", q, u), 1e-300)
-        g = gram[np.ix_(done, candidates)]
-        quadratic = np.einsum("dm,dm->m", u, gram[np.ix_(done, done)] @ u)
-        increment = (quadratic - 2 * np.einsum("dm,dm->m", g, u) + diag_g[candidates]) / schur
-        best = int(np.argmin(increment))
-        channel, column, s = int(candidates[best]), u[:, best], float(schur[best])
-        size = len(dropped)
-        grown = np.empty((size + 1, size + 1))
-        grown[:size, :size] = inverse + np.outer(column, column) / s
-        grown[:size, size] = grown[size, :size] = -column / s
-        grown[size, size] = 1 / s
-        inverse = grown
-        dropped.append(channel)
-        left[channel] = False
-    return dropped
 
 
 # -- CL003: fold conv -> affine -> conv into one conv --------------------------------------
