@@ -11,9 +11,13 @@ reports rather than repeating its code:
 - latency on the CPU provider at a fixed number of intra-op threads, batch 1: the two models
   run interleaved (original, rewritten, original, ...), each on the same sample, after warm-up;
   the report gives each side's median and interquartile range, the ratio of the medians and
-  a 95% bootstrap interval of that ratio (pairs resampled).
+  a 95% bootstrap interval of that ratio (pairs resampled). The sessions' threads do not spin
+  between runs (``session.intra_op.allow_spinning`` 0): with two sessions alive on a machine of
+  few cores, the pool of the one that ran last spins on the cores the next one needs, so both
+  sides measure the other's leftover spinning (``--spin`` keeps onnxruntime's default).
 
     python benchmarks/heldout_eval.py ORIGINAL REWRITTEN HELDOUT.npz [--threads 2] [--runs 60]
+        [--spin]
 
 prints one JSON object.
 """
@@ -42,10 +46,12 @@ def wilson(successes: int, total: int, z: float = 1.959964) -> tuple[float, floa
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def session(path: Path, threads: int) -> ort.InferenceSession:
+def session(path: Path, threads: int, spin: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # exporters' wrong declared output shapes warn on every run
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -131,15 +137,17 @@ def latency(
 
 
 def evaluate(
-    original: Path, rewritten: Path, heldout: Path, threads: int, runs: int
+    original: Path, rewritten: Path, heldout: Path, threads: int, runs: int, spin: bool = False
 ) -> dict[str, Any]:
-    sess_before, sess_after = session(original, threads), session(rewritten, threads)
+    sess_before = session(original, threads, spin)
+    sess_after = session(rewritten, threads, spin)
     name = sess_before.get_inputs()[0].name
     with np.load(heldout) as archive:
         samples = archive[name]
     result = accuracy(outputs(sess_before, name, samples), outputs(sess_after, name, samples))
     result["latency"] = latency(sess_before, sess_after, name, samples, runs)
     result["latency"]["threads"] = threads
+    result["latency"]["spinning"] = spin
     return result
 
 
@@ -150,10 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("heldout", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=60)
+    parser.add_argument("--spin", action="store_true", help="let the sessions' threads spin")
     args = parser.parse_args(argv)
-    print(
-        json.dumps(evaluate(args.original, args.rewritten, args.heldout, args.threads, args.runs))
+    result = evaluate(
+        args.original, args.rewritten, args.heldout, args.threads, args.runs, args.spin
     )
+    print(json.dumps(result))
     return 0
 
 
