@@ -162,6 +162,12 @@ def _tail(values: Array) -> Array:
     return np.concatenate([np.cumsum(values[::-1])[::-1], [0.0]])
 
 
+def _tail_proxy(tail: Array, total: float, rank: int) -> float:
+    """The relative error of a rank-``rank`` truncation: the root of the energy share it
+    discards."""
+    return math.sqrt(max(tail[rank], 0.0) / total)
+
+
 def _principal(gram: Array) -> tuple[Array, Array]:
     """Eigenvalues (descending, >= 0) and eigenvectors of a symmetric Gram matrix.
 
@@ -203,7 +209,7 @@ class InputSide:
         return min(self.matrix.shape)
 
     def proxy(self, rank: int) -> float:
-        return math.sqrt(max(self.tail[min(rank, self.max_rank)], 0.0) / self.total)
+        return _tail_proxy(self.tail, self.total, min(rank, self.max_rank))
 
     def factors(self, rank: int) -> tuple[Array, Array]:
         """(B, A): B = U_r S_r = (M C^½) V_r, A = V_rᵀ C^-½."""
@@ -324,8 +330,7 @@ class ConvFactorizer:
         if r1 not in self._reduced_tails:
             self.reduced_spatial(r1)
         tail, total, max_rank = self._reduced_tails[r1]
-        spatial = math.sqrt(max(tail[min(r2, max_rank)], 0.0) / total)
-        return math.hypot(self._in.proxy(r1), spatial)
+        return math.hypot(self._in.proxy(r1), _tail_proxy(tail, total, min(r2, max_rank)))
 
     @property
     def output_side(self) -> OutputSide:
@@ -414,9 +419,9 @@ class ConvFactorizer:
     def fixed(self, rank: int | None = None, ratio: float | None = None) -> Factors | None:
         """The cheapest channel form at a rank given by --rank N or --ratio F; None if none
         saves. ``spatial-svd`` and ``reduce-spatial`` are left out: a spatial rank counts
-        neither side's channels, and at
-        a given rank it is often the cheapest form however far it is from the weight, so it
-        is chosen by error only (``cheapest``, the whole-model budget)."""
+        neither side's channels, and at a given rank it is often the cheapest form however far
+        it is from the weight, so it is chosen by error only (``cheapest`` for ``spatial-svd``,
+        the whole-model budget for both)."""
         s = self.site
         options = []
         for kind in self.kinds:
@@ -639,10 +644,9 @@ class ChannelPruner:
         moment = (self.input_moment + self.input_moment.T) / 2
         floor = DATA_FLOOR * max(float(np.trace(moment)) / len(moment), 1e-30)
         self._moment = moment + floor * np.eye(len(moment))
-        flat = self.weight.reshape(self.site.cout, self.site.cin, -1)
-        energy = np.einsum("ock,ock->c", flat, flat) * np.diag(self._moment)
-        self.order = [int(c) for c in np.argsort(-energy, kind="stable")]
         offsets = self.weight.reshape(self.site.cout, self.site.cin, -1)  # (C_out, C_in, K)
+        energy = np.einsum("ock,ock->c", offsets, offsets) * np.diag(self._moment)
+        self.order = [int(c) for c in np.argsort(-energy, kind="stable")]
         self._offsets = np.moveaxis(offsets, 2, 0)  # (K, C_out, C_in)
         # Σ_k tr(W_k C W_kᵀ) = Σ C ∘ G with G = Σ_k W_kᵀ W_k: the energies in O(C²) each
         self._gram = np.einsum("koc,kod->cd", self._offsets, self._offsets, optimize=True)
