@@ -237,6 +237,7 @@ def fix(
     unsafe_fixes: bool = False,
     allow_noise: bool = False,
     min_saving: float = MIN_SAVING,
+    rank_step: int | None = None,
     seed: int = 0,
 ) -> FixResult:
     """Rewrite the findings of one model, verify the rewrite with onnxruntime and write
@@ -248,7 +249,8 @@ def fix(
     - ``method`` (``"auto"``: factorization or channel pruning, whichever the whole-model
       budget prefers per layer; ``"data-aware"``, ``"prune"`` or ``"weight"``), ``rank`` or
       ``ratio``: how to rewrite; ``min_saving``: the least share of a layer's MACs a lossy
-      rewrite must save;
+      rewrite must save; ``rank_step``: what the budget's ranks and kept channels are multiples
+      of (None: the target's channel block, 16 on the CPU provider with AVX-512, else 8);
     - ``inputs``: samples to fit and verify on (an ``.npz``, an ``.npy`` or a folder of images,
       with ``preprocess``), ``samples`` how many; without them approximate rewrites are skipped
       unless ``allow_noise`` (fitted on ``samples`` seeded noise, default 8);
@@ -291,6 +293,7 @@ def fix(
             unsafe_fixes=unsafe_fixes,
             allow_noise=allow_noise,
             min_saving=min_saving,
+            rank_step=rank_step,
             seed=seed,
             objective=objective,
             latency=latency,

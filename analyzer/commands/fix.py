@@ -126,6 +126,13 @@ def add_fix_arguments(parser: argparse.ArgumentParser) -> None:
         help="the least share of a layer's MACs a lossy rewrite must save (default 0.1)",
     )
     parser.add_argument(
+        "--rank-step",
+        type=int,
+        metavar="N",
+        help="ranks and kept channels the budget chooses are multiples of N (default: the "
+        "channel block of the target: 16 on the CPU provider with AVX-512, else 8)",
+    )
+    parser.add_argument(
         "--allow-noise",
         action="store_true",
         help="without --inputs, still apply approximate rewrites, fitted and verified on "
@@ -157,6 +164,7 @@ def fix_options(args: argparse.Namespace) -> FixOptions:
         unsafe_fixes=args.unsafe_fixes,
         allow_noise=args.allow_noise,
         min_saving=args.min_saving,
+        rank_step=args.rank_step,
     )
 
 

@@ -5,11 +5,15 @@ one candidate per layer, and the least-squares refit of a layer's last conv. The
 (``pipeline``) runs the models and measures.
 
 **Candidates.** Each lossy target (a conv to factorize, a pooling branch to project) offers
-forms at ranks that are multiples of ``STEP`` (8: the width onnxruntime's CPU kernels work in;
-every rank below it where the layer is small), each with its exact MACs and a proxy of the
-layer's relative response error (``factorize``: the energy a truncation discards). A candidate
-must save at least ``MIN_SAVING`` of its layer's MACs: a rewrite that saves less is not worth
-any of the error budget. Only the Pareto front (no other candidate both cheaper and closer) is
+forms at ranks that are multiples of a *step*, and every rank below two steps where that is
+all the layer has. The step is the channel block the target's conv kernels work in
+(``latency.channel_step``: 16 on onnxruntime's CPU provider with AVX-512, else ``STEP``, 8;
+``--rank-step`` sets it): a conv whose channels are not a multiple of the block is padded to
+the next one and costs what that costs, so a rank between two multiples would spend error on
+MACs that save no time. Each form comes with its exact MACs and a proxy of the layer's
+relative response error (``factorize``: the energy a truncation discards). A candidate must
+save at least ``MIN_SAVING`` of its layer's MACs: a rewrite that saves less is not worth any
+of the error budget. Only the Pareto front (no other candidate both cheaper and closer) is
 kept.
 
 **One budget.** Ranks are chosen for every layer together, as Zhang et al. (2015, section 3.3)
@@ -85,24 +89,25 @@ def ladder(maximum: int, step: int = STEP) -> list[int]:
 
 
 def factor_candidates(
-    search: ConvFactorizer, baseline: int, min_saving: float = MIN_SAVING
+    search: ConvFactorizer, baseline: int, min_saving: float = MIN_SAVING, step: int = STEP
 ) -> list[Candidate]:
-    """The Pareto front of every factored form of one conv that saves ``min_saving``."""
+    """The Pareto front of every factored form of one conv that saves ``min_saving``, at
+    ranks on the ``ladder`` of ``step``."""
     found: list[Candidate] = []
     limit = (1 - min_saving) * baseline
     inputs, outputs = search.input_side, search.output_side
     for kind in search.kinds:
         if kind == "reduce-spatial":
-            found.extend(_reduce_spatial_candidates(search, limit))
+            found.extend(_reduce_spatial_candidates(search, limit, step))
         elif kind != "tucker2":
             side = search.side(kind)
-            for rank in ladder(side.max_rank):
+            for rank in ladder(side.max_rank, step):
                 macs, params = search.cost(kind, rank)
                 if macs <= limit:
                     found.append(Candidate(kind, rank, macs, params, side.proxy(rank)))
         else:
-            for r1 in ladder(inputs.max_rank):
-                for r2 in ladder(outputs.max_rank):
+            for r1 in ladder(inputs.max_rank, step):
+                for r2 in ladder(outputs.max_rank, step):
                     macs, params = search.cost(kind, (r1, r2))
                     if macs <= limit:
                         proxy = math.hypot(inputs.proxy(r1), outputs.proxy(r2))
@@ -110,18 +115,20 @@ def factor_candidates(
     return pareto(found)
 
 
-def _reduce_spatial_candidates(search: ConvFactorizer, limit: float) -> list[Candidate]:
+def _reduce_spatial_candidates(
+    search: ConvFactorizer, limit: float, step: int = STEP
+) -> list[Candidate]:
     """``reduce-spatial`` at first ranks r1 on a coarse ladder up to 3/4 of the channels (each
     r1 is an SVD of its own, at most ``SPLIT_FIRST_RANKS`` of them; a wider reduction saves
     less than the spatial SVD alone), each with every second rank r2 that saves: the front of
     its own candidates."""
     maximum = search.input_side.max_rank
-    step = max(STEP, math.ceil(maximum / SPLIT_FIRST_RANKS / STEP) * STEP)
+    coarse = max(step, math.ceil(maximum / SPLIT_FIRST_RANKS / step) * step)
     found = []
-    for r1 in ladder(maximum * 3 // 4, step):
+    for r1 in ladder(maximum * 3 // 4, coarse):
         if search.cost("reduce-spatial", (r1, 1))[0] > limit:
             break
-        for r2 in ladder(search.reduced_spatial(r1)[1].max_rank):
+        for r2 in ladder(search.reduced_spatial(r1)[1].max_rank, step):
             macs, params = search.cost("reduce-spatial", (r1, r2))
             if macs <= limit:
                 proxy = search.reduced_spatial_proxy(r1, r2)
@@ -129,11 +136,13 @@ def _reduce_spatial_candidates(search: ConvFactorizer, limit: float) -> list[Can
     return pareto(found)
 
 
-def pool_candidates(search: PoolProjection, min_saving: float = MIN_SAVING) -> list[Candidate]:
+def pool_candidates(
+    search: PoolProjection, min_saving: float = MIN_SAVING, step: int = STEP
+) -> list[Candidate]:
     """The projection widths of a pooling branch that save ``min_saving`` of its consumers."""
     baseline = search.baseline()[0]
     found = []
-    for rank in ladder(search.max_rank):
+    for rank in ladder(search.max_rank, step):
         macs, params = search.cost(rank)
         if macs <= (1 - min_saving) * baseline:
             found.append(Candidate("pool-projection", rank, macs, params, search.proxy(rank)))
@@ -141,13 +150,13 @@ def pool_candidates(search: PoolProjection, min_saving: float = MIN_SAVING) -> l
 
 
 def prune_candidates(
-    pruner: ChannelPruner, min_saving: float = MIN_SAVING, fewest: int = 1
+    pruner: ChannelPruner, min_saving: float = MIN_SAVING, fewest: int = 1, step: int = STEP
 ) -> list[Candidate]:
     """Channel counts (``fewest`` at least) that save ``min_saving`` of the conv and its
     producer together."""
     baseline = pruner.baseline()
     found = []
-    for count in ladder(pruner.site.cin - 1):
+    for count in ladder(pruner.site.cin - 1, step):
         if count < fewest:
             continue
         macs, params = pruner.cost(count)

@@ -45,6 +45,7 @@ from convlint.graph import ModelGraph, Node
 from convlint.rewrite.budget import (
     MAX_PATCH_WIDTH,
     MAX_REFIT_WIDTH,
+    STEP,
     Candidate,
     factor_candidates,
     pareto,
@@ -423,10 +424,12 @@ class Target:
         method: str,
         min_saving: float,
         widening: float | None = None,
+        step: int = STEP,
     ) -> Curve:
         """What the whole-model budget chooses among (lossy targets only). ``widening``: the
         expansion ratio from which a spatial conv is flagged as widening (CL005's, where it is
-        enabled); no channel pruning makes a conv that wide."""
+        enabled); no channel pruning makes a conv that wide. ``step``: the channel block ranks
+        and kept channels are multiples of (``budget.ladder``)."""
         raise TypeError(f"a {self.kind} rewrite is exact: the budget does not search it")
 
     def edit(self, factors: Factors | None, names: Names) -> Edit:
@@ -497,6 +500,7 @@ class FactorTarget(Target):
         method: str,
         min_saving: float,
         widening: float | None = None,
+        step: int = STEP,
     ) -> Curve:
         """Factored forms (unless --method prune) and channel prunings (--method auto or
         prune), their MACs counting the producer a pruning narrows. A pruning keeps more than
@@ -510,13 +514,14 @@ class FactorTarget(Target):
         if method != "prune":
             candidates = [
                 dataclasses.replace(c, macs=c.macs + extra)
-                for c in factor_candidates(search, self.site.macs(), min_saving)
+                for c in factor_candidates(search, self.site.macs(), min_saving, step)
             ]
         if pruner is not None:
             fewest = 1
             if widening is not None and self.site.k > 1:
                 fewest = math.floor(self.site.cout / widening) + 1
-            candidates = pareto([*candidates, *prune_candidates(pruner, min_saving, fewest)])
+            pruned = prune_candidates(pruner, min_saving, fewest, step)
+            candidates = pareto([*candidates, *pruned])
         return Curve(search, pruner, self.site.macs() + extra, candidates, search.at_rank)
 
     def pruned(self, factors: Factors | None) -> Prunable | None:
@@ -745,10 +750,11 @@ class PoolTarget(Target):
         method: str,
         min_saving: float,
         widening: float | None = None,
+        step: int = STEP,
     ) -> Curve:
         """The projection widths (none under --method prune: there is no conv input to prune)."""
         search = self.search(stats)
-        candidates = pool_candidates(search, min_saving) if method != "prune" else []
+        candidates = pool_candidates(search, min_saving, step) if method != "prune" else []
         return Curve(
             search, None, search.baseline()[0], candidates, lambda _, rank: search.at_rank(rank)
         )

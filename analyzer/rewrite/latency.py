@@ -66,6 +66,23 @@ def default_threads() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
+def channel_step(provider: str, cpu_flags: str | None = None) -> int:
+    """The channel block the target's conv kernels work in, which ranks and kept channels are
+    rounded to (``budget.ladder``): 16 on onnxruntime's CPU provider where the CPU has AVX-512F
+    (MLAS's NCHWc block there: a conv whose channels are not a multiple of 16 is padded to the
+    next, and costs what the next costs, as measured), else 8. ``cpu_flags``: the ``flags``
+    line of /proc/cpuinfo (read when None; not on Linux, 8)."""
+    if provider != "CPUExecutionProvider":
+        return 8
+    if cpu_flags is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+                cpu_flags = next((line for line in info if line.startswith("flags")), "")
+        except OSError:
+            cpu_flags = ""
+    return 16 if "avx512f" in cpu_flags.split() else 8
+
+
 def ratio_interval(
     before: Sequence[float],
     after: Sequence[float],

@@ -61,6 +61,7 @@ class FixOptions:
     provider: str = DEFAULT_PROVIDER  # onnxruntime execution provider for timing
     allow_noise: bool = False  # lossy rewrites fitted on generated noise (demos, tests)
     min_saving: float = MIN_SAVING  # of a layer's MACs, at least, for a lossy rewrite
+    rank_step: int | None = None  # ranks and kept channels are multiples; None: the target's
 
 
 def output_bound(options: FixOptions) -> float:
@@ -127,6 +128,7 @@ def validate(options: FixOptions) -> None:
     for name, value in (
         ("latency_threads", options.latency_threads),
         ("latency_batch", options.latency_batch),
+        ("rank_step", options.rank_step),
     ):
         if value is not None and not (_whole(value) and value >= 1):
             raise _refused(name, "must be a whole number of at least 1", value)

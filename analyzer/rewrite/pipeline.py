@@ -91,6 +91,7 @@ def run_fix(
         options.method,
         skipped=list(analysis.skipped),
         objective=run.objective,
+        rank_step=run.step,
         bound=dict(analysis.dims_bound),
     )
     feeds = split_feeds(analysis, run)

@@ -169,6 +169,7 @@ def result_dict(result: FixResult) -> dict[str, Any]:
             "output": result.output,
             "tolerance": result.tolerance,
             "objective": result.objective,
+            "rank_step": result.rank_step,
             "bound": dict(result.bound),
             "calibration": result.calibration,
             "rewrites": [rw.as_dict() for rw in result.rewrites],

@@ -201,9 +201,12 @@ class Searcher:
         searches: dict[str, tuple[Target, Curve]] = {}
         curves: dict[str, list[Candidate]] = {}
         baselines: dict[str, int] = {}
+        self.run.log(f"budget: ranks and kept channels in multiples of {self.run.step}")
         with self.run.timer("factorization"):
             for target in lossy:
-                curve = target.curve(self.stats, options.method, options.min_saving, self.widening)
+                curve = target.curve(
+                    self.stats, options.method, options.min_saving, self.widening, self.run.step
+                )
                 if not curve.candidates:
                     self._place(target, NO_SAVING, searched)
                     continue

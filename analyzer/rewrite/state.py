@@ -22,7 +22,7 @@ from convlint.cost import ModelCost
 from convlint.findings import ModelReport
 from convlint.rewrite.edit import Edit, Target
 from convlint.rewrite.factorize import KINDS, Array, Factors
-from convlint.rewrite.latency import Latency
+from convlint.rewrite.latency import Latency, channel_step
 from convlint.rewrite.options import DEFAULT_OBJECTIVE, FixOptions, Objective, output_bound
 from convlint.rewrite.verify import Errors, PatchSpec
 
@@ -52,6 +52,12 @@ class FixRun:
     @property
     def objective(self) -> Objective:
         return self.options.objective or DEFAULT_OBJECTIVE
+
+    @property
+    def step(self) -> int:
+        """What the budget's ranks and kept channels are multiples of: ``--rank-step``, else
+        the channel block of the target timed on (``latency.channel_step``)."""
+        return self.options.rank_step or channel_step(self.options.provider)
 
     @property
     def fixed_rank(self) -> bool:
@@ -142,6 +148,7 @@ class FixResult:
     inputs: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     objective: str = "macs"
+    rank_step: int = 8  # the budget's ranks and kept channels are multiples of it
     latency: Latency | None = None
     calibration: dict[str, Any] | None = None  # {"source", "fit", "verify"}
     bound: dict[str, int] = field(default_factory=dict)  # symbolic dims fix bound itself
