@@ -15,6 +15,16 @@ from convlint.engine import ModelReport, Settings, analyze
 from convlint.registry import load_registry
 
 
+@pytest.fixture(autouse=True)
+def _channel_block_of_eight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fix``'s default rank step follows the CPU (16 with AVX-512, else 8): the tests expect
+    the ranks of a step of 8 on every machine (``--rank-step`` and ``channel_step`` are tested
+    on their own, in test_fix_rank_step.py)."""
+    from convlint.rewrite import state
+
+    monkeypatch.setattr(state, "channel_step", lambda provider: 8)
+
+
 @pytest.fixture
 def model_file(tmp_path: Path) -> Callable[..., Path]:
     """Save a fixture builder's model (by name) into tmp_path and return its path."""

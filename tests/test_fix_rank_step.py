@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -31,6 +32,23 @@ def test_the_channel_block_follows_the_cpu_and_the_provider() -> None:
     assert channel_step(CPU) in (8, 16)  # this machine's own /proc/cpuinfo, or none
 
 
+def test_the_default_step_is_the_targets_channel_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --rank-step, the step is ``channel_step`` of the provider timed on (the
+    conftest pins it to 8 for the other tests)."""
+    from convlint.rewrite import state
+
+    asked: list[str] = []
+    monkeypatch.setattr(state, "channel_step", lambda provider: asked.append(provider) or 16)
+    path = fixtures.save(fixtures.conv3x3(planted_rank=24, hw=6), tmp_path / "m.onnx")
+    document = _fix(path, None, capsys)
+    assert document["rank_step"] == 16 and set(asked) == {CPU}
+    (rewrite,) = document["rewrites"]
+    ranks = rewrite["rank"] if isinstance(rewrite["rank"], list) else [rewrite["rank"]]
+    assert ranks[0] == 32
+
+
 def test_the_ladder_takes_the_step() -> None:
     # 8 channels are read unpadded: below the block, the ranks of the narrower step stay.
     assert budget.ladder(64, 16) == [8, 16, 32, 48, 64]
@@ -40,10 +58,12 @@ def test_the_ladder_takes_the_step() -> None:
     assert budget.ladder(40, 8) == [8, 16, 24, 32, 40]
 
 
-def _fix(path: Path, step: int, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+def _fix(path: Path, step: int | None, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     out = path.with_name(f"out{step}.onnx")
     argv = ["fix", str(path), "-o", str(out), "--method", "weight", "--samples", "4"]
-    argv += ["--allow-noise", "--no-latency", "--rank-step", str(step), "--format", "json"]
+    argv += ["--allow-noise", "--no-latency", "--format", "json"]
+    if step is not None:
+        argv += ["--rank-step", str(step)]
     assert main(argv) == 0
     document = json.loads(capsys.readouterr().out)
     jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text("utf-8"))).validate(document)

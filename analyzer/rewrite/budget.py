@@ -126,8 +126,11 @@ def _reduce_spatial_candidates(
     its own candidates."""
     maximum = search.input_side.max_rank
     coarse = max(step, math.ceil(maximum / SPLIT_FIRST_RANKS / step) * step)
+    widest = maximum * 3 // 4
+    # Multiples of the coarse step alone (no narrower ranks below it: at most 8 SVDs).
+    first = range(1, widest + 1) if widest < 2 * coarse else range(coarse, widest + 1, coarse)
     found = []
-    for r1 in ladder(maximum * 3 // 4, coarse):
+    for r1 in first:
         if search.cost("reduce-spatial", (r1, 1))[0] > limit:
             break
         for r2 in ladder(search.reduced_spatial(r1)[1].max_rank, step):
