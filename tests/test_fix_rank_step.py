@@ -5,6 +5,7 @@ pads a conv's channels to 16, else 8), and the report says which."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,30 @@ def test_the_api_refuses_a_bad_step_as_the_command_line(tmp_path: Path) -> None:
     message = "--rank-step (rank_step) must be a whole number of at least 1, not 0"
     with pytest.raises(UsageError, match=re.escape(message)):
         convlint.fix(path, tmp_path / "out.onnx", rank_step=0)
+
+
+def test_reduce_spatial_first_ranks_stay_on_their_coarse_ladder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 256 input channels the first ranks of reduce-spatial are multiples of 32 up to 3/4
+    of the channels (at most 8 of them) at step 8 and at step 16 alike: the narrower ranks a
+    wide step keeps below it are the plain ladder's, not these SVDs'. Second ranks are on the
+    plain ladder of the step."""
+    import numpy as np
+
+    from convlint.rewrite.factorize import ConvFactorizer, ConvSite
+
+    site = ConvSite(64, 256, (3, 3), 36, 36, mid_pixels=36)
+    weight = np.random.default_rng(0).standard_normal((64, 256, 3, 3))
+    search = ConvFactorizer(weight, site)
+    asked: list[int] = []
+    original = search.reduced_spatial
+    monkeypatch.setattr(
+        search, "reduced_spatial", lambda r1: asked.append(r1) or original(r1), raising=False
+    )
+    for step in (8, 16):
+        asked.clear()
+        found = budget._reduce_spatial_candidates(search, math.inf, step)
+        assert sorted(set(asked)) == [32, 64, 96, 128, 160, 192]
+        seconds = {c.rank[1] for c in found if isinstance(c.rank, tuple)}
+        assert seconds and all(r2 % step == 0 or r2 == 8 for r2 in seconds)
