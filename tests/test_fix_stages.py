@@ -61,6 +61,7 @@ class Layer(Target):
         method: str,
         min_saving: float,
         widening: float | None = None,
+        step: int = 8,
     ) -> Curve:
         by_rank = {(form.kind, form.rank): form for form in self.forms}
         return Curve(
