@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from convlint.rewrite.budget import STEP
+
 MIN_RUNS = 10
 BUDGET = 0.1  # seconds of further timed runs for models that run fast
 REWRITE_BUDGET = 0.05  # the same, for one rewrite's nodes
@@ -56,6 +58,7 @@ CONFIDENCE = 0.95
 EARLY_CONFIDENCE = 0.99
 RESAMPLES = 2000
 SEED = 0
+AVX512_BLOCK = 16  # MLAS's NCHWc channel block where the CPU has AVX-512F
 
 
 def default_threads() -> int:
@@ -70,17 +73,17 @@ def channel_step(provider: str, cpu_flags: str | None = None) -> int:
     """The channel block the target's conv kernels work in, which ranks and kept channels are
     rounded to (``budget.ladder``): 16 on onnxruntime's CPU provider where the CPU has AVX-512F
     (MLAS's NCHWc block there: a conv whose channels are not a multiple of 16 is padded to the
-    next, and costs what the next costs, as measured), else 8. ``cpu_flags``: the ``flags``
-    line of /proc/cpuinfo (read when None; not on Linux, 8)."""
+    next, and costs what the next costs, as measured), else ``budget.STEP`` (8).
+    ``cpu_flags``: the ``flags`` line of /proc/cpuinfo (read when None; not on Linux, 8)."""
     if provider != "CPUExecutionProvider":
-        return 8
+        return STEP
     if cpu_flags is None:
         try:
             with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
                 cpu_flags = next((line for line in info if line.startswith("flags")), "")
         except OSError:
             cpu_flags = ""
-    return 16 if "avx512f" in cpu_flags.split() else 8
+    return AVX512_BLOCK if "avx512f" in cpu_flags.split() else STEP
 
 
 def ratio_interval(

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,10 +54,10 @@ class FixRun:
     def objective(self) -> Objective:
         return self.options.objective or DEFAULT_OBJECTIVE
 
-    @property
+    @cached_property
     def step(self) -> int:
         """What the budget's ranks and kept channels are multiples of: ``--rank-step``, else
-        the channel block of the target timed on (``latency.channel_step``)."""
+        the channel block of the target timed on (``latency.channel_step``, read once a run)."""
         return self.options.rank_step or channel_step(self.options.provider)
 
     @property
