@@ -385,7 +385,8 @@ class Searcher:
                 a = np.pad(a, ((0, rank - a.shape[0]), (0, 0)))
             weights = [(a @ matrix).reshape(factors.weights[0].shape), b.reshape(last.shape)]
         elif job.mix:  # features: the layer's output (kept channels, if narrowed)
-            mixing, bias = refit(features, response, target.relu)
+            width = features.shape[1]  # the identity: the output as it is
+            mixing, bias = refit(features, response, target.relu, (np.eye(width), np.zeros(width)))
             prediction = features.astype(np.float64) @ mixing.T + bias
             mixing, bias = _widen(mixing, bias, kept, target.site.cout, square=True)
             now = factors.bias if factors.bias is not None else target.bias
@@ -394,7 +395,12 @@ class Searcher:
             flat = last.reshape(len(last), -1).astype(np.float64)
             weights = [*factors.weights[:-1], (mixing @ flat).reshape(last.shape)]
         else:
-            weight, bias = refit(features, response, target.relu)
+            now = factors.bias if factors.bias is not None else target.bias
+            rows = last.reshape(len(last), -1).astype(np.float64)
+            offset = np.zeros(len(rows)) if now is None else now.astype(np.float64)
+            if kept is not None:
+                rows, offset = rows[kept], offset[kept]
+            weight, bias = refit(features, response, target.relu, (rows, offset))
             prediction = features.astype(np.float64) @ weight.T + bias
             weight, bias = _widen(weight, bias, kept, target.site.cout)
             weights = [*factors.weights[:-1], weight.reshape(last.shape)]
