@@ -65,7 +65,7 @@ from convlint.rewrite.factorize import (
     PoolProjection,
     Statistics,
 )
-from convlint.rewrite.verify import PatchSpec
+from convlint.rewrite.verify import PatchSpec, row_statistic
 
 # Ops that only carry a constant on (a weight's Constant node, its Identity or Cast).
 CONSTANT_STEPS = frozenset({"Constant", "Identity", "Cast"})
@@ -469,7 +469,16 @@ class FactorTarget(Target):
 
     def stat_tensors(self) -> list[str]:
         after = [self.activated] if self.activated else []
-        return [self.conv.inputs[0], self.conv.outputs[0], *after]
+        return [self.conv.inputs[0], self.conv.outputs[0], *after, *self._row_statistics()]
+
+    def _row_statistics(self) -> list[str]:
+        """The moments between the input's rows 1 .. kh-1 kernel rows apart, where a spatial
+        SVD is offered (``factorize.vertical_moment``)."""
+        if not self.site.mid_pixels or self.patches is None:
+            return []
+        dilation = self.patches.dilations[0]
+        x = self.conv.inputs[0]
+        return [row_statistic(x, d * dilation) for d in range(1, int(self.site.kernel[0]))]
 
     def search(
         self, stats: dict[str, Array] | None, kinds: Sequence[str] = KINDS
@@ -484,7 +493,12 @@ class FactorTarget(Target):
         return ConvFactorizer(
             self.weight,
             self.site,
-            Statistics(stats[self.conv.inputs[0]], _minus_bias(response, stats, self), activated),
+            Statistics(
+                stats[self.conv.inputs[0]],
+                _minus_bias(response, stats, self),
+                activated,
+                tuple(stats[name] for name in self._row_statistics() if name in stats),
+            ),
             kinds=kinds,
         )
 

@@ -50,12 +50,17 @@ squared error is ``E||(M - M')p||² = ||(M - M')·C_p^½||²_F`` with ``C_p = E[
   ``A = V_rᵀ C_x^-½`` and ``B = U_r S_r``. The verifier measures what this proxy ignores.
 - Tucker-2: the input factor of the input side and the output factor of the output side, the
   core fitted between them.
-- Spatial SVD: the input side of ``M_sp`` with the moment of a vertical patch approximated as
-  ``C_x ⊗ I_kh`` (the same neglect of neighbouring pixels' correlation as the input side);
-  ``budget``'s refit of the horizontal conv then fits the real patches.
+- Spatial SVD: the input side of ``M_sp`` with the moment of a vertical patch, ``E[p pᵀ]``
+  (C_in·kh square), made from the per-pixel moment and the moments between rows 1 .. kh-1
+  apart (``vertical_moment``; measured on the fitting inputs, as ``C_x``): neighbouring rows of
+  an image or a feature map are strongly correlated, and the vertical conv only needs to keep
+  what the patch really varies in. Without the row moments (a caller that measured none), it
+  is ``C_x ⊗ I_kh``, the same neglect of neighbouring pixels as the input side's. Correlation
+  between columns is still ignored; ``budget``'s refit of the horizontal conv then fits the
+  real patches.
 - Reduce, then spatial SVD: the input side at r1, then the spatial SVD of the reduced kernel
-  with the reduced channels' moment ``A C_x Aᵀ`` (the identity, up to the floor, for the
-  data-aware A); its proxy is ``hypot`` of the two steps' proxies, as Tucker-2's.
+  with the reduced channels' moments ``A C Aᵀ`` (per pixel and between rows); its proxy is
+  ``hypot`` of the two steps' proxies, as Tucker-2's.
 
 Both moments are regularized with an eigenvalue floor, ``C + ε·I`` with
 ``ε = DATA_FLOOR·tr(C)/dim`` (on the output side, ``E[y0 y0ᵀ] + ε·M Mᵀ``, the same floor
@@ -261,6 +266,26 @@ class Statistics:
     response_moment: Array | None = None  # C_out × C_out, E[y0 y0ᵀ], y0 = conv output - bias
     # C_out × C_out, the covariance of the response after the ReLU that follows the conv
     activated_covariance: Array | None = None
+    # C_in × C_in, E[x(h) x(h+d)ᵀ] for the kernel's rows d = 1 .. kh-1 apart (dilation
+    # included): with ``input_moment``, the moment of the vertical patch a spatial SVD reads
+    row_moments: tuple[Array, ...] = ()
+
+
+def vertical_moment(moment: Array, rows: Sequence[Array], kh: int) -> Array:
+    """E[p pᵀ] of a vertical patch p (C·kh, channel-major: ``unfold_spatial``'s columns) from
+    the per-pixel moment and those between rows 1 .. kh-1 apart: the block of rows i and j is
+    the moment between rows |j - i| apart (transposed for j < i), as a stationary input has
+    it. Without those (``rows`` short), ``C_x ⊗ I``: neighbouring rows taken as unrelated."""
+    if len(rows) != kh - 1:
+        unrelated: Array = np.kron(moment, np.eye(kh)).astype(np.float64)
+        return unrelated
+    channels = len(moment)
+    apart = [moment, *rows]
+    full = np.empty((channels, kh, channels, kh))
+    for i in range(kh):
+        for j in range(kh):
+            full[:, i, :, j] = apart[j - i] if j >= i else apart[i - j].T
+    return full.reshape(channels * kh, channels * kh)
 
 
 @dataclass
@@ -305,9 +330,10 @@ class ConvFactorizer:
         if self._spatial is None:
             moment = None
             if self.stats is not None:
-                moment = np.kron(self.stats.input_moment, np.eye(self.site.kernel[0])).astype(
-                    np.float64
-                )
+                stats = self.stats
+                moment = vertical_moment(
+                    stats.input_moment, stats.row_moments, self.site.kernel[0]
+                ).astype(np.float64)
             self._spatial = InputSide(unfold_spatial(self.weight), moment)
         return self._spatial
 
@@ -319,8 +345,13 @@ class ConvFactorizer:
             b, a = self._in.factors(r1)
             reduced = fold_in(b, self.site.cout, self.site.kernel)  # (C_out, r1, kh, kw)
             moment = None
-            if self.stats is not None:
-                moment = np.kron(a @ self.stats.input_moment @ a.T, np.eye(self.site.kernel[0]))
+            if self.stats is not None:  # the reduced channels' moments: A·C·Aᵀ
+                stats = self.stats
+                moment = vertical_moment(
+                    a @ stats.input_moment @ a.T,
+                    [a @ rows @ a.T for rows in stats.row_moments],
+                    self.site.kernel[0],
+                )
             side = InputSide(unfold_spatial(reduced), moment)
             self._reduced = {r1: (a, side)}
             self._reduced_tails[r1] = (side.tail, side.total, side.max_rank)

@@ -58,6 +58,7 @@ from convlint.rewrite.verify import (
     compare,
     not_finite,
     random_feeds,
+    statistic_of,
 )
 from convlint.rewrite.weightstore import WeightStore
 
@@ -572,7 +573,8 @@ def collect_statistics(
 ) -> dict[str, Array]:
     """Second moments (and means) of intermediate tensors, run as extra graph outputs; the
     moments are computed in the runtime's process, one sample at a time."""
-    moments = runtime.moments(probe(model, tensors), feeds, list(tensors))
+    read = dict.fromkeys(statistic_of(name)[0] for name in tensors)
+    moments = runtime.moments(probe(model, read), feeds, list(tensors))
     stats: dict[str, Array] = {}
     for tensor in tensors:
         stats[tensor], stats[f"{tensor}#mean"] = moments[tensor]

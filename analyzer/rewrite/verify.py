@@ -508,21 +508,53 @@ def _serve_run(ort: Any, model_path: str, feeds: list[Feed], names: Sequence[str
     return outputs
 
 
+ROWS_APART = "#rows"  # a statistic's suffix: the moment between rows this far apart
+
+
+def row_statistic(tensor: str, apart: int) -> str:
+    """The name that asks ``moments`` for E[x(h) x(h+apart)ᵀ] of an NCHW tensor."""
+    return f"{tensor}{ROWS_APART}{apart}"
+
+
+def statistic_of(name: str) -> tuple[str, int]:
+    """(tensor, rows apart) of a statistic's name; 0 rows apart: the plain moment."""
+    tensor, suffix, apart = name.rpartition(ROWS_APART)
+    if suffix and apart.isdigit() and int(apart) > 0:
+        return tensor, int(apart)
+    return name, 0
+
+
 def _serve_moments(
     ort: Any, model_path: str, feeds: list[Feed], names: Sequence[str]
 ) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
     """E[x xᵀ] and E[x] over the channel axis (1) of each named NC... tensor, one sample at a
-    time: the activations never leave the child, only matrices of channels × channels."""
+    time: the activations never leave the child, only matrices of channels × channels. A name
+    ``row_statistic(tensor, d)`` asks for E[x(h) x(h+d)ᵀ] of an NCHW tensor instead (every
+    pair of pixels d rows apart in one column; its mean is that of the upper rows)."""
     session = ort.InferenceSession(
         model_path, _session_options(ort, THREADS), providers=["CPUExecutionProvider"]
     )
+    wanted = {name: statistic_of(name) for name in names}
+    tensors = list(dict.fromkeys(tensor for tensor, _ in wanted.values()))
     sums: dict[str, list[Any]] = {}
     for feed in feeds:
-        for name, array in zip(names, session.run(list(names), feed), strict=True):
+        arrays = dict(zip(tensors, session.run(tensors, feed), strict=True))
+        for name, (tensor, apart) in wanted.items():
+            array = arrays[tensor]
             channels = array.shape[1]
-            flat = np.moveaxis(array, 1, 0).reshape(channels, -1).astype(np.float64)
             if name not in sums:
                 sums[name] = [np.zeros((channels, channels)), np.zeros(channels), 0]
+            if apart:
+                if array.ndim != 4 or array.shape[2] <= apart:
+                    continue  # no two rows that far apart: left at zero
+                upper = np.moveaxis(array[:, :, :-apart], 1, 0).reshape(channels, -1)
+                lower = np.moveaxis(array[:, :, apart:], 1, 0).reshape(channels, -1)
+                upper, lower = upper.astype(np.float64), lower.astype(np.float64)
+                sums[name][0] += upper @ lower.T
+                sums[name][1] += upper.sum(axis=1)
+                sums[name][2] += upper.shape[1]
+                continue
+            flat = np.moveaxis(array, 1, 0).reshape(channels, -1).astype(np.float64)
             sums[name][0] += flat @ flat.T
             sums[name][1] += flat.sum(axis=1)
             sums[name][2] += flat.shape[1]
