@@ -1,6 +1,7 @@
 """The spatial SVD's data-aware factor reads the moment of the vertical patch its kh×1 conv sees:
 the per-pixel moment and the moments between rows 1 .. kh-1 apart, measured in onnxruntime's
-process (``verify.row_statistic``) and assembled by ``factorize.vertical_moment``."""
+process (``verify._serve_moments``, each statistic asked as ``(tensor, rows apart)``) and
+assembled by ``factorize.vertical_moment``."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
+import pytest
 from fix_helpers import target_for
 
+from convlint import fixtures
+from convlint.engine import Settings
 from convlint.fixtures import GraphBuilder
+from convlint.registry import load_registry
 from convlint.rewrite import verify
 from convlint.rewrite.edit import FactorTarget
 from convlint.rewrite.factorize import ConvFactorizer, ConvSite, Statistics, vertical_moment
+from convlint.rewrite.pipeline import FixOptions, fix
 
 CHANNELS, HEIGHT, WIDTH = 5, 48, 20
 
@@ -51,13 +57,10 @@ def test_the_vertical_moment_from_row_statistics_is_the_moment_of_the_patches(
     directly (within the rows at the edges, which the patches see less often); the per-pixel
     moment alone (``C_x ⊗ I``) is 60% off on rows this correlated."""
     x = np.maximum(_smooth_rows(np.random.default_rng(0), 6, CHANNELS), 0).astype(np.float32)
-    relu = "output"
-    names = [relu, verify.row_statistic(relu, 1), verify.row_statistic(relu, 2)]
+    names = [("output", 0), ("output", 1), ("output", 2)]
     feeds = [{"input": x[i : i + 1]} for i in range(len(x))]
     measured = verify._serve_moments(onnxruntime, str(_identity_model(tmp_path)), feeds, names)
     assert set(measured) == set(names)
-    assert verify.statistic_of(names[2]) == (relu, 2)
-    assert verify.statistic_of("conv#rows") == ("conv#rows", 0)  # not a row statistic
     per_pixel, one, two = (measured[name][0] for name in names)
     direct = _patch_moment(x.astype(np.float64), 3)
 
@@ -123,5 +126,40 @@ def test_a_conv_offering_the_spatial_svd_asks_for_the_rows_its_kernel_spans() ->
         g.conv(x, 8, kernel, dilation=dilation, pads=pads, name="conv")
         target = target_for(g.build("conv"), "CL001", "conv")
         assert isinstance(target, FactorTarget)
-        rows = [t.removeprefix("input") for t in target.stat_tensors() if "#rows" in t]
-        assert rows == expected
+        assert list(target.row_statistics()) == [f"input{suffix}" for suffix in expected]
+        assert [apart for _, apart in target.row_statistics().values()] == [
+            int(suffix.removeprefix("#rows")) for suffix in expected
+        ]
+
+
+def test_row_statistics_are_asked_by_tensor_whatever_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tensor named like another's row statistic (``relu1#rows1``) is still read as itself:
+    statistics go to onnxruntime's process as (tensor, rows apart), never parsed from names."""
+    from convlint.rewrite import prepare
+
+    model = fixtures.decaying_spectrum_chain()  # two 3×3 convs of 128 channels: CL001
+    for node in model.graph.node:
+        node.input[:] = ["relu1#rows1" if t == "relu1" else t for t in node.input]
+        node.output[:] = ["relu1#rows1" if t == "relu1" else t for t in node.output]
+    path = fixtures.save(model, tmp_path / "chain.onnx")
+    data = tmp_path / "in.npz"
+    rng = np.random.default_rng(1)
+    np.savez(data, input=np.maximum(rng.standard_normal((32, 128, 8, 8)), 0).astype(np.float32))
+    asked: list[dict[str, tuple[str, int]]] = []
+    original = prepare.collect_statistics
+
+    def spy(runtime, model, requests, feeds):  # type: ignore[no-untyped-def]
+        asked.append(dict(requests))
+        return original(runtime, model, requests, feeds)
+
+    monkeypatch.setattr(prepare, "collect_statistics", spy)
+    out = tmp_path / "out.onnx"
+    result = fix(path, load_registry(), Settings(), FixOptions(output=out, inputs=data,
+                 samples=32, tolerance=0.1, latency=False))  # fmt: skip
+    assert result.written and result.report.error is None
+    assert asked[0]["relu1#rows1"] == ("relu1#rows1", 0)
+    assert asked[0]["relu1#rows1#rows1"] == ("relu1#rows1", 1)
+    assert asked[0]["relu1#rows1#rows2"] == ("relu1#rows1", 2)
+    assert asked[0]["input#rows2"] == ("input", 2)

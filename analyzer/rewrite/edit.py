@@ -414,6 +414,10 @@ class Target:
     def stat_tensors(self) -> list[str]:
         return []
 
+    def row_statistics(self) -> dict[str, tuple[str, int]]:
+        """Moments between rows of a tensor its search reads: key -> (tensor, rows apart)."""
+        return {}
+
     def search(self, stats: dict[str, Array] | None, kinds: Sequence[str] = KINDS) -> Search | None:
         """The search of a lossy target's factors; None for an exact one (nothing to search)."""
         return None
@@ -469,16 +473,16 @@ class FactorTarget(Target):
 
     def stat_tensors(self) -> list[str]:
         after = [self.activated] if self.activated else []
-        return [self.conv.inputs[0], self.conv.outputs[0], *after, *self._row_statistics()]
+        return [self.conv.inputs[0], self.conv.outputs[0], *after]
 
-    def _row_statistics(self) -> list[str]:
+    def row_statistics(self) -> dict[str, tuple[str, int]]:
         """The moments between the input's rows 1 .. kh-1 kernel rows apart, where a spatial
         SVD is offered (``factorize.vertical_moment``)."""
         if not self.site.mid_pixels or self.patches is None:
-            return []
-        dilation = self.patches.dilations[0]
-        x = self.conv.inputs[0]
-        return [row_statistic(x, d * dilation) for d in range(1, int(self.site.kernel[0]))]
+            return {}
+        x, dilation = self.conv.inputs[0], self.patches.dilations[0]
+        aparts = [d * dilation for d in range(1, int(self.site.kernel[0]))]
+        return {row_statistic(x, apart): (x, apart) for apart in aparts}
 
     def search(
         self, stats: dict[str, Array] | None, kinds: Sequence[str] = KINDS
@@ -497,7 +501,7 @@ class FactorTarget(Target):
                 stats[self.conv.inputs[0]],
                 _minus_bias(response, stats, self),
                 activated,
-                tuple(stats[name] for name in self._row_statistics() if name in stats),
+                tuple(stats[name] for name in self.row_statistics() if name in stats),
             ),
             kinds=kinds,
         )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,6 @@ from convlint.rewrite.verify import (
     compare,
     not_finite,
     random_feeds,
-    statistic_of,
 )
 from convlint.rewrite.weightstore import WeightStore
 
@@ -488,9 +487,11 @@ def prepare(analysis: Analysis, feeds: Feeds, runtime: Runtime, run: FixRun) -> 
         lossy = []
     stats = None
     if options.method != "weight" and lossy:
-        tensors = list(dict.fromkeys(t for target in lossy for t in target.stat_tensors()))
+        requests = {t: (t, 0) for target in lossy for t in target.stat_tensors()}
+        for target in lossy:
+            requests.update(target.row_statistics())
         with run.timer("onnxruntime"):
-            stats = collect_statistics(runtime, light, tensors, feeds.fit)
+            stats = collect_statistics(runtime, light, requests, feeds.fit)
     return Prepared(
         analysis,
         feeds,
@@ -569,15 +570,19 @@ def probe(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
 
 
 def collect_statistics(
-    runtime: Runtime, model: onnx.ModelProto, tensors: Sequence[str], feeds: Sequence[Feed]
+    runtime: Runtime,
+    model: onnx.ModelProto,
+    requests: Mapping[str, tuple[str, int]],
+    feeds: Sequence[Feed],
 ) -> dict[str, Array]:
     """Second moments (and means) of intermediate tensors, run as extra graph outputs; the
-    moments are computed in the runtime's process, one sample at a time."""
-    read = dict.fromkeys(statistic_of(name)[0] for name in tensors)
-    moments = runtime.moments(probe(model, read), feeds, list(tensors))
+    moments are computed in the runtime's process, one sample at a time. ``requests``: each
+    statistic's key (``key`` and ``key#mean`` in the result) -> (tensor, rows apart)."""
+    read = list(dict.fromkeys(tensor for tensor, _ in requests.values()))
+    moments = runtime.moments(probe(model, read), feeds, list(dict.fromkeys(requests.values())))
     stats: dict[str, Array] = {}
-    for tensor in tensors:
-        stats[tensor], stats[f"{tensor}#mean"] = moments[tensor]
+    for key, statistic in requests.items():
+        stats[key], stats[f"{key}#mean"] = moments[statistic]
     return stats
 
 

@@ -508,38 +508,27 @@ def _serve_run(ort: Any, model_path: str, feeds: list[Feed], names: Sequence[str
     return outputs
 
 
-ROWS_APART = "#rows"  # a statistic's suffix: the moment between rows this far apart
-
-
 def row_statistic(tensor: str, apart: int) -> str:
-    """The name that asks ``moments`` for E[x(h) x(h+apart)ᵀ] of an NCHW tensor."""
-    return f"{tensor}{ROWS_APART}{apart}"
-
-
-def statistic_of(name: str) -> tuple[str, int]:
-    """(tensor, rows apart) of a statistic's name; 0 rows apart: the plain moment."""
-    tensor, suffix, apart = name.rpartition(ROWS_APART)
-    if suffix and apart.isdigit() and int(apart) > 0:
-        return tensor, int(apart)
-    return name, 0
+    """The name (a key of ``fix``'s statistics) of E[x(h) x(h+apart)ᵀ] of an NCHW tensor."""
+    return f"{tensor}#rows{apart}"
 
 
 def _serve_moments(
-    ort: Any, model_path: str, feeds: list[Feed], names: Sequence[str]
-) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+    ort: Any, model_path: str, feeds: list[Feed], statistics: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
     """E[x xᵀ] and E[x] over the channel axis (1) of each named NC... tensor, one sample at a
-    time: the activations never leave the child, only matrices of channels × channels. A name
-    ``row_statistic(tensor, d)`` asks for E[x(h) x(h+d)ᵀ] of an NCHW tensor instead (every
-    pair of pixels d rows apart in one column; its mean is that of the upper rows)."""
+    time: the activations never leave the child, only matrices of channels × channels. Each
+    statistic is (tensor, d): d = 0 the moment at each pixel; d > 0 E[x(h) x(h+d)ᵀ] of an NCHW
+    tensor, over every pair of pixels d rows apart in one column (its mean: the upper rows')."""
     session = ort.InferenceSession(
         model_path, _session_options(ort, THREADS), providers=["CPUExecutionProvider"]
     )
-    wanted = {name: statistic_of(name) for name in names}
-    tensors = list(dict.fromkeys(tensor for tensor, _ in wanted.values()))
-    sums: dict[str, list[Any]] = {}
+    tensors = list(dict.fromkeys(tensor for tensor, _ in statistics))
+    sums: dict[tuple[str, int], list[Any]] = {}
     for feed in feeds:
         arrays = dict(zip(tensors, session.run(tensors, feed), strict=True))
-        for name, (tensor, apart) in wanted.items():
+        for name in statistics:
+            tensor, apart = name
             array = arrays[tensor]
             channels = array.shape[1]
             if name not in sums:
@@ -946,14 +935,14 @@ class Runtime:
         self,
         model: onnx.ModelProto | str | Path,
         feeds: Sequence[Mapping[str, npt.NDArray[Any]]],
-        tensors: Sequence[str],
+        statistics: Sequence[tuple[str, int]],
         what: str = "collecting activation statistics",
-    ) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
-        """(E[x xᵀ], E[x]) over the channel axis of each tensor, computed in the child."""
+    ) -> dict[tuple[str, int], tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+        """(E[x xᵀ], E[x]) over the channel axis of each (tensor, rows apart), computed in the
+        child (``_serve_moments``)."""
         path = self._model_path(model)
-        moments: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = self._request(
-            what, "moments", path, [dict(f) for f in feeds], list(tensors)
-        )
+        moments: dict[tuple[str, int], tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]
+        moments = self._request(what, "moments", path, [dict(f) for f in feeds], list(statistics))
         return moments
 
     def sample(
