@@ -17,11 +17,12 @@ that cannot import them says so in its first line (``cannot import convlint in t
 process: ...``) instead of ``ready``.
 
 Requests: run a model on feeds (its outputs come back); accumulate channel second moments of
-named tensors sample by sample (only channels × channels matrices come back, never the
-activations); time models on one feed, interleaved (``_serve_time``: the latency `fix`
-reports); run ``onnx.checker``'s full check on a file (it holds the file twice over in memory,
-so it runs here, beside the sessions, not in `fix`'s process). Each request's sessions are
-freed before the next, so the child holds one model at a time (two small ones when timing).
+named tensors sample by sample, at each pixel or between pixels some rows apart (only channels
+× channels matrices come back, never the activations); time models on one feed, interleaved
+(``_serve_time``: the latency `fix` reports); run ``onnx.checker``'s full check on a file (it
+holds the file twice over in memory, so it runs here, beside the sessions, not in `fix`'s
+process). Each request's sessions are freed before the next, so the child holds one model at a
+time (two small ones when timing).
 
 The child uses the CPU provider with ``intra_op_num_threads=THREADS`` and basic graph
 optimizations to run and verify; timing uses every optimization and the provider and threads
