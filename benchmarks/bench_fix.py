@@ -388,7 +388,9 @@ def main() -> None:
     if args.build:
         build(args.build[0], Path(args.build[1]))
         return
-    argv = ["--method", args.method, "--samples", str(args.samples)]
+    # Random planted weights have no domain but the noise they are fitted on: without
+    # --allow-noise `fix` leaves every approximate rewrite alone (no --inputs).
+    argv = ["--method", args.method, "--samples", str(args.samples), "--allow-noise"]
     argv += ["--objective", args.objective, "--format", "json"]
     results = [measure(name, argv) for name in ([args.only] if args.only else list(MODELS))]
     header = [
@@ -398,7 +400,7 @@ def main() -> None:
     rows = [header, *(row(r) for r in results)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     print(
-        f"convlint fix --method {args.method} --samples {args.samples} "
+        f"convlint fix --method {args.method} --samples {args.samples} --allow-noise "
         f"--objective {args.objective}, {os.cpu_count()} CPUs"
     )
     for line in rows:
