@@ -48,6 +48,24 @@ def test_an_initializer_of_an_undefined_data_type_is_named(tmp_path: Path, cli: 
     )
 
 
+def test_an_attribute_only_a_rewrite_reads_is_named_with_the_file(tmp_path: Path, cli: CLI) -> None:
+    """A BatchNormalization's epsilon of the wrong type: no rule reads it, so `check` passes;
+    `fix` folds the BN (CL003) and reads it. Found by the longer fix fuzz run (seed 11, case
+    78): the line did not name the file."""
+    model = fixtures.linear_conv_chain_bad()
+    bn = next(node for node in model.graph.node if node.name == "expand_bn")
+    kept = [a for a in bn.attribute if a.name != "epsilon"]
+    del bn.attribute[:]
+    bn.attribute.extend([*kept, onnx.helper.make_attribute("epsilon", -3)])
+    path = fixtures.save(model, tmp_path / "m.onnx")
+    assert _fix(cli, path, *FAST) == (
+        2,
+        f"convlint: error: {path}: invalid model: node 'expand_bn' (BatchNormalization): "
+        "attribute 'epsilon' is INT, the operator's schema wants FLOAT\n",
+    )
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_an_npz_of_python_objects_is_named(tmp_path: Path, cli: CLI) -> None:
     path = fixtures.save(fixtures.conv3x3(), tmp_path / "m.onnx")
     inputs = tmp_path / "objects.npz"

@@ -24,6 +24,7 @@ from typing import Any
 
 from convlint.atomic import exclusive_lock, write_target
 from convlint.engine import Settings
+from convlint.errors import GraphError, ModelError
 from convlint.registry import Registry
 from convlint.rewrite.edit import Target
 from convlint.rewrite.options import MAX_SAMPLES as MAX_SAMPLES
@@ -190,6 +191,11 @@ def fix(
     # Runs that replace the same file take turns (concurrent `fix --in-place`).
     with exclusive_lock(write_target(output)):
         run = FixRun(options, log)
-        return run_fix(
-            path, registry, settings, run, _progress_bar(sys.stderr.isatty() and not verbose)
-        )
+        try:
+            return run_fix(
+                path, registry, settings, run, _progress_bar(sys.stderr.isatty() and not verbose)
+            )
+        except GraphError as exc:
+            # An invalid node `check`'s rules never read but a rewrite does (the epsilon of a
+            # BatchNormalization it folds): the model's error, naming the file, as check's are.
+            raise ModelError(path, f"invalid model: {exc}") from None
