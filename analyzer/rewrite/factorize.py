@@ -331,9 +331,7 @@ class ConvFactorizer:
             moment = None
             if self.stats is not None:
                 stats = self.stats
-                moment = vertical_moment(
-                    stats.input_moment, stats.row_moments, self.site.kernel[0]
-                ).astype(np.float64)
+                moment = vertical_moment(stats.input_moment, stats.row_moments, self.site.kernel[0])
             self._spatial = InputSide(unfold_spatial(self.weight), moment)
         return self._spatial
 

@@ -373,6 +373,7 @@ class Searcher:
         if kept is not None:
             response = response[:, kept]
         last = factors.weights[-1]
+        now = factors.bias if factors.bias is not None else target.bias  # the layer's bias
         if job.whole:
             matrix = target.weight.reshape(target.site.cout, -1)
             responses = features.astype(np.float64) @ matrix.T
@@ -389,13 +390,11 @@ class Searcher:
             mixing, bias = refit(features, response, target.relu, (np.eye(width), np.zeros(width)))
             prediction = features.astype(np.float64) @ mixing.T + bias
             mixing, bias = _widen(mixing, bias, kept, target.site.cout, square=True)
-            now = factors.bias if factors.bias is not None else target.bias
             if now is not None:
                 bias = bias + mixing @ now.astype(np.float64)
             flat = last.reshape(len(last), -1).astype(np.float64)
             weights = [*factors.weights[:-1], (mixing @ flat).reshape(last.shape)]
         else:
-            now = factors.bias if factors.bias is not None else target.bias
             rows = last.reshape(len(last), -1).astype(np.float64)
             offset = np.zeros(len(rows)) if now is None else now.astype(np.float64)
             if kept is not None:

@@ -514,6 +514,11 @@ def row_statistic(tensor: str, apart: int) -> str:
     return f"{tensor}#rows{apart}"
 
 
+def _by_channel(array: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """An NC... array as channels × (every other position), in float64."""
+    return np.moveaxis(array, 1, 0).reshape(array.shape[1], -1).astype(np.float64)
+
+
 def _serve_moments(
     ort: Any, model_path: str, feeds: list[Feed], statistics: Sequence[tuple[str, int]]
 ) -> dict[tuple[str, int], tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
@@ -534,20 +539,15 @@ def _serve_moments(
             channels = array.shape[1]
             if name not in sums:
                 sums[name] = [np.zeros((channels, channels)), np.zeros(channels), 0]
-            if apart:
-                if array.ndim != 4 or array.shape[2] <= apart:
-                    continue  # no two rows that far apart: left at zero
-                upper = np.moveaxis(array[:, :, :-apart], 1, 0).reshape(channels, -1)
-                lower = np.moveaxis(array[:, :, apart:], 1, 0).reshape(channels, -1)
-                upper, lower = upper.astype(np.float64), lower.astype(np.float64)
-                sums[name][0] += upper @ lower.T
-                sums[name][1] += upper.sum(axis=1)
-                sums[name][2] += upper.shape[1]
-                continue
-            flat = np.moveaxis(array, 1, 0).reshape(channels, -1).astype(np.float64)
-            sums[name][0] += flat @ flat.T
-            sums[name][1] += flat.sum(axis=1)
-            sums[name][2] += flat.shape[1]
+            if not apart:
+                upper = lower = _by_channel(array)
+            elif array.ndim == 4 and array.shape[2] > apart:
+                upper, lower = _by_channel(array[:, :, :-apart]), _by_channel(array[:, :, apart:])
+            else:
+                continue  # no two rows that far apart: left at zero
+            sums[name][0] += upper @ lower.T
+            sums[name][1] += upper.sum(axis=1)
+            sums[name][2] += upper.shape[1]
         _progressed()
     return {
         name: (moment / max(count, 1), total / max(count, 1))
