@@ -288,9 +288,12 @@ def analyze(
     keep: list[object] | None = None,
     bindings: bool = False,
     freeze: bool = False,
+    background: bool = False,
 ) -> ModelReport:
     """Load, cost and lint one model; errors in the model become the report's ``error``.
-    Its findings carry no bindings unless ``bindings`` (see :func:`lint`).
+    Its findings carry no bindings unless ``bindings`` (see :func:`lint`). With
+    ``background``, a second core is the model's to use: a large model's shapes are inferred
+    in a child process while its graph is read (see :func:`convlint.loader.load`).
 
     ``keep`` receives the model, its graph and their views, which are otherwise freed on
     return: a process that ends without freeing its objects (convlint's own) need not pay for
@@ -304,6 +307,7 @@ def analyze(
             settings.input_shapes,
             settings.configured_input_shapes,
             settings.configured_source,
+            background,
         )
         if keep is not None:
             keep.append(loaded)
@@ -366,7 +370,7 @@ def lint(
     # GC passes over them are wasted work: a third of the time on a 20,000-node graph.
     gc.disable()
     try:
-        graph = build_graph(loaded.model)
+        graph = loaded.graph if loaded.graph is not None else build_graph(loaded.model)
         views = graph_views(graph)
         if keep is not None:
             keep.extend((graph, views))

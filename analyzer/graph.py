@@ -365,13 +365,18 @@ class ModelGraph:
         opset: int,
         prefix: str = "",
         outer: ModelGraph | None = None,
+        *,
+        typed: bool = True,
     ) -> None:
+        """``typed=False`` reads the graph's nodes before its shapes are inferred: what the
+        graph declares, and the constants computed from others (which take their shapes from
+        it), wait for :meth:`take_inferred`, given the inferred graph (of the same nodes)."""
         self.proto = graph
         self.opset = opset
         self.nodes: dict[str, Node] = {}
         self.producer: dict[str, str] = {}
         self.consumers: dict[str, list[str]] = {}
-        self.shapes: dict[str, Shape | None]  # filled below, from what the graph declares
+        self.shapes: dict[str, Shape | None]  # what the graph declares, and its constants
         self.dtypes: dict[str, int] = {}
         self.constants: dict[str, Shape] = {}
         self.aliases: dict[str, str] = {}  # Identity output -> the initializer it passes on
@@ -392,12 +397,14 @@ class ModelGraph:
             name = init.name
             constants[name] = tuple(init.dims[:])  # a slice first: quicker than iterating
             dtypes[name] = init.data_type
-        # Shape and type of each tensor the graph declares, read in bulk (see ``_declared``);
-        # a constant's own shape counts over what is declared of it.
-        declared = _declared(graph, self._types)
-        self.shapes = declared.shapes
-        self.shapes.update(constants)
-        self._declared_dtypes = declared.dtypes
+        self.shapes = {}
+        self._declared_dtypes: dict[str, int] = {}
+        if typed:
+            self._take_declared(graph)
+        # Computed constants whose shapes wait for the inferred graph (``typed=False``): the
+        # node's op type, inputs and output, in graph order, and the outputs.
+        untyped: list[tuple[str, list[str], str]] = []
+        untyped_outputs: set[str] = set()
         # IR < 4 lists initializers among graph inputs too; those are weights, not data.
         self.data_inputs = [name for name in self.graph_inputs if name not in self.constants]
 
@@ -457,8 +464,15 @@ class ModelGraph:
                     producer[tensor] = name
             if op_type == "Constant":
                 self._add_constant(proto)
-            elif inputs and inputs[0] in constants and outputs:
-                self._add_computed_constant(op_type, inputs, outputs[0])
+            elif inputs and outputs and inputs[0] in constants:
+                if typed:
+                    self._add_computed_constant(op_type, inputs, outputs[0])
+                else:
+                    untyped.append((op_type, inputs, outputs[0]))
+                    untyped_outputs.add(outputs[0])
+            elif untyped_outputs and inputs and outputs and inputs[0] in untyped_outputs:
+                untyped.append((op_type, inputs, outputs[0]))
+                untyped_outputs.add(outputs[0])
             if op_type not in SUBGRAPH_OPS:
                 continue
             for attr in proto.attribute:
@@ -478,6 +492,41 @@ class ModelGraph:
         # Tensors a node reads before the node that produces them (ONNX requires topological
         # order; only a cycle makes one unavoidable).
         self.forward_references = [t for t in unproduced if t in producer]
+        self._untyped = None if typed else untyped
+
+    def read_conv_attributes(self) -> None:
+        """Read every conv's attributes now (each distinct set once, see Node._attributes):
+        validation, costs and rules all ask them. For a graph read with ``typed=False``, whose
+        nodes the inferred graph's replace: the same attributes, read while inference runs."""
+        by_type = self._standard_by_type
+        for op_type in CONV_INPUTS:
+            for node in by_type.get(op_type, ()):
+                node.settings_id()
+
+    def _take_declared(self, graph: onnx.GraphProto) -> None:
+        """Shape and type of each tensor the graph declares, read in bulk (see ``_declared``);
+        a constant's own shape counts over what is declared of it."""
+        declared = _declared(graph, self._types)
+        self.shapes = declared.shapes
+        self.shapes.update(self.constants)
+        self._declared_dtypes = declared.dtypes
+
+    def take_inferred(self, graph: onnx.GraphProto) -> None:
+        """Finish a graph read with ``typed=False`` from ``graph``, the same graph inferred:
+        its nodes become this graph's protos, and what it declares its shapes. Refused (a
+        ValueError) for a graph with subgraphs, or one whose nodes differ in number."""
+        untyped = self._untyped
+        if untyped is None:
+            raise ValueError("take_inferred: the graph was read with its shapes")
+        if self.subgraphs or len(graph.node) != len(self.nodes):
+            raise ValueError("take_inferred: not the graph read (or one with subgraphs)")
+        self.proto = graph
+        for node, proto in zip(self.nodes.values(), graph.node, strict=True):
+            node.proto = proto
+        self._take_declared(graph)
+        self._untyped = None
+        for op_type, inputs, output in untyped:  # in graph order, as the typed read does
+            self._add_computed_constant(op_type, inputs, output)
 
     @cached_property
     def nx(self) -> nx.DiGraph:
@@ -664,9 +713,13 @@ class ModelGraph:
         return shape[1]
 
 
-def build_graph(model: onnx.ModelProto) -> ModelGraph:
-    opset = next(
+def model_opset(model: onnx.ModelProto) -> int:
+    """The model's version of ONNX's own operators (onnx's newest if it declares none)."""
+    return next(
         (int(e.version) for e in model.opset_import if e.domain in ("", "ai.onnx")),
         onnx.defs.onnx_opset_version(),
     )
-    return ModelGraph(model.graph, opset)
+
+
+def build_graph(model: onnx.ModelProto) -> ModelGraph:
+    return ModelGraph(model.graph, model_opset(model))

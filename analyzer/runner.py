@@ -150,7 +150,8 @@ def iter_reports(
         _fault(paths[first])
         last = freeze and first == len(paths) - 1
         task = (first, paths[first], settings[first])
-        report = _analyze_task(task, registry, sketches, last)[1]
+        # No worker runs yet: with jobs to spare, a large model infers its shapes in a child.
+        report = _analyze_task(task, registry, sketches, last, jobs > 1)[1]
         first += 1
         if on_done is not None:
             on_done()
@@ -394,12 +395,16 @@ def _analyze_task(
     registry: Registry,
     sketches: bool = True,
     freeze: bool = False,
+    background: bool = False,
 ) -> tuple[int, ModelReport]:
     """One model checked, by a worker or by this process: its index and its report; with
-    ``freeze``, the last this process checks before it ends with ``os._exit``."""
+    ``freeze``, the last this process checks before it ends with ``os._exit``; with
+    ``background``, no worker runs and shape inference may take a core of its own."""
     index, path, settings = task
     _LAST_MODEL.clear()
-    report = analyze(path, registry, settings, keep=_LAST_MODEL, freeze=freeze)
+    report = analyze(
+        path, registry, settings, keep=_LAST_MODEL, freeze=freeze, background=background
+    )
     return index, _for_rendering(report, settings, sketches, _LAST_MODEL)
 
 

@@ -10,7 +10,11 @@ file or a weight's values beyond a few small integer vectors (axes, starts, shap
 from __future__ import annotations
 
 import math
+import os
 import re
+import signal
+import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple, cast
@@ -18,6 +22,7 @@ from typing import NamedTuple, cast
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.onnx_cpp2py_export import shape_inference as C  # noqa: N812 (onnx's own name)
 
 from convlint.errors import ModelError
 from convlint.graph import SUBGRAPH_OPS
@@ -32,8 +37,19 @@ class InferenceFailed(ModelError):
 
 
 def _run_inference(
-    model: onnx.ModelProto | bytes, path: str | Path, strict: bool = True
+    model: onnx.ModelProto | bytes,
+    path: str | Path,
+    strict: bool = True,
+    started: BackgroundInference | None = None,
 ) -> onnx.ModelProto:
+    """``started``: the same inference already running in a child process (its answer is
+    taken; if the child gave none, the inference runs here)."""
+    if started is not None:
+        answer = started.result()
+        if isinstance(answer, bytes):
+            return onnx.load_model_from_string(answer)
+        if isinstance(answer, str):
+            raise InferenceFailed(path, answer)
     try:
         # check_type: a weight of another element type than its input (float64 weights on
         # a float32 input) is invalid, as onnxruntime and the full checker say.
@@ -42,6 +58,82 @@ def _run_inference(
         )
     except Exception as exc:
         raise InferenceFailed(path, str(exc).strip() or type(exc).__name__) from None
+
+
+class BackgroundInference:
+    """Strict inference of one model (:func:`_run_inference`'s first pass) in a forked child,
+    while this process reads the model's graph: onnx's inference holds the GIL, so a thread
+    would not run beside it. The child serializes the model, infers it, sends the inferred
+    model's encoding (or onnx's error text) through a pipe, and ends with ``os._exit``.
+
+    :meth:`result` is the inferred model's encoding, the error text (what ``_run_inference``
+    would have raised), or None when the child ended without a whole answer (killed, out of
+    memory): the caller then infers in this process. :meth:`cancel` ends the child unheard.
+    Only where ``os.fork`` is safe (see :func:`can_fork`).
+    """
+
+    # The answer: one status byte and the payload's length (8 bytes, little-endian), then it.
+    _INFERRED, _FAILED = b"I", b"F"
+
+    def __init__(self, model: onnx.ModelProto | bytes, strict: bool = True) -> None:
+        read, write = os.pipe()
+        with warnings.catch_warnings():  # Python 3.12 warns of any fork with threads running
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: never returns into the caller's code
+            try:
+                os.close(read)
+                self._answer(write, model, strict)
+            finally:
+                os._exit(0)
+        os.close(write)
+        self._pid: int | None = pid
+        self._read = read
+
+    @classmethod
+    def _answer(cls, write: int, model: onnx.ModelProto | bytes, strict: bool) -> None:
+        try:
+            encoded = model if isinstance(model, bytes) else model.SerializeToString()
+            payload = C.infer_shapes(encoded, True, strict, True)  # check_type, strict, data_prop
+            status = cls._INFERRED
+        except Exception as exc:  # as _run_inference words it
+            payload = (str(exc).strip() or type(exc).__name__).encode("utf-8", "replace")
+            status = cls._FAILED
+        with open(write, "wb") as out:
+            out.write(status + len(payload).to_bytes(8, "little"))
+            out.write(payload)
+
+    def result(self) -> bytes | str | None:
+        read, self._read = self._read, -1  # the file below closes it
+        with open(read, "rb") as answer:
+            head = answer.read(9)
+            payload = answer.read()
+        self._reap()
+        if len(head) != 9 or int.from_bytes(head[1:], "little") != len(payload):
+            return None
+        if head[:1] == self._INFERRED:
+            return payload
+        return payload.decode("utf-8", "replace")
+
+    def cancel(self) -> None:
+        if self._pid is None:
+            return
+        os.kill(self._pid, signal.SIGKILL)  # not yet reaped: it exists, if only as a zombie
+        if self._read >= 0:
+            os.close(self._read)
+            self._read = -1
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._pid is not None:
+            os.waitpid(self._pid, 0)
+            self._pid = None
+
+
+def can_fork() -> bool:
+    """Whether a child may be forked to infer shapes: Linux and other Unix, not macOS (its
+    system libraries are not fork-safe)."""
+    return hasattr(os, "fork") and sys.platform != "darwin"
 
 
 # How onnx names a node its inference failed on; errors are listed in graph order.
@@ -560,16 +652,18 @@ def infer_shapes(
     path: str | Path,
     notes: list[str] | None = None,
     op_types: frozenset[str] | None = None,
+    started: BackgroundInference | None = None,
 ) -> onnx.ModelProto:
     """Strict shape inference with data propagation; notes for --verbose go to ``notes``.
 
     A model whose subgraphs fail strict inference is inferred non-strictly (with a note), as
     onnxruntime loads it; every other failure is a ModelError. ``op_types`` are those of the
-    main graph's nodes when the caller knows them already.
+    main graph's nodes when the caller knows them already. ``started``: the first strict
+    inference of ``model``, running in a child process (see :class:`BackgroundInference`).
     """
     strict = True
     try:
-        inferred = _run_inference(model, path)
+        inferred = _run_inference(model, path, started=started)
     except InferenceFailed as failure:
         if not _fails_in_subgraph(model, failure):
             raise_if_cyclic(model, path)  # a cycle says more than the inference error it causes

@@ -125,6 +125,7 @@ def _slow_for_early_models(
     settings: Settings,
     keep: list[object] | None = None,
     freeze: bool = False,
+    background: bool = False,
 ) -> ModelReport:
     # The first models take longest: later ones finish first and must wait their turn.
     index = int(Path(path).name.split("_")[0])
@@ -363,6 +364,7 @@ def test_only_the_last_model_of_a_process_that_ends_is_frozen_out_of_collection(
         settings: Settings,
         keep: list[object] | None = None,
         freeze: bool = False,
+        background: bool = False,
     ) -> ModelReport:
         asked.append(freeze)
         return ModelReport(path=path)
@@ -385,3 +387,29 @@ def test_only_the_last_model_of_a_process_that_ends_is_frozen_out_of_collection(
         assert not any(graph is each for each in gc.get_objects())  # out of every generation
     finally:
         gc.unfreeze()
+
+
+def test_a_model_checked_before_any_worker_runs_may_infer_in_a_child_unless_jobs_is_1(
+    folder: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: with a second core to spare (``--jobs`` 2 or more, and no pool running), a
+    large model's shape inference runs beside the reading of its graph; ``--jobs 1`` is one
+    process."""
+    asked: list[bool] = []
+
+    def recording(
+        path: str,
+        registry: object,
+        settings: Settings,
+        keep: list[object] | None = None,
+        freeze: bool = False,
+        background: bool = False,
+    ) -> ModelReport:
+        asked.append(background)
+        return ModelReport(path=path)
+
+    monkeypatch.setattr(runner, "analyze", recording)
+    for jobs, expected in ((1, False), (2, True)):
+        asked.clear()
+        list(runner.iter_reports(folder, load_registry(), [Settings()] * len(folder), jobs))
+        assert asked == [expected] * len(folder)

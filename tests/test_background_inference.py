@@ -1,0 +1,198 @@
+"""Shape inference in a forked child while the graph is read (issue 21): the same graph, the
+same report and the same errors as inferring first; the child reaped whatever happens."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from convlint import engine, fixtures, loader, shapes
+from convlint.engine import Settings
+from convlint.graph import ModelGraph, build_graph
+from convlint.registry import load_registry
+from convlint.reporters import render_json
+
+pytestmark = pytest.mark.skipif(not shapes.can_fork(), reason="background inference forks")
+
+# Every builder without subgraphs; the If model is the one that must not take the child.
+MODELS = [name for name in fixtures.BUILDERS if name not in ("with_if_subgraph", "big_chain")]
+
+
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every model takes the child (no size threshold); the children's pids, as forked."""
+    monkeypatch.setattr(loader, "BACKGROUND_NODES", 0)
+    pids: list[int] = []
+    start = shapes.BackgroundInference.__init__
+
+    def recording(self: shapes.BackgroundInference, model: bytes, strict: bool = True) -> None:
+        start(self, model, strict)
+        pids.append(self._pid)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shapes.BackgroundInference, "__init__", recording)
+    return pids
+
+
+def _facts(graph: ModelGraph) -> dict[str, object]:
+    return {
+        "nodes": [
+            (name, n.op_type, n.domain, n.inputs, n.outputs, n.index)
+            for name, n in graph.nodes.items()
+        ],
+        "protos": [n.proto for n in graph.nodes.values()],
+        "producer": graph.producer,
+        "consumers": graph.consumers,
+        "shapes": graph.shapes,
+        "dtypes": graph.dtypes,
+        "declared_dtypes": graph._declared_dtypes,
+        "constants": graph.constants,
+        "aliases": graph.aliases,
+        "data_inputs": graph.data_inputs,
+        "forward_references": graph.forward_references,
+        "attributes": [n.attrs for n in graph.nodes.values()],
+    }
+
+
+def _report(path: Path, background: bool) -> str:
+    registry = load_registry()
+    report = engine.analyze(path, registry, Settings(), background=background)
+    return render_json([report], registry, verbose=True)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_graph_read_beside_inference_is_the_graph_read_after_it(
+    name: str, tmp_path: Path, forks: list[int]
+) -> None:
+    path = fixtures.save(fixtures.BUILDERS[name](), tmp_path / f"{name}.onnx")
+    serial = loader.load(path)
+    assert serial.graph is None and forks == []
+    loaded = loader.load(path, background=True)
+    assert loaded.graph is not None and len(forks) == 1
+    with pytest.raises(ChildProcessError):  # reaped
+        os.waitpid(forks[0], os.WNOHANG)
+    assert loaded.graph.proto is loaded.model.graph
+    assert all(
+        node.proto is proto
+        for node, proto in zip(loaded.graph.nodes.values(), loaded.model.graph.node, strict=True)
+    )
+    expected = _facts(build_graph(serial.model))
+    found = _facts(loaded.graph)
+    assert found.keys() == expected.keys()
+    for key in expected:
+        assert found[key] == expected[key], key
+    assert _report(path, True) == _report(path, False)
+
+
+def test_a_computed_weight_waits_for_the_inferred_shapes(tmp_path: Path, forks: list[int]) -> None:
+    """A constant computed from a constant computed from a stored one (Identity of a Reshape
+    of a weight) takes the shape inference gave it, and its alias, as when read after."""
+    weight = helper.make_tensor("w_flat", TensorProto.FLOAT, [4 * 3 * 9], [0.5] * 108)
+    target = helper.make_tensor("w_shape", TensorProto.INT64, [4], [4, 3, 3, 3])
+    nodes = [
+        helper.make_node("Reshape", ["w_flat", "w_shape"], ["w_4d"], name="reshape"),
+        helper.make_node("Identity", ["w_4d"], ["w"], name="identity"),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "computed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight, target],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "computed.onnx"
+    onnx.save(model, path)
+    loaded = loader.load(path, background=True)
+    assert loaded.graph is not None
+    assert loaded.graph.constants["w_4d"] == (4, 3, 3, 3)
+    assert loaded.graph.constants["w"] == (4, 3, 3, 3)
+    assert loaded.graph.aliases == {"w_4d": "w_flat", "w": "w_flat"}
+    assert loaded.graph.shape("y") == (1, 4, 8, 8)
+    assert _report(path, True) == _report(path, False)
+
+
+def test_an_inference_error_from_the_child_is_the_error_inferring_here_gives(
+    tmp_path: Path, forks: list[int]
+) -> None:
+    nodes = [helper.make_node("Add", ["a", "b"], ["c"], name="add")]
+    graph = helper.make_graph(
+        nodes,
+        "mismatch",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
+    )
+    path = tmp_path / "mismatch.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(shapes.InferenceFailed) as here:
+        loader.load(path)
+    with pytest.raises(shapes.InferenceFailed) as there:
+        loader.load(path, background=True)
+    assert len(forks) == 1
+    assert there.value.problem == here.value.problem
+    assert there.value.text == here.value.text
+    assert "shape inference failed" in here.value.problem
+
+
+def test_a_child_that_dies_unheard_leaves_inference_to_this_process(
+    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def dying(*args: object) -> None:
+        os._exit(3)  # before a byte of its answer
+
+    monkeypatch.setattr(shapes.BackgroundInference, "_answer", dying)
+    path = fixtures.save(fixtures.BUILDERS["resnet_bottleneck"](), tmp_path / "m.onnx")
+    loaded = loader.load(path, background=True)
+    assert len(forks) == 1 and loaded.graph is not None
+    assert _facts(loaded.graph) == _facts(build_graph(loader.load(path).model))
+
+
+def test_a_failure_while_reading_the_graph_ends_the_child(
+    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(self: ModelGraph) -> None:
+        raise RuntimeError("reading failed")
+
+    monkeypatch.setattr(ModelGraph, "read_conv_attributes", failing)
+    path = fixtures.save(fixtures.BUILDERS["vgg16"](), tmp_path / "vgg.onnx")
+    with pytest.raises(RuntimeError, match="reading failed"):
+        loader.load(path, background=True)
+    assert len(forks) == 1
+    with pytest.raises(ChildProcessError):  # killed and reaped, not left a zombie
+        os.waitpid(forks[0], os.WNOHANG)
+
+
+def test_the_child_is_for_large_graphs_without_subgraphs_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = fixtures.save(fixtures.BUILDERS["vgg16"](), tmp_path / "vgg.onnx")
+    assert loader.load(small, background=True).graph is None  # 41 nodes: below the threshold
+    monkeypatch.setattr(loader, "BACKGROUND_NODES", 0)
+    assert loader.load(small, background=True).graph is not None
+    assert loader.load(small).graph is None  # not asked
+    branching = fixtures.BUILDERS["with_if_subgraph"]()
+    with_if = fixtures.save(branching, tmp_path / "if.onnx")
+    assert loader.load(with_if, background=True).graph is None
+    monkeypatch.setattr(shapes, "can_fork", lambda: False)
+    monkeypatch.setattr(loader, "can_fork", lambda: False)
+    assert loader.load(small, background=True).graph is None
+
+
+def test_take_inferred_is_for_a_graph_read_without_shapes_and_the_same_nodes() -> None:
+    model = fixtures.BUILDERS["resnet_bottleneck"]()
+    inferred = onnx.shape_inference.infer_shapes(model)
+    with pytest.raises(ValueError, match="read with its shapes"):
+        build_graph(inferred).take_inferred(inferred.graph)
+    untyped = ModelGraph(model.graph, 17, typed=False)
+    other = fixtures.BUILDERS["vgg16"]()
+    with pytest.raises(ValueError, match="not the graph read"):
+        untyped.take_inferred(other.graph)
+    untyped.take_inferred(inferred.graph)
+    assert untyped.shapes == build_graph(inferred).shapes
