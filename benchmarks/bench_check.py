@@ -13,7 +13,8 @@ alternately, and each row gives the medians of ``--repeat`` runs. Sections:
 - ``folder``: folders of 40 models checked with ``--jobs 1`` and ``--jobs 2`` (issue 10: at
   least 1.6× on 2 cores): the fixture models (cycled), and 2,000-node chains.
 - ``scale``: check time and peak memory at 1,000, 10,000 and 100,000 nodes, against the
-  reference (issue 21: within 1.3× at 100,000 nodes, and a ratio that does not grow with size).
+  reference (issue 21: within 1.3× at 100,000 nodes, and a ratio that does not grow with size),
+  as ``check`` runs by default and with ``--jobs 1`` (one process: no inference beside it).
 - ``parallel``: 64 models of 2,000 nodes (issue 21). The serial part is measured directly: a
   ``check`` process timed from inside (``--timeline``: this process's busy time while the
   workers run, less the model it checks itself, per model received; each worker's time per
@@ -240,14 +241,25 @@ def section_folder(repeat: int, tmp: Path) -> list[str]:
 
 
 def section_scale(repeat: int, tmp: Path) -> list[str]:
+    """``check`` as it runs by default (on a machine of 2 cores or more, a graph of 10,000
+    nodes or more is shape-inferred in a child process while its graph is read) and with
+    ``--jobs 1`` (one process), against the reference."""
     lines = [
-        row("nodes", "file", "`onnx.load` + shape inference", "`convlint check`", "ratio"),
-        row("---", "---", "---", "---", "---"),
+        row(
+            "nodes",
+            "file",
+            "`onnx.load` + shape inference",
+            "`convlint check`",
+            "ratio",
+            "`check --jobs 1`",
+            "ratio",
+        ),
+        row("---", "---", "---", "---", "---", "---", "---"),
     ]
     for nodes in (1_000, 10_000, 100_000):
         path = build("big_chain", tmp / f"scale_{nodes}.onnx", nodes)
-        (base, base_mem), (ours, ours_mem) = measure(
-            repeat, [python(LOAD_AND_INFER, path), check(path)]
+        (base, base_mem), (ours, ours_mem), (alone, alone_mem) = measure(
+            repeat, [python(LOAD_AND_INFER, path), check(path), check(path, "--jobs", "1")]
         )
         lines.append(
             row(
@@ -256,6 +268,8 @@ def section_scale(repeat: int, tmp: Path) -> list[str]:
                 f"{base:.2f} s, {base_mem:.0f} MiB",
                 f"{ours:.2f} s, {ours_mem:.0f} MiB",
                 f"{ours / base:.2f}",
+                f"{alone:.2f} s, {alone_mem:.0f} MiB",
+                f"{alone / base:.2f}",
             )
         )
     return lines
