@@ -191,8 +191,17 @@ def _cost(
 
 
 def _conv(graph: ModelGraph, node: Node) -> NodeCost:
-    data, weight_at, bias_at = CONV_INPUTS[node.op_type]
     inputs = node.inputs
+    if node.op_type == "Conv" and len(inputs) == 2:
+        # A stored weight and no bias (most of a large graph's convs): the general way below,
+        # in short (a stored weight's shape is its constant's).
+        stored = graph.constants.get(inputs[1])
+        per_pixel = _numel(stored) if stored is not None else None
+        if per_pixel is not None:
+            pixels = spatial_size(graph.shape(node.outputs[0]))
+            macs = per_pixel * pixels if pixels is not None else None
+            return NodeCost(per_pixel, macs, per_pixel, (inputs[1],))
+    data, weight_at, bias_at = CONV_INPUTS[node.op_type]
     count = len(inputs)
     if weight_at >= count:
         return _cost(graph, [], None)
