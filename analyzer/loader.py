@@ -486,6 +486,17 @@ def _refuse_unknown_operators(walked: GraphNodes, opset: int, path: str | Path) 
             )
 
 
+def _start_inference(model: onnx.ModelProto | bytes) -> BackgroundInference | None:
+    """Shape inference of ``model`` started in a child process, or None where it cannot start
+    (a model protobuf cannot encode, no pipe or process to be had): inference then runs in this
+    process, and says what is wrong as it always does."""
+    try:
+        # Serialized here, the child infers at once: its inference is the longer part.
+        return BackgroundInference(model if isinstance(model, bytes) else model.SerializeToString())
+    except Exception:
+        return None
+
+
 # Graphs from this many nodes on have their shapes inferred in a child process while this one
 # reads the graph, when ``load`` may (the fork and the answer's trip cost a few milliseconds;
 # at 10,000 nodes inference takes about 0.1 s and reading the graph 0.05 s).
@@ -529,17 +540,16 @@ def load(
     unchanged = serialized if serialized is not None and not changed else None
     inferring = unchanged if unchanged is not None else model
     main = graphs[0]
-    if not (
-        background
+    started = (
+        _start_inference(inferring)
+        if background
         and len(main.graph.node) >= BACKGROUND_NODES
         and len(graphs) == 1  # no subgraphs (their graphs are read with their shapes)
         and can_fork()
-    ):
-        return LoadedModel(str(path), infer_shapes(inferring, path, notes, main.op_types), notes)
-    # Serialized here, the child starts inferring at once: its inference is the longer part.
-    started = BackgroundInference(
-        inferring if isinstance(inferring, bytes) else inferring.SerializeToString()
+        else None
     )
+    if started is None:
+        return LoadedModel(str(path), infer_shapes(inferring, path, notes, main.op_types), notes)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # as engine.lint does for the same graph read after inference
     try:

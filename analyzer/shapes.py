@@ -77,9 +77,14 @@ class BackgroundInference:
 
     def __init__(self, model: onnx.ModelProto | bytes, strict: bool = True) -> None:
         read, write = os.pipe()
-        with warnings.catch_warnings():  # Python 3.12 warns of any fork with threads running
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        try:
+            with warnings.catch_warnings():  # Python 3.12 warns of any fork with threads running
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        except BaseException:
+            os.close(read)
+            os.close(write)
+            raise
         if pid == 0:  # the child: never returns into the caller's code
             try:
                 os.close(read)

@@ -196,3 +196,19 @@ def test_take_inferred_is_for_a_graph_read_without_shapes_and_the_same_nodes() -
         untyped.take_inferred(other.graph)
     untyped.take_inferred(inferred.graph)
     assert untyped.shapes == build_graph(inferred).shapes
+
+
+def test_a_child_that_cannot_be_forked_leaves_inference_to_this_process(
+    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refusing() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refusing)
+    path = fixtures.save(fixtures.BUILDERS["inception_3a_naive"](), tmp_path / "m.onnx")
+    descriptors = len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").is_dir() else None
+    loaded = loader.load(path, background=True)
+    assert loaded.graph is None and forks == []
+    if descriptors is not None:  # the pipe made for the child is closed again
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert _report(path, True) == _report(path, False)
