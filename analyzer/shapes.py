@@ -112,9 +112,10 @@ class BackgroundInference:
         read, self._read = self._read, -1  # the file below closes it
         with open(read, "rb") as answer:
             head = answer.read(9)
-            payload = answer.read()
+            length = int.from_bytes(head[1:], "little") if len(head) == 9 else -1
+            payload = answer.read(length) if length >= 0 else b""  # one buffer of its size
         self._reap()
-        if len(head) != 9 or int.from_bytes(head[1:], "little") != len(payload):
+        if length < 0 or len(payload) != length:
             return None
         if head[:1] == self._INFERRED:
             return payload
