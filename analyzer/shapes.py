@@ -4,7 +4,9 @@ from ``Shape``/``Size`` (evaluated from small stored values, at two batch sizes,
 symbolic batch stays symbolic).
 
 ``convlint.loader`` reads the model safely and hands it here; nothing in this module reads a
-file or a weight's values beyond a few small integer vectors (axes, starts, shapes).
+file or a weight's values beyond a few small integer vectors (axes, starts, shapes). A large
+graph's first inference may run in a forked child (:class:`BackgroundInference`) while the
+loader reads the graph.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from typing import NamedTuple, cast
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnx.onnx_cpp2py_export import shape_inference as C  # noqa: N812 (onnx's own name)
+
+try:  # what onnx.shape_inference.infer_shapes calls, for a child to answer in bytes
+    from onnx.onnx_cpp2py_export import shape_inference as C  # noqa: N812 (onnx's own name)
+except ImportError:  # another onnx layout: no inference in a child (see can_fork)
+    C = None  # type: ignore[assignment]
 
 from convlint.errors import ModelError
 from convlint.graph import SUBGRAPH_OPS
@@ -63,8 +69,9 @@ def _run_inference(
 class BackgroundInference:
     """Strict inference of one model (:func:`_run_inference`'s first pass) in a forked child,
     while this process reads the model's graph: onnx's inference holds the GIL, so a thread
-    would not run beside it. The child serializes the model, infers it, sends the inferred
-    model's encoding (or onnx's error text) through a pipe, and ends with ``os._exit``.
+    would not run beside it. The child infers the model (serialized first if given as a
+    proto), sends the inferred model's encoding (or onnx's error text) through a pipe, and
+    ends with ``os._exit``; it imports nothing and touches no lock of this process.
 
     :meth:`result` is the inferred model's encoding, the error text (what ``_run_inference``
     would have raised), or None when the child ended without a whole answer (killed, out of
@@ -138,8 +145,8 @@ class BackgroundInference:
 
 def can_fork() -> bool:
     """Whether a child may be forked to infer shapes: Linux and other Unix, not macOS (its
-    system libraries are not fork-safe)."""
-    return hasattr(os, "fork") and sys.platform != "darwin"
+    system libraries are not fork-safe), with onnx's inference reachable as bytes to bytes."""
+    return hasattr(os, "fork") and sys.platform != "darwin" and C is not None
 
 
 # How onnx names a node its inference failed on; errors are listed in graph order.
