@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -347,6 +348,24 @@ def test_the_last_model_checked_is_left_for_the_process_exit(folder: list[str]) 
     assert any(isinstance(kept, ModelGraph) for kept in runner._LAST_MODEL)
 
 
+def _recording(asked: list[bool], keyword: str) -> Callable[..., ModelReport]:
+    """A stand-in for ``engine.analyze`` that notes what it was asked for ``keyword``
+    (``freeze`` or ``background``) and checks nothing."""
+
+    def recording(
+        path: str,
+        registry: object,
+        settings: Settings,
+        keep: list[object] | None = None,
+        freeze: bool = False,
+        background: bool = False,
+    ) -> ModelReport:
+        asked.append(freeze if keyword == "freeze" else background)
+        return ModelReport(path=path)
+
+    return recording
+
+
 def test_only_the_last_model_of_a_process_that_ends_is_frozen_out_of_collection(
     folder: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -357,19 +376,7 @@ def test_only_the_last_model_of_a_process_that_ends_is_frozen_out_of_collection(
     from convlint.graph import ModelGraph
 
     asked: list[bool] = []
-
-    def recording(
-        path: str,
-        registry: object,
-        settings: Settings,
-        keep: list[object] | None = None,
-        freeze: bool = False,
-        background: bool = False,
-    ) -> ModelReport:
-        asked.append(freeze)
-        return ModelReport(path=path)
-
-    monkeypatch.setattr(runner, "analyze", recording)
+    monkeypatch.setattr(runner, "analyze", _recording(asked, "freeze"))
     for freeze in (False, True):
         asked.clear()
         list(
@@ -396,19 +403,7 @@ def test_a_model_checked_before_any_worker_runs_may_infer_in_a_child_unless_jobs
     large model's shape inference runs beside the reading of its graph; ``--jobs 1`` is one
     process."""
     asked: list[bool] = []
-
-    def recording(
-        path: str,
-        registry: object,
-        settings: Settings,
-        keep: list[object] | None = None,
-        freeze: bool = False,
-        background: bool = False,
-    ) -> ModelReport:
-        asked.append(background)
-        return ModelReport(path=path)
-
-    monkeypatch.setattr(runner, "analyze", recording)
+    monkeypatch.setattr(runner, "analyze", _recording(asked, "background"))
     for jobs, expected in ((1, False), (2, True)):
         asked.clear()
         list(runner.iter_reports(folder, load_registry(), [Settings()] * len(folder), jobs))
