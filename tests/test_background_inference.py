@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-from convlint import engine, fixtures, loader, shapes
+from convlint import engine, fixtures, loader, shapes, skeleton
 from convlint.engine import Settings
 from convlint.graph import ModelGraph, build_graph
 from convlint.registry import load_registry
@@ -212,3 +213,54 @@ def test_a_child_that_cannot_be_forked_leaves_inference_to_this_process(
     if descriptors is not None:  # the pipe made for the child is closed again
         assert len(os.listdir("/proc/self/fd")) == descriptors
     assert _report(path, True) == _report(path, False)
+
+
+def test_the_bytes_read_without_weights_go_to_the_child_as_they_are(
+    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file walked without its large weights (64 MiB and more; here every file), that has
+    nothing else to strip, hands the child the encoding read, not a model to serialize."""
+    monkeypatch.setattr(skeleton, "WIRE_READ_BYTES", 0)
+    given: list[object] = []
+    start = loader._start_inference
+
+    def noting(model: object) -> shapes.BackgroundInference | None:
+        given.append(model)
+        return start(model)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loader, "_start_inference", noting)
+    rng = np.random.default_rng(0)
+    weights = [  # 64·64·3·3 floats: 144 KiB each, over the walk's 64 KiB
+        numpy_helper.from_array(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), f"w{i}")
+        for i in range(2)
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "w1"], ["y"], name="conv1", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "walked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        weights,
+    )
+    path = tmp_path / "walked.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    loaded = loader.load(path, background=True)
+    assert len(forks) == 1 and len(given) == 1 and isinstance(given[0], bytes)
+    assert loaded.graph is not None
+    assert _facts(loaded.graph) == _facts(build_graph(loader.load(path).model))
+    assert _report(path, True) == _report(path, False)
+    assert "CL003" in _report(path, True)  # two linear convs in a row: one finding, either way
+
+
+def test_bound_input_shapes_reach_the_child(tmp_path: Path, forks: list[int]) -> None:
+    path = fixtures.save(fixtures.BUILDERS["symbolic_dims_model"](), tmp_path / "fcn.onnx")
+    bound = {"input": (2, 3, 64, 48)}
+    serial = loader.load(path, bound)
+    loaded = loader.load(path, bound, background=True)
+    assert len(forks) == 1 and loaded.graph is not None
+    assert loaded.notes == serial.notes and any(n.startswith("bound ") for n in loaded.notes)
+    assert _facts(loaded.graph) == _facts(build_graph(serial.model))
+    assert loaded.graph.shape("input") == (2, 3, 64, 48)
