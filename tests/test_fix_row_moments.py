@@ -163,3 +163,32 @@ def test_row_statistics_are_asked_by_tensor_whatever_its_name(
     assert asked[0]["relu1#rows1#rows1"] == ("relu1#rows1", 1)
     assert asked[0]["relu1#rows1#rows2"] == ("relu1#rows1", 2)
     assert asked[0]["input#rows2"] == ("input", 2)
+
+
+def test_pruning_alone_asks_for_no_moments_between_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--method prune`` offers no spatial SVD: onnxruntime's process measures no row
+    statistics (two more C×C products per sample per conv input otherwise)."""
+    from convlint.rewrite import prepare
+
+    path = fixtures.save(fixtures.decaying_spectrum_chain(), tmp_path / "chain.onnx")
+    data = tmp_path / "in.npz"
+    rng = np.random.default_rng(1)
+    np.savez(data, input=np.maximum(rng.standard_normal((32, 128, 8, 8)), 0).astype(np.float32))
+    asked: list[dict[str, tuple[str, int]]] = []
+    original = prepare.collect_statistics
+
+    def spy(runtime, model, requests, feeds):  # type: ignore[no-untyped-def]
+        asked.append(dict(requests))
+        return original(runtime, model, requests, feeds)
+
+    monkeypatch.setattr(prepare, "collect_statistics", spy)
+    for method, rows in (("prune", 0), ("auto", 4)):
+        asked.clear()
+        options = FixOptions(output=tmp_path / f"{method}.onnx", inputs=data, samples=32,
+                             tolerance=0.1, latency=False, method=method)  # fmt: skip
+        result = fix(path, load_registry(), Settings(), options)
+        assert result.report.error is None
+        assert len(asked) == 1 and asked[0]
+        assert sum(1 for _, apart in asked[0].values() if apart) == rows, method

@@ -488,8 +488,9 @@ def prepare(analysis: Analysis, feeds: Feeds, runtime: Runtime, run: FixRun) -> 
     stats = None
     if options.method != "weight" and lossy:
         requests = {t: (t, 0) for target in lossy for t in target.stat_tensors()}
-        for target in lossy:
-            requests.update(target.row_statistics())
+        if options.method != "prune":  # only the spatial SVD reads moments between rows
+            for target in lossy:
+                requests.update(target.row_statistics())
         with run.timer("onnxruntime"):
             stats = collect_statistics(runtime, light, requests, feeds.fit)
     return Prepared(
