@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from graph_helpers import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from convlint import engine, fixtures, loader, shapes, skeleton
@@ -98,16 +99,7 @@ def test_a_computed_weight_waits_for_the_inferred_shapes(tmp_path: Path, forks: 
         helper.make_node("Identity", ["w_4d"], ["w"], name="identity"),
         helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "computed",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [weight, target],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    path = tmp_path / "computed.onnx"
-    onnx.save(model, path)
+    path = save_graph(tmp_path / "computed.onnx", nodes, {"x": (1, 3, 8, 8)}, "y", [weight, target])
     loaded = loader.load(path, background=True)
     assert loaded.graph is not None
     assert loaded.graph.constants["w_4d"] == (4, 3, 3, 3)
@@ -121,17 +113,7 @@ def test_an_inference_error_from_the_child_is_the_error_inferring_here_gives(
     tmp_path: Path, forks: list[int]
 ) -> None:
     nodes = [helper.make_node("Add", ["a", "b"], ["c"], name="add")]
-    graph = helper.make_graph(
-        nodes,
-        "mismatch",
-        [
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4]),
-        ],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
-    )
-    path = tmp_path / "mismatch.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = save_graph(tmp_path / "mismatch.onnx", nodes, {"a": (1, 3), "b": (1, 4)}, "c")
     with pytest.raises(shapes.InferenceFailed) as here:
         loader.load(path)
     with pytest.raises(shapes.InferenceFailed) as there:
@@ -238,15 +220,7 @@ def test_the_bytes_read_without_weights_go_to_the_child_as_they_are(
         helper.make_node("Conv", ["x", "w0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["a", "w1"], ["y"], name="conv1", pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "walked",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        weights,
-    )
-    path = tmp_path / "walked.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = save_graph(tmp_path / "walked.onnx", nodes, {"x": (1, 64, 8, 8)}, "y", weights)
     loaded = loader.load(path, background=True)
     assert len(forks) == 1 and len(given) == 1 and isinstance(given[0], bytes)
     assert loaded.graph is not None

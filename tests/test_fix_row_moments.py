@@ -132,18 +132,13 @@ def test_a_conv_offering_the_spatial_svd_asks_for_the_rows_its_kernel_spans() ->
         ]
 
 
-def test_row_statistics_are_asked_by_tensor_whatever_its_name(
+def _asked_statistics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A tensor named like another's row statistic (``relu1#rows1``) is still read as itself:
-    statistics go to onnxruntime's process as (tensor, rows apart), never parsed from names."""
+) -> tuple[Path, list[dict[str, tuple[str, int]]]]:
+    """Samples for the decaying chain's 128-channel input, and the statistics each ``fix``
+    asks onnxruntime's process for (``prepare.collect_statistics``'s requests), as asked."""
     from convlint.rewrite import prepare
 
-    model = fixtures.decaying_spectrum_chain()  # two 3×3 convs of 128 channels: CL001
-    for node in model.graph.node:
-        node.input[:] = ["relu1#rows1" if t == "relu1" else t for t in node.input]
-        node.output[:] = ["relu1#rows1" if t == "relu1" else t for t in node.output]
-    path = fixtures.save(model, tmp_path / "chain.onnx")
     data = tmp_path / "in.npz"
     rng = np.random.default_rng(1)
     np.savez(data, input=np.maximum(rng.standard_normal((32, 128, 8, 8)), 0).astype(np.float32))
@@ -155,6 +150,21 @@ def test_row_statistics_are_asked_by_tensor_whatever_its_name(
         return original(runtime, model, requests, feeds)
 
     monkeypatch.setattr(prepare, "collect_statistics", spy)
+    return data, asked
+
+
+def test_row_statistics_are_asked_by_tensor_whatever_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tensor named like another's row statistic (``relu1#rows1``) is still read as itself:
+    statistics go to onnxruntime's process as (tensor, rows apart), never parsed from names."""
+
+    model = fixtures.decaying_spectrum_chain()  # two 3×3 convs of 128 channels: CL001
+    for node in model.graph.node:
+        node.input[:] = ["relu1#rows1" if t == "relu1" else t for t in node.input]
+        node.output[:] = ["relu1#rows1" if t == "relu1" else t for t in node.output]
+    path = fixtures.save(model, tmp_path / "chain.onnx")
+    data, asked = _asked_statistics(tmp_path, monkeypatch)
     out = tmp_path / "out.onnx"
     result = fix(path, load_registry(), Settings(), FixOptions(output=out, inputs=data,
                  samples=32, tolerance=0.1, latency=False))  # fmt: skip
@@ -170,20 +180,9 @@ def test_pruning_alone_asks_for_no_moments_between_rows(
 ) -> None:
     """``--method prune`` offers no spatial SVD: onnxruntime's process measures no row
     statistics (two more C×C products per sample per conv input otherwise)."""
-    from convlint.rewrite import prepare
 
     path = fixtures.save(fixtures.decaying_spectrum_chain(), tmp_path / "chain.onnx")
-    data = tmp_path / "in.npz"
-    rng = np.random.default_rng(1)
-    np.savez(data, input=np.maximum(rng.standard_normal((32, 128, 8, 8)), 0).astype(np.float32))
-    asked: list[dict[str, tuple[str, int]]] = []
-    original = prepare.collect_statistics
-
-    def spy(runtime, model, requests, feeds):  # type: ignore[no-untyped-def]
-        asked.append(dict(requests))
-        return original(runtime, model, requests, feeds)
-
-    monkeypatch.setattr(prepare, "collect_statistics", spy)
+    data, asked = _asked_statistics(tmp_path, monkeypatch)
     for method, rows in (("prune", 0), ("auto", 4)):
         asked.clear()
         options = FixOptions(output=tmp_path / f"{method}.onnx", inputs=data, samples=32,
