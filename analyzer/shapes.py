@@ -63,15 +63,20 @@ def _run_inference(
             model, strict_mode=strict, data_prop=True, check_type=True
         )
     except Exception as exc:
-        raise InferenceFailed(path, str(exc).strip() or type(exc).__name__) from None
+        raise InferenceFailed(path, _failure_text(exc)) from None
+
+
+def _failure_text(exc: Exception) -> str:
+    """What onnx says of a failed inference (its exception's name if it says nothing)."""
+    return str(exc).strip() or type(exc).__name__
 
 
 class BackgroundInference:
-    """Strict inference of one model (:func:`_run_inference`'s first pass) in a forked child,
-    while this process reads the model's graph: onnx's inference holds the GIL, so a thread
-    would not run beside it. The child infers the model (serialized first if given as a
-    proto), sends the inferred model's encoding (or onnx's error text) through a pipe, and
-    ends with ``os._exit``; it imports nothing and touches no lock of this process.
+    """Strict inference of one model's encoding (:func:`_run_inference`'s first pass) in a
+    forked child, while this process reads the model's graph: onnx's inference holds the GIL,
+    so a thread would not run beside it. The child sends the inferred model's encoding (or
+    onnx's error text) through a pipe and ends with ``os._exit``; it imports nothing and
+    touches no lock of this process.
 
     :meth:`result` is the inferred model's encoding, the error text (what ``_run_inference``
     would have raised), or None when the child ended without a whole answer (killed, out of
@@ -82,7 +87,7 @@ class BackgroundInference:
     # The answer: one status byte and the payload's length (8 bytes, little-endian), then it.
     _INFERRED, _FAILED = b"I", b"F"
 
-    def __init__(self, model: onnx.ModelProto | bytes, strict: bool = True) -> None:
+    def __init__(self, encoded: bytes) -> None:
         read, write = os.pipe()
         try:
             with warnings.catch_warnings():  # Python 3.12 warns of any fork with threads running
@@ -95,7 +100,7 @@ class BackgroundInference:
         if pid == 0:  # the child: never returns into the caller's code
             try:
                 os.close(read)
-                self._answer(write, model, strict)
+                self._answer(write, encoded)
             finally:
                 os._exit(0)
         os.close(write)
@@ -103,13 +108,12 @@ class BackgroundInference:
         self._read = read
 
     @classmethod
-    def _answer(cls, write: int, model: onnx.ModelProto | bytes, strict: bool) -> None:
+    def _answer(cls, write: int, encoded: bytes) -> None:
         try:
-            encoded = model if isinstance(model, bytes) else model.SerializeToString()
-            payload = C.infer_shapes(encoded, True, strict, True)  # check_type, strict, data_prop
+            payload = C.infer_shapes(encoded, True, True, True)  # check_type, strict, data_prop
             status = cls._INFERRED
-        except Exception as exc:  # as _run_inference words it
-            payload = (str(exc).strip() or type(exc).__name__).encode("utf-8", "replace")
+        except Exception as exc:
+            payload = _failure_text(exc).encode("utf-8", "replace")
             status = cls._FAILED
         with open(write, "wb") as out:
             out.write(status + len(payload).to_bytes(8, "little"))

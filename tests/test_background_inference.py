@@ -31,8 +31,8 @@ def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     pids: list[int] = []
     start = shapes.BackgroundInference.__init__
 
-    def recording(self: shapes.BackgroundInference, model: bytes, strict: bool = True) -> None:
-        start(self, model, strict)
+    def recording(self: shapes.BackgroundInference, encoded: bytes) -> None:
+        start(self, encoded)
         pids.append(self._pid)  # type: ignore[arg-type]
 
     monkeypatch.setattr(shapes.BackgroundInference, "__init__", recording)
