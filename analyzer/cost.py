@@ -216,9 +216,6 @@ def _conv(graph: ModelGraph, node: Node) -> NodeCost:
         return _cost(graph, weights, per_pixel * pixels if pixels is not None else None)
     pixels = spatial_pixels(graph, node.outputs[0])
     macs = per_pixel * pixels if pixels is not None else None
-    if len(weights) == 1 and weights[0] and weights[0] in graph.constants:
-        # A conv without bias and a stored weight (most of a large graph's): _cost, inlined.
-        return NodeCost(per_pixel, macs, per_pixel, (weights[0],))
     return _cost(graph, weights, macs, per_pixel)
 
 
