@@ -301,9 +301,13 @@ class _Declared(NamedTuple):
     dtypes: dict[str, int]
 
 
-def _declared(graph: onnx.GraphProto, known: dict[bytes, TypeFacts]) -> _Declared:
-    """The shape and element type of every tensor the graph's inputs, value_info and outputs
-    declare; where a name is declared twice, a later entry counts only if it has a shape.
+def _declared(
+    declarations: Iterable[tuple[list[str], list[bytes]]], known: dict[bytes, TypeFacts]
+) -> _Declared:
+    """The shape and element type of every tensor of ``declarations``, lists of names and of
+    their types' encodings (a graph's inputs, value_info and outputs, see ``_declarations`` and
+    ``_encoded_declarations``); where a name is declared twice, a later entry counts only if
+    it has a shape.
 
     Read in bulk, one list per field, and through ``known``: a graph's tensors share few
     distinct types, and a type's serialization and one lookup cost a quarter of reading its
@@ -313,11 +317,9 @@ def _declared(graph: onnx.GraphProto, known: dict[bytes, TypeFacts]) -> _Declare
     """
     shapes: dict[str, Shape | None] = {}
     dtypes: dict[str, int] = {}
-    for values in (graph.input, graph.value_info, graph.output):
-        if not values:
+    for names, keys in declarations:
+        if not names:
             continue
-        names = [value.name for value in values]
-        keys = [value.type.SerializeToString() for value in values]
         for key in set(keys).difference(known):
             known[key] = _shape_of(onnx.TypeProto.FromString(key))
         found = list(map(known.__getitem__, keys))
@@ -331,6 +333,59 @@ def _declared(graph: onnx.GraphProto, known: dict[bytes, TypeFacts]) -> _Declare
                 shapes[name] = shape
                 dtypes[name] = dtype
     return _Declared(shapes, dtypes)
+
+
+def _declarations(graph: onnx.GraphProto) -> Iterator[tuple[list[str], list[bytes]]]:
+    """A graph's inputs, value_info and outputs: the names, and their types encoded."""
+    for values in (graph.input, graph.value_info, graph.output):
+        yield [value.name for value in values], [value.type.SerializeToString() for value in values]
+
+
+def _encoded_declarations(encoded: bytes) -> Iterator[tuple[list[str], list[bytes]]]:
+    """What ``_declarations`` reads of a model's main graph, read from the model's encoding
+    without decoding anything else: its nodes, initializers and types stay bytes (decoding the
+    nodes of a 100,000-node model takes longer than reading all it declares)."""
+    graph = _declarations_message().FromString(encoded).graph
+    for values in (graph.input, graph.value_info, graph.output):
+        yield [value.name for value in values], [value.type for value in values]
+
+
+@cache
+def _declarations_message() -> Any:
+    """A message class for a ModelProto's encoding of which only the main graph's inputs,
+    value_info and outputs are decoded, each as its name and its type's encoding: the field
+    numbers are ONNX's (ModelProto.graph 7; GraphProto.input 11, output 12, value_info 13;
+    ValueInfoProto.name 1, type 2); every other field is kept undecoded."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    described = descriptor_pb2.FileDescriptorProto(
+        name="convlint_declarations.proto", package="convlint_declarations", syntax="proto2"
+    )
+    field = descriptor_pb2.FieldDescriptorProto
+    value = described.message_type.add(name="Value")
+    value.field.add(name="name", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    value.field.add(name="type", number=2, type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL)
+    graph = described.message_type.add(name="Graph")
+    for name, number in (("input", 11), ("output", 12), ("value_info", 13)):
+        graph.field.add(
+            name=name,
+            number=number,
+            type=field.TYPE_MESSAGE,
+            label=field.LABEL_REPEATED,
+            type_name=".convlint_declarations.Value",
+        )
+    model = described.message_type.add(name="Model")
+    model.field.add(
+        name="graph",
+        number=7,
+        type=field.TYPE_MESSAGE,
+        label=field.LABEL_OPTIONAL,
+        type_name=".convlint_declarations.Graph",
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(described)
+    model_type = pool.FindMessageTypeByName("convlint_declarations.Model")
+    return message_factory.GetMessageClass(model_type)
 
 
 def _shape_of(value_type: onnx.TypeProto) -> TypeFacts:
@@ -400,7 +455,7 @@ class ModelGraph:
         self.shapes = {}
         self._declared_dtypes: dict[str, int] = {}
         if typed:
-            self._take_declared(graph)
+            self._take_declared(_declarations(graph))
         # Computed constants whose shapes wait for the inferred graph (``typed=False``): the
         # node's op type, inputs and output, in graph order, and the outputs.
         untyped: list[tuple[str, list[str], str]] = []
@@ -503,27 +558,35 @@ class ModelGraph:
             for node in by_type.get(op_type, ()):
                 node.settings_id()
 
-    def _take_declared(self, graph: onnx.GraphProto) -> None:
+    def _take_declared(self, declarations: Iterable[tuple[list[str], list[bytes]]]) -> None:
         """Shape and type of each tensor the graph declares, read in bulk (see ``_declared``);
         a constant's own shape counts over what is declared of it."""
-        declared = _declared(graph, self._types)
+        declared = _declared(declarations, self._types)
         self.shapes = declared.shapes
         self.shapes.update(self.constants)
         self._declared_dtypes = declared.dtypes
 
-    def take_inferred(self, graph: onnx.GraphProto) -> None:
-        """Finish a graph read with ``typed=False`` from ``graph``, the same graph inferred:
-        its nodes become this graph's protos, and what it declares its shapes. Refused (a
-        ValueError) for a graph with subgraphs, or one whose nodes differ in number."""
+    def take_inferred(self, inferred: onnx.GraphProto | bytes) -> None:
+        """Finish a graph read with ``typed=False`` from ``inferred``, the same graph inferred:
+        what it declares becomes this graph's shapes. Given the graph, its nodes become this
+        graph's protos; given the inferred model's encoding, only its declarations are
+        decoded (see ``_encoded_declarations``) and the nodes stay those read, the same nodes.
+        Refused (a ValueError) for a graph with subgraphs, or one whose nodes differ in
+        number (checked for a graph given decoded)."""
         untyped = self._untyped
         if untyped is None:
             raise ValueError("take_inferred: the graph was read with its shapes")
-        if self.subgraphs or len(graph.node) != len(self.nodes):
-            raise ValueError("take_inferred: not the graph read (or one with subgraphs)")
-        self.proto = graph
-        for node, proto in zip(self.nodes.values(), graph.node, strict=True):
-            node.proto = proto
-        self._take_declared(graph)
+        if isinstance(inferred, bytes):
+            if self.subgraphs:
+                raise ValueError("take_inferred: a graph with subgraphs")
+            self._take_declared(_encoded_declarations(inferred))
+        else:
+            if self.subgraphs or len(inferred.node) != len(self.nodes):
+                raise ValueError("take_inferred: not the graph read (or one with subgraphs)")
+            self.proto = inferred
+            for node, proto in zip(self.nodes.values(), inferred.node, strict=True):
+                node.proto = proto
+            self._take_declared(_declarations(inferred))
         self._untyped = None
         for op_type, inputs, output in untyped:  # in graph order, as the typed read does
             self._add_computed_constant(op_type, inputs, output)

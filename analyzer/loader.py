@@ -23,7 +23,7 @@ from onnx import serialization
 from convlint import skeleton
 from convlint.errors import ModelError, shown
 from convlint.graph import STANDARD_DOMAINS, SUBGRAPH_OPS, ModelGraph, model_opset
-from convlint.shapes import BackgroundInference, can_fork
+from convlint.shapes import BackgroundInference, can_fork, one_pass
 from convlint.shapes import infer_shapes as infer_shapes  # fix calls it as the loader's
 
 InputShapes = Mapping[str, tuple[int, ...]]
@@ -557,6 +557,12 @@ def load(
         # later inference pass keeps the model's nodes and initializers (see ``shapes``).
         graph = ModelGraph(model.graph, model_opset(model), typed=False)
         graph.read_conv_attributes()
+        answer = started.result() if one_pass(main.op_types) else None
+        if isinstance(answer, bytes):
+            # All the shapes there will be: only what the answer declares is decoded, and the
+            # model stays the one read (``_scaling_cost`` infers its own copies again).
+            graph.take_inferred(answer)
+            return LoadedModel(str(path), model, notes, graph)
         inferred = infer_shapes(inferring, path, notes, main.op_types, started)
         graph.take_inferred(inferred.graph)
     except BaseException:

@@ -106,6 +106,7 @@ class BackgroundInference:
         os.close(write)
         self._pid: int | None = pid
         self._read = read
+        self._result: bytes | str | None = None
 
     @classmethod
     def _answer(cls, write: int, encoded: bytes) -> None:
@@ -120,6 +121,9 @@ class BackgroundInference:
             out.write(payload)
 
     def result(self) -> bytes | str | None:
+        """The child's answer (waited for on the first call, the same on every later one)."""
+        if self._read < 0:
+            return self._result
         read, self._read = self._read, -1  # the file below closes it
         with open(read, "rb") as answer:
             head = answer.read(9)
@@ -127,10 +131,12 @@ class BackgroundInference:
             payload = answer.read(length) if length >= 0 else b""  # one buffer of its size
         self._reap()
         if length < 0 or len(payload) != length:
-            return None
-        if head[:1] == self._INFERRED:
-            return payload
-        return payload.decode("utf-8", "replace")
+            self._result = None
+        elif head[:1] == self._INFERRED:
+            self._result = payload
+        else:
+            self._result = payload.decode("utf-8", "replace")
+        return self._result
 
     def cancel(self) -> None:
         if self._pid is None:
@@ -699,6 +705,17 @@ def infer_shapes(
         op_types = frozenset([node.op_type for node in inferred.graph.node])
     if "Slice" in op_types and _refine_slices(inferred):
         inferred = _run_inference(inferred, path, strict)
-    if not op_types.isdisjoint(SHAPE_OF) or not op_types.isdisjoint(VALUE_SHAPED):
+    if _computes_shapes(op_types):
         inferred = _resolve_computed_shapes(inferred, path, strict, notes)
     return inferred
+
+
+def _computes_shapes(op_types: frozenset[str]) -> bool:
+    return not op_types.isdisjoint(SHAPE_OF) or not op_types.isdisjoint(VALUE_SHAPED)
+
+
+def one_pass(op_types: frozenset[str]) -> bool:
+    """Whether the first strict inference gives a main graph of these op types (and no
+    subgraphs) all the shapes :func:`infer_shapes` would: no Slice to refine, no shape
+    computed from values (VALUE_SHAPED has Slice)."""
+    return not _computes_shapes(op_types)

@@ -181,6 +181,63 @@ def test_take_inferred_is_for_a_graph_read_without_shapes_and_the_same_nodes() -
     assert untyped.shapes == build_graph(inferred).shapes
 
 
+def test_from_the_answer_encoded_only_the_declarations_are_decoded() -> None:
+    """The inferred model's encoding gives the shapes and types the decoded graph gives, names
+    declared twice included (an input declared again in value_info, without a shape, and an
+    output with one), and leaves the nodes' protos those read."""
+    model = fixtures.BUILDERS["resnet_bottleneck"]()
+    inferred = onnx.shape_inference.infer_shapes(model)
+    again = inferred.graph.value_info.add()
+    again.name = inferred.graph.input[0].name
+    again.type.tensor_type.elem_type = TensorProto.FLOAT
+    output = inferred.graph.value_info.add()
+    output.CopyFrom(inferred.graph.output[0])
+    output.type.tensor_type.shape.dim[0].dim_value = 7
+    untyped = ModelGraph(model.graph, 17, typed=False)
+    protos = [node.proto for node in untyped.nodes.values()]
+    untyped.take_inferred(inferred.SerializeToString())
+    decoded = build_graph(inferred)
+    assert untyped.shapes == decoded.shapes and untyped.dtypes == decoded.dtypes
+    assert untyped._declared_dtypes == decoded._declared_dtypes
+    assert untyped.shapes[output.name][0] == 1  # the output's own declaration comes last
+    assert untyped.shapes[again.name] == decoded.shape(again.name) is not None
+    assert all(
+        node.proto is proto for node, proto in zip(untyped.nodes.values(), protos, strict=True)
+    )
+    with pytest.raises(ValueError, match="read with its shapes"):
+        untyped.take_inferred(inferred.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("name", "one_pass"), [("resnet_bottleneck", True), ("tf_flatten_dense", False)]
+)
+def test_one_inference_pass_keeps_the_model_read_and_decodes_only_the_declarations(
+    name: str, one_pass: bool, tmp_path: Path, forks: list[int]
+) -> None:
+    """A graph whose shapes one strict inference gives (no Slice, no shape computed from
+    values) keeps the model read, without value_info; another takes the inferred model, as
+    the later passes need it. The report is the same either way (see the test above)."""
+    model = fixtures.BUILDERS[name]()
+    assert shapes.one_pass(frozenset(node.op_type for node in model.graph.node)) is one_pass
+    path = fixtures.save(model, tmp_path / f"{name}.onnx")
+    loaded = loader.load(path, background=True)
+    assert len(forks) == 1 and loaded.graph is not None
+    assert (len(loaded.model.graph.value_info) == 0) is one_pass
+    assert len(loader.load(path).model.graph.value_info) > 0
+    assert _facts(loaded.graph) == _facts(build_graph(loader.load(path).model))
+
+
+def test_the_answer_is_waited_for_once_and_then_kept(forks: list[int]) -> None:
+    model = fixtures.BUILDERS["resnet_bottleneck"]()
+    started = shapes.BackgroundInference(model.SerializeToString())
+    answer = started.result()
+    assert isinstance(answer, bytes) and len(onnx.load_from_string(answer).graph.value_info) > 0
+    assert started.result() is answer
+    failing = shapes.BackgroundInference(b"not a model")
+    text = failing.result()
+    assert isinstance(text, str) and failing.result() is text
+
+
 def test_a_child_that_cannot_be_forked_leaves_inference_to_this_process(
     tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
