@@ -62,6 +62,7 @@ class RuleContext:
         options: Mapping[str, Any],
         severity: Severity,
         view: View | None = None,
+        record_skips: bool = True,
     ) -> None:
         self.rule = rule
         self.graph = graph
@@ -71,13 +72,16 @@ class RuleContext:
         self.options = options
         self.severity = severity
         self.skips: list[Skip] = []
+        self.record_skips = record_skips
 
     def cost(self, node: Node) -> NodeCost:
         return node_cost(self.graph, node)
 
     def skip(self, node: Node, reason: str) -> None:
-        """Record why a candidate was passed over (onnxscript's MatchResult.fail)."""
-        self.skips.append(Skip(self.rule.code, node.name, reason))
+        """Record why a candidate was passed over (onnxscript's MatchResult.fail), unless no
+        report will show it (``record_skips``)."""
+        if self.record_skips:
+            self.skips.append(Skip(self.rule.code, node.name, reason))
 
     def finding(
         self,
@@ -177,10 +181,14 @@ def run_rules(
     suppressed: list[Finding] | None = None,
     failures: list[RuleFailure] | None = None,
     bindings: bool = False,
+    record_skips: bool = True,
 ) -> tuple[list[Finding], list[Skip]]:
     """The findings of ``rules`` and what they passed over; findings a node's
     ``convlint.ignore`` silences go to ``suppressed`` (and, as a reason, to the skips).
     Findings of the main graph keep their bindings where ``bindings`` (for `fix` to plan).
+    Without ``record_skips``, the rules' own reasons for passing nodes over are not kept
+    (a large graph's convs are each passed over by some rule: 50,000 reasons at 100,000
+    nodes, that only ``--verbose`` shows).
 
     A rule that raises is left out (what it found before it raised too: its findings are not
     to be trusted) and goes to ``failures``; the other rules' findings are still returned
@@ -197,7 +205,7 @@ def run_rules(
         silenced: list[Finding] = []
         try:
             for sub, view in views:
-                ctx = RuleContext(rule, sub, model, options, severity, view)
+                ctx = RuleContext(rule, sub, model, options, severity, view, record_skips)
                 for finding in rule.check(ctx):
                     if _node_ignored(finding.node, finding.code, settings.per_node_ignores):
                         passed.append(Skip(rule.code, finding.node, "ignored by per-node-ignores"))
@@ -289,11 +297,13 @@ def analyze(
     bindings: bool = False,
     freeze: bool = False,
     background: bool = False,
+    record_skips: bool = True,
 ) -> ModelReport:
     """Load, cost and lint one model; errors in the model become the report's ``error``.
     Its findings carry no bindings unless ``bindings`` (see :func:`lint`). With
     ``background``, a second core is the model's to use: a large model's shapes are inferred
-    in a child process while its graph is read (see :func:`convlint.loader.load`).
+    in a child process while its graph is read (see :func:`convlint.loader.load`). Without
+    ``record_skips``, the report's ``skips`` has no rule's reasons (see :func:`run_rules`).
 
     ``keep`` receives the model, its graph and their views, which are otherwise freed on
     return: a process that ends without freeing its objects (convlint's own) need not pay for
@@ -311,7 +321,7 @@ def analyze(
         )
         if keep is not None:
             keep.append(loaded)
-        lint(report, loaded, registry, settings, rules, keep, bindings, freeze)
+        lint(report, loaded, registry, settings, rules, keep, bindings, freeze, record_skips)
     except ModelError as exc:
         report.error = exc.problem
     except Exception as exc:  # a failure of convlint's: still this model's error, one line
@@ -350,6 +360,7 @@ def lint(
     keep: list[object] | None = None,
     bindings: bool = True,
     freeze: bool = False,
+    record_skips: bool = True,
 ) -> ModelGraph:
     """Cost and lint a loaded model into ``report``; returns the graph the rules saw (and
     appends it and its views to ``keep``, see :func:`analyze`).
@@ -363,7 +374,7 @@ def lint(
     collector's reach (``gc.freeze``) before collection is enabled again: the first collection
     after it would otherwise walk every object the analysis made (0.07-0.09 s at 100,000
     nodes). Only for the last model of a process that then ends with ``os._exit``: what is
-    frozen is never collected.
+    frozen is never collected. ``record_skips``: see :func:`run_rules`.
     """
     gc_was_enabled = gc.isenabled()
     # Analysis allocates several objects per node and frees none until it is done, so cyclic
@@ -402,7 +413,15 @@ def lint(
         report.checked = [rule.code for rule in chosen]
         failures: list[RuleFailure] = []
         findings, skips = run_rules(
-            graph, loaded.model, chosen, settings, views, report.suppressed, failures, bindings
+            graph,
+            loaded.model,
+            chosen,
+            settings,
+            views,
+            report.suppressed,
+            failures,
+            bindings,
+            record_skips,
         )
         for shown in (*findings, *skips, *report.suppressed):
             if type(shown.node) is not str:  # protobuf's bytes for a name not UTF-8

@@ -403,7 +403,13 @@ def _analyze_task(
     index, path, settings = task
     _LAST_MODEL.clear()
     report = analyze(
-        path, registry, settings, keep=_LAST_MODEL, freeze=freeze, background=background
+        path,
+        registry,
+        settings,
+        keep=_LAST_MODEL,
+        freeze=freeze,
+        background=background,
+        record_skips=settings.verbose,  # shown with --verbose only (see _for_rendering)
     )
     return index, _for_rendering(report, settings, sketches, _LAST_MODEL)
 

@@ -127,6 +127,7 @@ def _slow_for_early_models(
     keep: list[object] | None = None,
     freeze: bool = False,
     background: bool = False,
+    record_skips: bool = True,
 ) -> ModelReport:
     # The first models take longest: later ones finish first and must wait their turn.
     index = int(Path(path).name.split("_")[0])
@@ -350,7 +351,7 @@ def test_the_last_model_checked_is_left_for_the_process_exit(folder: list[str]) 
 
 def _recording(asked: list[bool], keyword: str) -> Callable[..., ModelReport]:
     """A stand-in for ``engine.analyze`` that notes what it was asked for ``keyword``
-    (``freeze`` or ``background``) and checks nothing."""
+    (``freeze``, ``background`` or ``record_skips``) and checks nothing."""
 
     def recording(
         path: str,
@@ -359,8 +360,9 @@ def _recording(asked: list[bool], keyword: str) -> Callable[..., ModelReport]:
         keep: list[object] | None = None,
         freeze: bool = False,
         background: bool = False,
+        record_skips: bool = True,
     ) -> ModelReport:
-        asked.append(freeze if keyword == "freeze" else background)
+        asked.append({"freeze": freeze, "background": background}.get(keyword, record_skips))
         return ModelReport(path=path)
 
     return recording
@@ -408,3 +410,29 @@ def test_a_model_checked_before_any_worker_runs_may_infer_in_a_child_unless_jobs
         asked.clear()
         list(runner.iter_reports(folder, load_registry(), [Settings()] * len(folder), jobs))
         assert asked == [expected] * len(folder)
+
+
+def test_the_rules_reasons_for_passing_nodes_over_are_kept_for_verbose_only(
+    folder: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only --verbose shows why rules passed nodes over (see _for_rendering): without it, the
+    reasons are not made (one per conv of a large graph)."""
+    asked: list[bool] = []
+    monkeypatch.setattr(runner, "analyze", _recording(asked, "record_skips"))
+    for verbose in (False, True):
+        asked.clear()
+        settings = [Settings(verbose=verbose)] * len(folder)
+        list(runner.iter_reports(folder, load_registry(), settings, 1))
+        assert asked == [verbose] * len(folder)
+
+
+def test_a_report_without_the_rules_reasons_is_the_same_report_otherwise(
+    tmp_path: Path,
+) -> None:
+    path = fixtures.save(fixtures.BUILDERS["vgg16"](), tmp_path / "m.onnx")
+    registry = load_registry()
+    kept = analyze(path, registry, Settings())
+    dropped = analyze(path, registry, Settings(), record_skips=False)
+    assert len(kept.skips) == 4 and dropped.skips == []
+    assert kept.findings == dropped.findings and len(kept.findings) == 11
+    assert render_text([dropped], registry) == render_text([kept], registry)
