@@ -131,10 +131,12 @@ def check(*args: str | Path) -> list[str]:
 
 def measure(repeat: int, commands: Sequence[Sequence[str]]) -> list[tuple[float, float]]:
     """Median (seconds, MiB) of each command, the commands run alternately ``repeat`` times."""
-    return [
-        (statistics.median(t for t, _ in found), statistics.median(m for _, m in found))
-        for found in sample(repeat, commands)
-    ]
+    return [medians(found) for found in sample(repeat, commands)]
+
+
+def medians(found: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Median seconds and median MiB of one command's runs."""
+    return statistics.median(t for t, _ in found), statistics.median(m for _, m in found)
 
 
 def sample(repeat: int, commands: Sequence[Sequence[str]]) -> list[list[tuple[float, float]]]:
@@ -258,18 +260,23 @@ def section_scale(repeat: int, tmp: Path) -> list[str]:
     ]
     for nodes in (1_000, 10_000, 100_000):
         path = build("big_chain", tmp / f"scale_{nodes}.onnx", nodes)
-        (base, base_mem), (ours, ours_mem), (alone, alone_mem) = measure(
+        samples = sample(
             repeat, [python(LOAD_AND_INFER, path), check(path), check(path, "--jobs", "1")]
         )
+        (base, base_mem), (ours, ours_mem), (alone, alone_mem) = map(medians, samples)
+        # Each check against the reference run just before it, for the spread.
+        references, checks, alones = ([t for t, _ in runs] for runs in samples)
+        ratios = [mine / theirs for theirs, mine in zip(references, checks, strict=True)]
+        alone_ratios = [mine / theirs for theirs, mine in zip(references, alones, strict=True)]
         lines.append(
             row(
                 f"{nodes:,}",
                 f"{path.stat().st_size / 1e6:.1f} MB",
                 f"{base:.2f} s, {base_mem:.0f} MiB",
                 f"{ours:.2f} s, {ours_mem:.0f} MiB",
-                f"{ours / base:.2f}",
+                f"{ours / base:.2f}{spread(ratios)}",
                 f"{alone:.2f} s, {alone_mem:.0f} MiB",
-                f"{alone / base:.2f}",
+                f"{alone / base:.2f}{spread(alone_ratios)}",
             )
         )
     return lines
