@@ -79,8 +79,9 @@ class RuleContext:
 
     def skip(self, node: Node, reason: str) -> None:
         """Record why a candidate was passed over (onnxscript's MatchResult.fail), unless no
-        report will show it (``record_skips``)."""
-        if self.record_skips:
+        report will show it (``record_skips``); a node whose name is not UTF-8 is recorded
+        either way, as the model's error (see :func:`lint`) must not depend on ``--verbose``."""
+        if self.record_skips or type(node.name) is not str:
             self.skips.append(Skip(self.rule.code, node.name, reason))
 
     def finding(

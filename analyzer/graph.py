@@ -345,7 +345,10 @@ def _encoded_declarations(encoded: bytes) -> Iterator[tuple[list[str], list[byte
     """What ``_declarations`` reads of a model's main graph, read from the model's encoding
     without decoding anything else: its nodes, initializers and types stay bytes (decoding the
     nodes of a 100,000-node model takes longer than reading all it declares)."""
-    graph = _declarations_message().FromString(encoded).graph
+    model = _declarations_message().FromString(encoded)
+    if not model.HasField("graph"):  # never inference's answer: a model always has a graph
+        raise ValueError("take_inferred: the inferred model has no graph")
+    graph = model.graph
     for values in (graph.input, graph.value_info, graph.output):
         yield [value.name for value in values], [value.type for value in values]
 

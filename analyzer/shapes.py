@@ -121,7 +121,8 @@ class BackgroundInference:
             out.write(payload)
 
     def result(self) -> bytes | str | None:
-        """The child's answer (waited for on the first call, the same on every later one)."""
+        """The child's answer (waited for on the first call, the same on every later one).
+        For one thread: a second thread calling it while the first waits gets None."""
         if self._read < 0:
             return self._result
         read, self._read = self._read, -1  # the file below closes it

@@ -206,6 +206,8 @@ def test_from_the_answer_encoded_only_the_declarations_are_decoded() -> None:
     )
     with pytest.raises(ValueError, match="read with its shapes"):
         untyped.take_inferred(inferred.SerializeToString())
+    with pytest.raises(ValueError, match="has no graph"):
+        ModelGraph(model.graph, 17, typed=False).take_inferred(b"")
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,17 @@ def _bad_node_name(folder: Path) -> Path:
     return path
 
 
+def _bad_skipped_name(folder: Path) -> Path:
+    """A conv only a rule's reason for passing it over names (CL001: 64 channels, below
+    min-channels), which a report without --verbose leaves out."""
+    model = fixtures.resnet_bottleneck()
+    assert model.graph.node[3].name == "layer1.1.conv2"
+    model.graph.node[3].name = "NAMEXX"
+    path = folder / "skipped_name.onnx"
+    path.write_bytes(_forged(model, b"NAMEXX", b"NA\xff\xfeXX"))
+    return path
+
+
 def _bad_op_type(folder: Path) -> Path:
     model = fixtures.conv3x3()
     model.graph.node[0].op_type = "OPXX"
@@ -102,6 +113,10 @@ def _loop_conv_without_output(folder: Path) -> Path:
 
 CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "node name": (_bad_node_name, "invalid model: a node name is not UTF-8: b'NA\\xff\\xfeXX'"),
+    "name passed over": (
+        _bad_skipped_name,
+        "invalid model: a node name is not UTF-8: b'NA\\xff\\xfeXX'",
+    ),
     "op type": (
         _bad_op_type,
         "invalid model: node 'conv' has an op type that is not UTF-8: b'O\\xffXX'",
