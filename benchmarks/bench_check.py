@@ -139,6 +139,14 @@ def medians(found: Sequence[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(t for t, _ in found), statistics.median(m for _, m in found)
 
 
+def paired_ratios(
+    references: Sequence[tuple[float, float]], runs: Sequence[tuple[float, float]]
+) -> list[float]:
+    """Each run's time against the reference run just before it (see ``sample``), for the
+    spread."""
+    return [mine / theirs for (theirs, _), (mine, _) in zip(references, runs, strict=True)]
+
+
 def sample(repeat: int, commands: Sequence[Sequence[str]]) -> list[list[tuple[float, float]]]:
     """(seconds, MiB) of each run of each command, the commands run alternately ``repeat``
     times after one warm-up run each (bytecode, the page cache)."""
@@ -166,10 +174,8 @@ def row(*cells: object) -> str:
 def section_big(repeat: int, nodes: int, tmp: Path) -> list[str]:
     path = build("big_chain", tmp / f"big_chain_{nodes}.onnx", nodes)
     references, checks = sample(repeat, [python(LOAD_AND_INFER, path), check(path)])
-    base, base_mem = (statistics.median(s[i] for s in references) for i in (0, 1))
-    ours, ours_mem = (statistics.median(s[i] for s in checks) for i in (0, 1))
-    # Each check against the reference run just before it, for the spread.
-    ratios = [mine[0] / theirs[0] for theirs, mine in zip(references, checks, strict=True)]
+    (base, base_mem), (ours, ours_mem) = medians(references), medians(checks)
+    ratios = paired_ratios(references, checks)
     return [
         row("model", "`onnx.load` + shape inference", "`convlint check`", "ratio (target ≤ 1.5)"),
         row("---", "---", "---", "---"),
@@ -264,10 +270,7 @@ def section_scale(repeat: int, tmp: Path) -> list[str]:
             repeat, [python(LOAD_AND_INFER, path), check(path), check(path, "--jobs", "1")]
         )
         (base, base_mem), (ours, ours_mem), (alone, alone_mem) = map(medians, samples)
-        # Each check against the reference run just before it, for the spread.
-        references, checks, alones = ([t for t, _ in runs] for runs in samples)
-        ratios = [mine / theirs for theirs, mine in zip(references, checks, strict=True)]
-        alone_ratios = [mine / theirs for theirs, mine in zip(references, alones, strict=True)]
+        ratios, alone_ratios = (paired_ratios(samples[0], runs) for runs in samples[1:])
         lines.append(
             row(
                 f"{nodes:,}",
